@@ -1,0 +1,2 @@
+//! The `mdcache` command-line tool.
+fn main() {}

@@ -1,0 +1,917 @@
+//! `Cache`: the facade that composes L1 and L2 behind typed reads and writes, and its builder.
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, Instant};
+use crate::codec;
+use crate::config::{Backend, CacheConfig};
+use crate::error::{Error, Result};
+use crate::key::{BookSchema, Key, KeySchema, Storage, ValueSchema, validate_kind};
+use crate::l1::L1;
+use crate::l2::book;
+use crate::l2::redis::{Fetched, RedisOptions, RedisTier};
+use crate::schema::BookSide;
+use crate::stats::{Stats, StatsSnapshot};
+
+/// Where a read was served from (DESIGN §4 rule 6).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tier {
+    /// The in-process tier.
+    L1,
+    /// Redis.
+    L2,
+    /// The source of record (database), after a miss in every tier.
+    Source,
+    /// A value past its TTL, served only by the fail-safe path and always marked so.
+    Stale,
+}
+
+impl Tier {
+    /// `l1`, `l2`, `source` or `stale`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::L1 => "l1",
+            Tier::L2 => "l2",
+            Tier::Source => "source",
+            Tier::Stale => "stale",
+        }
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A value with its provenance: where it came from, its version and how old it is.
+#[non_exhaustive]
+#[derive(Debug)]
+pub struct Read<V> {
+    /// The value, shared with the tier it came from.
+    pub value: Arc<V>,
+    /// The version it was written with.
+    pub version: u64,
+    /// The tier that served it.
+    pub tier: Tier,
+    /// Time since it was written, as far as this process can tell: exact for values written
+    /// here; for values from Redis, the kind's TTL minus the remaining TTL (so it assumes the
+    /// writer used the kind's TTL).
+    pub age: Duration,
+    /// Time left before it expires; `None` when the Redis key has no expiry.
+    pub ttl_remaining: Option<Duration>,
+}
+
+impl<V> Clone for Read<V> {
+    fn clone(&self) -> Self {
+        Read {
+            value: Arc::clone(&self.value),
+            version: self.version,
+            tier: self.tier,
+            age: self.age,
+            ttl_remaining: self.ttl_remaining,
+        }
+    }
+}
+
+/// What a write did.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The value is now cached.
+    Applied,
+    /// A higher version was already cached; nothing changed (DESIGN §4 rule 2).
+    Superseded,
+}
+
+/// A key's remaining lifetime.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyTtl {
+    /// The key is not cached.
+    Missing,
+    /// The key exists without an expiry (written by something other than mdcache).
+    Persistent,
+    /// The key expires after this long.
+    Expires(Duration),
+}
+
+/// Options for one write.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetOptions {
+    /// TTL for this write instead of the key's (kind's) TTL.
+    pub ttl: Option<Duration>,
+}
+
+impl SetOptions {
+    /// Options with a TTL override.
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+}
+
+/// A book side as held in L1: sorted best first, and whether it holds every level or only
+/// the top levels a depth-limited read fetched.
+#[derive(Debug)]
+struct BookEntry {
+    side: Arc<BookSide>,
+    complete: bool,
+}
+
+/// The cache: typed reads and writes over L1 (in-process) and L2 (Redis).
+///
+/// Cheap to clone (one `Arc`); clones share everything.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> mdcache::Result<()> {
+/// use mdcache::{Cache, Price, Tier};
+///
+/// let cache = Cache::builder().build()?; // memory backend: L1 only
+/// let key = cache.key::<Price>("AAPL")?;  // mdc:price:{AAPL}, TTL 100 ms
+/// let px = Price { bid: 189.51, ask: 189.53, bid_size: 300.0, ask_size: 200.0,
+///                  last: 189.52, seq: 42, exchange_ts_ns: 0 };
+/// cache.set(&key, px, 42).await?;
+/// let read = cache.read(&key).await?.expect("just written");
+/// assert_eq!((read.version, read.tier), (42, Tier::L1));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: CacheConfig,
+    backend: Backend,
+    l1: Option<L1>,
+    l2: Option<RedisTier>,
+    clock: Clock,
+    stats: Stats,
+}
+
+impl Cache {
+    /// A builder with the defaults of DESIGN §6.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+
+    /// A validated key of kind `S` for identifier `id`, with the kind's TTL after overrides.
+    /// Build keys once and reuse them: reads then do no formatting.
+    pub fn key<S: KeySchema>(&self, id: &str) -> Result<Key<S>> {
+        validate_kind(S::KIND)?;
+        let ttl = self
+            .inner
+            .config
+            .ttl_for(S::KIND, S::KEY_PREFIX, S::DEFAULT_TTL);
+        Key::new(
+            &self.inner.config.namespace,
+            id,
+            ttl,
+            self.inner.stats.kind(S::KIND),
+        )
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// The configuration the cache was built with.
+    pub fn config(&self) -> &CacheConfig {
+        &self.inner.config
+    }
+
+    /// A snapshot of the counters, with L1's current size.
+    pub fn stats(&self) -> StatsSnapshot {
+        let (entries, bytes) = self
+            .inner
+            .l1
+            .as_ref()
+            .map_or((0, 0), |l1| (l1.len(), l1.weight()));
+        self.inner.stats.snapshot(entries, bytes)
+    }
+
+    /// The value at `key`, from the nearest tier that has it fresh.
+    ///
+    /// An L1 hit costs one map lookup, one clock read and an `Arc` clone. A value in Redis that
+    /// does not decode is counted in `decode_errors` and returned as a miss, never served.
+    #[inline]
+    pub async fn get<S: ValueSchema>(&self, key: &Key<S>) -> Result<Option<Arc<S::Value>>> {
+        if let Some(l1) = &self.inner.l1 {
+            if let Some(hit) = l1.get::<S::Value>(key.as_str()) {
+                key.stats.l1_hits.inc();
+                return Ok(Some(hit.value));
+            }
+        }
+        Ok(self.read_below_l1(key).await?.map(|r| r.value))
+    }
+
+    /// Like [`get`](Self::get), with provenance: tier, version, age and remaining TTL.
+    pub async fn read<S: ValueSchema>(&self, key: &Key<S>) -> Result<Option<Read<S::Value>>> {
+        if let Some(l1) = &self.inner.l1 {
+            if let Some(hit) = l1.get::<S::Value>(key.as_str()) {
+                key.stats.l1_hits.inc();
+                return Ok(Some(self.l1_read(hit)));
+            }
+        }
+        self.read_below_l1(key).await
+    }
+
+    fn l1_read<V>(&self, hit: crate::l1::L1Hit<V>) -> Read<V> {
+        let now = self.inner.clock.now();
+        Read {
+            value: hit.value,
+            version: hit.version,
+            tier: Tier::L1,
+            age: now.saturating_duration_since(hit.stored_at),
+            ttl_remaining: Some(hit.deadline.saturating_duration_since(now)),
+        }
+    }
+
+    async fn read_below_l1<S: ValueSchema>(&self, key: &Key<S>) -> Result<Option<Read<S::Value>>> {
+        if self.inner.l1.is_some() {
+            key.stats.l1_misses.inc();
+        }
+        let Some(l2) = &self.inner.l2 else {
+            return Ok(None);
+        };
+        // Taken before the request: the server measures the remaining TTL later, so
+        // `t0 + remaining` is never after the real expiry (L1 never outlives L2).
+        let t0 = self.inner.clock.now();
+        let fetched = l2
+            .get(key.as_str())
+            .await
+            .inspect_err(|e| key.stats.error(e))?;
+        match fetched {
+            None => {
+                key.stats.l2_misses.inc();
+                Ok(None)
+            }
+            Some(f) => Ok(self.accept_fetched(key, f, t0)),
+        }
+    }
+
+    /// Decodes a value fetched from L2 and promotes it to L1 with the remaining TTL.
+    fn accept_fetched<S: ValueSchema>(
+        &self,
+        key: &Key<S>,
+        f: Fetched,
+        t0: Instant,
+    ) -> Option<Read<S::Value>> {
+        match codec::decode::<S::Value>(&f.bytes) {
+            Err(reason) => {
+                key.stats.decode_errors.inc();
+                key.stats.l2_misses.inc();
+                tracing::warn!(key = key.as_str(), %reason, "undecodable value treated as a miss");
+                None
+            }
+            Ok((version, value)) => {
+                key.stats.l2_hits.inc();
+                let value = Arc::new(value);
+                let remaining = f.remaining.unwrap_or(key.ttl());
+                let age = key.ttl().saturating_sub(remaining);
+                if let Some(l1) = &self.inner.l1 {
+                    let written = t0.checked_sub(age).unwrap_or(t0);
+                    l1.insert(
+                        key.shared(),
+                        Arc::clone(&value),
+                        version,
+                        t0 + remaining,
+                        written,
+                        f.bytes.len(),
+                    );
+                }
+                Some(Read {
+                    value,
+                    version,
+                    tier: Tier::L2,
+                    age,
+                    ttl_remaining: f.remaining,
+                })
+            }
+        }
+    }
+
+    /// Writes `value` at `version` with the key's TTL. A lower version never replaces a higher
+    /// one in either tier; that write returns [`WriteOutcome::Superseded`].
+    pub async fn set<S: ValueSchema>(
+        &self,
+        key: &Key<S>,
+        value: impl Into<Arc<S::Value>>,
+        version: u64,
+    ) -> Result<WriteOutcome> {
+        self.set_with(key, value, version, SetOptions::default())
+            .await
+    }
+
+    /// [`set`](Self::set) with options (a TTL override).
+    pub async fn set_with<S: ValueSchema>(
+        &self,
+        key: &Key<S>,
+        value: impl Into<Arc<S::Value>>,
+        version: u64,
+        opts: SetOptions,
+    ) -> Result<WriteOutcome> {
+        let value = value.into();
+        let ttl = write_ttl(key, opts)?;
+        let bytes = codec::encode(version, &*value, self.inner.config.max_value_bytes.get())
+            .inspect_err(|e| key.stats.error(e))?;
+        let t0 = self.inner.clock.now();
+        let l2_stored = match &self.inner.l2 {
+            None => None,
+            Some(l2) => Some(
+                l2.set_versioned(key.as_str(), &bytes, ttl)
+                    .await
+                    .inspect_err(|e| self.after_failed_write(key, e))?,
+            ),
+        };
+        Ok(self.finish_write(key, value, version, ttl, t0, bytes.len(), l2_stored))
+    }
+
+    /// Applies a write's outcome to L1 and the counters.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_write<S: KeySchema, V: Send + Sync + 'static>(
+        &self,
+        key: &Key<S>,
+        value: Arc<V>,
+        version: u64,
+        ttl: Duration,
+        t0: Instant,
+        bytes: usize,
+        l2_stored: Option<bool>,
+    ) -> WriteOutcome {
+        let applied = match (l2_stored, &self.inner.l1) {
+            // L2 refused: a higher version is there; drop any older L1 copy so reads fetch it.
+            (Some(false), Some(l1)) => {
+                l1.remove(key.as_str());
+                false
+            }
+            (Some(false), None) => false,
+            (Some(true), Some(l1)) => {
+                l1.insert(key.shared(), value, version, t0 + ttl, t0, bytes);
+                true
+            }
+            (Some(true), None) => true,
+            (None, Some(l1)) => l1.insert(key.shared(), value, version, t0 + ttl, t0, bytes),
+            (None, None) => false,
+        };
+        if applied {
+            key.stats.writes.inc();
+            WriteOutcome::Applied
+        } else {
+            key.stats.writes_superseded.inc();
+            WriteOutcome::Superseded
+        }
+    }
+
+    /// After an L2 write failed we cannot know what Redis holds: evict L1 so nothing local
+    /// outlives the uncertainty, and count the error.
+    fn after_failed_write<S: KeySchema>(&self, key: &Key<S>, e: &Error) {
+        if let Some(l1) = &self.inner.l1 {
+            l1.remove(key.as_str());
+        }
+        key.stats.error(e);
+    }
+
+    /// Deletes `key` from both tiers (`UNLINK` in Redis).
+    pub async fn delete<S: KeySchema>(&self, key: &Key<S>) -> Result<()> {
+        let result = match &self.inner.l2 {
+            None => Ok(()),
+            Some(l2) => {
+                let r = match S::STORAGE {
+                    Storage::Book => {
+                        let vkey = book::version_key(key.as_str());
+                        l2.unlink(&[key.as_str(), vkey.as_str()]).await
+                    }
+                    _ => l2.unlink(&[key.as_str()]).await,
+                };
+                r.map(|_| ())
+            }
+        };
+        if let Some(l1) = &self.inner.l1 {
+            l1.remove(key.as_str());
+        }
+        match &result {
+            Ok(()) => key.stats.deletes.inc(),
+            Err(e) => key.stats.error(e),
+        }
+        result
+    }
+
+    /// The key's remaining TTL in the outermost tier (Redis when there is one).
+    pub async fn ttl<S: KeySchema>(&self, key: &Key<S>) -> Result<KeyTtl> {
+        let Some(l2) = &self.inner.l2 else {
+            let now = self.inner.clock.now();
+            return Ok(self
+                .inner
+                .l1
+                .as_ref()
+                .and_then(|l1| l1.deadline(key.as_str()))
+                .filter(|d| *d > now)
+                .map_or(KeyTtl::Missing, |d| KeyTtl::Expires(d - now)));
+        };
+        let pttl = match S::STORAGE {
+            Storage::Book => l2.pttl(&book::version_key(key.as_str())).await,
+            _ => l2.pttl(key.as_str()).await,
+        }
+        .inspect_err(|e| key.stats.error(e))?;
+        Ok(match pttl {
+            None => KeyTtl::Missing,
+            Some(None) => KeyTtl::Persistent,
+            Some(Some(d)) => KeyTtl::Expires(d),
+        })
+    }
+
+    /// Reads many keys: L1 first, then every L1 miss from Redis in one round trip.
+    /// The result has one entry per key, in order.
+    pub async fn get_many<S: ValueSchema>(
+        &self,
+        keys: &[Key<S>],
+    ) -> Result<Vec<Option<Read<S::Value>>>> {
+        let mut out: Vec<Option<Read<S::Value>>> = Vec::with_capacity(keys.len());
+        let mut missing: Vec<usize> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let hit = self
+                .inner
+                .l1
+                .as_ref()
+                .and_then(|l1| l1.get::<S::Value>(key.as_str()));
+            match hit {
+                Some(hit) => {
+                    key.stats.l1_hits.inc();
+                    out.push(Some(self.l1_read(hit)));
+                }
+                None => {
+                    if self.inner.l1.is_some() {
+                        key.stats.l1_misses.inc();
+                    }
+                    out.push(None);
+                    missing.push(i);
+                }
+            }
+        }
+        let Some(l2) = &self.inner.l2 else {
+            return Ok(out);
+        };
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let names: Vec<&str> = missing.iter().map(|&i| keys[i].as_str()).collect();
+        let t0 = self.inner.clock.now();
+        let fetched = l2.get_many(&names).await.inspect_err(|e| {
+            for &i in &missing {
+                keys[i].stats.error(e);
+            }
+        })?;
+        for (&i, f) in missing.iter().zip(fetched) {
+            let key = &keys[i];
+            out[i] = match f {
+                None => {
+                    key.stats.l2_misses.inc();
+                    None
+                }
+                Some(f) => self.accept_fetched(key, f, t0),
+            };
+        }
+        Ok(out)
+    }
+
+    /// Writes many values (each with its version and the key's TTL) in one Redis round trip.
+    /// Every value is encoded and checked first: if any is refused, nothing is written.
+    pub async fn set_many<'k, S: ValueSchema>(
+        &self,
+        items: impl IntoIterator<Item = (&'k Key<S>, S::Value, u64)>,
+    ) -> Result<Vec<WriteOutcome>> {
+        let limit = self.inner.config.max_value_bytes.get();
+        let mut prepared = Vec::new();
+        for (key, value, version) in items {
+            let bytes =
+                codec::encode(version, &value, limit).inspect_err(|e| key.stats.error(e))?;
+            prepared.push((key, Arc::new(value), version, bytes));
+        }
+        let t0 = self.inner.clock.now();
+        let stored: Vec<Option<bool>> = match &self.inner.l2 {
+            None => vec![None; prepared.len()],
+            Some(l2) => {
+                let batch: Vec<(&str, Vec<u8>, Duration)> = prepared
+                    .iter()
+                    .map(|(k, _, _, b)| (k.as_str(), b.clone(), k.ttl()))
+                    .collect();
+                match l2.set_many(&batch).await {
+                    Ok(s) => s.into_iter().map(Some).collect(),
+                    Err(e) => {
+                        for (k, ..) in &prepared {
+                            self.after_failed_write(*k, &e);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        Ok(prepared
+            .into_iter()
+            .zip(stored)
+            .map(|((key, value, version, bytes), s)| {
+                self.finish_write(key, value, version, key.ttl(), t0, bytes.len(), s)
+            })
+            .collect())
+    }
+
+    /// Replaces one side of a book (every level) at `version`, atomically with its expiry.
+    /// Levels may come in any order; prices must be finite and distinct, quantities finite
+    /// and non-negative, or nothing is written.
+    pub async fn set_book<S: BookSchema>(
+        &self,
+        key: &Key<S>,
+        side: BookSide,
+        version: u64,
+    ) -> Result<WriteOutcome> {
+        let mut side = side;
+        book::validate(&side).inspect_err(|e| key.stats.error(e))?;
+        // Rough stored size (a member is "<price>:<qty>", a score 8 bytes) for the value limit.
+        let bytes = side.levels.len() * 48;
+        let limit = self.inner.config.max_value_bytes.get();
+        if bytes > limit {
+            let e = Error::ValueTooLarge { size: bytes, limit };
+            key.stats.error(&e);
+            return Err(e);
+        }
+        book::sort_best_first(&mut side.levels, S::SIDE);
+        let side = Arc::new(side);
+        let ttl = key.ttl();
+        let t0 = self.inner.clock.now();
+        let l2_stored = match &self.inner.l2 {
+            None => None,
+            Some(l2) => Some(
+                l2.book_replace(key.as_str(), &side, version, ttl)
+                    .await
+                    .inspect_err(|e| self.after_failed_write(key, e))?,
+            ),
+        };
+        let entry = Arc::new(BookEntry {
+            side,
+            complete: true,
+        });
+        Ok(self.finish_write(key, entry, version, ttl, t0, bytes, l2_stored))
+    }
+
+    /// The best `depth` levels of a book side (best first: highest bid, lowest ask), with
+    /// provenance. `depth == 0` reads every level.
+    pub async fn get_book<S: BookSchema>(
+        &self,
+        key: &Key<S>,
+        depth: usize,
+    ) -> Result<Option<Read<BookSide>>> {
+        if let Some(l1) = &self.inner.l1 {
+            if let Some(hit) = l1.get::<BookEntry>(key.as_str()) {
+                let have = hit.value.side.levels.len();
+                if hit.value.complete || (depth != 0 && have >= depth) {
+                    key.stats.l1_hits.inc();
+                    let side = top(&hit.value.side, depth);
+                    let read = self.l1_read(hit);
+                    return Ok(Some(Read {
+                        value: side,
+                        version: read.version,
+                        tier: read.tier,
+                        age: read.age,
+                        ttl_remaining: read.ttl_remaining,
+                    }));
+                }
+            }
+            key.stats.l1_misses.inc();
+        }
+        let Some(l2) = &self.inner.l2 else {
+            return Ok(None);
+        };
+        let t0 = self.inner.clock.now();
+        let fetched = l2
+            .book_top(key.as_str(), S::SIDE, depth)
+            .await
+            .inspect_err(|e| {
+                if e.kind() == crate::ErrorKind::Decode {
+                    key.stats.decode_errors.inc();
+                }
+                key.stats.error(e)
+            })?;
+        let Some(f) = fetched else {
+            key.stats.l2_misses.inc();
+            return Ok(None);
+        };
+        key.stats.l2_hits.inc();
+        let remaining = f.remaining.unwrap_or(key.ttl());
+        let age = key.ttl().saturating_sub(remaining);
+        let complete = depth == 0 || f.side.levels.len() < depth;
+        let bytes = f.side.levels.len() * 48;
+        let side = Arc::new(f.side);
+        if let Some(l1) = &self.inner.l1 {
+            let entry = Arc::new(BookEntry {
+                side: Arc::clone(&side),
+                complete,
+            });
+            let written = t0.checked_sub(age).unwrap_or(t0);
+            l1.insert(
+                key.shared(),
+                entry,
+                f.version,
+                t0 + remaining,
+                written,
+                bytes,
+            );
+        }
+        Ok(Some(Read {
+            value: side,
+            version: f.version,
+            tier: Tier::L2,
+            age,
+            ttl_remaining: f.remaining,
+        }))
+    }
+
+    /// Round trip to Redis under the operation deadline; `Ok` for a memory-only cache.
+    pub async fn ping(&self) -> Result<()> {
+        match &self.inner.l2 {
+            Some(l2) => l2.ping().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Drops every L1 entry (Redis is untouched).
+    pub fn clear_l1(&self) {
+        if let Some(l1) = &self.inner.l1 {
+            l1.clear();
+        }
+    }
+}
+
+/// The first `depth` levels (all when 0), sharing the `Arc` when nothing is cut.
+fn top(side: &Arc<BookSide>, depth: usize) -> Arc<BookSide> {
+    if depth == 0 || side.levels.len() <= depth {
+        Arc::clone(side)
+    } else {
+        Arc::new(BookSide {
+            levels: side.levels[..depth].to_vec(),
+        })
+    }
+}
+
+fn write_ttl<S: KeySchema>(key: &Key<S>, opts: SetOptions) -> Result<Duration> {
+    let ttl = opts.ttl.unwrap_or(key.ttl());
+    if ttl.is_zero() {
+        let e = Error::InvalidValue {
+            reason: "a write's TTL must be greater than zero".to_owned(),
+        };
+        key.stats.error(&e);
+        return Err(e);
+    }
+    Ok(ttl)
+}
+
+/// Builds a [`Cache`]. Setters take and return the builder; [`build`](Self::build) validates.
+///
+/// ```
+/// use std::time::Duration;
+/// use mdcache::{Backend, Cache};
+///
+/// let err = Cache::builder().backend(Backend::Redis).build().unwrap_err();
+/// assert!(err.to_string().contains("CACHE_REDIS_URL"));
+/// let cache = Cache::builder()
+///     .namespace("sim")
+///     .ttl("price", Duration::from_millis(250))
+///     .build()
+///     .unwrap();
+/// assert_eq!(cache.key::<mdcache::Price>("ES").unwrap().as_str(), "sim:price:{ES}");
+/// ```
+#[derive(Debug, Default)]
+#[must_use]
+pub struct CacheBuilder {
+    config: CacheConfig,
+    /// The first error met while reading the environment, reported by `build()`.
+    error: Option<Error>,
+    clock: Option<Clock>,
+}
+
+impl CacheBuilder {
+    /// Replaces every setting with `config`.
+    pub fn config(mut self, config: CacheConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Reads every setting from the environment (DESIGN §6); an invalid variable makes
+    /// [`build`](Self::build) fail, naming it.
+    pub fn from_env(mut self) -> Self {
+        match CacheConfig::from_env() {
+            Ok(c) => self.config = c,
+            Err(e) => self.error = Some(e),
+        }
+        self
+    }
+
+    /// Which tiers to use.
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.config.backend = Some(backend);
+        self
+    }
+
+    /// Redis URL (`redis://` or `rediss://`).
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.config.redis_url = Some(url.into());
+        self
+    }
+
+    /// Key prefix.
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.config.namespace = ns.into();
+        self
+    }
+
+    /// Multiplexed connections in the pool.
+    pub fn pool_size(mut self, n: NonZeroU32) -> Self {
+        self.config.pool_size = n;
+        self
+    }
+
+    /// Deadline for one L2 operation (including getting its connection).
+    pub fn op_timeout(mut self, d: Duration) -> Self {
+        self.config.op_timeout = d;
+        self
+    }
+
+    /// Deadline for establishing a connection.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.config.connect_timeout = d;
+        self
+    }
+
+    /// L1 entry bound.
+    pub fn l1_max_entries(mut self, n: NonZeroUsize) -> Self {
+        self.config.l1_max_entries = n;
+        self
+    }
+
+    /// L1 byte bound.
+    pub fn l1_max_bytes(mut self, n: NonZeroUsize) -> Self {
+        self.config.l1_max_bytes = n;
+        self
+    }
+
+    /// TTL override for a kind (`price`, `book:bid`, or `book` for both sides).
+    pub fn ttl(mut self, kind: &str, ttl: Duration) -> Self {
+        self.config.ttl_overrides.push((kind.to_owned(), ttl));
+        self
+    }
+
+    /// Largest encoded value accepted.
+    pub fn max_value_bytes(mut self, n: NonZeroUsize) -> Self {
+        self.config.max_value_bytes = n;
+        self
+    }
+
+    /// The clock TTL deadlines are read from (a mock in tests).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Validates the settings and builds the cache. Backends with Redis need a Tokio runtime
+    /// (the pool opens its connections in the background) but do not wait for Redis: a cache
+    /// built while Redis is down starts, and its L2 operations fail fast until Redis is back.
+    pub fn build(self) -> Result<Cache> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let config = self.config;
+        config.validate()?;
+        let clock = self.clock.unwrap_or_default();
+        let backend = config.effective_backend();
+        let l1 = match backend {
+            Backend::Memory | Backend::Layered => Some(L1::new(
+                config.l1_max_entries,
+                config.l1_max_bytes,
+                clock.clone(),
+            )),
+            Backend::Redis => None,
+        };
+        let l2 = match (backend, &config.redis_url) {
+            (Backend::Redis | Backend::Layered, Some(url)) => {
+                if tokio::runtime::Handle::try_current().is_err() {
+                    return Err(Error::config(
+                        "CACHE_BACKEND",
+                        "the redis and layered backends must be built inside a Tokio runtime",
+                    ));
+                }
+                Some(RedisTier::new(RedisOptions {
+                    url: url.clone(),
+                    pool_size: config.pool_size.get(),
+                    op_timeout: config.op_timeout,
+                    connect_timeout: config.connect_timeout,
+                })?)
+            }
+            _ => None,
+        };
+        Ok(Cache {
+            inner: Arc::new(Inner {
+                config,
+                backend,
+                l1,
+                l2,
+                clock,
+                stats: Stats::default(),
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{BookBid, Level, Price};
+
+    fn px(seq: u64) -> Price {
+        Price {
+            bid: 1.0,
+            ask: 2.0,
+            bid_size: 1.0,
+            ask_size: 1.0,
+            last: 1.5,
+            seq,
+            exchange_ts_ns: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_backend_honours_ttl_with_a_mock_clock() {
+        let (clock, mock) = Clock::mock();
+        let cache = Cache::builder().clock(clock).build().unwrap();
+        let key = cache.key::<Price>("AAPL").unwrap();
+        assert_eq!(
+            cache.set(&key, px(1), 1).await.unwrap(),
+            WriteOutcome::Applied
+        );
+        mock.advance(Duration::from_millis(99));
+        assert!(cache.get(&key).await.unwrap().is_some());
+        assert_eq!(
+            cache.ttl(&key).await.unwrap(),
+            KeyTtl::Expires(Duration::from_millis(1))
+        );
+        mock.advance(Duration::from_millis(1));
+        assert!(cache.get(&key).await.unwrap().is_none());
+        assert_eq!(cache.ttl(&key).await.unwrap(), KeyTtl::Missing);
+    }
+
+    #[tokio::test]
+    async fn memory_backend_keeps_the_highest_version() {
+        let cache = Cache::builder().build().unwrap();
+        let key = cache.key::<Price>("AAPL").unwrap();
+        cache.set(&key, px(5), 5).await.unwrap();
+        assert_eq!(
+            cache.set(&key, px(3), 3).await.unwrap(),
+            WriteOutcome::Superseded
+        );
+        let r = cache.read(&key).await.unwrap().unwrap();
+        assert_eq!((r.version, r.value.seq), (5, 5));
+        let s = cache.stats();
+        assert_eq!(s.total.writes, 1);
+        assert_eq!(s.total.writes_superseded, 1);
+        assert_eq!(s.kind("price").unwrap().l1_hits, 1);
+    }
+
+    #[tokio::test]
+    async fn memory_books_read_top_n_best_first() {
+        let cache = Cache::builder().build().unwrap();
+        let key = cache.key::<BookBid>("ES").unwrap();
+        let levels = [(10.0, 1.0), (12.0, 2.0), (11.0, 3.0)]
+            .into_iter()
+            .map(|(price, qty)| Level { price, qty })
+            .collect();
+        cache.set_book(&key, BookSide { levels }, 1).await.unwrap();
+        let r = cache.get_book(&key, 2).await.unwrap().unwrap();
+        let prices: Vec<f64> = r.value.levels.iter().map(|l| l.price).collect();
+        assert_eq!(prices, vec![12.0, 11.0]);
+        assert_eq!(
+            cache
+                .get_book(&key, 0)
+                .await
+                .unwrap()
+                .unwrap()
+                .value
+                .levels
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn invalid_ids_are_refused() {
+        let cache = Cache::builder().build().unwrap();
+        assert!(cache.key::<Price>("a b").is_err());
+    }
+}

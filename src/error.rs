@@ -1,0 +1,221 @@
+//! The one public error type, with a `kind()` and the decision methods callers branch on.
+
+use std::time::Duration;
+
+/// Shorthand for `Result<T, mdcache::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, coarsely: callers (and later the breaker and fallback) decide with this,
+/// never by matching message strings.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// A key identifier broke the rules of DESIGN §2; nothing was sent anywhere.
+    InvalidKey,
+    /// A value was refused before any I/O (too large, or it could not be encoded).
+    InvalidValue,
+    /// Bytes stored at a key did not decode as the expected envelope or type.
+    Decode,
+    /// An L2 operation (or acquiring its connection) missed its deadline.
+    Timeout,
+    /// The backend could not be reached or the connection broke.
+    Unavailable,
+    /// The key holds a Redis type the schema does not use (e.g. a string where a book is expected).
+    WrongType,
+    /// Redis answered with an error that is not one of the above.
+    Backend,
+    /// Configuration was invalid; the message names the variable or setting.
+    Config,
+    /// The operation needs a tier this cache was not built with.
+    Unsupported,
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ErrorKind::InvalidKey => "invalid key",
+            ErrorKind::InvalidValue => "invalid value",
+            ErrorKind::Decode => "decode error",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Unavailable => "backend unavailable",
+            ErrorKind::WrongType => "wrong type",
+            ErrorKind::Backend => "backend error",
+            ErrorKind::Config => "configuration error",
+            ErrorKind::Unsupported => "unsupported",
+        })
+    }
+}
+
+/// Every error mdcache returns.
+///
+/// Match on [`Error::kind`] or use the decision methods ([`is_timeout`](Error::is_timeout),
+/// [`is_retryable`](Error::is_retryable), [`trips_breaker`](Error::trips_breaker)).
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A key identifier was rejected (DESIGN §2); nothing was sent to any tier.
+    #[error("invalid key id {id:?}: {reason}")]
+    InvalidKey {
+        /// The identifier as given.
+        id: String,
+        /// Which rule it broke.
+        reason: &'static str,
+    },
+    /// An encoded value exceeds the configured limit; nothing was written.
+    #[error("value of {size} bytes exceeds the {limit}-byte limit")]
+    ValueTooLarge {
+        /// Encoded size in bytes.
+        size: usize,
+        /// The configured limit in bytes.
+        limit: usize,
+    },
+    /// A value broke a rule of its kind (e.g. a book with a price twice); nothing was written.
+    #[error("invalid value: {reason}")]
+    InvalidValue {
+        /// Which rule it broke.
+        reason: String,
+    },
+    /// A value could not be encoded as MessagePack; nothing was written.
+    #[error("value could not be encoded: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    /// Stored bytes did not decode.
+    #[error("value at {key} could not be decoded: {reason}")]
+    Decode {
+        /// The full Redis key.
+        key: String,
+        /// What was wrong with the bytes.
+        reason: String,
+    },
+    /// An operation missed its deadline.
+    #[error("{op} timed out after {after:?}")]
+    Timeout {
+        /// The operation that timed out (`get`, `set`, `connect`, ...).
+        op: &'static str,
+        /// The deadline it was given.
+        after: Duration,
+    },
+    /// The key holds a Redis type this schema does not use.
+    #[error("key {key} holds the wrong Redis type for this schema")]
+    WrongType {
+        /// The full Redis key.
+        key: String,
+    },
+    /// An error from Redis or the connection to it.
+    #[error("redis: {0}")]
+    Redis(#[source] redis::RedisError),
+    /// Invalid configuration; `name` is the environment variable or builder setting.
+    #[error("invalid configuration {name}: {reason}")]
+    Config {
+        /// The variable or setting, e.g. `CACHE_OP_TIMEOUT_MS`.
+        name: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The operation needs a tier this cache does not have (e.g. `ttl` on a memory-only cache).
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+impl Error {
+    /// The coarse category of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidKey { .. } => ErrorKind::InvalidKey,
+            Error::ValueTooLarge { .. } | Error::InvalidValue { .. } | Error::Encode(_) => {
+                ErrorKind::InvalidValue
+            }
+            Error::Decode { .. } => ErrorKind::Decode,
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::WrongType { .. } => ErrorKind::WrongType,
+            Error::Config { .. } => ErrorKind::Config,
+            Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::Redis(e) => {
+                if e.is_timeout() {
+                    ErrorKind::Timeout
+                } else if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_unrecoverable_error()
+                {
+                    ErrorKind::Unavailable
+                } else if e.code() == Some("WRONGTYPE") {
+                    ErrorKind::WrongType
+                } else {
+                    ErrorKind::Backend
+                }
+            }
+        }
+    }
+
+    /// True when an operation missed its deadline (the server may be hung or slow).
+    pub fn is_timeout(&self) -> bool {
+        self.kind() == ErrorKind::Timeout
+    }
+
+    /// True when trying the same idempotent operation again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind(), ErrorKind::Timeout | ErrorKind::Unavailable)
+    }
+
+    /// True when this error says something about the backend's health and should count
+    /// toward opening a circuit breaker; caller mistakes (bad key, oversize value) never do.
+    pub fn trips_breaker(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::Timeout | ErrorKind::Unavailable | ErrorKind::Backend
+        )
+    }
+
+    /// True when the caller's input was refused before any I/O (bad key or value).
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(self.kind(), ErrorKind::InvalidKey | ErrorKind::InvalidValue)
+    }
+
+    pub(crate) fn config(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Config {
+            name: name.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Maps a Redis error for `key`, turning `WRONGTYPE` replies into [`Error::WrongType`].
+    pub(crate) fn from_redis(e: redis::RedisError, key: &str) -> Self {
+        if e.code() == Some("WRONGTYPE") {
+            Error::WrongType {
+                key: key.to_owned(),
+            }
+        } else {
+            Error::Redis(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_mistakes_never_trip_the_breaker() {
+        let e = Error::InvalidKey {
+            id: "a b".into(),
+            reason: "whitespace",
+        };
+        assert_eq!(e.kind(), ErrorKind::InvalidKey);
+        assert!(!e.trips_breaker());
+        assert!(!e.is_retryable());
+        assert!(e.is_invalid_input());
+        let t = Error::Timeout {
+            op: "get",
+            after: Duration::from_millis(5),
+        };
+        assert!(t.is_timeout() && t.is_retryable() && t.trips_breaker());
+    }
+
+    #[test]
+    fn io_errors_are_unavailable() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = Error::Redis(redis::RedisError::from(io));
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        assert!(e.trips_breaker());
+    }
+}

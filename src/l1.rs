@@ -1,0 +1,294 @@
+//! The in-process tier: a quick_cache map bounded by entries and bytes, with per-entry deadlines and the version rule.
+
+use std::any::Any;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quick_cache::Weighter;
+use quick_cache::sync::{Cache as QuickCache, EntryAction, EntryResult};
+
+use crate::clock::{Clock, Instant};
+
+/// Bookkeeping bytes charged per entry on top of the encoded value and the key
+/// (the `Entry` struct, the map slot, the `Arc` headers).
+const ENTRY_OVERHEAD: usize = 96;
+
+/// How long an insert waits for a concurrent insert of the same key to finish. Inserts hold
+/// the slot for nanoseconds; the bound only guards against a bug turning into a hang.
+const INSERT_WAIT: Duration = Duration::from_millis(5);
+
+/// A decoded value in L1. Values are stored decoded (type-erased) so a hit costs a lookup,
+/// a clock read and an `Arc` clone — no MessagePack decode.
+#[derive(Clone)]
+pub(crate) struct Entry {
+    value: Arc<dyn Any + Send + Sync>,
+    version: u64,
+    /// The moment the value stops being servable: the L2 key's expiry when it came from L2
+    /// (`now + PTTL`), so L1 never extends a value's life.
+    deadline: Instant,
+    /// When the value was written (estimated from the TTL for values from L2), for the
+    /// read's reported age.
+    stored_at: Instant,
+    /// Weight charged against the byte bound; see [`L1::weight_of`].
+    weight: u32,
+}
+
+/// Weighs entries by the weight computed once at insert time.
+#[derive(Clone, Copy, Debug)]
+struct EntryWeighter;
+
+impl Weighter<Arc<str>, Entry> for EntryWeighter {
+    #[inline]
+    fn weight(&self, _key: &Arc<str>, entry: &Entry) -> u64 {
+        u64::from(entry.weight)
+    }
+}
+
+/// A fresh L1 hit.
+#[derive(Debug)]
+pub(crate) struct L1Hit<V> {
+    pub(crate) value: Arc<V>,
+    pub(crate) version: u64,
+    pub(crate) deadline: Instant,
+    pub(crate) stored_at: Instant,
+}
+
+/// The in-process tier.
+pub(crate) struct L1 {
+    map: QuickCache<Arc<str>, Entry, EntryWeighter>,
+    clock: Clock,
+    /// Smallest weight any entry is charged: `max_bytes / max_entries`. With it, staying under
+    /// the byte capacity also keeps the entry count under `max_entries`, so one weighted
+    /// bound enforces both limits.
+    min_weight: usize,
+}
+
+impl std::fmt::Debug for L1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L1")
+            .field("entries", &self.map.len())
+            .field("weight", &self.map.weight())
+            .field("capacity", &self.map.capacity())
+            .finish()
+    }
+}
+
+impl L1 {
+    pub(crate) fn new(max_entries: NonZeroUsize, max_bytes: NonZeroUsize, clock: Clock) -> Self {
+        let min_weight = (max_bytes.get() / max_entries.get()).max(1);
+        L1 {
+            map: QuickCache::with_weighter(
+                max_entries.get(),
+                max_bytes.get() as u64,
+                EntryWeighter,
+            ),
+            clock,
+            min_weight,
+        }
+    }
+
+    /// The weight charged for a value of `value_bytes` encoded bytes under `key`.
+    fn weight_of(&self, key: &str, value_bytes: usize) -> u32 {
+        let w = (value_bytes + key.len() + ENTRY_OVERHEAD).max(self.min_weight);
+        u32::try_from(w).unwrap_or(u32::MAX)
+    }
+
+    /// The entry at `key` if it is still before its deadline and holds a `V`.
+    #[inline]
+    pub(crate) fn get<V: Send + Sync + 'static>(&self, key: &str) -> Option<L1Hit<V>> {
+        let e = self.map.get(key)?;
+        if self.clock.now() >= e.deadline {
+            return None;
+        }
+        let value = e.value.downcast::<V>().ok()?;
+        Some(L1Hit {
+            value,
+            version: e.version,
+            deadline: e.deadline,
+            stored_at: e.stored_at,
+        })
+    }
+
+    /// Stores `value` unless a fresh entry with a higher version is present (the version rule,
+    /// DESIGN §4 rule 2). Returns whether the value was stored.
+    pub(crate) fn insert<V: Send + Sync + 'static>(
+        &self,
+        key: &Arc<str>,
+        value: Arc<V>,
+        version: u64,
+        deadline: Instant,
+        written_at: Instant,
+        encoded_bytes: usize,
+    ) -> bool {
+        let now = self.clock.now();
+        if deadline <= now {
+            return false;
+        }
+        let mut slot = Some(Entry {
+            value,
+            version,
+            deadline,
+            stored_at: written_at,
+            weight: self.weight_of(key, encoded_bytes),
+        });
+        let result = self.map.entry(key, Some(INSERT_WAIT), |_, cur| {
+            if cur.version > version && cur.deadline > now {
+                return EntryAction::Retain(false);
+            }
+            if let Some(new) = slot.take() {
+                *cur = new;
+            }
+            EntryAction::Retain(true)
+        });
+        match result {
+            EntryResult::Retained(stored) => stored,
+            EntryResult::Vacant(guard) => match slot.take() {
+                Some(new) => guard.insert(new).is_ok(),
+                None => false,
+            },
+            // Not produced by a `Retain`-only callback; dropping the guard leaves no entry.
+            EntryResult::Replaced(_, _) | EntryResult::Removed(_, _) => false,
+            EntryResult::Timeout => {
+                // Someone else is mid-insert; we cannot order against it, so make sure no
+                // possibly-older value stays behind: the next read goes to L2.
+                self.map.remove(key.as_ref());
+                false
+            }
+        }
+    }
+
+    /// The deadline of the entry at `key`, whatever its type.
+    pub(crate) fn deadline(&self, key: &str) -> Option<Instant> {
+        self.map.peek(key).map(|e| e.deadline)
+    }
+
+    /// Removes `key`.
+    pub(crate) fn remove(&self, key: &str) {
+        self.map.remove(key);
+    }
+
+    /// Removes every entry.
+    pub(crate) fn clear(&self) {
+        self.map.clear();
+    }
+
+    /// Entries held (expired ones count until evicted or overwritten).
+    pub(crate) fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// Weighted bytes held.
+    pub(crate) fn weight(&self) -> u64 {
+        self.map.weight()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l1(entries: usize, bytes: usize) -> (L1, crate::clock::MockClock) {
+        let (clock, mock) = Clock::mock();
+        let l1 = L1::new(
+            NonZeroUsize::new(entries).unwrap(),
+            NonZeroUsize::new(bytes).unwrap(),
+            clock,
+        );
+        (l1, mock)
+    }
+
+    fn key(s: &str) -> Arc<str> {
+        Arc::from(s)
+    }
+
+    #[test]
+    fn never_served_after_its_deadline() {
+        let (l1, mock) = l1(100, 1 << 20);
+        let now = l1.clock.now();
+        assert!(l1.insert(
+            &key("k"),
+            Arc::new(5u32),
+            1,
+            now + Duration::from_millis(10),
+            l1.clock.now(),
+            8
+        ));
+        assert_eq!(*l1.get::<u32>("k").unwrap().value, 5);
+        mock.advance(Duration::from_millis(9));
+        assert!(l1.get::<u32>("k").is_some());
+        mock.advance(Duration::from_millis(1));
+        assert!(l1.get::<u32>("k").is_none(), "served at its deadline");
+    }
+
+    #[test]
+    fn lower_versions_never_replace_higher_ones() {
+        let (l1, _mock) = l1(100, 1 << 20);
+        let d = l1.clock.now() + Duration::from_secs(1);
+        assert!(l1.insert(&key("k"), Arc::new(5u32), 5, d, l1.clock.now(), 8));
+        assert!(!l1.insert(&key("k"), Arc::new(3u32), 3, d, l1.clock.now(), 8));
+        assert_eq!(l1.get::<u32>("k").unwrap().version, 5);
+        assert!(l1.insert(&key("k"), Arc::new(6u32), 6, d, l1.clock.now(), 8));
+        assert_eq!(*l1.get::<u32>("k").unwrap().value, 6);
+    }
+
+    #[test]
+    fn an_expired_higher_version_does_not_block_a_new_value() {
+        let (l1, mock) = l1(100, 1 << 20);
+        let now = l1.clock.now();
+        assert!(l1.insert(
+            &key("k"),
+            Arc::new(5u32),
+            5,
+            now + Duration::from_millis(1),
+            l1.clock.now(),
+            8
+        ));
+        mock.advance(Duration::from_millis(2));
+        let later = l1.clock.now() + Duration::from_secs(1);
+        assert!(l1.insert(&key("k"), Arc::new(1u32), 1, later, l1.clock.now(), 8));
+        assert_eq!(l1.get::<u32>("k").unwrap().version, 1);
+    }
+
+    #[test]
+    fn a_wrong_type_is_a_miss_not_a_panic() {
+        let (l1, _mock) = l1(100, 1 << 20);
+        let d = l1.clock.now() + Duration::from_secs(1);
+        l1.insert(&key("k"), Arc::new(5u32), 1, d, l1.clock.now(), 8);
+        assert!(l1.get::<String>("k").is_none());
+    }
+
+    #[test]
+    fn bounded_by_entries_and_by_bytes() {
+        // 100 entries, 100 KiB: small values are bounded by count...
+        let (l1, _mock) = l1(100, 100 * 1024);
+        let d = l1.clock.now() + Duration::from_secs(60);
+        for i in 0..1_000 {
+            l1.insert(
+                &key(&format!("k{i}")),
+                Arc::new(i),
+                i as u64,
+                d,
+                l1.clock.now(),
+                8,
+            );
+        }
+        assert!(l1.len() <= 100, "{} entries", l1.len());
+        assert!(l1.weight() <= 100 * 1024);
+        // ...and large values by bytes.
+        let (l1, _mock) = self::l1(10_000, 100 * 1024);
+        let d = l1.clock.now() + Duration::from_secs(60);
+        for i in 0..1_000 {
+            l1.insert(
+                &key(&format!("k{i}")),
+                Arc::new(i),
+                i as u64,
+                d,
+                l1.clock.now(),
+                10 * 1024,
+            );
+        }
+        assert!(l1.weight() <= 100 * 1024, "{} bytes", l1.weight());
+        assert!(l1.len() <= 10, "{} entries", l1.len());
+    }
+}

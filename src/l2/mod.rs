@@ -1,0 +1,4 @@
+//! The L2 tier on Redis: string values with versioned writes, and order-book sides as sorted sets.
+
+pub(crate) mod book;
+pub(crate) mod redis;

@@ -1,0 +1,78 @@
+//! mdcache: a two-tier cache runtime for a low-latency trading engine's hot state.
+//!
+//! Prices, positions, order books, risk, orders and strategy state live under typed keys
+//! with millisecond TTLs, served from an in-process L1 and a Redis/Valkey L2.
+//!
+//! # Layout
+//!
+//! A read flows L1 → L2 and fills L1 on the way back; a write goes to L2 first, then L1.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`cache`](Cache) | the facade: typed `get`/`read`/`set`/`delete`/`ttl`, batches, books; the builder |
+//! | `l1` | in-process tier (quick_cache): entry and byte bounds, per-entry deadlines, version rule |
+//! | `l2::redis` | Redis tier: bb8 pool of multiplexed connections, versioned `SET PX` script, `GET`+`PTTL`, batches, deadlines |
+//! | `l2::book` | book sides as sorted sets: atomic replace with version and expiry, top-N read |
+//! | [`key`](KeySchema) | typed keys, identifier validation, namespace and `{ID}` hash tags |
+//! | [`schema`](Kind) | the built-in kinds and their value types and TTLs |
+//! | [`codec`] | the value envelope: header with the version, MessagePack payload |
+//! | [`config`](CacheConfig) | every setting, `from_env()` |
+//! | [`stats`](StatsSnapshot) | counters behind a snapshot, mirrored to the `metrics` facade |
+//! | [`clock`](Clock) | the injected clock (system or mock) |
+//! | [`error`](Error) | the error type and its decision methods |
+//!
+//! # Consistency and failure
+//!
+//! - **Freshness.** A read never returns a value past its TTL. A value promoted from Redis to
+//!   L1 gets the deadline `t0 + PTTL`, where `t0` is taken *before* the request, so L1 never
+//!   outlives the Redis key.
+//! - **No going backwards.** Every write carries a version; a Lua script in Redis and the same
+//!   check in L1 keep a lower version from replacing a higher one.
+//! - **Undecodable bytes** (another program's key, an old schema) are counted in
+//!   `decode_errors` and treated as a miss; they are never served and never panic.
+//! - **Redis down or hung.** Every L2 operation has a deadline (5 ms by default), including
+//!   getting its connection; a hung server costs a caller at most that, and the error says
+//!   [`is_timeout()`](Error::is_timeout). Fresh L1 entries keep being served. The cache starts
+//!   even while Redis is down. (Circuit breaker, fallback to the database and recovery come
+//!   with the resilience layer.)
+//! - **Bad input** (an identifier with a forbidden character, an oversize value) is refused
+//!   before any I/O with a typed error.
+//!
+//! # Quick start
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> mdcache::Result<()> {
+//! use mdcache::{Cache, Position};
+//!
+//! let cache = Cache::builder().from_env().build()?;
+//! let pos = cache.key::<Position>("AAPL")?;
+//! cache.set(&pos, Position { qty: 100.0, avg_price: 189.4, realized_pnl: 0.0, seq: 7 }, 7).await?;
+//! assert_eq!(cache.get(&pos).await?.map(|p| p.qty), Some(100.0));
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod cache;
+pub mod clock;
+pub mod codec;
+mod config;
+mod error;
+mod key;
+mod l1;
+mod l2;
+mod schema;
+mod stats;
+
+pub use cache::{Cache, CacheBuilder, KeyTtl, Read, SetOptions, Tier, WriteOutcome};
+pub use clock::{Clock, MockClock};
+pub use config::{Backend, CacheConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT};
+pub use error::{Error, ErrorKind, Result};
+pub use key::{BookSchema, Key, KeySchema, MAX_ID_LEN, Storage, ValueSchema, validate_id};
+pub use schema::{
+    BookAsk, BookBid, BookSide, BookSideKind, Kind, Level, Order, OrderStatus, Position, Price,
+    Risk, Side, StrategyState,
+};
+pub use stats::{KindSnapshot, StatsSnapshot};

@@ -1,0 +1,219 @@
+//! Counters kept in private atomics behind the public `StatsSnapshot`, and recorded through `metrics`.
+//!
+//! Each kind gets one [`KindStats`], resolved when a key is built, so the hot path increments
+//! a counter it already holds (one relaxed atomic add plus the `metrics` handle, a no-op when no
+//! recorder is installed) and never looks anything up. Install a `metrics` recorder *before*
+//! building the cache: handles are registered when a kind is first used.
+//!
+//! Metric names (label `kind` on all of them):
+//!
+//! | metric | meaning |
+//! |---|---|
+//! | `mdcache_hits_total{tier="l1"\|"l2"}` | reads served by that tier |
+//! | `mdcache_misses_total{tier="l1"\|"l2"}` | reads that tier could not serve |
+//! | `mdcache_writes_total{outcome="applied"\|"superseded"}` | writes, and those refused because a higher version was cached |
+//! | `mdcache_deletes_total` | deletes |
+//! | `mdcache_errors_total` | operations that returned an error (timeouts and decode errors included) |
+//! | `mdcache_timeouts_total` | L2 operations that missed their deadline |
+//! | `mdcache_decode_errors_total` | stored values that did not decode (served as misses) |
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use metrics::Counter;
+
+/// One counter: our own atomic for the snapshot, and the `metrics` handle for exporters.
+#[derive(Debug)]
+pub(crate) struct Count {
+    value: AtomicU64,
+    handle: Counter,
+}
+
+impl Count {
+    fn new(handle: Counter) -> Self {
+        Count {
+            value: AtomicU64::new(0),
+            handle,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn inc(&self) {
+        self.add(1);
+    }
+
+    #[inline]
+    pub(crate) fn add(&self, n: u64) {
+        self.value.fetch_add(n, Ordering::Relaxed);
+        self.handle.increment(n);
+    }
+
+    fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
+/// The counters of one kind.
+#[derive(Debug)]
+pub(crate) struct KindStats {
+    pub(crate) kind: &'static str,
+    pub(crate) l1_hits: Count,
+    pub(crate) l1_misses: Count,
+    pub(crate) l2_hits: Count,
+    pub(crate) l2_misses: Count,
+    pub(crate) writes: Count,
+    pub(crate) writes_superseded: Count,
+    pub(crate) deletes: Count,
+    pub(crate) errors: Count,
+    pub(crate) timeouts: Count,
+    pub(crate) decode_errors: Count,
+}
+
+impl KindStats {
+    pub(crate) fn new(kind: &'static str) -> Self {
+        let tier = |name: &'static str, tier: &'static str| {
+            Count::new(metrics::counter!(name, "kind" => kind, "tier" => tier))
+        };
+        let plain = |name: &'static str| Count::new(metrics::counter!(name, "kind" => kind));
+        KindStats {
+            kind,
+            l1_hits: tier("mdcache_hits_total", "l1"),
+            l1_misses: tier("mdcache_misses_total", "l1"),
+            l2_hits: tier("mdcache_hits_total", "l2"),
+            l2_misses: tier("mdcache_misses_total", "l2"),
+            writes: Count::new(
+                metrics::counter!("mdcache_writes_total", "kind" => kind, "outcome" => "applied"),
+            ),
+            writes_superseded: Count::new(
+                metrics::counter!("mdcache_writes_total", "kind" => kind, "outcome" => "superseded"),
+            ),
+            deletes: plain("mdcache_deletes_total"),
+            errors: plain("mdcache_errors_total"),
+            timeouts: plain("mdcache_timeouts_total"),
+            decode_errors: plain("mdcache_decode_errors_total"),
+        }
+    }
+
+    /// Counts an error, and a timeout when it is one.
+    pub(crate) fn error(&self, e: &crate::Error) {
+        self.errors.inc();
+        if e.is_timeout() {
+            self.timeouts.inc();
+        }
+    }
+
+    fn snapshot(&self) -> KindSnapshot {
+        KindSnapshot {
+            kind: self.kind,
+            l1_hits: self.l1_hits.get(),
+            l1_misses: self.l1_misses.get(),
+            l2_hits: self.l2_hits.get(),
+            l2_misses: self.l2_misses.get(),
+            writes: self.writes.get(),
+            writes_superseded: self.writes_superseded.get(),
+            deletes: self.deletes.get(),
+            errors: self.errors.get(),
+            timeouts: self.timeouts.get(),
+            decode_errors: self.decode_errors.get(),
+        }
+    }
+}
+
+/// The per-kind registry. Bounded: one entry per `KeySchema` type the program uses.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    // A std Mutex: taken only when a key is built (not per read), never across an await.
+    kinds: Mutex<Vec<Arc<KindStats>>>,
+}
+
+impl Stats {
+    /// The counters of `kind`, registering them on first use.
+    pub(crate) fn kind(&self, kind: &'static str) -> Arc<KindStats> {
+        let mut kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = kinds.iter().find(|k| k.kind == kind) {
+            return Arc::clone(k);
+        }
+        let k = Arc::new(KindStats::new(kind));
+        kinds.push(Arc::clone(&k));
+        k
+    }
+
+    pub(crate) fn snapshot(&self, l1_entries: u64, l1_bytes: u64) -> StatsSnapshot {
+        let kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
+        let per_kind: Vec<KindSnapshot> = kinds.iter().map(|k| k.snapshot()).collect();
+        let mut total = KindSnapshot {
+            kind: "all",
+            ..KindSnapshot::default()
+        };
+        for k in &per_kind {
+            total.l1_hits += k.l1_hits;
+            total.l1_misses += k.l1_misses;
+            total.l2_hits += k.l2_hits;
+            total.l2_misses += k.l2_misses;
+            total.writes += k.writes;
+            total.writes_superseded += k.writes_superseded;
+            total.deletes += k.deletes;
+            total.errors += k.errors;
+            total.timeouts += k.timeouts;
+            total.decode_errors += k.decode_errors;
+        }
+        metrics::gauge!("mdcache_l1_entries").set(l1_entries as f64);
+        metrics::gauge!("mdcache_l1_bytes").set(l1_bytes as f64);
+        StatsSnapshot {
+            total,
+            kinds: per_kind,
+            l1_entries,
+            l1_bytes,
+        }
+    }
+}
+
+/// Counters of one kind (or of all kinds, in [`StatsSnapshot::total`]).
+#[non_exhaustive]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KindSnapshot {
+    /// The kind's name, or `all` for the total.
+    pub kind: &'static str,
+    /// Reads served by L1.
+    pub l1_hits: u64,
+    /// Reads L1 could not serve (absent, expired, or evicted).
+    pub l1_misses: u64,
+    /// Reads served by L2.
+    pub l2_hits: u64,
+    /// Reads L2 could not serve (absent or undecodable).
+    pub l2_misses: u64,
+    /// Writes applied.
+    pub writes: u64,
+    /// Writes refused because a higher version was already cached.
+    pub writes_superseded: u64,
+    /// Deletes.
+    pub deletes: u64,
+    /// Operations that returned an error.
+    pub errors: u64,
+    /// L2 operations that missed their deadline.
+    pub timeouts: u64,
+    /// Stored values that did not decode (served as misses, never as values).
+    pub decode_errors: u64,
+}
+
+/// A point-in-time copy of the cache's counters, from [`Cache::stats`](crate::Cache::stats).
+#[non_exhaustive]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Sums over every kind.
+    pub total: KindSnapshot,
+    /// One entry per kind used so far.
+    pub kinds: Vec<KindSnapshot>,
+    /// Entries currently held by L1 (expired ones count until evicted).
+    pub l1_entries: u64,
+    /// Weighted bytes currently held by L1.
+    pub l1_bytes: u64,
+}
+
+impl StatsSnapshot {
+    /// The counters of one kind, if it has been used.
+    pub fn kind(&self, kind: &str) -> Option<&KindSnapshot> {
+        self.kinds.iter().find(|k| k.kind == kind)
+    }
+}
