@@ -13,7 +13,7 @@ use crate::l1::L1;
 use crate::l2::book;
 use crate::l2::redis::{Fetched, RedisOptions, RedisTier};
 use crate::schema::BookSide;
-use crate::stats::{Stats, StatsSnapshot};
+use crate::stats::{KindStats, Stats, StatsSnapshot};
 
 /// Where a read was served from (DESIGN §4 rule 6).
 #[non_exhaustive]
@@ -179,6 +179,15 @@ impl Cache {
         )
     }
 
+    #[inline]
+    fn ks<'a, S: KeySchema>(&'a self, key: &'a Key<S>) -> KindRef<'a> {
+        if key.stats.owner == self.inner.stats.id {
+            KindRef::Borrowed(&key.stats)
+        } else {
+            KindRef::Owned(self.inner.stats.kind(S::KIND))
+        }
+    }
+
     /// The backend in use.
     pub fn backend(&self) -> Backend {
         self.inner.backend
@@ -205,22 +214,22 @@ impl Cache {
     /// does not decode is counted in `decode_errors` and returned as a miss, never served.
     #[inline]
     pub async fn get<S: ValueSchema>(&self, key: &Key<S>) -> Result<Option<Arc<S::Value>>> {
-        if let Some(l1) = &self.inner.l1 {
-            if let Some(hit) = l1.get::<S::Value>(key.as_str()) {
-                key.stats.l1_hits.inc();
-                return Ok(Some(hit.value));
-            }
+        if let Some(l1) = &self.inner.l1
+            && let Some(hit) = l1.get::<S::Value>(key.as_str())
+        {
+            self.ks(key).l1_hits.inc();
+            return Ok(Some(hit.value));
         }
         Ok(self.read_below_l1(key).await?.map(|r| r.value))
     }
 
     /// Like [`get`](Self::get), with provenance: tier, version, age and remaining TTL.
     pub async fn read<S: ValueSchema>(&self, key: &Key<S>) -> Result<Option<Read<S::Value>>> {
-        if let Some(l1) = &self.inner.l1 {
-            if let Some(hit) = l1.get::<S::Value>(key.as_str()) {
-                key.stats.l1_hits.inc();
-                return Ok(Some(self.l1_read(hit)));
-            }
+        if let Some(l1) = &self.inner.l1
+            && let Some(hit) = l1.get::<S::Value>(key.as_str())
+        {
+            self.ks(key).l1_hits.inc();
+            return Ok(Some(self.l1_read(hit)));
         }
         self.read_below_l1(key).await
     }
@@ -238,7 +247,7 @@ impl Cache {
 
     async fn read_below_l1<S: ValueSchema>(&self, key: &Key<S>) -> Result<Option<Read<S::Value>>> {
         if self.inner.l1.is_some() {
-            key.stats.l1_misses.inc();
+            self.ks(key).l1_misses.inc();
         }
         let Some(l2) = &self.inner.l2 else {
             return Ok(None);
@@ -249,10 +258,10 @@ impl Cache {
         let fetched = l2
             .get(key.as_str())
             .await
-            .inspect_err(|e| key.stats.error(e))?;
+            .inspect_err(|e| self.ks(key).error(e))?;
         match fetched {
             None => {
-                key.stats.l2_misses.inc();
+                self.ks(key).l2_misses.inc();
                 Ok(None)
             }
             Some(f) => Ok(self.accept_fetched(key, f, t0)),
@@ -268,13 +277,13 @@ impl Cache {
     ) -> Option<Read<S::Value>> {
         match codec::decode::<S::Value>(&f.bytes) {
             Err(reason) => {
-                key.stats.decode_errors.inc();
-                key.stats.l2_misses.inc();
+                self.ks(key).decode_errors.inc();
+                self.ks(key).l2_misses.inc();
                 tracing::warn!(key = key.as_str(), %reason, "undecodable value treated as a miss");
                 None
             }
             Ok((version, value)) => {
-                key.stats.l2_hits.inc();
+                self.ks(key).l2_hits.inc();
                 let value = Arc::new(value);
                 let remaining = f.remaining.unwrap_or(key.ttl());
                 let age = key.ttl().saturating_sub(remaining);
@@ -321,9 +330,9 @@ impl Cache {
         opts: SetOptions,
     ) -> Result<WriteOutcome> {
         let value = value.into();
-        let ttl = write_ttl(key, opts)?;
+        let ttl = write_ttl(key, opts).inspect_err(|e| self.ks(key).error(e))?;
         let bytes = codec::encode(version, &*value, self.inner.config.max_value_bytes.get())
-            .inspect_err(|e| key.stats.error(e))?;
+            .inspect_err(|e| self.ks(key).error(e))?;
         let t0 = self.inner.clock.now();
         let l2_stored = match &self.inner.l2 {
             None => None,
@@ -349,9 +358,9 @@ impl Cache {
         l2_stored: Option<bool>,
     ) -> WriteOutcome {
         let applied = match (l2_stored, &self.inner.l1) {
-            // L2 refused: a higher version is there; drop any older L1 copy so reads fetch it.
+            // L2 refused: a higher version is there; drop an older L1 copy so reads fetch it.
             (Some(false), Some(l1)) => {
-                l1.remove(key.as_str());
+                l1.remove_older_than(key.as_str(), version);
                 false
             }
             (Some(false), None) => false,
@@ -364,10 +373,10 @@ impl Cache {
             (None, None) => false,
         };
         if applied {
-            key.stats.writes.inc();
+            self.ks(key).writes.inc();
             WriteOutcome::Applied
         } else {
-            key.stats.writes_superseded.inc();
+            self.ks(key).writes_superseded.inc();
             WriteOutcome::Superseded
         }
     }
@@ -378,7 +387,7 @@ impl Cache {
         if let Some(l1) = &self.inner.l1 {
             l1.remove(key.as_str());
         }
-        key.stats.error(e);
+        self.ks(key).error(e);
     }
 
     /// Deletes `key` from both tiers (`UNLINK` in Redis).
@@ -400,8 +409,8 @@ impl Cache {
             l1.remove(key.as_str());
         }
         match &result {
-            Ok(()) => key.stats.deletes.inc(),
-            Err(e) => key.stats.error(e),
+            Ok(()) => self.ks(key).deletes.inc(),
+            Err(e) => self.ks(key).error(e),
         }
         result
     }
@@ -422,7 +431,7 @@ impl Cache {
             Storage::Book => l2.pttl(&book::version_key(key.as_str())).await,
             _ => l2.pttl(key.as_str()).await,
         }
-        .inspect_err(|e| key.stats.error(e))?;
+        .inspect_err(|e| self.ks(key).error(e))?;
         Ok(match pttl {
             None => KeyTtl::Missing,
             Some(None) => KeyTtl::Persistent,
@@ -446,12 +455,12 @@ impl Cache {
                 .and_then(|l1| l1.get::<S::Value>(key.as_str()));
             match hit {
                 Some(hit) => {
-                    key.stats.l1_hits.inc();
+                    self.ks(key).l1_hits.inc();
                     out.push(Some(self.l1_read(hit)));
                 }
                 None => {
                     if self.inner.l1.is_some() {
-                        key.stats.l1_misses.inc();
+                        self.ks(key).l1_misses.inc();
                     }
                     out.push(None);
                     missing.push(i);
@@ -468,14 +477,14 @@ impl Cache {
         let t0 = self.inner.clock.now();
         let fetched = l2.get_many(&names).await.inspect_err(|e| {
             for &i in &missing {
-                keys[i].stats.error(e);
+                self.ks(&keys[i]).error(e);
             }
         })?;
         for (&i, f) in missing.iter().zip(fetched) {
             let key = &keys[i];
             out[i] = match f {
                 None => {
-                    key.stats.l2_misses.inc();
+                    self.ks(key).l2_misses.inc();
                     None
                 }
                 Some(f) => self.accept_fetched(key, f, t0),
@@ -494,7 +503,7 @@ impl Cache {
         let mut prepared = Vec::new();
         for (key, value, version) in items {
             let bytes =
-                codec::encode(version, &value, limit).inspect_err(|e| key.stats.error(e))?;
+                codec::encode(version, &value, limit).inspect_err(|e| self.ks(key).error(e))?;
             prepared.push((key, Arc::new(value), version, bytes));
         }
         let t0 = self.inner.clock.now();
@@ -535,13 +544,13 @@ impl Cache {
         version: u64,
     ) -> Result<WriteOutcome> {
         let mut side = side;
-        book::validate(&side).inspect_err(|e| key.stats.error(e))?;
+        book::validate(&side).inspect_err(|e| self.ks(key).error(e))?;
         // Rough stored size (a member is "<price>:<qty>", a score 8 bytes) for the value limit.
         let bytes = side.levels.len() * 48;
         let limit = self.inner.config.max_value_bytes.get();
         if bytes > limit {
             let e = Error::ValueTooLarge { size: bytes, limit };
-            key.stats.error(&e);
+            self.ks(key).error(&e);
             return Err(e);
         }
         book::sort_best_first(&mut side.levels, S::SIDE);
@@ -574,7 +583,7 @@ impl Cache {
             if let Some(hit) = l1.get::<BookEntry>(key.as_str()) {
                 let have = hit.value.side.levels.len();
                 if hit.value.complete || (depth != 0 && have >= depth) {
-                    key.stats.l1_hits.inc();
+                    self.ks(key).l1_hits.inc();
                     let side = top(&hit.value.side, depth);
                     let read = self.l1_read(hit);
                     return Ok(Some(Read {
@@ -586,7 +595,7 @@ impl Cache {
                     }));
                 }
             }
-            key.stats.l1_misses.inc();
+            self.ks(key).l1_misses.inc();
         }
         let Some(l2) = &self.inner.l2 else {
             return Ok(None);
@@ -597,15 +606,15 @@ impl Cache {
             .await
             .inspect_err(|e| {
                 if e.kind() == crate::ErrorKind::Decode {
-                    key.stats.decode_errors.inc();
+                    self.ks(key).decode_errors.inc();
                 }
-                key.stats.error(e)
+                self.ks(key).error(e)
             })?;
         let Some(f) = fetched else {
-            key.stats.l2_misses.inc();
+            self.ks(key).l2_misses.inc();
             return Ok(None);
         };
-        key.stats.l2_hits.inc();
+        self.ks(key).l2_hits.inc();
         let remaining = f.remaining.unwrap_or(key.ttl());
         let age = key.ttl().saturating_sub(remaining);
         let complete = depth == 0 || f.side.levels.len() < depth;
@@ -651,6 +660,25 @@ impl Cache {
     }
 }
 
+/// A key's counters in *this* cache: the ones the key carries when this cache built it,
+/// else (a key built by another instance) this cache's counters for the kind.
+enum KindRef<'a> {
+    Borrowed(&'a KindStats),
+    Owned(Arc<KindStats>),
+}
+
+impl std::ops::Deref for KindRef<'_> {
+    type Target = KindStats;
+
+    #[inline]
+    fn deref(&self) -> &KindStats {
+        match self {
+            KindRef::Borrowed(k) => k,
+            KindRef::Owned(k) => k,
+        }
+    }
+}
+
 /// The first `depth` levels (all when 0), sharing the `Arc` when nothing is cut.
 fn top(side: &Arc<BookSide>, depth: usize) -> Arc<BookSide> {
     if depth == 0 || side.levels.len() <= depth {
@@ -665,11 +693,9 @@ fn top(side: &Arc<BookSide>, depth: usize) -> Arc<BookSide> {
 fn write_ttl<S: KeySchema>(key: &Key<S>, opts: SetOptions) -> Result<Duration> {
     let ttl = opts.ttl.unwrap_or(key.ttl());
     if ttl.is_zero() {
-        let e = Error::InvalidValue {
+        return Err(Error::InvalidValue {
             reason: "a write's TTL must be greater than zero".to_owned(),
-        };
-        key.stats.error(&e);
-        return Err(e);
+        });
     }
     Ok(ttl)
 }

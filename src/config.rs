@@ -165,13 +165,13 @@ impl CacheConfig {
                 }
             }
         }
-        if cfg.redis_url.is_none() {
-            if let Some(address) = address {
-                let auth = password
-                    .map(|p| format!(":{}@", percent_encode(&p)))
-                    .unwrap_or_default();
-                cfg.redis_url = Some(format!("redis://{auth}{address}:{}/", port.unwrap_or(6379)));
-            }
+        if cfg.redis_url.is_none()
+            && let Some(address) = address
+        {
+            let auth = password
+                .map(|p| format!(":{}@", percent_encode(&p)))
+                .unwrap_or_default();
+            cfg.redis_url = Some(format!("redis://{auth}{address}:{}/", port.unwrap_or(6379)));
         }
         Ok(cfg)
     }

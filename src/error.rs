@@ -138,7 +138,7 @@ impl Error {
                     || e.is_unrecoverable_error()
                 {
                     ErrorKind::Unavailable
-                } else if e.code() == Some("WRONGTYPE") {
+                } else if is_wrongtype(e) {
                     ErrorKind::WrongType
                 } else {
                     ErrorKind::Backend
@@ -180,7 +180,7 @@ impl Error {
 
     /// Maps a Redis error for `key`, turning `WRONGTYPE` replies into [`Error::WrongType`].
     pub(crate) fn from_redis(e: redis::RedisError, key: &str) -> Self {
-        if e.code() == Some("WRONGTYPE") {
+        if is_wrongtype(&e) {
             Error::WrongType {
                 key: key.to_owned(),
             }
@@ -188,6 +188,15 @@ impl Error {
             Error::Redis(e)
         }
     }
+}
+
+/// True for a `WRONGTYPE` reply, alone or inside a pipeline/transaction failure (where
+/// redis-rs reports the code only through `into_server_errors`).
+fn is_wrongtype(e: &redis::RedisError) -> bool {
+    e.code() == Some("WRONGTYPE")
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errs| errs.iter().any(|(_, s)| s.code() == "WRONGTYPE"))
 }
 
 #[cfg(test)]

@@ -228,7 +228,7 @@ mod tests {
     use crate::schema::{BookBid, Price};
 
     fn stats(kind: &'static str) -> Arc<KindStats> {
-        Arc::new(KindStats::new(kind))
+        Arc::new(KindStats::new(0, kind))
     }
 
     #[test]

@@ -168,6 +168,12 @@ impl L1 {
         self.map.remove(key);
     }
 
+    /// Removes `key` if it holds a version lower than `version` (after a write of `version`
+    /// was superseded in L2: an older L1 copy must go, a newer or equal one may stay).
+    pub(crate) fn remove_older_than(&self, key: &str, version: u64) {
+        self.map.remove_if(key, |e| e.version < version);
+    }
+
     /// Removes every entry.
     pub(crate) fn clear(&self) {
         self.map.clear();

@@ -57,6 +57,9 @@ impl Count {
 /// The counters of one kind.
 #[derive(Debug)]
 pub(crate) struct KindStats {
+    /// The [`Stats`] registry these belong to, so a cache can tell its own keys' counters
+    /// from those of a key built by another cache instance.
+    pub(crate) owner: u64,
     pub(crate) kind: &'static str,
     pub(crate) l1_hits: Count,
     pub(crate) l1_misses: Count,
@@ -71,12 +74,13 @@ pub(crate) struct KindStats {
 }
 
 impl KindStats {
-    pub(crate) fn new(kind: &'static str) -> Self {
+    pub(crate) fn new(owner: u64, kind: &'static str) -> Self {
         let tier = |name: &'static str, tier: &'static str| {
             Count::new(metrics::counter!(name, "kind" => kind, "tier" => tier))
         };
         let plain = |name: &'static str| Count::new(metrics::counter!(name, "kind" => kind));
         KindStats {
+            owner,
             kind,
             l1_hits: tier("mdcache_hits_total", "l1"),
             l1_misses: tier("mdcache_misses_total", "l1"),
@@ -121,10 +125,22 @@ impl KindStats {
 }
 
 /// The per-kind registry. Bounded: one entry per `KeySchema` type the program uses.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Stats {
+    /// Unique per registry (per cache instance).
+    pub(crate) id: u64,
     // A std Mutex: taken only when a key is built (not per read), never across an await.
     kinds: Mutex<Vec<Arc<KindStats>>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Stats {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            kinds: Mutex::default(),
+        }
+    }
 }
 
 impl Stats {
@@ -134,7 +150,7 @@ impl Stats {
         if let Some(k) = kinds.iter().find(|k| k.kind == kind) {
             return Arc::clone(k);
         }
-        let k = Arc::new(KindStats::new(kind));
+        let k = Arc::new(KindStats::new(self.id, kind));
         kinds.push(Arc::clone(&k));
         k
     }

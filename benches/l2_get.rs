@@ -1,0 +1,297 @@
+//! L2 hit, one task: `Cache::get` on the Redis backend against raw redis-rs on one multiplexed
+//! connection, on a throwaway redis-server.
+//!
+//! DESIGN §9 target: an L2 hit costs at most 1.15× a raw `GET` (p50). Contenders, all reading
+//! the same key (a `Price` envelope written by `Cache::set`):
+//!
+//! - `mdcache_get`: `Cache::get`, `Backend::Redis` (no L1), default pool of 16, 1 s deadline
+//!   (so a slow moment on a busy machine is measured, not turned into an error). It sends
+//!   `MULTI GET PTTL EXEC` and decodes the value.
+//! - `raw_get`: `GET` on one shared `MultiplexedConnection` — the floor.
+//! - `raw_multi_get_pttl`: `MULTI GET PTTL EXEC` on that connection — what `mdcache_get` sends,
+//!   so `mdcache_get / raw_multi_get_pttl` is our own overhead and `raw_multi_get_pttl /
+//!   raw_get` the protocol's.
+//! - `raw_pipe_get_pttl` and `raw_evalsha_get_pttl`: the same two reads as a plain pipeline and
+//!   as one Lua script — references for the cost of the transaction wrapper.
+//!
+//! The loops run inside a task spawned on a 2-worker runtime, like an engine task: the reply
+//! then wakes the task on the worker that read it, instead of crossing to criterion's
+//! `block_on` thread on every operation.
+//!
+//! After the criterion group, `l2_get/latency` prints p50/p90/p99/p99.9 per contender from
+//! per-operation `Instant` timings, contenders interleaved in rounds so a disturbance on the
+//! machine hits all of them alike.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use mdcache::{Backend, Cache, Key, Price};
+use redis::aio::MultiplexedConnection;
+use tokio::runtime::Runtime;
+
+/// Reads the key and its remaining TTL in one script call.
+const GET_PTTL_SCRIPT: &str = "return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}";
+
+fn price() -> Price {
+    Price {
+        bid: 189.51,
+        ask: 189.53,
+        bid_size: 300.0,
+        ask_size: 200.0,
+        last: 189.52,
+        seq: 42,
+        exchange_ts_ns: 1_763_700_000_000_000_000,
+    }
+}
+
+/// One way of reading the key; each task holds its own clone.
+#[derive(Clone)]
+enum Contender {
+    Ours(Cache, Key<Price>),
+    RawGet(MultiplexedConnection, String),
+    RawMulti(MultiplexedConnection, String),
+    RawPipe(MultiplexedConnection, String),
+    RawScript(MultiplexedConnection, String, redis::Script),
+}
+
+impl Contender {
+    fn name(&self) -> &'static str {
+        match self {
+            Contender::Ours(..) => "mdcache_get",
+            Contender::RawGet(..) => "raw_get",
+            Contender::RawMulti(..) => "raw_multi_get_pttl",
+            Contender::RawPipe(..) => "raw_pipe_get_pttl",
+            Contender::RawScript(..) => "raw_evalsha_get_pttl",
+        }
+    }
+
+    /// One read; panics unless it is a hit.
+    async fn read(&mut self) {
+        let hit = match self {
+            Contender::Ours(cache, key) => cache.get(key).await.expect("mdcache get").is_some(),
+            Contender::RawGet(c, key) => {
+                let v: Option<Vec<u8>> = redis::cmd("GET").arg(&*key).query_async(c).await.unwrap();
+                black_box(v).is_some()
+            }
+            Contender::RawMulti(c, key) => {
+                let (v, ttl): (Option<Vec<u8>>, i64) = redis::pipe()
+                    .atomic()
+                    .get(&*key)
+                    .pttl(&*key)
+                    .query_async(c)
+                    .await
+                    .unwrap();
+                black_box(ttl);
+                black_box(v).is_some()
+            }
+            Contender::RawPipe(c, key) => {
+                let (v, ttl): (Option<Vec<u8>>, i64) = redis::pipe()
+                    .get(&*key)
+                    .pttl(&*key)
+                    .query_async(c)
+                    .await
+                    .unwrap();
+                black_box(ttl);
+                black_box(v).is_some()
+            }
+            Contender::RawScript(c, key, script) => {
+                let (v, ttl): (Option<Vec<u8>>, i64) =
+                    script.key(&*key).invoke_async(c).await.unwrap();
+                black_box(ttl);
+                black_box(v).is_some()
+            }
+        };
+        assert!(hit, "{} missed", self.name());
+    }
+}
+
+struct Setup {
+    rt: Runtime,
+    contenders: Vec<Contender>,
+    /// Last: dropped after the connections that use it.
+    _server: support::RedisServer,
+}
+
+fn setup() -> Setup {
+    let server = support::RedisServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let contenders = rt.block_on(async {
+        let cache = Cache::builder()
+            .backend(Backend::Redis)
+            .redis_url(server.url())
+            .op_timeout(Duration::from_secs(1))
+            // Price's TTL is 100 ms; an hour keeps the key a hit for the whole run.
+            .ttl("price", Duration::from_secs(3600))
+            .build()
+            .expect("redis cache");
+        let key = cache.key::<Price>("AAPL").expect("valid key");
+        cache.set(&key, price(), 42).await.expect("set");
+        let conn = server.multiplexed().await;
+        let name = key.as_str().to_owned();
+        let bytes: Vec<u8> = redis::cmd("GET")
+            .arg(&name)
+            .query_async(&mut conn.clone())
+            .await
+            .expect("GET");
+        println!(
+            "l2_get: value `{name}` is {} bytes (10-byte envelope header + MessagePack Price)",
+            bytes.len()
+        );
+        let mut contenders = vec![
+            Contender::Ours(cache, key),
+            Contender::RawGet(conn.clone(), name.clone()),
+            Contender::RawMulti(conn.clone(), name.clone()),
+            Contender::RawPipe(conn.clone(), name.clone()),
+            Contender::RawScript(conn, name, redis::Script::new(GET_PTTL_SCRIPT)),
+        ];
+        // Opens the pool's connections and loads the script before anything is timed.
+        for c in &mut contenders {
+            for _ in 0..200 {
+                c.read().await;
+            }
+        }
+        contenders
+    });
+    Setup {
+        rt,
+        contenders,
+        _server: server,
+    }
+}
+
+/// `iters` sequential reads in one task on a worker thread; the time they took.
+async fn timed_loop(rt: &Runtime, contender: &Contender, iters: u64) -> Duration {
+    let mut c = contender.clone();
+    rt.spawn(async move {
+        let start = Instant::now();
+        for _ in 0..iters {
+            c.read().await;
+        }
+        start.elapsed()
+    })
+    .await
+    .expect("bench task")
+}
+
+fn throughput(c: &mut Criterion, s: &Setup) {
+    let mut group = c.benchmark_group("l2_get");
+    for contender in &s.contenders {
+        group.bench_function(contender.name(), |b| {
+            b.to_async(&s.rt)
+                .iter_custom(|iters| timed_loop(&s.rt, contender, iters))
+        });
+    }
+    group.finish();
+}
+
+/// How many rounds of `ROUND` reads per contender the latency report takes: full under
+/// `cargo bench`, a smoke run under `cargo test --benches`, none for `--list` or a filter
+/// that excludes `l2_get/latency`.
+fn latency_rounds() -> usize {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let filtered_out = args
+        .iter()
+        .any(|a| !a.starts_with('-') && !"l2_get/latency".contains(a.as_str()));
+    if filtered_out || args.iter().any(|a| a == "--list") {
+        0
+    } else if args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test") {
+        40
+    } else {
+        1
+    }
+}
+
+const ROUND: usize = 1_000;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn latency(_: &mut Criterion, s: &Setup) {
+    let rounds = latency_rounds();
+    if rounds == 0 {
+        return;
+    }
+    let mut samples: Vec<Vec<Duration>> =
+        vec![Vec::with_capacity(rounds * ROUND); s.contenders.len()];
+    for _ in 0..rounds {
+        for (contender, out) in s.contenders.iter().zip(&mut samples) {
+            let mut c = contender.clone();
+            let timings =
+                s.rt.block_on(s.rt.spawn(async move {
+                    let mut timings = Vec::with_capacity(ROUND);
+                    for _ in 0..ROUND {
+                        let t0 = Instant::now();
+                        c.read().await;
+                        timings.push(t0.elapsed());
+                    }
+                    timings
+                }))
+                .expect("latency task");
+            out.extend(timings);
+        }
+    }
+    println!(
+        "\nl2_get/latency: one task, {} reads per contender in {rounds} interleaved rounds (µs)",
+        rounds * ROUND
+    );
+    println!(
+        "{:<22} {:>8} {:>8} {:>8} {:>8} {:>8}  {:>14}",
+        "contender", "p50", "p90", "p99", "p99.9", "mean", "p50 / raw_get"
+    );
+    for t in &mut samples {
+        t.sort_unstable();
+    }
+    let raw_p50 = s
+        .contenders
+        .iter()
+        .position(|c| matches!(c, Contender::RawGet(..)))
+        .map(|i| percentile(&samples[i], 0.50));
+    for (contender, t) in s.contenders.iter().zip(samples) {
+        let p50 = percentile(&t, 0.50);
+        let mean = t.iter().sum::<Duration>() / t.len() as u32;
+        let ratio = raw_p50.map_or(String::from("-"), |r| {
+            format!("{:.3}", p50.as_secs_f64() / r.as_secs_f64())
+        });
+        println!(
+            "{:<22} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}  {:>14}",
+            contender.name(),
+            micros(p50),
+            micros(percentile(&t, 0.90)),
+            micros(percentile(&t, 0.99)),
+            micros(percentile(&t, 0.999)),
+            micros(mean),
+            ratio
+        );
+    }
+    println!();
+}
+
+fn l2_get(c: &mut Criterion) {
+    let s = setup();
+    throughput(c, &s);
+    latency(c, &s);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .sample_size(30);
+    targets = l2_get
+}
+criterion_main!(benches);
