@@ -76,3 +76,8 @@ pub use schema::{
     Risk, Side, StrategyState,
 };
 pub use stats::{KindSnapshot, StatsSnapshot};
+
+/// The README's code blocks, compiled and run as doctests so the quick start stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -753,3 +753,34 @@ fn assert_send_sync() {
     is::<Cache>();
     is::<Arc<Price>>();
 }
+
+#[tokio::test]
+async fn scripts_are_reloaded_after_the_server_forgets_them() {
+    let server = RedisServer::start();
+    let cache = cache(&server, Backend::Redis);
+    let key = cache.key::<Price>("NOSCRIPT").unwrap();
+    let bk = cache.key::<BookAsk>("NOSCRIPT").unwrap();
+    cache.set(&key, price(1), 1).await.unwrap();
+    cache.set_book(&bk, book(&[(1.0, 1.0)]), 1).await.unwrap();
+    let mut c = server.multiplexed().await;
+    for round in 2..4u64 {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let out = if round == 2 {
+            cache.set(&key, price(round), round).await.unwrap()
+        } else {
+            cache.set_many([(&key, price(round), round)]).await.unwrap()[0]
+        };
+        assert_eq!(out, WriteOutcome::Applied);
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(cache.get_book(&bk, 1).await.unwrap().is_some());
+    }
+    assert_eq!(cache.read(&key).await.unwrap().unwrap().version, 3);
+}
