@@ -116,6 +116,10 @@ impl SetOptions {
     }
 }
 
+/// The L1 marker for "the source has no such key" (negative caching).
+#[derive(Debug)]
+struct NotFound;
+
 /// A book side as held in L1: sorted best first, and whether it holds every level or only
 /// the top levels a depth-limited read fetched.
 #[derive(Debug)]
@@ -180,7 +184,7 @@ impl Cache {
     }
 
     #[inline]
-    fn ks<'a, S: KeySchema>(&'a self, key: &'a Key<S>) -> KindRef<'a> {
+    pub(crate) fn ks<'a, S: KeySchema>(&'a self, key: &'a Key<S>) -> KindRef<'a> {
         if key.stats.owner == self.inner.stats.id {
             KindRef::Borrowed(&key.stats)
         } else {
@@ -652,6 +656,23 @@ impl Cache {
         }
     }
 
+    /// True when L1 remembers that the source has no value at `key` (negative caching).
+    pub(crate) fn negative_hit(&self, key: &str) -> bool {
+        self.inner
+            .l1
+            .as_ref()
+            .is_some_and(|l1| l1.get::<NotFound>(key).is_some())
+    }
+
+    /// Remembers in L1, for `ttl`, that the source has no value at `key`. Stored with version
+    /// 0, so any real write replaces it. A no-op without an L1.
+    pub(crate) fn put_negative(&self, key: &Arc<str>, ttl: Duration) {
+        if let Some(l1) = &self.inner.l1 {
+            let now = self.inner.clock.now();
+            l1.insert(key, Arc::new(NotFound), 0, now + ttl, now, 0);
+        }
+    }
+
     /// Drops every L1 entry (Redis is untouched).
     pub fn clear_l1(&self) {
         if let Some(l1) = &self.inner.l1 {
@@ -662,7 +683,7 @@ impl Cache {
 
 /// A key's counters in *this* cache: the ones the key carries when this cache built it,
 /// else (a key built by another instance) this cache's counters for the kind.
-enum KindRef<'a> {
+pub(crate) enum KindRef<'a> {
     Borrowed(&'a KindStats),
     Owned(Arc<KindStats>),
 }
@@ -680,7 +701,7 @@ impl std::ops::Deref for KindRef<'_> {
 }
 
 /// The first `depth` levels (all when 0), sharing the `Arc` when nothing is cut.
-fn top(side: &Arc<BookSide>, depth: usize) -> Arc<BookSide> {
+pub(crate) fn top(side: &Arc<BookSide>, depth: usize) -> Arc<BookSide> {
     if depth == 0 || side.levels.len() <= depth {
         Arc::clone(side)
     } else {

@@ -43,7 +43,7 @@ pub fn encode<V: Serialize + ?Sized>(version: u64, value: &V, limit: usize) -> R
     buf.push(MAGIC);
     buf.push(FORMAT);
     buf.extend_from_slice(&version.to_be_bytes());
-    rmp_serde::encode::write_named(&mut buf, value)?;
+    rmp_serde::encode::write_named(&mut buf, value).map_err(|e| Error::Encode(e.to_string()))?;
     if buf.len() > limit {
         return Err(Error::ValueTooLarge {
             size: buf.len(),

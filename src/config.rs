@@ -111,7 +111,20 @@ impl CacheConfig {
     /// Reads the configuration from the process environment (DESIGN §6). Unset variables keep
     /// their defaults; an invalid value is an [`Error::Config`] naming the variable.
     pub fn from_env() -> Result<Self> {
-        Self::from_vars(std::env::vars())
+        // Not `std::env::vars()`: it panics on any variable that is not UTF-8, even one that
+        // has nothing to do with us. Only our own variables must be UTF-8.
+        let mut vars = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            let Some(name) = name.to_str() else { continue };
+            if !(name.starts_with("CACHE_") || name == "DATABASE_URL") {
+                continue;
+            }
+            match value.into_string() {
+                Ok(value) => vars.push((name.to_owned(), value)),
+                Err(_) => return Err(Error::config(name, "is not valid UTF-8")),
+            }
+        }
+        Self::from_vars(vars)
     }
 
     /// Like [`from_env`](Self::from_env), from any list of `(name, value)` pairs.

@@ -51,7 +51,7 @@ impl std::fmt::Display for ErrorKind {
 /// Match on [`Error::kind`] or use the decision methods ([`is_timeout`](Error::is_timeout),
 /// [`is_retryable`](Error::is_retryable), [`trips_breaker`](Error::trips_breaker)).
 #[non_exhaustive]
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// A key identifier was rejected (DESIGN §2); nothing was sent to any tier.
     #[error("invalid key id {id:?}: {reason}")]
@@ -77,7 +77,7 @@ pub enum Error {
     },
     /// A value could not be encoded as MessagePack; nothing was written.
     #[error("value could not be encoded: {0}")]
-    Encode(#[from] rmp_serde::encode::Error),
+    Encode(String),
     /// Stored bytes did not decode.
     #[error("value at {key} could not be decoded: {reason}")]
     Decode {

@@ -63,7 +63,9 @@ mod error;
 mod key;
 mod l1;
 mod l2;
+mod patterns;
 mod schema;
+pub mod source;
 mod stats;
 
 pub use cache::{Cache, CacheBuilder, KeyTtl, Read, SetOptions, Tier, WriteOutcome};
@@ -71,9 +73,17 @@ pub use clock::{Clock, MockClock};
 pub use config::{Backend, CacheConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT};
 pub use error::{Error, ErrorKind, Result};
 pub use key::{BookSchema, Key, KeySchema, MAX_ID_LEN, Storage, ValueSchema, validate_id};
+pub use patterns::aside::{AsideOptions, CacheAside, CacheAsideBuilder, DEFAULT_SOURCE_TIMEOUT};
+pub use patterns::dirty::{DirtyLog, DirtySnapshot};
+pub use patterns::write::{DEFAULT_DIRTY_CAPACITY, DEFAULT_WRITE_TIMEOUT, WriteAck, WriteThrough};
+pub use patterns::{LoadError, WriteError};
 pub use schema::{
     BookAsk, BookBid, BookSide, BookSideKind, Kind, Level, Order, OrderStatus, Position, Price,
     Risk, Side, StrategyState,
+};
+pub use source::{
+    Counted, Loaded, MemorySource, MemorySourceError, PostgresSource, PostgresSourceError, Source,
+    SourceWriter,
 };
 pub use stats::{KindSnapshot, StatsSnapshot};
 

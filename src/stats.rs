@@ -16,6 +16,11 @@
 //! | `mdcache_errors_total` | operations that returned an error (timeouts and decode errors included) |
 //! | `mdcache_timeouts_total` | L2 operations that missed their deadline |
 //! | `mdcache_decode_errors_total` | stored values that did not decode (served as misses) |
+//! | `mdcache_source_loads_total` | source loads (cache-aside misses and refreshes) |
+//! | `mdcache_source_errors_total` | source loads or writes that failed or timed out |
+//! | `mdcache_source_writes_total` | write-through writes sent to the source |
+//! | `mdcache_refreshes_total` | background refresh-ahead reloads started |
+//! | `mdcache_negative_hits_total` | reads answered "not found" from the negative cache |
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -71,6 +76,11 @@ pub(crate) struct KindStats {
     pub(crate) errors: Count,
     pub(crate) timeouts: Count,
     pub(crate) decode_errors: Count,
+    pub(crate) source_loads: Count,
+    pub(crate) source_errors: Count,
+    pub(crate) source_writes: Count,
+    pub(crate) refreshes: Count,
+    pub(crate) negative_hits: Count,
 }
 
 impl KindStats {
@@ -96,6 +106,11 @@ impl KindStats {
             errors: plain("mdcache_errors_total"),
             timeouts: plain("mdcache_timeouts_total"),
             decode_errors: plain("mdcache_decode_errors_total"),
+            source_loads: plain("mdcache_source_loads_total"),
+            source_errors: plain("mdcache_source_errors_total"),
+            source_writes: plain("mdcache_source_writes_total"),
+            refreshes: plain("mdcache_refreshes_total"),
+            negative_hits: plain("mdcache_negative_hits_total"),
         }
     }
 
@@ -120,6 +135,11 @@ impl KindStats {
             errors: self.errors.get(),
             timeouts: self.timeouts.get(),
             decode_errors: self.decode_errors.get(),
+            source_loads: self.source_loads.get(),
+            source_errors: self.source_errors.get(),
+            source_writes: self.source_writes.get(),
+            refreshes: self.refreshes.get(),
+            negative_hits: self.negative_hits.get(),
         }
     }
 }
@@ -173,6 +193,11 @@ impl Stats {
             total.errors += k.errors;
             total.timeouts += k.timeouts;
             total.decode_errors += k.decode_errors;
+            total.source_loads += k.source_loads;
+            total.source_errors += k.source_errors;
+            total.source_writes += k.source_writes;
+            total.refreshes += k.refreshes;
+            total.negative_hits += k.negative_hits;
         }
         metrics::gauge!("mdcache_l1_entries").set(l1_entries as f64);
         metrics::gauge!("mdcache_l1_bytes").set(l1_bytes as f64);
@@ -211,6 +236,16 @@ pub struct KindSnapshot {
     pub timeouts: u64,
     /// Stored values that did not decode (served as misses, never as values).
     pub decode_errors: u64,
+    /// Source loads (cache-aside misses and refreshes).
+    pub source_loads: u64,
+    /// Source loads or writes that failed or timed out.
+    pub source_errors: u64,
+    /// Write-through writes sent to the source.
+    pub source_writes: u64,
+    /// Background refresh-ahead reloads started.
+    pub refreshes: u64,
+    /// Reads answered "not found" from the negative cache.
+    pub negative_hits: u64,
 }
 
 /// A point-in-time copy of the cache's counters, from [`Cache::stats`](crate::Cache::stats).

@@ -1,0 +1,432 @@
+//! `CacheAside`: read L1 → L2 → source, filling the tiers on the way back; single-flight, refresh-ahead, negative caching.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::flight::Flights;
+use super::{LoadError, is_caller_error};
+use crate::cache::{Cache, Read, Tier};
+use crate::error::Error;
+use crate::key::{BookSchema, Key, KeySchema, ValueSchema};
+use crate::schema::BookSide;
+use crate::source::{Loaded, Source};
+
+/// Default deadline for one source load.
+pub const DEFAULT_SOURCE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Most keys loading at once that still share their loads (beyond it, loads run unshared).
+const MAX_FLIGHTS: usize = 65_536;
+
+/// Options of a [`CacheAside`]; see [`CacheAsideBuilder`].
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub struct AsideOptions {
+    /// Deadline for one source load.
+    pub source_timeout: Duration,
+    /// Refresh-ahead per kind: a read finding less than this fraction of the TTL left starts
+    /// one background reload of the key.
+    pub refresh_ahead: Vec<(String, f64)>,
+    /// How long "not found" is remembered (`None`: not at all). Needs an L1 (the `memory` or
+    /// `layered` backend); with the `redis` backend it has no effect.
+    pub negative_ttl: Option<Duration>,
+    /// Most background refreshes running at once; past it, refreshes are skipped (the key
+    /// then simply misses once at expiry).
+    pub max_refreshes: usize,
+}
+
+impl Default for AsideOptions {
+    fn default() -> Self {
+        AsideOptions {
+            source_timeout: DEFAULT_SOURCE_TIMEOUT,
+            refresh_ahead: Vec::new(),
+            negative_ttl: None,
+            max_refreshes: 64,
+        }
+    }
+}
+
+/// Cache-aside reads (DESIGN §4 rule 4): L1, then L2, then the source, filling the tiers on
+/// the way back with the kind's TTL and the source's version.
+///
+/// - **Single-flight**: any number of concurrent misses of one key call the source once.
+/// - **Refresh-ahead** (per kind, optional): a hit with less than the configured fraction of
+///   its TTL left starts one background reload and returns at once, so hot keys do not miss.
+/// - **Negative caching** (optional): "not found" is remembered for a short TTL.
+/// - **Provenance**: every read says where it came from (`l1`, `l2`, `source`).
+///
+/// If Redis fails during a read, the read goes to the source (and the error is counted); the
+/// circuit breaker and fallback policy build on this.
+///
+/// Background refreshes are owned: they stop when the last clone of the `CacheAside` is
+/// dropped, or on [`shutdown`](Self::shutdown).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use mdcache::{Cache, CacheAside, MemorySource, Position, SourceWriter, Tier};
+///
+/// let cache = Cache::builder().build()?;
+/// let db = std::sync::Arc::new(MemorySource::default());
+/// let key = cache.key::<Position>("AAPL")?;
+/// db.write(&key, &Position { qty: 5.0, avg_price: 10.0, realized_pnl: 0.0, seq: 1 }).await?;
+///
+/// let aside = CacheAside::builder(cache, db).build();
+/// assert_eq!(aside.get(&key).await?.unwrap().tier, Tier::Source); // loaded and filled
+/// assert_eq!(aside.get(&key).await?.unwrap().tier, Tier::L1);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct CacheAside<Src: Source> {
+    inner: Arc<AsideInner<Src>>,
+    /// Cancels background refreshes when the last handle goes.
+    _stop: Arc<StopOnDrop>,
+}
+
+impl<Src: Source> Clone for CacheAside<Src> {
+    fn clone(&self) -> Self {
+        CacheAside {
+            inner: Arc::clone(&self.inner),
+            _stop: Arc::clone(&self._stop),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct StopOnDrop(CancellationToken);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+#[derive(Debug)]
+struct AsideInner<Src> {
+    cache: Cache,
+    source: Arc<Src>,
+    flights: Flights,
+    opts: AsideOptions,
+    /// Keys with a background refresh running, so a hot key starts one refresh, not one per
+    /// read. Bounded by `max_refreshes` (an entry exists only while its permit is held).
+    refreshing: Mutex<HashSet<Arc<str>>>,
+    refresh_permits: Arc<Semaphore>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+/// Builds a [`CacheAside`].
+#[derive(Debug)]
+#[must_use]
+pub struct CacheAsideBuilder<Src> {
+    cache: Cache,
+    source: Arc<Src>,
+    opts: AsideOptions,
+}
+
+impl<Src: Source> CacheAsideBuilder<Src> {
+    /// Deadline for one source load (default 500 ms).
+    pub fn source_timeout(mut self, d: Duration) -> Self {
+        self.opts.source_timeout = d;
+        self
+    }
+
+    /// Refresh-ahead for `kind` (`price`, `book:bid`, …): a read that finds less than
+    /// `fraction` (0 < fraction < 1) of the TTL left starts a background reload.
+    pub fn refresh_ahead(mut self, kind: &str, fraction: f64) -> Self {
+        self.opts
+            .refresh_ahead
+            .push((kind.to_owned(), fraction.clamp(0.0, 1.0)));
+        self
+    }
+
+    /// Remembers "not found" for `ttl`.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.opts.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// Most background refreshes at once (default 64).
+    pub fn max_refreshes(mut self, n: usize) -> Self {
+        self.opts.max_refreshes = n;
+        self
+    }
+
+    /// Builds it.
+    pub fn build(self) -> CacheAside<Src> {
+        let stop = CancellationToken::new();
+        CacheAside {
+            inner: Arc::new(AsideInner {
+                cache: self.cache,
+                source: self.source,
+                flights: Flights::new(MAX_FLIGHTS),
+                refreshing: Mutex::new(HashSet::new()),
+                refresh_permits: Arc::new(Semaphore::new(self.opts.max_refreshes)),
+                opts: self.opts,
+                tasks: TaskTracker::new(),
+                stop: stop.clone(),
+            }),
+            _stop: Arc::new(StopOnDrop(stop)),
+        }
+    }
+}
+
+impl<Src: Source> CacheAside<Src> {
+    /// A builder over `cache` and `source`.
+    pub fn builder(cache: Cache, source: Arc<Src>) -> CacheAsideBuilder<Src> {
+        CacheAsideBuilder {
+            cache,
+            source,
+            opts: AsideOptions::default(),
+        }
+    }
+
+    /// The cache underneath.
+    pub fn cache(&self) -> &Cache {
+        &self.inner.cache
+    }
+
+    /// The source underneath.
+    pub fn source(&self) -> &Arc<Src> {
+        &self.inner.source
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &AsideOptions {
+        &self.inner.opts
+    }
+
+    /// Stops background refreshes and waits for running ones to finish.
+    pub async fn shutdown(&self) {
+        self.inner.stop.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    /// The value at `key` with its provenance: from L1, L2, or (after a miss in both) the
+    /// source, which then fills the tiers. `Ok(None)`: the source has no such key.
+    pub async fn get<S: ValueSchema>(
+        &self,
+        key: &Key<S>,
+    ) -> Result<Option<Read<S::Value>>, LoadError<Src::Error>> {
+        let inner = &self.inner;
+        if inner.negative_hit(key) {
+            return Ok(None);
+        }
+        match inner.cache.read(key).await {
+            Ok(Some(r)) => {
+                self.maybe_refresh(key, r.ttl_remaining, |i, k| {
+                    Box::pin(async move { i.load_value(&k, false).await.map(|_| ()) })
+                });
+                return Ok(Some(r));
+            }
+            Ok(None) => {}
+            Err(e) if is_caller_error(&e) => return Err(e.into()),
+            Err(e) => {
+                tracing::debug!(key = key.as_str(), error = %e, "cache read failed; loading from the source")
+            }
+        }
+        inner
+            .flights
+            .run(key.shared(), || inner.load_value(key, true))
+            .await
+            .unwrap_or_else(|| Err(internal()))
+    }
+
+    /// The best `depth` levels (0 = all) of a book side, through the cache like
+    /// [`get`](Self::get). The source holds whole sides; the cache is filled with all levels.
+    pub async fn get_book<S: BookSchema>(
+        &self,
+        key: &Key<S>,
+        depth: usize,
+    ) -> Result<Option<Read<BookSide>>, LoadError<Src::Error>> {
+        let inner = &self.inner;
+        if inner.negative_hit(key) {
+            return Ok(None);
+        }
+        match inner.cache.get_book(key, depth).await {
+            Ok(Some(r)) => {
+                self.maybe_refresh(key, r.ttl_remaining, |i, k| {
+                    Box::pin(async move { i.load_book(&k, 0, false).await.map(|_| ()) })
+                });
+                return Ok(Some(r));
+            }
+            Ok(None) => {}
+            Err(e) if is_caller_error(&e) => return Err(e.into()),
+            Err(e) => {
+                tracing::debug!(key = key.as_str(), error = %e, "cache read failed; loading from the source")
+            }
+        }
+        // One flight per key loads the whole side; each caller cuts its own depth.
+        let full = inner
+            .flights
+            .run(key.shared(), || inner.load_book(key, 0, true))
+            .await
+            .unwrap_or_else(|| Err(internal()))?;
+        Ok(full.map(|r| Read {
+            value: crate::cache::top(&r.value, depth),
+            ..r
+        }))
+    }
+
+    /// Starts a background reload of `key` if the read found less than the kind's
+    /// refresh-ahead fraction of its TTL left.
+    fn maybe_refresh<S: KeySchema>(
+        &self,
+        key: &Key<S>,
+        left: Option<Duration>,
+        reload: fn(Arc<AsideInner<Src>>, Key<S>) -> RefreshFuture<Src>,
+    ) {
+        let inner = &self.inner;
+        let Some(fraction) = inner
+            .opts
+            .refresh_ahead
+            .iter()
+            .find(|(k, _)| k == S::KIND)
+            .map(|(_, f)| *f)
+        else {
+            return;
+        };
+        let Some(left) = left else { return };
+        if left.as_secs_f64() >= key.ttl().as_secs_f64() * fraction {
+            return;
+        }
+        let Ok(permit) = Arc::clone(&inner.refresh_permits).try_acquire_owned() else {
+            return;
+        };
+        {
+            let mut refreshing = inner.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+            if !refreshing.insert(Arc::clone(key.shared())) {
+                return;
+            }
+        }
+        inner.cache.ks(key).refreshes.inc();
+        let (task_inner, key) = (Arc::clone(inner), key.clone());
+        let stop = inner.stop.clone();
+        inner.tasks.spawn(async move {
+            let shared = Arc::clone(key.shared());
+            let flight_key = Arc::clone(&shared);
+            let work = {
+                let i = Arc::clone(&task_inner);
+                async move {
+                    let i2 = Arc::clone(&i);
+                    // One refresh per key at a time, even across clones of this handle.
+                    let _ = i.flights.run(&flight_key, move || reload(i2, key)).await;
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = work => {}
+            }
+            task_inner
+                .refreshing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&shared);
+            drop(permit);
+        });
+    }
+}
+
+type RefreshFuture<Src> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), LoadError<<Src as Source>::Error>>> + Send>,
+>;
+
+fn internal<E: std::error::Error + 'static>() -> LoadError<E> {
+    LoadError::Cache(Error::Unsupported(
+        "internal: single-flight result of an unexpected type",
+    ))
+}
+
+impl<Src: Source> AsideInner<Src> {
+    fn negative_hit<S: KeySchema>(&self, key: &Key<S>) -> bool {
+        if self.opts.negative_ttl.is_some() && self.cache.negative_hit(key.as_str()) {
+            self.cache.ks(key).negative_hits.inc();
+            return true;
+        }
+        false
+    }
+
+    /// One source load under the deadline, counted.
+    async fn load<S: KeySchema>(
+        &self,
+        key: &Key<S>,
+    ) -> Result<Option<Loaded<S::Value>>, LoadError<Src::Error>> {
+        let ks = self.cache.ks(key);
+        ks.source_loads.inc();
+        let result =
+            match tokio::time::timeout(self.opts.source_timeout, self.source.load(key)).await {
+                Err(_) => Err(LoadError::SourceTimeout(self.opts.source_timeout)),
+                Ok(Err(e)) => Err(LoadError::Source(Arc::new(e))),
+                Ok(Ok(loaded)) => Ok(loaded),
+            };
+        if result.is_err() {
+            ks.source_errors.inc();
+        }
+        if let Ok(None) = result
+            && let Some(ttl) = self.opts.negative_ttl
+        {
+            self.cache.put_negative(key.shared(), ttl);
+        }
+        result
+    }
+
+    /// The flight body for a value: re-check the cache (a flight that just finished may have
+    /// filled it), else load from the source and fill both tiers with its version.
+    async fn load_value<S: ValueSchema>(
+        &self,
+        key: &Key<S>,
+        recheck: bool,
+    ) -> Result<Option<Read<S::Value>>, LoadError<Src::Error>> {
+        if recheck && let Ok(Some(r)) = self.cache.read(key).await {
+            return Ok(Some(r));
+        }
+        let Some(loaded) = self.load(key).await? else {
+            return Ok(None);
+        };
+        let value = Arc::new(loaded.value);
+        if let Err(e) = self
+            .cache
+            .set(key, Arc::clone(&value), loaded.version)
+            .await
+        {
+            tracing::debug!(key = key.as_str(), error = %e, "filling the cache after a load failed");
+        }
+        Ok(Some(from_source(key, value, loaded.version)))
+    }
+
+    /// The flight body for a book side (always loaded and filled whole).
+    async fn load_book<S: BookSchema>(
+        &self,
+        key: &Key<S>,
+        depth: usize,
+        recheck: bool,
+    ) -> Result<Option<Read<BookSide>>, LoadError<Src::Error>> {
+        if recheck && let Ok(Some(r)) = self.cache.get_book(key, depth).await {
+            return Ok(Some(r));
+        }
+        let Some(loaded) = self.load(key).await? else {
+            return Ok(None);
+        };
+        let mut side = loaded.value;
+        crate::l2::book::sort_best_first(&mut side.levels, S::SIDE);
+        if let Err(e) = self.cache.set_book(key, side.clone(), loaded.version).await {
+            tracing::debug!(key = key.as_str(), error = %e, "filling the cache after a load failed");
+        }
+        Ok(Some(from_source(key, Arc::new(side), loaded.version)))
+    }
+}
+
+fn from_source<S: KeySchema, V>(key: &Key<S>, value: Arc<V>, version: u64) -> Read<V> {
+    Read {
+        value,
+        version,
+        tier: Tier::Source,
+        age: Duration::ZERO,
+        ttl_remaining: Some(key.ttl()),
+    }
+}

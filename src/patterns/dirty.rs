@@ -1,0 +1,125 @@
+//! The dirty log: keys written to the database while the cache could not be updated, to be deleted from L2 before it is trusted again.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// Keys whose L2 copy may be stale because a database write succeeded (or failed) while the
+/// cache write or invalidation did not reach Redis (DESIGN §4 rule 3).
+///
+/// Bounded: past `capacity` keys it stops recording keys and sets an overflow flag; the kinds
+/// of every recorded key are kept separately, so recovery can fall back to invalidating whole
+/// kinds (`SCAN` + `UNLINK` in the namespace) when the list is incomplete.
+#[derive(Debug)]
+pub struct DirtyLog {
+    // A std Mutex: record/take are short map operations, never held across an await.
+    inner: Mutex<DirtyInner>,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct DirtyInner {
+    keys: HashSet<Arc<str>>,
+    kinds: BTreeSet<&'static str>,
+    overflowed: bool,
+}
+
+/// What [`DirtyLog::take`] hands to recovery.
+#[non_exhaustive]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirtySnapshot {
+    /// Keys to delete from L2 (complete unless `overflowed`).
+    pub keys: Vec<Arc<str>>,
+    /// True when keys were dropped for lack of room: invalidate `kinds` wholesale.
+    pub overflowed: bool,
+    /// Every kind with a recorded (or dropped) key.
+    pub kinds: Vec<&'static str>,
+}
+
+impl DirtyLog {
+    /// An empty log holding at most `capacity` keys.
+    pub fn new(capacity: usize) -> Self {
+        DirtyLog {
+            inner: Mutex::default(),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DirtyInner> {
+        // Every mutation is a single insert; a poisoned log is still consistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records `key` (of `kind`) as possibly stale in L2.
+    pub fn record(&self, key: &Arc<str>, kind: &'static str) {
+        let mut inner = self.lock();
+        inner.kinds.insert(kind);
+        if inner.keys.contains(key) {
+            return;
+        }
+        if inner.keys.len() >= self.capacity {
+            if !inner.overflowed {
+                tracing::warn!(
+                    capacity = self.capacity,
+                    "dirty log overflowed; recovery will invalidate whole kinds"
+                );
+            }
+            inner.overflowed = true;
+            return;
+        }
+        inner.keys.insert(Arc::clone(key));
+        metrics::counter!("mdcache_dirty_recorded_total", "kind" => kind).increment(1);
+    }
+
+    /// True when `key` is recorded.
+    pub fn contains(&self, key: &str) -> bool {
+        self.lock().keys.contains(key)
+    }
+
+    /// Keys recorded.
+    pub fn len(&self) -> usize {
+        self.lock().keys.len()
+    }
+
+    /// True when nothing is recorded and nothing overflowed.
+    pub fn is_empty(&self) -> bool {
+        let inner = self.lock();
+        inner.keys.is_empty() && !inner.overflowed
+    }
+
+    /// True when keys were dropped for lack of room.
+    pub fn overflowed(&self) -> bool {
+        self.lock().overflowed
+    }
+
+    /// Empties the log and returns what it held.
+    pub fn take(&self) -> DirtySnapshot {
+        let mut inner = self.lock();
+        let taken = std::mem::take(&mut *inner);
+        DirtySnapshot {
+            keys: taken.keys.into_iter().collect(),
+            overflowed: taken.overflowed,
+            kinds: taken.kinds.into_iter().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_with_an_overflow_flag() {
+        let log = DirtyLog::new(2);
+        for k in ["a", "b", "b", "c"] {
+            log.record(&Arc::from(k), "price");
+        }
+        assert_eq!(log.len(), 2);
+        assert!(log.overflowed());
+        assert!(log.contains("a") && !log.contains("c"));
+        let snap = log.take();
+        assert!(snap.overflowed);
+        assert_eq!(snap.kinds, vec!["price"]);
+        assert_eq!(snap.keys.len(), 2);
+        assert!(log.is_empty());
+    }
+}

@@ -1,0 +1,93 @@
+//! The read and write patterns over the cache and the source of record: cache-aside and write-through.
+
+pub(crate) mod aside;
+pub(crate) mod dirty;
+pub(crate) mod flight;
+pub(crate) mod write;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, ErrorKind};
+
+/// Why a cache-aside read failed. The source's error keeps its own type `E` (shared in an
+/// `Arc`, because one failed load answers every caller waiting on it).
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError<E: std::error::Error + 'static> {
+    /// The source failed.
+    #[error("source: {0}")]
+    Source(#[source] Arc<E>),
+    /// The source did not answer within its deadline.
+    #[error("source did not answer within {0:?}")]
+    SourceTimeout(Duration),
+    /// The cache refused the request (an invalid key or value) or failed in a way the
+    /// source cannot make up for.
+    #[error(transparent)]
+    Cache(#[from] Error),
+}
+
+impl<E: std::error::Error + 'static> Clone for LoadError<E> {
+    fn clone(&self) -> Self {
+        match self {
+            LoadError::Source(e) => LoadError::Source(Arc::clone(e)),
+            LoadError::SourceTimeout(d) => LoadError::SourceTimeout(*d),
+            LoadError::Cache(e) => LoadError::Cache(e.clone()),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> LoadError<E> {
+    /// True when a deadline was missed (the source's, or the cache's).
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            LoadError::SourceTimeout(_) => true,
+            LoadError::Cache(e) => e.is_timeout(),
+            LoadError::Source(_) => false,
+        }
+    }
+
+    /// The source's own error, if that is what failed.
+    pub fn source_error(&self) -> Option<&E> {
+        match self {
+            LoadError::Source(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Why a write-through write failed. Whatever the variant, no cache tier holds the value.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError<E: std::error::Error + 'static> {
+    /// The value (or key) was refused before anything was written anywhere.
+    #[error(transparent)]
+    Invalid(Error),
+    /// The database refused the write; the key was invalidated in both tiers.
+    #[error("source refused the write: {0}")]
+    Source(#[source] E),
+    /// The database did not answer in time. It may still commit the write; the key was
+    /// invalidated in both tiers, so the next read loads whatever the database decided.
+    #[error("source did not answer within {0:?}; the outcome is unknown")]
+    SourceTimeout(Duration),
+}
+
+impl<E: std::error::Error + 'static> WriteError<E> {
+    /// The source's own error, if that is what failed.
+    pub fn source_error(&self) -> Option<&E> {
+        match self {
+            WriteError::Source(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// True when the input was refused before any I/O.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(self, WriteError::Invalid(e) if e.is_invalid_input())
+    }
+}
+
+/// Cache errors a source load cannot make up for: the caller's own mistakes.
+pub(crate) fn is_caller_error(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::InvalidKey | ErrorKind::InvalidValue)
+}

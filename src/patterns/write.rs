@@ -1,0 +1,181 @@
+//! `WriteThrough`: the database first, then L2, then L1; a refused write invalidates, a failed cache write goes to the dirty log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::WriteError;
+use super::dirty::DirtyLog;
+use crate::cache::{Cache, WriteOutcome};
+use crate::codec;
+use crate::key::{BookSchema, Key, KeySchema, ValueSchema};
+use crate::schema::BookSide;
+use crate::source::SourceWriter;
+
+/// Default deadline for one source write.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// Default bound of the dirty log.
+pub const DEFAULT_DIRTY_CAPACITY: usize = 100_000;
+
+/// What an acknowledged write did.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteAck {
+    /// The version the database gave the value.
+    pub version: u64,
+    /// What the cache did with it; `None` when the cache write failed (the key is then in the
+    /// dirty log, and evicted from L1).
+    pub cached: Option<WriteOutcome>,
+}
+
+/// Write-through (DESIGN §4 rule 3): the source of record first, and only a value it accepted
+/// reaches a cache tier.
+///
+/// 1. The value is checked (size, book rules) before anything is written anywhere.
+/// 2. The writer (the database) is called. If it fails or times out, the key is invalidated
+///    in both tiers and the error returned: no reader sees a value the database refused, and
+///    the previous value is gone, so the next read loads what the database holds.
+/// 3. The cache gets the value with the database's version, so concurrent writers can never
+///    leave an older value cached. If that cache write fails, the write is still acknowledged
+///    (the database has it): the key is evicted from L1 and recorded in the bounded
+///    [`DirtyLog`], to be deleted from L2 before L2 is trusted again.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use mdcache::{Cache, MemorySource, Position, WriteThrough};
+///
+/// let cache = Cache::builder().build()?;
+/// let writer = WriteThrough::new(cache.clone(), std::sync::Arc::new(MemorySource::default()));
+/// let key = cache.key::<Position>("AAPL")?;
+/// let ack = writer.write(&key, Position { qty: 5.0, avg_price: 10.0, realized_pnl: 0.0, seq: 1 }).await?;
+/// assert_eq!(cache.read(&key).await?.unwrap().version, ack.version);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct WriteThrough<Src> {
+    cache: Cache,
+    source: Arc<Src>,
+    dirty: Arc<DirtyLog>,
+    source_timeout: Duration,
+}
+
+impl<Src> Clone for WriteThrough<Src> {
+    fn clone(&self) -> Self {
+        WriteThrough {
+            cache: self.cache.clone(),
+            source: Arc::clone(&self.source),
+            dirty: Arc::clone(&self.dirty),
+            source_timeout: self.source_timeout,
+        }
+    }
+}
+
+impl<Src: SourceWriter> WriteThrough<Src> {
+    /// Write-through over `cache` and `source`, with a fresh dirty log.
+    pub fn new(cache: Cache, source: Arc<Src>) -> Self {
+        WriteThrough {
+            cache,
+            source,
+            dirty: Arc::new(DirtyLog::new(DEFAULT_DIRTY_CAPACITY)),
+            source_timeout: DEFAULT_WRITE_TIMEOUT,
+        }
+    }
+
+    /// Shares `dirty` (e.g. with the recovery that replays it).
+    #[must_use]
+    pub fn with_dirty_log(mut self, dirty: Arc<DirtyLog>) -> Self {
+        self.dirty = dirty;
+        self
+    }
+
+    /// Deadline for one source write (default 1 s).
+    #[must_use]
+    pub fn with_source_timeout(mut self, d: Duration) -> Self {
+        self.source_timeout = d;
+        self
+    }
+
+    /// The dirty log.
+    pub fn dirty_log(&self) -> &Arc<DirtyLog> {
+        &self.dirty
+    }
+
+    /// The source underneath.
+    pub fn source(&self) -> &Arc<Src> {
+        &self.source
+    }
+
+    /// Writes `value` at `key`: the database first, then the cache.
+    pub async fn write<S: ValueSchema>(
+        &self,
+        key: &Key<S>,
+        value: impl Into<Arc<S::Value>>,
+    ) -> Result<WriteAck, WriteError<Src::Error>> {
+        let value = value.into();
+        // Refuse what the cache would refuse, before the database sees it.
+        codec::encode(0, &*value, self.cache.config().max_value_bytes.get())
+            .map_err(WriteError::Invalid)?;
+        let version = self.write_source(key, &value).await?;
+        let cached = self.cache.set(key, value, version).await;
+        Ok(self.finish(key, version, cached))
+    }
+
+    /// Writes a whole book side: the database first, then the cache.
+    pub async fn write_book<S: BookSchema>(
+        &self,
+        key: &Key<S>,
+        side: BookSide,
+    ) -> Result<WriteAck, WriteError<Src::Error>> {
+        crate::l2::book::validate(&side).map_err(WriteError::Invalid)?;
+        let version = self.write_source(key, &side).await?;
+        let cached = self.cache.set_book(key, side, version).await;
+        Ok(self.finish(key, version, cached))
+    }
+
+    async fn write_source<S: KeySchema>(
+        &self,
+        key: &Key<S>,
+        value: &S::Value,
+    ) -> Result<u64, WriteError<Src::Error>> {
+        let ks = self.cache.ks(key);
+        ks.source_writes.inc();
+        let result = tokio::time::timeout(self.source_timeout, self.source.write(key, value)).await;
+        let err = match result {
+            Ok(Ok(version)) => return Ok(version),
+            Ok(Err(e)) => WriteError::Source(e),
+            Err(_) => WriteError::SourceTimeout(self.source_timeout),
+        };
+        ks.source_errors.inc();
+        // Whatever was cached may no longer match the database (or the write may still
+        // commit after a timeout): drop it from both tiers so the next read loads.
+        if let Err(e) = self.cache.delete(key).await {
+            tracing::warn!(key = key.as_str(), error = %e, "invalidation after a refused write failed; key recorded as dirty");
+            self.dirty.record(key.shared(), S::KIND);
+        }
+        Err(err)
+    }
+
+    fn finish<S: KeySchema>(
+        &self,
+        key: &Key<S>,
+        version: u64,
+        cached: crate::Result<WriteOutcome>,
+    ) -> WriteAck {
+        match cached {
+            Ok(outcome) => WriteAck {
+                version,
+                cached: Some(outcome),
+            },
+            Err(e) => {
+                // `Cache::set` already evicted L1 on failure; L2 may or may not hold it.
+                tracing::warn!(key = key.as_str(), error = %e, "cache write after a database write failed; key recorded as dirty");
+                self.dirty.record(key.shared(), S::KIND);
+                WriteAck {
+                    version,
+                    cached: None,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! `PostgresSource`: the source of record on PostgreSQL (tokio-postgres, bb8 pool), one table per kind with a commit-ordered version.
+//!
+//! Schema (created idempotently by [`PostgresSource::connect`] for the built-in kinds, and by
+//! [`PostgresSource::ensure_kind`] for user kinds):
+//!
+//! ```sql
+//! CREATE SEQUENCE IF NOT EXISTS mdc_version_seq;
+//! CREATE TABLE IF NOT EXISTS "mdc_price" (        -- "mdc_" + kind, ':' → '_' (mdc_book_bid)
+//!     id         text PRIMARY KEY,
+//!     value      jsonb NOT NULL,
+//!     version    bigint NOT NULL,
+//!     updated_at timestamptz NOT NULL DEFAULT now()
+//! );
+//! ```
+//!
+//! A write is one statement: `INSERT … ON CONFLICT (id) DO UPDATE SET version =
+//! GREATEST(t.version + 1, nextval)`. The row lock orders concurrent writers of one key, and
+//! the `t.version + 1` term is evaluated on the row as the previous writer committed it, so
+//! versions increase in commit order; the sequence term keeps a key that was deleted and written
+//! again above every version it had before.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use bb8_postgres::PostgresConnectionManager;
+use tokio_postgres::types::{Json, Type};
+use tokio_postgres::{Config, NoTls};
+
+use super::{Loaded, Source, SourceWriter};
+use crate::key::{Key, KeySchema, validate_kind};
+use crate::schema::Kind;
+
+/// Serializes schema creation across processes starting at once (`CREATE … IF NOT EXISTS`
+/// alone can still race on the catalog).
+const SCHEMA_LOCK: i64 = 0x006d_6463_6163_6865; // "mdcache"
+
+/// Why a [`PostgresSource`] operation failed.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresSourceError {
+    /// The database refused the statement or the connection failed.
+    #[error("postgres: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// No connection could be had in time (the database is down or overloaded).
+    #[error("postgres: no connection within {0:?}")]
+    NoConnection(Duration),
+    /// A stored value did not match the kind's type.
+    #[error("postgres: stored value for {key} does not decode: {reason}")]
+    Decode {
+        /// The key.
+        key: String,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// The value could not be turned into JSON.
+    #[error("postgres: value does not encode: {0}")]
+    Encode(String),
+    /// The URL or kind name was invalid.
+    #[error("postgres: {0}")]
+    Config(String),
+}
+
+impl PostgresSourceError {
+    /// True when the database could not be reached (as opposed to refusing a statement).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            PostgresSourceError::NoConnection(_) => true,
+            PostgresSourceError::Db(e) => e.is_closed() || e.code().is_none(),
+            _ => false,
+        }
+    }
+
+    /// True when the database refused a write for breaking a constraint (SQLSTATE class 23).
+    pub fn is_constraint_violation(&self) -> bool {
+        match self {
+            PostgresSourceError::Db(e) => e.code().is_some_and(|c| c.code().starts_with("23")),
+            _ => false,
+        }
+    }
+}
+
+/// Options for [`PostgresSource::connect_with`].
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// Connections in the pool.
+    pub pool_size: u32,
+    /// How long to wait for a connection (including opening one).
+    pub connect_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            pool_size: 8,
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The source of record on PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PostgresSource {
+    pool: bb8::Pool<PostgresConnectionManager<NoTls>>,
+    connect_timeout: Duration,
+}
+
+fn table(kind: &str) -> String {
+    format!("\"mdc_{}\"", kind.replace(':', "_"))
+}
+
+impl PostgresSource {
+    /// Connects to `url` (e.g. `postgres://user@host:5432/db`) and creates the schema for the
+    /// built-in kinds if it is missing.
+    pub async fn connect(url: &str) -> Result<Self, PostgresSourceError> {
+        Self::connect_with(url, PostgresOptions::default()).await
+    }
+
+    /// [`connect`](Self::connect) with options.
+    pub async fn connect_with(
+        url: &str,
+        opts: PostgresOptions,
+    ) -> Result<Self, PostgresSourceError> {
+        let mut config = Config::from_str(url)
+            .map_err(|e| PostgresSourceError::Config(format!("DATABASE_URL: {e}")))?;
+        config.connect_timeout(opts.connect_timeout);
+        let manager = PostgresConnectionManager::new(config, NoTls);
+        let pool = bb8::Pool::builder()
+            .max_size(opts.pool_size.max(1))
+            // has_broken (is_closed) already drops dead connections; a checkout test would
+            // add a round trip to every load.
+            .test_on_check_out(false)
+            .connection_timeout(opts.connect_timeout)
+            .build_unchecked(manager);
+        let source = PostgresSource {
+            pool,
+            connect_timeout: opts.connect_timeout,
+        };
+        let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+        source.create_tables(&kinds).await?;
+        Ok(source)
+    }
+
+    /// Creates the table of a user-defined kind if it is missing.
+    pub async fn ensure_kind<S: KeySchema>(&self) -> Result<(), PostgresSourceError> {
+        validate_kind(S::KIND).map_err(|e| PostgresSourceError::Config(e.to_string()))?;
+        self.create_tables(&[S::KIND]).await
+    }
+
+    async fn create_tables(&self, kinds: &[&str]) -> Result<(), PostgresSourceError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+            .await?;
+        tx.batch_execute("CREATE SEQUENCE IF NOT EXISTS mdc_version_seq")
+            .await?;
+        for kind in kinds {
+            tx.batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {} (\
+                   id text PRIMARY KEY, \
+                   value jsonb NOT NULL, \
+                   version bigint NOT NULL, \
+                   updated_at timestamptz NOT NULL DEFAULT now())",
+                table(kind)
+            ))
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn conn(
+        &self,
+    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, PostgresSourceError>
+    {
+        self.pool.get().await.map_err(|e| match e {
+            bb8::RunError::User(e) => PostgresSourceError::Db(e),
+            bb8::RunError::TimedOut => PostgresSourceError::NoConnection(self.connect_timeout),
+        })
+    }
+
+    fn decode<S: KeySchema>(
+        key: &str,
+        value: serde_json::Value,
+        version: i64,
+    ) -> Result<Loaded<S::Value>, PostgresSourceError> {
+        let value = serde_json::from_value(value).map_err(|e| PostgresSourceError::Decode {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(Loaded::new(value, u64::try_from(version).unwrap_or(0)))
+    }
+}
+
+impl Source for PostgresSource {
+    type Error = PostgresSourceError;
+
+    async fn load<S: KeySchema>(
+        &self,
+        key: &Key<S>,
+    ) -> Result<Option<Loaded<S::Value>>, PostgresSourceError> {
+        let sql = format!(
+            "SELECT value, version FROM {} WHERE id = $1",
+            table(S::KIND)
+        );
+        let conn = self.conn().await?;
+        // query_typed: parameter types given, so no separate prepare round trip.
+        let row = conn
+            .query_typed_opt(&sql, &[(&key.id(), Type::TEXT)])
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let Json(value): Json<serde_json::Value> = row.try_get(0)?;
+                let version: i64 = row.try_get(1)?;
+                Self::decode::<S>(key.as_str(), value, version).map(Some)
+            }
+        }
+    }
+
+    async fn load_many<S: KeySchema>(
+        &self,
+        keys: &[Key<S>],
+    ) -> Result<Vec<Option<Loaded<S::Value>>>, PostgresSourceError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT id, value, version FROM {} WHERE id = ANY($1)",
+            table(S::KIND)
+        );
+        let ids: Vec<&str> = keys.iter().map(|k| k.id()).collect();
+        let conn = self.conn().await?;
+        let rows = conn.query_typed(&sql, &[(&ids, Type::TEXT_ARRAY)]).await?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            let Json(value): Json<serde_json::Value> = row.try_get(1)?;
+            let version: i64 = row.try_get(2)?;
+            found.insert(id, (value, version));
+        }
+        keys.iter()
+            .map(|k| match found.remove(k.id()) {
+                None => Ok(None),
+                Some((value, version)) => Self::decode::<S>(k.as_str(), value, version).map(Some),
+            })
+            .collect()
+    }
+}
+
+impl SourceWriter for PostgresSource {
+    async fn write<S: KeySchema>(
+        &self,
+        key: &Key<S>,
+        value: &S::Value,
+    ) -> Result<u64, PostgresSourceError> {
+        let json =
+            serde_json::to_value(value).map_err(|e| PostgresSourceError::Encode(e.to_string()))?;
+        let t = table(S::KIND);
+        let sql = format!(
+            "INSERT INTO {t} AS t (id, value, version) \
+             VALUES ($1, $2, nextval('mdc_version_seq')) \
+             ON CONFLICT (id) DO UPDATE SET value = excluded.value, \
+               version = GREATEST(t.version + 1, excluded.version), updated_at = now() \
+             RETURNING version"
+        );
+        let conn = self.conn().await?;
+        let row = conn
+            .query_typed_one(
+                &sql,
+                &[(&key.id(), Type::TEXT), (&Json(&json), Type::JSONB)],
+            )
+            .await?;
+        let version: i64 = row.try_get(0)?;
+        Ok(u64::try_from(version).unwrap_or(0))
+    }
+}
