@@ -1,2 +1,162 @@
-//! The `mdcache` command-line tool.
-fn main() {}
+//! The `mdcache` command-line tool: key commands against Redis (`put`, `get`, `del`, `ttl`), `example` values, and the `demo`.
+//!
+//! # Layout
+//!
+//! | module | job |
+//! |---|---|
+//! | `main` | the command line (clap), logging, the runtime, the exit status |
+//! | `kv` | the key commands, generic over the kind's schema |
+//! | `demo` | the embedded / layered demo behind `make run` |
+//! | `histogram` | the demo's bounded latency histogram |
+//! | `exit` | exit statuses and the one-line `mdcache: …` error report |
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+mod demo;
+mod exit;
+mod histogram;
+mod kv;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Parser, Subcommand};
+use mdcache::Kind;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
+
+use crate::exit::Failure;
+
+/// Inspect and write mdcache keys in Redis, or run the demo.
+///
+/// Configuration comes from the CACHE_* environment variables (CACHE_REDIS_URL,
+/// CACHE_ADDRESS/CACHE_PORT/CACHE_PASSWORD, CACHE_NAMESPACE, CACHE_TTL_<KIND>_MS, ...);
+/// --redis overrides the Redis address.
+///
+/// Exit status: 0 done or found; 1 not found; 2 invalid input or configuration;
+/// 3 Redis unavailable (timed out, unreachable, or it refused the command).
+#[derive(Debug, Parser)]
+#[command(name = "mdcache", version)]
+struct Cli {
+    /// Redis URL (redis:// or rediss://), overriding CACHE_REDIS_URL and CACHE_ADDRESS.
+    #[arg(long, global = true, value_name = "URL")]
+    redis: Option<String>,
+
+    /// Deadline of one Redis operation, in milliseconds. Default for the key commands: 1000,
+    /// or CACHE_OP_TIMEOUT_MS if set; the demo uses CACHE_OP_TIMEOUT_MS or the library's 5 ms.
+    #[arg(long, global = true, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: Option<u64>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Key(kv::KeyCommand),
+    /// Print a valid example value of KIND as JSON.
+    Example {
+        /// The kind of value.
+        #[arg(value_parser = kind_parser())]
+        kind: Kind,
+    },
+    /// A short demo: one writer and several readers for ~2 s, then reads/s, hit rate and read
+    /// latency. Embedded (in-process L1 only) unless a Redis address is given (layered).
+    Demo(demo::DemoArgs),
+}
+
+/// Accepts exactly the kind names (listed in `--help` and in the error), parsed by the library.
+pub(crate) fn kind_parser() -> impl TypedValueParser<Value = Kind> {
+    PossibleValuesParser::new(Kind::ALL.map(Kind::name)).try_map(|s| s.parse::<Kind>())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return exit::clap_error(e),
+    };
+    init_tracing();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let Cli {
+        redis,
+        timeout_ms,
+        command,
+    } = cli;
+    match command {
+        Command::Example { kind } => kv::example(kind),
+        Command::Demo(args) => block_on(
+            tokio::runtime::Builder::new_multi_thread(),
+            demo::run(args, redis, timeout_ms),
+        )?,
+        Command::Key(command) => {
+            let ctx = kv::Ctx::new(redis, timeout_ms)?;
+            // One request at a time: a single-threaded runtime is all a key command needs.
+            block_on(
+                tokio::runtime::Builder::new_current_thread(),
+                kv::run(&ctx, command),
+            )?
+        }
+    }
+}
+
+/// Runs `fut` to completion on a runtime from `builder`, then abandons whatever is left.
+///
+/// Why `shutdown_background` rather than dropping the runtime: dropping waits for blocking
+/// tasks, and a DNS lookup stuck in the resolver (or the pool's background connects) must not
+/// keep a finished command from exiting; the op deadline already bounded the answer.
+fn block_on<F: Future>(mut builder: tokio::runtime::Builder, fut: F) -> Result<F::Output, Failure> {
+    let rt = builder
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::unavailable(format!("cannot start the async runtime: {e}")))?;
+    let out = rt.block_on(fut);
+    rt.shutdown_background();
+    Ok(out)
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `warn`; invalid directives are ignored).
+fn init_tracing() {
+    let filter = EnvFilter::builder()
+        .with_default_directive(LevelFilter::WARN.into())
+        .from_env_lossy();
+    // Fails only if a subscriber is already installed, which would be fine too.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_before_or_after_the_command() {
+        let a =
+            Cli::try_parse_from(["mdcache", "--redis", "redis://h/", "get", "price", "X"]).unwrap();
+        let b =
+            Cli::try_parse_from(["mdcache", "get", "price", "X", "--redis", "redis://h/"]).unwrap();
+        assert_eq!(a.redis, b.redis);
+        assert!(Cli::try_parse_from(["mdcache", "get", "bogus", "X"]).is_err());
+        assert!(
+            Cli::try_parse_from(["mdcache", "put", "pos", "X", "{}", "--ttl-ms", "0"]).is_err()
+        );
+    }
+}

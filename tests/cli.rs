@@ -1,0 +1,648 @@
+//! The `mdcache` binary end to end against real redis-server processes: output, exit statuses (0 found, 1 not found, 2 invalid input, 3 Redis unavailable) and one-line errors.
+
+mod support;
+
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::RedisServer;
+
+const KINDS: [&str; 7] = [
+    "price", "pos", "book:bid", "book:ask", "risk", "ord", "strat",
+];
+
+/// Upper bound for "fails fast" against a dead or hung server. Generous on purpose: it only
+/// has to tell "bounded by the deadline" from "hangs on a 5 s socket timeout or forever".
+const QUICK: Duration = Duration::from_secs(5);
+
+/// Long TTLs for every kind, so a value written by one process is still there when the next
+/// one reads it, however slow the machine (the defaults are 50–100 ms for market data).
+const LONG_TTLS: [(&str, &str); 5] = [
+    ("CACHE_TTL_PRICE_MS", "60000"),
+    ("CACHE_TTL_POS_MS", "60000"),
+    ("CACHE_TTL_BOOK_MS", "60000"),
+    ("CACHE_TTL_RISK_MS", "60000"),
+    ("CACHE_TTL_STRAT_MS", "60000"),
+];
+
+/// What one run of the binary did.
+#[derive(Debug)]
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Out {
+    /// Stdout as JSON (one object on one line).
+    #[track_caller]
+    fn json(&self) -> Value {
+        assert_eq!(self.stdout.lines().count(), 1, "one line of JSON: {self:?}");
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {self:?}"))
+    }
+
+    /// Exit 0, and stdout as JSON.
+    #[track_caller]
+    fn ok_json(&self) -> Value {
+        assert_eq!(self.code, Some(0), "{self:?}");
+        self.json()
+    }
+
+    /// Exit `code`, nothing on stdout, and exactly one `mdcache: …` line on stderr that
+    /// contains `needle`.
+    #[track_caller]
+    fn assert_error(&self, code: i32, needle: &str) {
+        assert_eq!(self.code, Some(code), "{self:?}");
+        assert!(self.stdout.is_empty(), "nothing on stdout: {self:?}");
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "stderr must be exactly one line: {self:?}");
+        assert!(lines[0].starts_with("mdcache: "), "{self:?}");
+        assert!(lines[0].contains(needle), "expected {needle:?}: {self:?}");
+    }
+}
+
+/// The binary with a clean environment: no `CACHE_*`, `DATABASE_URL` or `RUST_LOG` from the
+/// host can leak in, and stdin is empty.
+fn mdcache() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mdcache"));
+    for (name, _) in std::env::vars_os() {
+        let ours = name
+            .to_str()
+            .is_some_and(|n| n.starts_with("CACHE_") || n == "DATABASE_URL" || n == "RUST_LOG");
+        if ours {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+#[track_caller]
+fn run(cmd: &mut Command) -> Out {
+    let start = Instant::now();
+    let out = cmd.output().expect("run the mdcache binary");
+    Out {
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
+        stderr: String::from_utf8(out.stderr).expect("stderr is UTF-8"),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// `mdcache --redis URL ARGS…`.
+#[track_caller]
+fn cli(server: &RedisServer, args: &[&str]) -> Out {
+    run(mdcache().arg("--redis").arg(server.url()).args(args))
+}
+
+/// `mdcache ARGS…` with no Redis address anywhere.
+#[track_caller]
+fn bare(args: &[&str]) -> Out {
+    run(mdcache().args(args))
+}
+
+/// `mdcache example KIND`, as the string to pass to `put`.
+#[track_caller]
+fn example(kind: &str) -> String {
+    let out = bare(&["example", kind]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    out.stdout.trim().to_owned()
+}
+
+/// A raw command on the server, outside mdcache.
+fn redis_cmd<T: redis::FromRedisValue>(server: &RedisServer, cmd: &mut redis::Cmd) -> T {
+    let mut con = server
+        .client()
+        .get_connection_with_timeout(QUICK)
+        .expect("connect to test redis-server");
+    cmd.query(&mut con).expect("raw redis command")
+}
+
+#[test]
+fn put_then_get_round_trips_every_kind() {
+    let server = RedisServer::start();
+    for (i, kind) in KINDS.into_iter().enumerate() {
+        let value = example(kind);
+        let version = 1_000 + i as u64;
+        let v = version.to_string();
+        let put = run(mdcache().envs(LONG_TTLS).args([
+            "--redis",
+            &server.url(),
+            "put",
+            kind,
+            "AAPL",
+            &value,
+            "--version",
+            &v,
+        ]));
+        let put = put.ok_json();
+        let key = put["key"].as_str().expect("key").to_owned();
+        assert!(key.starts_with("mdc:") && key.contains("{AAPL}"), "{put}");
+        assert_eq!(put["version"], version, "{put}");
+        assert_eq!(put["outcome"], "applied", "{put}");
+
+        let got =
+            run(mdcache()
+                .envs(LONG_TTLS)
+                .args(["--redis", &server.url(), "get", kind, "AAPL"]))
+            .ok_json();
+        assert_eq!(got["key"], key.as_str(), "{got}");
+        assert_eq!(got["kind"], kind, "{got}");
+        assert_eq!(got["version"], version, "{got}");
+        assert_eq!(got["tier"], "l2", "{got}");
+        let expected: Value = serde_json::from_str(&value).unwrap();
+        assert_eq!(got["value"], expected, "{kind}: value changed on the way");
+        let ttl_ms = got["ttl_ms"].as_u64().expect("ttl_ms is a number");
+        assert!(ttl_ms > 0 && ttl_ms <= 60_000, "{got}");
+        assert!(got["age_ms"].is_u64(), "{got}");
+    }
+    for kind in KINDS {
+        assert_eq!(
+            cli(&server, &["del", kind, "AAPL"]).ok_json()["key"]
+                .as_str()
+                .map(|k| k.contains("{AAPL}")),
+            Some(true)
+        );
+        cli(&server, &["get", kind, "AAPL"]).assert_error(1, "not found");
+    }
+    // A book's version key goes with it: nothing is left behind.
+    assert_eq!(server.dbsize(), 0);
+    // Deleting what is not there is not an error.
+    assert_eq!(cli(&server, &["del", "price", "NOPE"]).code, Some(0));
+}
+
+#[test]
+fn get_and_ttl_of_a_missing_key_exit_1() {
+    let server = RedisServer::start();
+    cli(&server, &["get", "price", "NOPE"]).assert_error(1, "mdc:price:{NOPE} not found");
+    cli(&server, &["get", "book:ask", "NOPE"]).assert_error(1, "not found");
+    cli(&server, &["ttl", "ord", "NOPE"]).assert_error(1, "not found");
+    cli(&server, &["ttl", "book:bid", "NOPE"]).assert_error(1, "not found");
+}
+
+#[test]
+fn ttl_reports_the_remaining_lifetime() {
+    let server = RedisServer::start();
+    // The kind's TTL (ord: 60 s).
+    cli(&server, &["put", "ord", "O1", &example("ord")]).ok_json();
+    let ttl = cli(&server, &["ttl", "ord", "O1"]).ok_json();
+    assert_eq!(ttl["key"], "mdc:ord:{O1}");
+    let ms = ttl["ttl_ms"].as_u64().expect("a number");
+    assert!(ms > 0 && ms <= 60_000, "{ttl}");
+
+    // A per-write override, here longer than the kind's (pos: 1 s).
+    let put = cli(
+        &server,
+        &["put", "pos", "P1", &example("pos"), "--ttl-ms", "1500"],
+    );
+    assert_eq!(put.ok_json()["outcome"], "applied");
+    let ms = cli(&server, &["ttl", "pos", "P1"]).ok_json()["ttl_ms"]
+        .as_u64()
+        .expect("a number");
+    assert!(ms > 0 && ms <= 1500, "{ms}");
+
+    // A book's TTL is its version key's.
+    run(mdcache()
+        .envs(LONG_TTLS)
+        .args(["--redis", &server.url(), "put", "book:bid", "B1", "[]"]))
+    .ok_json();
+    let ms = cli(&server, &["ttl", "book:bid", "B1"]).ok_json()["ttl_ms"]
+        .as_u64()
+        .expect("a number");
+    assert!(ms > 0 && ms <= 60_000, "{ms}");
+
+    // A key someone wrote without an expiry.
+    let () = redis_cmd(&server, redis::cmd("SET").arg("mdc:ord:{P}").arg("x"));
+    let ttl = cli(&server, &["ttl", "ord", "P"]).ok_json();
+    assert_eq!(ttl["ttl_ms"], Value::Null, "{ttl}");
+}
+
+#[test]
+fn get_shows_a_ttl_override() {
+    let server = RedisServer::start();
+    cli(
+        &server,
+        &["put", "price", "X", &example("price"), "--ttl-ms", "1500"],
+    )
+    .ok_json();
+    let got = cli(&server, &["get", "price", "X"]).ok_json();
+    let ms = got["ttl_ms"].as_u64().expect("a number");
+    assert!(ms > 0 && ms <= 1500, "{got}");
+}
+
+#[test]
+fn a_lower_version_is_superseded() {
+    let server = RedisServer::start();
+    let env = LONG_TTLS;
+    let url = server.url();
+    for kind in ["price", "book:bid"] {
+        let value = example(kind);
+        let put = |v: &str| {
+            run(mdcache().envs(env).args([
+                "--redis",
+                &url,
+                "put",
+                kind,
+                "S",
+                &value,
+                "--version",
+                v,
+            ]))
+            .ok_json()
+        };
+        assert_eq!(put("5")["outcome"], "applied");
+        let second = put("3");
+        assert_eq!(second["outcome"], "superseded", "{kind}");
+        assert_eq!(second["version"], 3);
+        let got = run(mdcache()
+            .envs(env)
+            .args(["--redis", &url, "get", kind, "S"]))
+        .ok_json();
+        assert_eq!(got["version"], 5, "{kind}");
+    }
+}
+
+#[test]
+fn the_default_version_increases_from_put_to_put() {
+    let server = RedisServer::start();
+    let value = example("ord");
+    let first = cli(&server, &["put", "ord", "V", &value]).ok_json();
+    let second = cli(&server, &["put", "ord", "V", &value]).ok_json();
+    assert_eq!(second["outcome"], "applied");
+    let (a, b) = (first["version"].as_u64(), second["version"].as_u64());
+    assert!(a.is_some() && b > a, "{first} then {second}");
+    assert_eq!(
+        cli(&server, &["get", "ord", "V"]).ok_json()["version"],
+        second["version"]
+    );
+}
+
+#[test]
+fn json_from_stdin() {
+    let server = RedisServer::start();
+    let mut child = mdcache()
+        .args(["--redis", &server.url(), "put", "strat", "S1", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(example("strat").as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        cli(&server, &["get", "strat", "S1"]).ok_json()["kind"],
+        "strat"
+    );
+}
+
+#[test]
+fn unknown_kind_exits_2() {
+    let server = RedisServer::start();
+    for cmd in ["get", "del", "ttl"] {
+        cli(&server, &[cmd, "bogus", "X"]).assert_error(2, "bogus");
+    }
+    cli(&server, &["put", "book", "X", "[]"]).assert_error(2, "possible values");
+    bare(&["example", "prices"]).assert_error(2, "prices");
+    assert_eq!(server.dbsize(), 0);
+}
+
+#[test]
+fn invalid_ids_exit_2_and_send_nothing() {
+    let server = RedisServer::start();
+    cli(&server, &["put", "ord", "KEEP", &example("ord")]).ok_json();
+    let too_long = "x".repeat(129);
+    let bad_ids = [
+        "a b", "a:b", "", "{x}", "a*b", "a?b", "a[b]", "a\\b", "a\tb", &too_long,
+    ];
+    for id in bad_ids {
+        for kind in ["ord", "book:ask"] {
+            let value = example(kind);
+            cli(&server, &["put", kind, id, &value]).assert_error(2, "invalid key id");
+            cli(&server, &["get", kind, id]).assert_error(2, "invalid key id");
+            cli(&server, &["del", kind, id]).assert_error(2, "invalid key id");
+            cli(&server, &["ttl", kind, id]).assert_error(2, "invalid key id");
+        }
+    }
+    assert_eq!(server.dbsize(), 1, "a refused id must not write anything");
+}
+
+#[test]
+fn invalid_ids_are_refused_even_without_redis() {
+    // Validation comes before any I/O: a dead address does not turn exit 2 into exit 3.
+    let out = run(mdcache().args(["--redis", "redis://127.0.0.1:1/", "get", "price", "a b"]));
+    out.assert_error(2, "whitespace");
+    assert!(out.elapsed < QUICK, "{out:?}");
+}
+
+#[test]
+fn bad_values_exit_2_and_write_nothing() {
+    let server = RedisServer::start();
+    let cases: [(&str, &str, &str); 9] = [
+        ("price", "{not json", "invalid JSON for price"),
+        ("price", "", "invalid JSON for price"),
+        ("price", r#"{"bid": 1.0}"#, "missing field"),
+        (
+            "pos",
+            r#"{"qty":1,"avg_price":1,"realized_pnl":0,"seq":1,"extra":2}"#,
+            "unknown field",
+        ),
+        (
+            "ord",
+            r#"{"id":"o","symbol":"A","side":"up","px":1,"qty":1,"filled":0,"status":"new","seq":1}"#,
+            "invalid JSON for ord",
+        ),
+        ("risk", "[1, 2]", "invalid JSON for risk"),
+        (
+            "book:bid",
+            r#"{"price": 1, "qty": 1}"#,
+            "invalid JSON for book:bid",
+        ),
+        (
+            "book:bid",
+            r#"[{"price": 1, "qty": 1}, {"price": 1, "qty": 2}]"#,
+            "appears twice",
+        ),
+        ("book:ask", r#"[{"price": 1, "qty": -1}]"#, "invalid value"),
+    ];
+    for (kind, json, needle) in cases {
+        cli(&server, &["put", kind, "X", json]).assert_error(2, needle);
+    }
+    // A price example is not an order.
+    cli(&server, &["put", "ord", "X", &example("price")]).assert_error(2, "invalid JSON for ord");
+    assert_eq!(server.dbsize(), 0);
+}
+
+#[test]
+fn an_oversize_value_exits_2() {
+    let server = RedisServer::start();
+    // Above the 1 MiB envelope limit; through stdin since one argument may not exceed 128 KiB.
+    let json = format!(
+        r#"{{"id":"s","params":{{}},"status":"{}","seq":1}}"#,
+        "x".repeat(1_100_000)
+    );
+    let mut child = mdcache()
+        .args(["--redis", &server.url(), "put", "strat", "BIG", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(json.as_bytes()).expect("write stdin");
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait");
+    let out = Out {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: Duration::ZERO,
+    };
+    out.assert_error(2, "exceeds");
+    assert_eq!(server.dbsize(), 0);
+}
+
+#[test]
+fn ttl_override_on_a_book_is_refused() {
+    let server = RedisServer::start();
+    let value = example("book:bid");
+    cli(
+        &server,
+        &["put", "book:bid", "X", &value, "--ttl-ms", "100"],
+    )
+    .assert_error(2, "--ttl-ms is not supported for book:bid");
+    assert_eq!(server.dbsize(), 0);
+}
+
+#[test]
+fn no_redis_address_exits_2() {
+    let value = example("pos");
+    for args in [
+        &["get", "price", "X"][..],
+        &["put", "pos", "X", &value],
+        &["ttl", "ord", "X"],
+    ] {
+        let out = bare(args);
+        out.assert_error(2, "no Redis address");
+        assert_eq!(
+            out.stderr,
+            "mdcache: no Redis address: pass --redis URL or set CACHE_REDIS_URL\n"
+        );
+    }
+}
+
+#[test]
+fn invalid_configuration_exits_2_naming_the_variable() {
+    let out = run(mdcache().env("CACHE_OP_TIMEOUT_MS", "abc").args([
+        "--redis",
+        "redis://127.0.0.1:1/",
+        "get",
+        "price",
+        "X",
+    ]));
+    out.assert_error(2, "CACHE_OP_TIMEOUT_MS");
+    let out = run(mdcache().env("CACHE_NAMESPACE", "a:b").args([
+        "--redis",
+        "redis://127.0.0.1:1/",
+        "get",
+        "price",
+        "X",
+    ]));
+    out.assert_error(2, "CACHE_NAMESPACE");
+    let out = run(mdcache()
+        .env("CACHE_NAMESPACE", OsStr::from_bytes(b"\xff"))
+        .args(["--redis", "redis://127.0.0.1:1/", "get", "price", "X"]));
+    out.assert_error(2, "CACHE_NAMESPACE");
+    bare(&["--redis", "http://example.com/", "get", "price", "X"]).assert_error(2, "--redis");
+    let out = run(mdcache()
+        .env("CACHE_REDIS_URL", "http://example.com/")
+        .args(["get", "price", "X"]));
+    out.assert_error(2, "CACHE_REDIS_URL");
+}
+
+#[test]
+fn the_environment_configures_the_tool() {
+    let server = RedisServer::start();
+    let value = example("ord");
+    // CACHE_REDIS_URL instead of --redis, and a namespace.
+    let put = run(mdcache()
+        .env("CACHE_REDIS_URL", server.url())
+        .env("CACHE_NAMESPACE", "test")
+        .args(["put", "ord", "E", &value]));
+    assert_eq!(put.ok_json()["key"], "test:ord:{E}");
+    // CACHE_ADDRESS / CACHE_PORT.
+    let got = run(mdcache()
+        .env("CACHE_ADDRESS", "127.0.0.1")
+        .env("CACHE_PORT", server.port().to_string())
+        .env("CACHE_NAMESPACE", "test")
+        .args(["get", "ord", "E"]));
+    assert_eq!(got.ok_json()["key"], "test:ord:{E}");
+    // --redis wins over the environment.
+    let got = run(mdcache()
+        .env("CACHE_REDIS_URL", "redis://127.0.0.1:1/")
+        .env("CACHE_NAMESPACE", "test")
+        .args(["--redis", &server.url(), "get", "ord", "E"]));
+    assert_eq!(got.ok_json()["tier"], "l2");
+    // CACHE_BACKEND does not matter: the key commands always talk to Redis alone.
+    let got = run(mdcache()
+        .env("CACHE_BACKEND", "memory")
+        .env("CACHE_NAMESPACE", "test")
+        .args(["--redis", &server.url(), "get", "ord", "E"]));
+    assert_eq!(got.ok_json()["tier"], "l2");
+    // An unrelated variable that is not UTF-8 must not break anything.
+    let got = run(mdcache()
+        .env("MDCACHE_TEST_BINARY_VAR", OsStr::from_bytes(b"\xff\xfe"))
+        .env("CACHE_NAMESPACE", "test")
+        .args(["--redis", &server.url(), "get", "ord", "E"]));
+    assert_eq!(got.ok_json()["version"], put.json()["version"]);
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_exits_0() {
+    bare(&["--bogus"]).assert_error(2, "--bogus");
+    bare(&["get", "price"]).assert_error(2, "<ID>");
+    bare(&["get", "price", "X", "extra"]).assert_error(2, "extra");
+    bare(&["put", "pos", "X", "{}", "--ttl-ms", "0"]).assert_error(2, "--ttl-ms");
+    bare(&["put", "pos", "X", "{}", "--version=-1"]).assert_error(2, "--version");
+    bare(&["--timeout-ms", "0", "get", "price", "X"]).assert_error(2, "--timeout-ms");
+    bare(&["frobnicate"]).assert_error(2, "frobnicate");
+    // No command at all: clap's help on stderr, exit 2.
+    let out = bare(&[]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("Usage"), "{out:?}");
+
+    for args in [
+        &["--help"][..],
+        &["put", "--help"],
+        &["demo", "--help"],
+        &["--version"],
+    ] {
+        let out = bare(args);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert!(!out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+    }
+    assert!(bare(&["put", "--help"]).stdout.contains("microseconds"));
+}
+
+#[test]
+fn example_prints_a_value_for_every_kind() {
+    for kind in KINDS {
+        let out = bare(&["example", kind]);
+        let v = out.ok_json();
+        if kind.starts_with("book:") {
+            assert!(v.is_array(), "{kind}: {v}");
+        } else {
+            assert!(v.is_object(), "{kind}: {v}");
+        }
+    }
+}
+
+#[test]
+fn a_killed_server_exits_3_quickly() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    server.kill();
+    let value = example("price");
+    for args in [
+        &["get", "price", "X"][..],
+        &["put", "price", "X", &value],
+        &["del", "book:bid", "X"],
+        &["ttl", "ord", "X"],
+    ] {
+        let out = run(mdcache().arg("--redis").arg(&url).args(args));
+        out.assert_error(3, "");
+        assert!(out.elapsed < QUICK, "{args:?} took {:?}", out.elapsed);
+    }
+}
+
+#[test]
+fn a_closed_port_exits_3_quickly() {
+    let out = run(mdcache().args(["--redis", "redis://127.0.0.1:1/", "get", "price", "X"]));
+    out.assert_error(3, "timed out");
+    assert!(out.elapsed < QUICK, "took {:?}", out.elapsed);
+}
+
+#[test]
+fn a_paused_server_exits_3_within_the_timeout() {
+    let server = RedisServer::start();
+    cli(&server, &["put", "ord", "H", &example("ord")]).ok_json();
+    server.pause();
+    let value = example("ord");
+    for args in [
+        &["get", "ord", "H"][..],
+        &["put", "ord", "H", &value],
+        &["ttl", "ord", "H"],
+    ] {
+        let out = run(mdcache()
+            .args(["--redis", &server.url(), "--timeout-ms", "200"])
+            .args(args));
+        out.assert_error(3, "timed out");
+        assert!(out.elapsed < QUICK, "{args:?} took {:?}", out.elapsed);
+    }
+    server.resume();
+    assert_eq!(cli(&server, &["get", "ord", "H"]).ok_json()["tier"], "l2");
+}
+
+#[test]
+fn undecodable_and_wrong_type_keys() {
+    let server = RedisServer::start();
+    // Another program's bytes at a value key: never served, reported as not found.
+    let () = redis_cmd(
+        &server,
+        redis::cmd("SET").arg("mdc:price:{G}").arg("garbage"),
+    );
+    let out = cli(&server, &["get", "price", "G"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stdout.is_empty());
+    assert!(out.stderr.contains("does not decode as price"), "{out:?}");
+    // A string where a book's sorted set belongs: Redis refuses (exit 3).
+    let () = redis_cmd(
+        &server,
+        redis::cmd("SET").arg("mdc:book:{G}:bid").arg("garbage"),
+    );
+    cli(&server, &["get", "book:bid", "G"]).assert_error(3, "wrong Redis type");
+    cli(&server, &["put", "book:bid", "G", "[]"]).assert_error(3, "wrong Redis type");
+}
+
+#[test]
+fn demo_runs_embedded_and_layered() {
+    let out = bare(&["demo", "--duration-ms", "300", "--symbols", "5"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let mut lines = out.stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some("mdcache demo (embedded: in-process L1 only)")
+    );
+    assert!(out.stdout.contains("hit rate"), "{out:?}");
+    assert!(out.stdout.contains("p99"), "{out:?}");
+
+    let server = RedisServer::start();
+    let out = cli(&server, &["demo", "--duration-ms", "300", "--symbols", "5"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let header = format!("mdcache demo (layered: L1 + Redis at {})", server.url());
+    assert_eq!(out.stdout.lines().next(), Some(header.as_str()), "{out:?}");
+    assert!(
+        server.dbsize() > 0,
+        "the layered demo writes through to Redis"
+    );
+
+    let out = run(mdcache().args([
+        "--redis",
+        "redis://127.0.0.1:1/",
+        "demo",
+        "--duration-ms",
+        "100",
+    ]));
+    assert_eq!(out.code, Some(3), "{out:?}");
+    assert!(out.elapsed < QUICK, "{out:?}");
+}
