@@ -394,26 +394,30 @@ impl Cache {
         self.ks(key).error(e);
     }
 
-    /// Deletes `key` from both tiers (`UNLINK` in Redis).
-    pub async fn delete<S: KeySchema>(&self, key: &Key<S>) -> Result<()> {
+    /// Deletes `key` from both tiers (`UNLINK` in Redis). Returns whether it existed in the
+    /// outermost tier (Redis when there is one).
+    pub async fn delete<S: KeySchema>(&self, key: &Key<S>) -> Result<bool> {
+        let existed_l1 = self
+            .inner
+            .l1
+            .as_ref()
+            .is_some_and(|l1| l1.deadline(key.as_str()).is_some());
         let result = match &self.inner.l2 {
-            None => Ok(()),
-            Some(l2) => {
-                let r = match S::STORAGE {
-                    Storage::Book => {
-                        let vkey = book::version_key(key.as_str());
-                        l2.unlink(&[key.as_str(), vkey.as_str()]).await
-                    }
-                    _ => l2.unlink(&[key.as_str()]).await,
-                };
-                r.map(|_| ())
+            None => Ok(existed_l1),
+            Some(l2) => match S::STORAGE {
+                Storage::Book => {
+                    let vkey = book::version_key(key.as_str());
+                    l2.unlink(&[key.as_str(), vkey.as_str()]).await
+                }
+                _ => l2.unlink(&[key.as_str()]).await,
             }
+            .map(|n| n > 0),
         };
         if let Some(l1) = &self.inner.l1 {
             l1.remove(key.as_str());
         }
         match &result {
-            Ok(()) => self.ks(key).deletes.inc(),
+            Ok(_) => self.ks(key).deletes.inc(),
             Err(e) => self.ks(key).error(e),
         }
         result
@@ -547,7 +551,20 @@ impl Cache {
         side: BookSide,
         version: u64,
     ) -> Result<WriteOutcome> {
+        self.set_book_with(key, side, version, SetOptions::default())
+            .await
+    }
+
+    /// [`set_book`](Self::set_book) with options (a TTL override).
+    pub async fn set_book_with<S: BookSchema>(
+        &self,
+        key: &Key<S>,
+        side: BookSide,
+        version: u64,
+        opts: SetOptions,
+    ) -> Result<WriteOutcome> {
         let mut side = side;
+        let ttl = write_ttl(key, opts).inspect_err(|e| self.ks(key).error(e))?;
         book::validate(&side).inspect_err(|e| self.ks(key).error(e))?;
         // Rough stored size (a member is "<price>:<qty>", a score 8 bytes) for the value limit.
         let bytes = side.levels.len() * 48;
@@ -559,7 +576,6 @@ impl Cache {
         }
         book::sort_best_first(&mut side.levels, S::SIDE);
         let side = Arc::new(side);
-        let ttl = key.ttl();
         let t0 = self.inner.clock.now();
         let l2_stored = match &self.inner.l2 {
             None => None,

@@ -51,6 +51,34 @@ pub(crate) struct Fetched {
 pub(crate) struct Manager {
     inner: RedisConnectionManager,
     connect_timeout: Duration,
+    last_error: LastError,
+}
+
+/// The most recent failure to open a connection, cleared by the next success. bb8 reports a
+/// caller only "timed out waiting for a connection"; this lets the caller hear "connection
+/// refused" instead, so a dead server is not mistaken for a hung one.
+#[derive(Debug, Clone, Default)]
+struct LastError(Arc<std::sync::Mutex<Option<RedisError>>>);
+
+impl LastError {
+    fn set(&self, e: Option<RedisError>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+
+    fn get(&self) -> Option<RedisError> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl bb8::ErrorSink<RedisError> for LastError {
+    fn sink(&self, error: RedisError) {
+        tracing::debug!(%error, "redis connection attempt failed");
+        self.set(Some(error));
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<RedisError>> {
+        Box::new(self.clone())
+    }
 }
 
 /// A pooled multiplexed connection and the flag bb8 checks when it comes back.
@@ -83,6 +111,7 @@ impl bb8::ManageConnection for Manager {
                 )));
             }
         };
+        self.last_error.set(None);
         Ok(Conn {
             mux,
             broken: Arc::new(AtomicBool::new(false)),
@@ -112,6 +141,7 @@ pub(crate) struct RedisTier {
     pool: bb8::Pool<Manager>,
     op_timeout: Duration,
     connect_timeout: Duration,
+    last_error: LastError,
     set_script: Script,
     pub(crate) book: super::book::BookScripts,
 }
@@ -131,20 +161,24 @@ impl RedisTier {
     pub(crate) fn new(opts: RedisOptions) -> Result<Self> {
         let inner = RedisConnectionManager::new(opts.url.as_str())
             .map_err(|e| Error::config("CACHE_REDIS_URL", e.to_string()))?;
+        let last_error = LastError::default();
         let manager = Manager {
             inner,
             connect_timeout: opts.connect_timeout,
+            last_error: last_error.clone(),
         };
         let pool = bb8::Pool::builder()
             .max_size(opts.pool_size)
             .min_idle(Some(opts.pool_size))
             .test_on_check_out(false)
             .connection_timeout(opts.connect_timeout)
+            .error_sink(Box::new(last_error.clone()))
             .build_unchecked(manager);
         Ok(RedisTier {
             pool,
             op_timeout: opts.op_timeout,
             connect_timeout: opts.connect_timeout,
+            last_error,
             set_script: Script::new(SET_VERSIONED),
             book: super::book::BookScripts::new(),
         })
@@ -155,9 +189,12 @@ impl RedisTier {
         match self.pool.get().await {
             Ok(pooled) => Ok(Conn::clone(&pooled)),
             Err(bb8::RunError::User(e)) => Err(Error::Redis(e)),
-            Err(bb8::RunError::TimedOut) => Err(Error::Timeout {
-                op: "connect",
-                after: self.connect_timeout,
+            Err(bb8::RunError::TimedOut) => Err(match self.last_error.get() {
+                Some(e) => Error::Redis(e),
+                None => Error::Timeout {
+                    op: "connect",
+                    after: self.connect_timeout,
+                },
             }),
         }
     }
