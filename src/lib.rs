@@ -18,6 +18,7 @@
 //! | [`codec`] | the value envelope: header with the version, MessagePack payload |
 //! | [`config`](CacheConfig) | every setting, `from_env()` |
 //! | [`stats`](StatsSnapshot) | counters behind a snapshot, mirrored to the `metrics` facade |
+//! | [`metrics`] | the metric names, and a one-call Prometheus exporter |
 //! | [`clock`](Clock) | the injected clock (system or mock) |
 //! | [`error`](Error) | the error type and its decision methods |
 //!
@@ -63,6 +64,7 @@ mod error;
 mod key;
 mod l1;
 mod l2;
+pub mod metrics;
 mod patterns;
 mod schema;
 pub mod source;

@@ -1,0 +1,105 @@
+//! One-call Prometheus export of mdcache's metrics, for engines that link the library.
+
+use std::net::SocketAddr;
+
+use ::metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::error::{Error, Result};
+
+/// Every metric mdcache records, with its description (also in `docs/metrics.md`).
+pub const METRICS: &[(&str, &str)] = &[
+    (
+        "mdcache_hits_total",
+        "Reads served by a tier (labels: kind, tier = l1|l2).",
+    ),
+    (
+        "mdcache_misses_total",
+        "Reads a tier could not serve (labels: kind, tier = l1|l2).",
+    ),
+    (
+        "mdcache_writes_total",
+        "Cache writes (labels: kind, outcome = applied|superseded).",
+    ),
+    ("mdcache_deletes_total", "Deletes (label: kind)."),
+    (
+        "mdcache_errors_total",
+        "Operations that returned an error, timeouts and decode errors included (label: kind).",
+    ),
+    (
+        "mdcache_timeouts_total",
+        "L2 operations that missed their deadline (label: kind).",
+    ),
+    (
+        "mdcache_decode_errors_total",
+        "Stored values that did not decode and were served as misses (label: kind).",
+    ),
+    (
+        "mdcache_source_loads_total",
+        "Source loads: cache-aside misses and refreshes (label: kind).",
+    ),
+    (
+        "mdcache_source_errors_total",
+        "Source loads or writes that failed or timed out (label: kind).",
+    ),
+    (
+        "mdcache_source_writes_total",
+        "Write-through writes sent to the source (label: kind).",
+    ),
+    (
+        "mdcache_refreshes_total",
+        "Background refresh-ahead reloads started (label: kind).",
+    ),
+    (
+        "mdcache_negative_hits_total",
+        "Reads answered \"not found\" from the negative cache (label: kind).",
+    ),
+    (
+        "mdcache_dirty_recorded_total",
+        "Keys recorded in the dirty log (label: kind).",
+    ),
+    (
+        "mdcache_l1_entries",
+        "Entries held by L1 (gauge, updated by Cache::stats).",
+    ),
+    (
+        "mdcache_l1_bytes",
+        "Weighted bytes held by L1 (gauge, updated by Cache::stats).",
+    ),
+];
+
+/// Describes every mdcache metric to the installed `metrics` recorder (so exporters print
+/// `# HELP` lines). [`install_prometheus`] calls it; call it yourself with another recorder.
+pub fn describe() {
+    for (name, help) in METRICS {
+        if name.ends_with("_total") {
+            ::metrics::describe_counter!(*name, *help);
+        } else {
+            ::metrics::describe_gauge!(*name, *help);
+        }
+    }
+}
+
+/// Installs a Prometheus recorder as the global `metrics` recorder and serves it over HTTP at
+/// `addr` (`GET /metrics`, or any path). Call it inside a Tokio runtime and **before** building
+/// the cache: counters are registered when a kind is first used, against the recorder
+/// installed at that moment.
+///
+/// Returns the handle, which can also render the exposition text directly.
+pub fn install_prometheus(addr: SocketAddr) -> Result<PrometheusHandle> {
+    let fail = |e: &dyn std::fmt::Display| Error::config("metrics address", e.to_string());
+    let rt = tokio::runtime::Handle::try_current()
+        .map_err(|_| fail(&"install_prometheus must be called inside a Tokio runtime"))?;
+    let (recorder, exporter) = {
+        let _guard = rt.enter();
+        PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .build()
+            .map_err(|e| fail(&e))?
+    };
+    let handle = recorder.handle();
+    ::metrics::set_global_recorder(recorder).map_err(|e| fail(&e))?;
+    // The exporter serves until the runtime shuts down; it owns nothing of the cache.
+    rt.spawn(exporter);
+    describe();
+    Ok(handle)
+}
