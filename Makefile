@@ -1,5 +1,5 @@
-# Developer and CI entry points. `make test` and `make bench` need a
-# redis-server binary: `make deps` installs one (it never starts or stops a
+# Developer and CI entry points. `make test` and `make bench` need redis-server
+# and PostgreSQL binaries: `make deps` installs them (it never starts or stops a
 # system service; the tests spawn their own servers on free ports).
 
 SHELL := bash
@@ -15,11 +15,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null 2>&1 || echo
 
 all: lint test
 
-# PostgreSQL hook (for the database-source tests, later), as one more step of `deps`:
-#	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
-#		$(SUDO) apt-get update; \
-#		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql; \
-#	fi
+# PostgreSQL: the tests run initdb/pg_ctl themselves (tests/support/pg.rs), from
+# PATH or from Debian's /usr/lib/postgresql/*/bin, which is not on PATH. Debian's
+# package may start a system cluster on 5432; the tests neither use nor stop it.
 deps:
 	@if ! command -v redis-server >/dev/null 2>&1; then \
 		echo "installing redis-server"; \
@@ -27,6 +25,14 @@ deps:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; \
 	fi
 	@redis-server --version
+	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "installing postgresql"; \
+		$(SUDO) apt-get update; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql; \
+	fi
+	@initdb="$$(command -v initdb || ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1 || true)"; \
+		if [ -z "$$initdb" ]; then echo "no initdb found after installing postgresql" >&2; exit 1; fi; \
+		"$$initdb" --version
 
 build:
 	$(CARGO) build --release --bins --locked

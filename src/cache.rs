@@ -11,7 +11,10 @@ use crate::error::{Error, Result};
 use crate::key::{BookSchema, Key, KeySchema, Storage, ValueSchema, validate_kind};
 use crate::l1::L1;
 use crate::l2::book;
+use crate::l2::guard::BreakerSnapshot;
 use crate::l2::redis::{Fetched, RedisOptions, RedisTier};
+use crate::patterns::dirty::DirtyLog;
+use crate::patterns::write::DEFAULT_DIRTY_CAPACITY;
 use crate::schema::BookSide;
 use crate::stats::{KindStats, Stats, StatsSnapshot};
 
@@ -123,7 +126,7 @@ struct NotFound;
 /// A book side as held in L1: sorted best first, and whether it holds every level or only
 /// the top levels a depth-limited read fetched.
 #[derive(Debug)]
-struct BookEntry {
+pub(crate) struct BookEntry {
     side: Arc<BookSide>,
     complete: bool,
 }
@@ -156,9 +159,14 @@ struct Inner {
     config: CacheConfig,
     backend: Backend,
     l1: Option<L1>,
-    l2: Option<RedisTier>,
+    /// Shared with the recovery supervisor task.
+    l2: Option<Arc<RedisTier>>,
     clock: Clock,
     stats: Stats,
+    /// Keys whose L2 copy is untrusted until recovery deletes them (DESIGN §4 rule 3).
+    dirty: Arc<DirtyLog>,
+    /// Stops the recovery supervisor when the last clone of the cache is dropped.
+    _supervisor: Option<tokio_util::sync::DropGuard>,
 }
 
 impl Cache {
@@ -256,6 +264,10 @@ impl Cache {
         let Some(l2) = &self.inner.l2 else {
             return Ok(None);
         };
+        if self.inner.dirty.distrusts(key.as_str(), S::KEY_PREFIX) {
+            self.ks(key).l2_misses.inc();
+            return Ok(None);
+        }
         // Taken before the request: the server measures the remaining TTL later, so
         // `t0 + remaining` is never after the real expiry (L1 never outlives L2).
         let t0 = self.inner.clock.now();
@@ -481,6 +493,17 @@ impl Cache {
         if missing.is_empty() {
             return Ok(out);
         }
+        // Keys the dirty log distrusts stay misses; the rest go to Redis.
+        missing.retain(|&i| {
+            let distrusted = self.inner.dirty.distrusts(keys[i].as_str(), S::KEY_PREFIX);
+            if distrusted {
+                self.ks(&keys[i]).l2_misses.inc();
+            }
+            !distrusted
+        });
+        if missing.is_empty() {
+            return Ok(out);
+        }
         let names: Vec<&str> = missing.iter().map(|&i| keys[i].as_str()).collect();
         let t0 = self.inner.clock.now();
         let fetched = l2.get_many(&names).await.inspect_err(|e| {
@@ -620,6 +643,10 @@ impl Cache {
         let Some(l2) = &self.inner.l2 else {
             return Ok(None);
         };
+        if self.inner.dirty.distrusts(key.as_str(), S::KEY_PREFIX) {
+            self.ks(key).l2_misses.inc();
+            return Ok(None);
+        }
         let t0 = self.inner.clock.now();
         let fetched = l2
             .book_top(key.as_str(), S::SIDE, depth)
@@ -670,6 +697,77 @@ impl Cache {
             Some(l2) => l2.ping().await,
             None => Ok(()),
         }
+    }
+
+    /// The circuit breaker's figures; `None` without Redis.
+    pub fn breaker(&self) -> Option<BreakerSnapshot> {
+        self.inner.l2.as_ref().map(|l2| l2.breaker.snapshot())
+    }
+
+    /// The dirty log: keys whose Redis copy is distrusted until recovery deletes them.
+    /// [`WriteThrough`](crate::WriteThrough) records into it; recovery replays it.
+    pub fn dirty_log(&self) -> &Arc<DirtyLog> {
+        &self.inner.dirty
+    }
+
+    /// Puts a value loaded from the source into L1 only (used while Redis is unavailable).
+    pub(crate) fn fill_l1<S: KeySchema, V: Send + Sync + 'static>(
+        &self,
+        key: &Key<S>,
+        value: Arc<V>,
+        version: u64,
+        bytes: usize,
+    ) {
+        if let Some(l1) = &self.inner.l1 {
+            let now = self.inner.clock.now();
+            l1.insert(key.shared(), value, version, now + key.ttl(), now, bytes);
+        }
+    }
+
+    /// Puts a book side loaded from the source into L1 only (sorted best first by the caller).
+    pub(crate) fn fill_l1_book<S: BookSchema>(&self, key: &Key<S>, side: BookSide, version: u64) {
+        let bytes = side.levels.len() * 48;
+        let entry = Arc::new(BookEntry {
+            side: Arc::new(side),
+            complete: true,
+        });
+        self.fill_l1(key, entry, version, bytes);
+    }
+
+    /// A value past its deadline by at most `bound`, for the fail-safe read of DESIGN §4
+    /// rule 7 (always reported as [`Tier::Stale`]).
+    pub(crate) fn l1_stale<V: Send + Sync + 'static>(
+        &self,
+        key: &str,
+        bound: Duration,
+    ) -> Option<Read<V>> {
+        let l1 = self.inner.l1.as_ref()?;
+        let hit = l1.get_stale::<V>(key, bound)?;
+        let now = self.inner.clock.now();
+        Some(Read {
+            value: hit.value,
+            version: hit.version,
+            tier: Tier::Stale,
+            age: now.saturating_duration_since(hit.stored_at),
+            ttl_remaining: Some(Duration::ZERO),
+        })
+    }
+
+    /// A stale book side (see [`l1_stale`](Self::l1_stale)), cut to `depth`.
+    pub(crate) fn l1_stale_book(
+        &self,
+        key: &str,
+        bound: Duration,
+        depth: usize,
+    ) -> Option<Read<BookSide>> {
+        let r = self.l1_stale::<BookEntry>(key, bound)?;
+        Some(Read {
+            value: top(&r.value.side, depth),
+            version: r.version,
+            tier: r.tier,
+            age: r.age,
+            ttl_remaining: r.ttl_remaining,
+        })
     }
 
     /// True when L1 remembers that the source has no value at `key` (negative caching).
@@ -838,6 +936,38 @@ impl CacheBuilder {
         self
     }
 
+    /// Consecutive failures that open the circuit breaker.
+    pub fn breaker_failures(mut self, n: NonZeroU32) -> Self {
+        self.config.breaker_failures = n;
+        self
+    }
+
+    /// How long the breaker stays open before the probe.
+    pub fn breaker_open(mut self, d: Duration) -> Self {
+        self.config.breaker_open = d;
+        self
+    }
+
+    /// Open on a failure rate (0..1) over `window` (whole seconds, at least 1) instead of on
+    /// consecutive failures; `breaker_failures` is then the minimum of requests in the window.
+    pub fn breaker_failure_rate(mut self, rate: f64, window: Duration) -> Self {
+        self.config.breaker_failure_rate = Some(rate);
+        self.config.breaker_window = window;
+        self
+    }
+
+    /// Deadline of the breaker's probe and of each recovery step.
+    pub fn probe_timeout(mut self, d: Duration) -> Self {
+        self.config.probe_timeout = d;
+        self
+    }
+
+    /// Tries per L2 operation (1 = no retries); retries stay inside the operation's deadline.
+    pub fn retry_max_tries(mut self, n: NonZeroU32) -> Self {
+        self.config.retry_max_tries = n;
+        self
+    }
+
     /// The clock TTL deadlines are read from (a mock in tests).
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = Some(clock);
@@ -871,15 +1001,28 @@ impl CacheBuilder {
                         "the redis and layered backends must be built inside a Tokio runtime",
                     ));
                 }
-                Some(RedisTier::new(RedisOptions {
+                Some(Arc::new(RedisTier::new(RedisOptions {
                     url: url.clone(),
                     pool_size: config.pool_size.get(),
                     op_timeout: config.op_timeout,
                     connect_timeout: config.connect_timeout,
-                })?)
+                    breaker: config.breaker_config(),
+                })?))
             }
             _ => None,
         };
+        let dirty = Arc::new(DirtyLog::new(DEFAULT_DIRTY_CAPACITY));
+        // The recovery supervisor lives as long as the cache: the guard cancels it on drop.
+        let supervisor = l2.as_ref().map(|l2| {
+            let stop = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(crate::recovery::supervise(
+                Arc::clone(l2),
+                Arc::clone(&dirty),
+                config.namespace.clone(),
+                stop.clone(),
+            ));
+            stop.drop_guard()
+        });
         Ok(Cache {
             inner: Arc::new(Inner {
                 config,
@@ -888,6 +1031,8 @@ impl CacheBuilder {
                 l2,
                 clock,
                 stats: Stats::default(),
+                dirty,
+                _supervisor: supervisor,
             }),
         })
     }

@@ -82,6 +82,16 @@ pub struct CacheConfig {
     pub breaker_failures: NonZeroU32,
     /// How long the breaker stays open before probing (`CACHE_BREAKER_OPEN_MS`).
     pub breaker_open: Duration,
+    /// Open on a failure rate instead of consecutive failures (`CACHE_BREAKER_FAILURE_RATE`,
+    /// e.g. `0.5`; measured over `CACHE_BREAKER_WINDOW_MS`, at least 1 s, once
+    /// `CACHE_BREAKER_FAILURES` requests were seen in the window).
+    pub breaker_failure_rate: Option<f64>,
+    /// The window of the failure-rate policy (`CACHE_BREAKER_WINDOW_MS`).
+    pub breaker_window: Duration,
+    /// Deadline of the breaker's probe and recovery steps (`CACHE_PROBE_TIMEOUT_MS`).
+    pub probe_timeout: Duration,
+    /// Tries per L2 operation, retries only inside its deadline (`CACHE_RETRY_MAX_TRIES`).
+    pub retry_max_tries: NonZeroU32,
     /// PostgreSQL source of record (`DATABASE_URL`); `None` means the in-memory source.
     pub database_url: Option<String>,
 }
@@ -102,6 +112,10 @@ impl Default for CacheConfig {
                 .unwrap_or(NonZeroUsize::MIN),
             breaker_failures: NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN),
             breaker_open: Duration::from_secs(30),
+            breaker_failure_rate: None,
+            breaker_window: Duration::from_secs(30),
+            probe_timeout: Duration::from_millis(50),
+            retry_max_tries: NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN),
             database_url: None,
         }
     }
@@ -165,6 +179,24 @@ impl CacheConfig {
                 }
                 "CACHE_BREAKER_FAILURES" => cfg.breaker_failures = nonzero_u32(name, value)?,
                 "CACHE_BREAKER_OPEN_MS" => cfg.breaker_open = millis(name, value)?,
+                "CACHE_BREAKER_FAILURE_RATE" => match value.trim().parse::<f64>() {
+                    Ok(r) if r > 0.0 && r < 1.0 => cfg.breaker_failure_rate = Some(r),
+                    _ => {
+                        return Err(Error::config(
+                            name,
+                            format!("{value:?} must be a number between 0 and 1"),
+                        ));
+                    }
+                },
+                "CACHE_BREAKER_WINDOW_MS" => {
+                    let w = millis(name, value)?;
+                    if w < Duration::from_secs(1) {
+                        return Err(Error::config(name, "must be at least 1000"));
+                    }
+                    cfg.breaker_window = w;
+                }
+                "CACHE_PROBE_TIMEOUT_MS" => cfg.probe_timeout = millis(name, value)?,
+                "CACHE_RETRY_MAX_TRIES" => cfg.retry_max_tries = nonzero_u32(name, value)?,
                 "DATABASE_URL" => cfg.database_url = non_empty(name, value)?,
                 _ => {
                     if let Some(kind) = name
@@ -212,6 +244,25 @@ impl CacheConfig {
         })
     }
 
+    /// The circuit breaker and retry settings.
+    pub fn breaker_config(&self) -> crate::BreakerConfig {
+        let policy = match self.breaker_failure_rate {
+            Some(rate) => crate::BreakerPolicy::FailureRate {
+                max_failure_rate: rate,
+                min_requests: self.breaker_failures.get(),
+                window: self.breaker_window,
+            },
+            None => crate::BreakerPolicy::ConsecutiveFailures(self.breaker_failures.get()),
+        };
+        crate::BreakerConfig {
+            policy,
+            open_for: self.breaker_open,
+            probe_timeout: self.probe_timeout,
+            max_tries: self.retry_max_tries.get(),
+            ..crate::BreakerConfig::default()
+        }
+    }
+
     /// Checks the settings that cannot be expressed in the types; errors name the variable.
     pub fn validate(&self) -> Result<()> {
         crate::key::validate_namespace(&self.namespace)?;
@@ -221,10 +272,30 @@ impl CacheConfig {
                 "must be greater than 0",
             ));
         }
+        if self.probe_timeout.is_zero() {
+            return Err(Error::config(
+                "CACHE_PROBE_TIMEOUT_MS",
+                "must be greater than 0",
+            ));
+        }
         if self.connect_timeout.is_zero() {
             return Err(Error::config(
                 "CACHE_CONNECT_TIMEOUT_MS",
                 "must be greater than 0",
+            ));
+        }
+        if let Some(rate) = self.breaker_failure_rate
+            && !(rate > 0.0 && rate < 1.0)
+        {
+            return Err(Error::config(
+                "CACHE_BREAKER_FAILURE_RATE",
+                "must be between 0 and 1",
+            ));
+        }
+        if self.breaker_window < Duration::from_secs(1) {
+            return Err(Error::config(
+                "CACHE_BREAKER_WINDOW_MS",
+                "must be at least 1000",
             ));
         }
         for (kind, ttl) in &self.ttl_overrides {

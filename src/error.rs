@@ -28,6 +28,8 @@ pub enum ErrorKind {
     Config,
     /// The operation needs a tier this cache was not built with.
     Unsupported,
+    /// The circuit breaker is open: Redis was not contacted.
+    BreakerOpen,
 }
 
 impl std::fmt::Display for ErrorKind {
@@ -42,6 +44,7 @@ impl std::fmt::Display for ErrorKind {
             ErrorKind::Backend => "backend error",
             ErrorKind::Config => "configuration error",
             ErrorKind::Unsupported => "unsupported",
+            ErrorKind::BreakerOpen => "circuit breaker open",
         })
     }
 }
@@ -114,6 +117,10 @@ pub enum Error {
     /// The operation needs a tier this cache does not have (e.g. `ttl` on a memory-only cache).
     #[error("{0}")]
     Unsupported(&'static str),
+    /// The circuit breaker is open: Redis was not contacted (it failed recently, and a probe
+    /// has not yet shown it healthy and cleaned).
+    #[error("circuit breaker open: redis not contacted")]
+    BreakerOpen,
 }
 
 impl Error {
@@ -129,6 +136,7 @@ impl Error {
             Error::WrongType { .. } => ErrorKind::WrongType,
             Error::Config { .. } => ErrorKind::Config,
             Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::BreakerOpen => ErrorKind::BreakerOpen,
             Error::Redis(e) => {
                 if e.is_timeout() {
                     ErrorKind::Timeout

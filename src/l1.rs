@@ -110,6 +110,26 @@ impl L1 {
         })
     }
 
+    /// The entry at `key` if it holds a `V` and is at most `bound` past its deadline (fresh
+    /// entries qualify too). Only for the fail-safe stale read.
+    pub(crate) fn get_stale<V: Send + Sync + 'static>(
+        &self,
+        key: &str,
+        bound: Duration,
+    ) -> Option<L1Hit<V>> {
+        let e = self.map.get(key)?;
+        if self.clock.now() >= e.deadline + bound {
+            return None;
+        }
+        let value = e.value.downcast::<V>().ok()?;
+        Some(L1Hit {
+            value,
+            version: e.version,
+            deadline: e.deadline,
+            stored_at: e.stored_at,
+        })
+    }
+
     /// Stores `value` unless a fresh entry with a higher version is present (the version rule,
     /// DESIGN §4 rule 2). Returns whether the value was stored.
     pub(crate) fn insert<V: Send + Sync + 'static>(

@@ -58,6 +58,34 @@ pub const METRICS: &[(&str, &str)] = &[
         "Keys recorded in the dirty log (label: kind).",
     ),
     (
+        "mdcache_stale_served_total",
+        "Values served past their TTL, marked stale, because Redis and the source both failed (label: kind).",
+    ),
+    (
+        "mdcache_breaker_transitions_total",
+        "Circuit breaker transitions (label: to = open|half_open|closed).",
+    ),
+    (
+        "mdcache_breaker_state",
+        "Circuit breaker state: 0 closed, 1 open, 2 half-open (gauge).",
+    ),
+    (
+        "mdcache_fallbacks_total",
+        "Reads that fell back past Redis to the source (label: reason = breaker_open|timeout|error).",
+    ),
+    (
+        "mdcache_fallback_seconds",
+        "Latency of fallback reads (histogram; label: reason).",
+    ),
+    (
+        "mdcache_fallback_overloaded_total",
+        "Source loads refused because the concurrency limit stayed full.",
+    ),
+    (
+        "mdcache_recovery_replayed_keys_total",
+        "Dirty-log keys deleted from Redis by recovery.",
+    ),
+    (
         "mdcache_l1_entries",
         "Entries held by L1 (gauge, updated by Cache::stats).",
     ),
@@ -73,6 +101,8 @@ pub fn describe() {
     for (name, help) in METRICS {
         if name.ends_with("_total") {
             ::metrics::describe_counter!(*name, *help);
+        } else if name.ends_with("_seconds") {
+            ::metrics::describe_histogram!(*name, ::metrics::Unit::Seconds, *help);
         } else {
             ::metrics::describe_gauge!(*name, *help);
         }

@@ -81,6 +81,7 @@ pub(crate) struct KindStats {
     pub(crate) source_writes: Count,
     pub(crate) refreshes: Count,
     pub(crate) negative_hits: Count,
+    pub(crate) stale_served: Count,
 }
 
 impl KindStats {
@@ -111,6 +112,7 @@ impl KindStats {
             source_writes: plain("mdcache_source_writes_total"),
             refreshes: plain("mdcache_refreshes_total"),
             negative_hits: plain("mdcache_negative_hits_total"),
+            stale_served: plain("mdcache_stale_served_total"),
         }
     }
 
@@ -140,6 +142,7 @@ impl KindStats {
             source_writes: self.source_writes.get(),
             refreshes: self.refreshes.get(),
             negative_hits: self.negative_hits.get(),
+            stale_served: self.stale_served.get(),
         }
     }
 }
@@ -198,6 +201,7 @@ impl Stats {
             total.source_writes += k.source_writes;
             total.refreshes += k.refreshes;
             total.negative_hits += k.negative_hits;
+            total.stale_served += k.stale_served;
         }
         metrics::gauge!("mdcache_l1_entries").set(l1_entries as f64);
         metrics::gauge!("mdcache_l1_bytes").set(l1_bytes as f64);
@@ -246,6 +250,8 @@ pub struct KindSnapshot {
     pub refreshes: u64,
     /// Reads answered "not found" from the negative cache.
     pub negative_hits: u64,
+    /// Values served past their TTL, marked `Stale`, because Redis and the source both failed.
+    pub stale_served: u64,
 }
 
 /// A point-in-time copy of the cache's counters, from [`Cache::stats`](crate::Cache::stats).

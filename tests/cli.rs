@@ -1,4 +1,4 @@
-//! The `mdcache` binary end to end against real redis-server processes: output, exit statuses (0 found, 1 not found, 2 invalid input, 3 Redis unavailable) and one-line errors.
+//! The `mdcache` binary end to end against real redis-server and PostgreSQL processes: output, exit statuses (0 found, 1 not found, 2 invalid input, 3 backend unavailable) and one-line errors.
 
 mod support;
 
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::RedisServer;
+use support::pg::{self, PgServer};
 
 const KINDS: [&str; 7] = [
     "price", "pos", "book:bid", "book:ask", "risk", "ord", "strat",
@@ -162,18 +163,22 @@ fn put_then_get_round_trips_every_kind() {
         assert!(got["age_ms"].is_u64(), "{got}");
     }
     for kind in KINDS {
+        let del = cli(&server, &["del", kind, "AAPL"]).ok_json();
         assert_eq!(
-            cli(&server, &["del", kind, "AAPL"]).ok_json()["key"]
-                .as_str()
-                .map(|k| k.contains("{AAPL}")),
-            Some(true)
+            del["key"].as_str().map(|k| k.contains("{AAPL}")),
+            Some(true),
+            "{del}"
         );
+        assert_eq!(del["deleted"], true, "{del}");
         cli(&server, &["get", kind, "AAPL"]).assert_error(1, "not found");
     }
     // A book's version key goes with it: nothing is left behind.
     assert_eq!(server.dbsize(), 0);
-    // Deleting what is not there is not an error.
-    assert_eq!(cli(&server, &["del", "price", "NOPE"]).code, Some(0));
+    // Deleting what is not there is not an error, and says so.
+    for kind in ["price", "book:ask"] {
+        let del = cli(&server, &["del", kind, "NOPE"]).ok_json();
+        assert_eq!(del["deleted"], false, "{del}");
+    }
 }
 
 #[test]
@@ -413,15 +418,27 @@ fn an_oversize_value_exits_2() {
 }
 
 #[test]
-fn ttl_override_on_a_book_is_refused() {
+fn ttl_override_on_a_book() {
     let server = RedisServer::start();
-    let value = example("book:bid");
-    cli(
-        &server,
-        &["put", "book:bid", "X", &value, "--ttl-ms", "100"],
-    )
-    .assert_error(2, "--ttl-ms is not supported for book:bid");
-    assert_eq!(server.dbsize(), 0);
+    let url = server.url();
+    for kind in ["book:bid", "book:ask"] {
+        let value = example(kind);
+        // The kind's TTL is a minute; the override, shorter, must win.
+        let put = run(mdcache().envs(LONG_TTLS).args([
+            "--redis", &url, "put", kind, "X", &value, "--ttl-ms", "1500",
+        ]));
+        assert_eq!(put.ok_json()["outcome"], "applied");
+        let ms = cli(&server, &["ttl", kind, "X"]).ok_json()["ttl_ms"]
+            .as_u64()
+            .expect("a number");
+        assert!(ms > 0 && ms <= 1500, "{kind}: {ms}");
+        let got = run(mdcache()
+            .envs(LONG_TTLS)
+            .args(["--redis", &url, "get", kind, "X"]))
+        .ok_json();
+        let ms = got["ttl_ms"].as_u64().expect("a number");
+        assert!(ms > 0 && ms <= 1500, "{got}");
+    }
 }
 
 #[test]
@@ -568,7 +585,12 @@ fn a_killed_server_exits_3_quickly() {
 #[test]
 fn a_closed_port_exits_3_quickly() {
     let out = run(mdcache().args(["--redis", "redis://127.0.0.1:1/", "get", "price", "X"]));
-    out.assert_error(3, "timed out");
+    out.assert_error(3, "");
+    // Reported as the refusal itself, or (when retries use up the deadline) as a timeout.
+    assert!(
+        out.stderr.contains("refused") || out.stderr.contains("timed out"),
+        "{out:?}"
+    );
     assert!(out.elapsed < QUICK, "took {:?}", out.elapsed);
 }
 
@@ -645,4 +667,344 @@ fn demo_runs_embedded_and_layered() {
     ]));
     assert_eq!(out.code, Some(3), "{out:?}");
     assert!(out.elapsed < QUICK, "{out:?}");
+}
+
+// ---- With a database (--database / DATABASE_URL): read-through and write-through ----
+
+/// Deadline for healthy-path database tests: generous, so a loaded machine never turns a
+/// healthy call into a failure (it only bounds how long a broken run hangs).
+const HEALTHY_TIMEOUT_MS: &str = "10000";
+
+/// Identifiers unique across tests and runs, so tests sharing a `DATABASE_URL` never collide.
+fn uid(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// `mdcache --database DB [--redis URL] --timeout-ms 10000 ARGS…` with long TTLs.
+#[track_caller]
+fn db_cli(redis: Option<&RedisServer>, db: &str, args: &[&str]) -> Out {
+    let mut cmd = mdcache();
+    cmd.envs(LONG_TTLS)
+        .args(["--database", db, "--timeout-ms", HEALTHY_TIMEOUT_MS]);
+    if let Some(server) = redis {
+        cmd.arg("--redis").arg(server.url());
+    }
+    run(cmd.args(args))
+}
+
+/// `mdcache --redis URL ARGS…` with long TTLs: the cache alone, no database.
+#[track_caller]
+fn cache_cli(server: &RedisServer, args: &[&str]) -> Out {
+    run(mdcache()
+        .envs(LONG_TTLS)
+        .arg("--redis")
+        .arg(server.url())
+        .args(args))
+}
+
+/// Runs SQL on the database at `url`, outside mdcache.
+fn sql(url: &str, statements: &str) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime")
+        .block_on(async {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .expect("connect to test postgres");
+            tokio::spawn(connection);
+            client.batch_execute(statements).await.expect("run SQL");
+        });
+}
+
+#[test]
+fn database_get_reads_through_and_put_writes_through() {
+    let server = RedisServer::start();
+    let db = pg::database_url();
+    for kind in KINDS {
+        let id = uid("RT");
+        let value = example(kind);
+        let expected: Value = serde_json::from_str(&value).unwrap();
+
+        // put: the database assigns the version, and the cache is filled with it.
+        let put = db_cli(Some(&server), &db, &["put", kind, &id, &value]).ok_json();
+        assert_eq!(put["outcome"], "applied", "{kind}: {put}");
+        let version = put["version"].as_u64().expect("a version");
+        assert!(version > 0, "{put}");
+        let key = put["key"].as_str().expect("key").to_owned();
+
+        let got = db_cli(Some(&server), &db, &["get", kind, &id]).ok_json();
+        assert_eq!(
+            (&got["tier"], &got["version"]),
+            (&"l2".into(), &version.into()),
+            "{got}"
+        );
+        assert_eq!(got["key"], key.as_str(), "{got}");
+        assert_eq!(got["value"], expected, "{kind}: value changed on the way");
+
+        // Gone from the cache: loaded from the database, and the cache filled again.
+        assert_eq!(
+            cache_cli(&server, &["del", kind, &id]).ok_json()["deleted"],
+            true
+        );
+        cache_cli(&server, &["get", kind, &id]).assert_error(1, "not found");
+        let got = db_cli(Some(&server), &db, &["get", kind, &id]).ok_json();
+        assert_eq!(got["tier"], "source", "{kind}: {got}");
+        assert_eq!(got["version"], version, "{got}");
+        assert_eq!(
+            got["value"], expected,
+            "{kind}: value changed in the database"
+        );
+        let ttl_ms = got["ttl_ms"].as_u64().expect("ttl_ms is a number");
+        assert!(ttl_ms > 0 && ttl_ms <= 60_000, "{got}");
+        let got = db_cli(Some(&server), &db, &["get", kind, &id]).ok_json();
+        assert_eq!(got["tier"], "l2", "{kind}: {got}");
+        assert_eq!(got["version"], version, "{got}");
+        // ... where the cache alone sees it too.
+        let got = cache_cli(&server, &["get", kind, &id]).ok_json();
+        assert_eq!(got["version"], version, "{got}");
+
+        // A second put gets a higher version from the database.
+        let again = db_cli(Some(&server), &db, &["put", kind, &id, &value]).ok_json();
+        assert_eq!(again["outcome"], "applied", "{again}");
+        assert!(
+            again["version"].as_u64() > Some(version),
+            "{put} then {again}"
+        );
+    }
+}
+
+#[test]
+fn database_without_redis_always_reads_from_the_source() {
+    let db = pg::database_url();
+    for kind in ["pos", "book:ask"] {
+        let id = uid("NR");
+        let value = example(kind);
+        let put = run(mdcache()
+            .args(["--database", &db, "--timeout-ms", HEALTHY_TIMEOUT_MS])
+            .args(["put", kind, &id, &value]))
+        .ok_json();
+        assert_eq!(put["outcome"], "applied", "{put}");
+        for _ in 0..2 {
+            // DATABASE_URL works as well as --database.
+            let got = run(mdcache().env("DATABASE_URL", &db).args([
+                "--timeout-ms",
+                HEALTHY_TIMEOUT_MS,
+                "get",
+                kind,
+                &id,
+            ]))
+            .ok_json();
+            assert_eq!(got["tier"], "source", "{got}");
+            assert_eq!(got["version"], put["version"], "{got}");
+            assert_eq!(got["value"], serde_json::from_str::<Value>(&value).unwrap());
+        }
+    }
+    // del and ttl act on the cache alone, so they still need Redis.
+    for cmd in ["del", "ttl"] {
+        let out = run(mdcache().args(["--database", &db, cmd, "pos", "X"]));
+        out.assert_error(2, "no Redis address");
+    }
+}
+
+#[test]
+fn database_get_of_a_key_in_neither_exits_1() {
+    let server = RedisServer::start();
+    let db = pg::database_url();
+    let id = uid("NONE");
+    for kind in ["price", "book:bid", "strat"] {
+        db_cli(Some(&server), &db, &["get", kind, &id])
+            .assert_error(1, "not found (in the cache or the database)");
+        db_cli(None, &db, &["get", kind, &id]).assert_error(1, "not found");
+    }
+    assert_eq!(server.dbsize(), 0, "a miss caches nothing");
+}
+
+#[test]
+fn database_put_refuses_version_ttl_and_bad_input_before_any_io() {
+    let server = RedisServer::start();
+    // Nothing listens here: any connection attempt would be exit 3, not 2.
+    let dead = "postgres://postgres@127.0.0.1:1/postgres";
+    let value = example("ord");
+    let put = |extra: &[&str]| {
+        run(mdcache()
+            .args(["--redis", &server.url(), "--database", dead])
+            .args(extra))
+    };
+    put(&["put", "ord", "X", &value, "--version", "5"]).assert_error(2, "--version");
+    put(&["put", "ord", "X", &value, "--ttl-ms", "5000"]).assert_error(2, "--ttl-ms");
+    put(&["put", "ord", "a b", &value]).assert_error(2, "invalid key id");
+    put(&["put", "ord", "X", "{"]).assert_error(2, "invalid JSON for ord");
+    put(&[
+        "put",
+        "book:bid",
+        "X",
+        r#"[{"price": 1, "qty": 1}, {"price": 1, "qty": 2}]"#,
+    ])
+    .assert_error(2, "appears twice");
+    put(&["get", "ord", "a b"]).assert_error(2, "invalid key id");
+    // The environment's DATABASE_URL counts as a database too.
+    let out = run(mdcache().env("DATABASE_URL", dead).args([
+        "--redis",
+        &server.url(),
+        "put",
+        "ord",
+        "X",
+        &value,
+        "--version",
+        "5",
+    ]));
+    out.assert_error(2, "the database assigns versions");
+    // An unparseable URL is a configuration error, named by where it came from.
+    run(mdcache().args(["--database", "postgres://h:notaport/db", "get", "ord", "X"]))
+        .assert_error(2, "invalid --database URL");
+    run(mdcache()
+        .env("DATABASE_URL", "postgres://h:notaport/db")
+        .args(["get", "ord", "X"]))
+    .assert_error(2, "invalid DATABASE_URL");
+    assert_eq!(server.dbsize(), 0);
+}
+
+#[test]
+fn database_put_to_a_stopped_server_exits_3_and_invalidates_the_key() {
+    let redis = RedisServer::start();
+    let mut pg_server = PgServer::start();
+    let db = pg_server.url();
+    let value = example("ord");
+    // Cached values, written through the cache alone.
+    for id in ["K", "K2"] {
+        cache_cli(&redis, &["put", "ord", id, &value, "--version", "7"]).ok_json();
+    }
+    pg_server.stop();
+
+    // Default deadline: the failure is bounded by it, nowhere near `QUICK`.
+    let out = run(mdcache().envs(LONG_TTLS).args([
+        "--redis",
+        &redis.url(),
+        "--database",
+        &db,
+        "put",
+        "ord",
+        "K",
+        &value,
+    ]));
+    out.assert_error(3, "database unavailable");
+    assert!(
+        out.stderr.contains("mdc:ord:{K} was invalidated"),
+        "{out:?}"
+    );
+    assert!(out.elapsed < QUICK, "took {:?}", out.elapsed);
+    // Write-through invalidates on a failed write: the old value is gone, the new one never
+    // arrived.
+    cache_cli(&redis, &["get", "ord", "K"]).assert_error(1, "not found");
+
+    // A read the cache can answer needs no database (DESIGN §5); a miss fails fast.
+    let got = run(mdcache().envs(LONG_TTLS).args([
+        "--redis",
+        &redis.url(),
+        "--database",
+        &db,
+        "get",
+        "ord",
+        "K2",
+    ]))
+    .ok_json();
+    assert_eq!(
+        (&got["tier"], &got["version"]),
+        (&"l2".into(), &7.into()),
+        "{got}"
+    );
+    let out = run(mdcache().envs(LONG_TTLS).args([
+        "--redis",
+        &redis.url(),
+        "--database",
+        &db,
+        "get",
+        "ord",
+        "K",
+    ]));
+    out.assert_error(3, "database unavailable");
+    assert!(out.elapsed < QUICK, "took {:?}", out.elapsed);
+
+    // The database never saw the refused write.
+    pg_server.start_again();
+    db_cli(Some(&redis), &db, &["get", "ord", "K"]).assert_error(1, "not found");
+    let put = db_cli(Some(&redis), &db, &["put", "ord", "K", &value]).ok_json();
+    assert_eq!(put["outcome"], "applied", "{put}");
+}
+
+#[test]
+fn a_write_the_database_refuses_exits_3_and_invalidates_the_key() {
+    let redis = RedisServer::start();
+    let db = pg::database_url();
+    let id = uid("REFUSED");
+    // Creates the schema (and finds nothing).
+    db_cli(None, &db, &["get", "ord", &id]).assert_error(1, "not found");
+    let constraint = format!("refuse_{}", id.replace('-', "_").to_lowercase());
+    sql(
+        &db,
+        &format!("ALTER TABLE mdc_ord ADD CONSTRAINT {constraint} CHECK (id <> '{id}')"),
+    );
+    let value = example("ord");
+    cache_cli(&redis, &["put", "ord", &id, &value, "--version", "7"]).ok_json();
+
+    let out = db_cli(Some(&redis), &db, &["put", "ord", &id, &value]);
+    out.assert_error(3, "the database refused the write");
+    assert!(out.stderr.contains(&constraint), "{out:?}");
+    assert!(
+        out.stderr.contains("was invalidated in the cache"),
+        "{out:?}"
+    );
+    cache_cli(&redis, &["get", "ord", &id]).assert_error(1, "not found");
+    db_cli(Some(&redis), &db, &["get", "ord", &id]).assert_error(1, "not found");
+    assert_eq!(redis.dbsize(), 0);
+}
+
+#[test]
+fn database_put_with_redis_down_reports_cache_failed() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    redis.kill();
+    let db = pg::database_url();
+    let id = uid("CF");
+    let value = example("risk");
+    let out = run(mdcache().envs(LONG_TTLS).args([
+        "--redis",
+        &url,
+        "--database",
+        &db,
+        "--timeout-ms",
+        "3000",
+        "put",
+        "risk",
+        &id,
+        &value,
+    ]));
+    let put = out.ok_json();
+    assert_eq!(put["outcome"], "cache_failed", "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    // The database has it.
+    let got = db_cli(None, &db, &["get", "risk", &id]).ok_json();
+    assert_eq!(
+        (&got["tier"], &got["version"]),
+        (&"source".into(), &put["version"]),
+        "{got}"
+    );
+}
+
+#[test]
+fn demo_refuses_a_database() {
+    bare(&[
+        "--database",
+        "postgres://h/db",
+        "demo",
+        "--duration-ms",
+        "100",
+    ])
+    .assert_error(2, "--database");
 }

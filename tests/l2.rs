@@ -623,7 +623,13 @@ async fn a_hung_server_costs_at_most_the_deadline() {
 #[tokio::test]
 async fn a_restarted_server_is_reconnected_to() {
     let mut server = RedisServer::start();
-    let cache = cache(&server, Backend::Redis);
+    let cache = Cache::builder()
+        .redis_url(server.url())
+        .backend(Backend::Redis)
+        .op_timeout(TEST_OP_TIMEOUT)
+        .breaker_open(Duration::from_millis(200))
+        .build()
+        .unwrap();
     let key = cache.key::<Price>("RST").unwrap();
     cache.set(&key, price(1), 1).await.unwrap();
     server.kill();
@@ -645,6 +651,9 @@ async fn a_restarted_server_is_reconnected_to() {
         }
     }
     assert_eq!(cache.get(&key).await.unwrap().unwrap().seq, 2);
+    let b = cache.breaker().unwrap();
+    assert_eq!(b.state, mdcache::BreakerState::Closed);
+    assert_eq!(b.opened, b.closed, "{b:?}");
 }
 
 #[tokio::test]

@@ -126,11 +126,12 @@ impl RedisTier {
         ttl: Duration,
     ) -> Result<bool> {
         let vkey = version_key(key);
+        let vkey = vkey.as_str();
         let script = &self.book.replace;
         let stored: i64 = self
             .run("book_set", key, |mut c| async move {
                 let mut inv = script.key(key);
-                inv.key(&vkey)
+                inv.key(vkey)
                     .arg(&version.to_be_bytes()[..])
                     .arg(ttl_ms(ttl));
                 for l in &side.levels {
@@ -150,6 +151,7 @@ impl RedisTier {
         depth: usize,
     ) -> Result<Option<FetchedBook>> {
         let vkey = version_key(key);
+        let vkey = vkey.as_str();
         let script = &self.book.top;
         let dir = match side {
             BookSideKind::Bid => "bid",
@@ -159,7 +161,7 @@ impl RedisTier {
             .run("book_get", key, |mut c| async move {
                 script
                     .key(key)
-                    .key(&vkey)
+                    .key(vkey)
                     .arg(dir)
                     .arg(depth)
                     .invoke_async(&mut c)

@@ -134,6 +134,7 @@ pub(crate) struct RedisOptions {
     pub(crate) pool_size: u32,
     pub(crate) op_timeout: Duration,
     pub(crate) connect_timeout: Duration,
+    pub(crate) breaker: super::guard::BreakerConfig,
 }
 
 /// The Redis tier.
@@ -144,6 +145,7 @@ pub(crate) struct RedisTier {
     last_error: LastError,
     set_script: Script,
     pub(crate) book: super::book::BookScripts,
+    pub(crate) breaker: super::guard::Breaker,
 }
 
 impl std::fmt::Debug for RedisTier {
@@ -172,6 +174,9 @@ impl RedisTier {
             .min_idle(Some(opts.pool_size))
             .test_on_check_out(false)
             .connection_timeout(opts.connect_timeout)
+            // Fail a checkout at once when opening a connection fails (refused, reset) instead
+            // of retrying until connection_timeout: our own retries and deadline decide.
+            .retry_connection(false)
             .error_sink(Box::new(last_error.clone()))
             .build_unchecked(manager);
         Ok(RedisTier {
@@ -181,6 +186,7 @@ impl RedisTier {
             last_error,
             set_script: Script::new(SET_VERSIONED),
             book: super::book::BookScripts::new(),
+            breaker: super::guard::Breaker::new(opts.breaker),
         })
     }
 
@@ -199,27 +205,83 @@ impl RedisTier {
         }
     }
 
-    /// Runs `f` on a pooled connection under the operation deadline. Errors for `key` are
-    /// mapped (`WRONGTYPE` → [`Error::WrongType`]) and a dead socket is flagged for replacement.
+    /// Runs `f` for a caller: refused at once while the breaker is open; otherwise under the
+    /// operation deadline, retried (all of this tier's operations are idempotent: reads, `UNLINK`,
+    /// versioned writes) on connection failures with full-jitter backoff, never past the
+    /// deadline; the outcome is recorded by the breaker. Errors for `key` are mapped
+    /// (`WRONGTYPE` → [`Error::WrongType`]) and a dead socket is flagged for replacement.
     pub(crate) async fn run<T, F, Fut>(&self, op: &'static str, key: &str, f: F) -> Result<T>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: Fn(MultiplexedConnection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        if !self.breaker.admit() {
+            return Err(Error::BreakerOpen);
+        }
         let work = async {
-            let conn = self.conn().await?;
-            f(conn.mux.clone()).await.map_err(|e| {
-                conn.note(&e);
-                Error::from_redis(e, key)
-            })
+            let mut waits = self.breaker.retry_waits();
+            let mut tries = 1;
+            loop {
+                match self.attempt(key, &f).await {
+                    Err(e) if e.is_retryable() && tries < self.breaker.config.max_tries => {
+                        tries += 1;
+                        tokio::time::sleep(waits.next().unwrap_or_default()).await;
+                    }
+                    other => return other,
+                }
+            }
         };
-        match tokio::time::timeout(self.op_timeout, work).await {
+        let result = match tokio::time::timeout(self.op_timeout, work).await {
+            Ok(r) => r,
+            // If connections are failing to open, say why rather than only "timed out".
+            Err(_) => Err(match self.last_error.get() {
+                Some(e) if !e.is_timeout() => Error::Redis(e),
+                _ => Error::Timeout {
+                    op,
+                    after: self.op_timeout,
+                },
+            }),
+        };
+        match &result {
+            Err(e) if e.trips_breaker() => self.breaker.failure(),
+            // An answer, even an error reply, means Redis is alive.
+            _ => self.breaker.success(),
+        }
+        result
+    }
+
+    /// Runs `f` once under `deadline`, bypassing the breaker (the probe and the recovery
+    /// replay use it while callers are kept out).
+    pub(crate) async fn run_unguarded<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &str,
+        deadline: Duration,
+        f: F,
+    ) -> Result<T>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        match tokio::time::timeout(deadline, self.attempt(key, &f)).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {
                 op,
-                after: self.op_timeout,
+                after: deadline,
             }),
         }
+    }
+
+    async fn attempt<T, F, Fut>(&self, key: &str, f: &F) -> Result<T>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let conn = self.conn().await?;
+        f(conn.mux.clone()).await.map_err(|e| {
+            conn.note(&e);
+            Error::from_redis(e, key)
+        })
     }
 
     /// `GET` and `PTTL` of one key in one round trip, atomically (`MULTI`/`EXEC`), so the TTL
@@ -364,6 +426,47 @@ impl RedisTier {
             })
             .await?;
         Ok(())
+    }
+
+    /// The breaker's probe: `PING` under the probe deadline, bypassing the breaker.
+    pub(crate) async fn probe(&self) -> Result<()> {
+        let deadline = self.breaker.config.probe_timeout;
+        let _: String = self
+            .run_unguarded("probe", "", deadline, |mut c| async move {
+                redis::cmd("PING").query_async(&mut c).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// `UNLINK` for recovery, bypassing the breaker, under the probe deadline.
+    pub(crate) async fn unlink_unguarded(&self, keys: &[&str]) -> Result<u64> {
+        let deadline = self.breaker.config.probe_timeout;
+        self.run_unguarded("recovery_unlink", "", deadline, |mut c| async move {
+            redis::cmd("UNLINK").arg(keys).query_async(&mut c).await
+        })
+        .await
+    }
+
+    /// One `SCAN` step for `pattern` (recovery of an overflowed dirty log), bypassing the
+    /// breaker: the next cursor and the keys found.
+    pub(crate) async fn scan_unguarded(
+        &self,
+        cursor: u64,
+        pattern: &str,
+    ) -> Result<(u64, Vec<String>)> {
+        let deadline = self.breaker.config.probe_timeout;
+        self.run_unguarded("recovery_scan", "", deadline, |mut c| async move {
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await
+        })
+        .await
     }
 }
 

@@ -12,6 +12,7 @@ use super::flight::Flights;
 use super::{LoadError, is_caller_error};
 use crate::cache::{Cache, Read, Tier};
 use crate::error::Error;
+use crate::fallback::{FallbackHandler, FallbackOptions, FallbackReason, FallbackSnapshot};
 use crate::key::{BookSchema, Key, KeySchema, ValueSchema};
 use crate::schema::BookSide;
 use crate::source::{Loaded, Source};
@@ -37,6 +38,8 @@ pub struct AsideOptions {
     /// Most background refreshes running at once; past it, refreshes are skipped (the key
     /// then simply misses once at expiry).
     pub max_refreshes: usize,
+    /// What reads do when Redis is unavailable.
+    pub fallback: FallbackOptions,
 }
 
 impl Default for AsideOptions {
@@ -46,6 +49,7 @@ impl Default for AsideOptions {
             refresh_ahead: Vec::new(),
             negative_ttl: None,
             max_refreshes: 64,
+            fallback: FallbackOptions::default(),
         }
     }
 }
@@ -117,6 +121,7 @@ struct AsideInner<Src> {
     refresh_permits: Arc<Semaphore>,
     tasks: TaskTracker,
     stop: CancellationToken,
+    fallback: FallbackHandler,
 }
 
 /// Builds a [`CacheAside`].
@@ -156,6 +161,36 @@ impl<Src: Source> CacheAsideBuilder<Src> {
         self
     }
 
+    /// Most source loads at once (default 64), so a dead cache cannot stampede the database.
+    pub fn max_concurrent_loads(mut self, n: usize) -> Self {
+        self.opts.fallback.max_concurrent_loads = n;
+        self
+    }
+
+    /// How long a load waits for a slot before failing with `Overloaded` (default 50 ms).
+    pub fn overload_wait(mut self, d: Duration) -> Self {
+        self.opts.fallback.overload_wait = d;
+        self
+    }
+
+    /// Lets `kind` (a name like `price`, or a key prefix like `book`) be served up to `bound`
+    /// past its TTL, marked `Stale`, when Redis and the source both fail. Defaults: `price`
+    /// and `book` 1 s; every other kind fails closed.
+    pub fn stale_bound(mut self, kind: &str, bound: Duration) -> Self {
+        self.opts.fallback.stale_bounds.retain(|(k, _)| k != kind);
+        self.opts
+            .fallback
+            .stale_bounds
+            .push((kind.to_owned(), bound));
+        self
+    }
+
+    /// No kind may be served stale (every kind fails closed).
+    pub fn no_stale(mut self) -> Self {
+        self.opts.fallback.stale_bounds.clear();
+        self
+    }
+
     /// Builds it.
     pub fn build(self) -> CacheAside<Src> {
         let stop = CancellationToken::new();
@@ -166,6 +201,7 @@ impl<Src: Source> CacheAsideBuilder<Src> {
                 flights: Flights::new(MAX_FLIGHTS),
                 refreshing: Mutex::new(HashSet::new()),
                 refresh_permits: Arc::new(Semaphore::new(self.opts.max_refreshes)),
+                fallback: FallbackHandler::new(self.opts.fallback.clone()),
                 opts: self.opts,
                 tasks: TaskTracker::new(),
                 stop: stop.clone(),
@@ -200,6 +236,11 @@ impl<Src: Source> CacheAside<Src> {
         &self.inner.opts
     }
 
+    /// What the fallback path has done so far.
+    pub fn fallback_stats(&self) -> FallbackSnapshot {
+        self.inner.fallback.snapshot()
+    }
+
     /// Stops background refreshes and waits for running ones to finish.
     pub async fn shutdown(&self) {
         self.inner.stop.cancel();
@@ -217,24 +258,38 @@ impl<Src: Source> CacheAside<Src> {
         if inner.negative_hit(key) {
             return Ok(None);
         }
-        match inner.cache.read(key).await {
+        let fallback = match inner.cache.read(key).await {
             Ok(Some(r)) => {
                 self.maybe_refresh(key, r.ttl_remaining, |i, k| {
-                    Box::pin(async move { i.load_value(&k, false).await.map(|_| ()) })
+                    Box::pin(async move { i.load_value(&k, false, true).await.map(|_| ()) })
                 });
                 return Ok(Some(r));
             }
-            Ok(None) => {}
+            Ok(None) => None,
             Err(e) if is_caller_error(&e) => return Err(e.into()),
-            Err(e) => {
-                tracing::debug!(key = key.as_str(), error = %e, "cache read failed; loading from the source")
-            }
-        }
-        inner
+            Err(e) => Some(FallbackReason::of(&e)),
+        };
+        let started = std::time::Instant::now();
+        // On the fallback path: no re-check of Redis and no fill of it, only of L1.
+        let result = inner
             .flights
-            .run(key.shared(), || inner.load_value(key, true))
+            .run(key.shared(), || {
+                inner.load_value(key, fallback.is_none(), fallback.is_none())
+            })
             .await
-            .unwrap_or_else(|| Err(internal()))
+            .unwrap_or_else(|| Err(internal()));
+        if let Some(reason) = fallback {
+            inner.fallback.record(reason, started.elapsed());
+        }
+        match result {
+            Err(e) if !matches!(&e, LoadError::Cache(c) if is_caller_error(c)) => {
+                match inner.stale::<S, S::Value>(key, |c, k, b| c.l1_stale::<S::Value>(k, b)) {
+                    Some(r) => Ok(Some(r)),
+                    None => Err(e),
+                }
+            }
+            other => other,
+        }
     }
 
     /// The best `depth` levels (0 = all) of a book side, through the cache like
@@ -248,29 +303,42 @@ impl<Src: Source> CacheAside<Src> {
         if inner.negative_hit(key) {
             return Ok(None);
         }
-        match inner.cache.get_book(key, depth).await {
+        let fallback = match inner.cache.get_book(key, depth).await {
             Ok(Some(r)) => {
                 self.maybe_refresh(key, r.ttl_remaining, |i, k| {
-                    Box::pin(async move { i.load_book(&k, 0, false).await.map(|_| ()) })
+                    Box::pin(async move { i.load_book(&k, 0, false, true).await.map(|_| ()) })
                 });
                 return Ok(Some(r));
             }
-            Ok(None) => {}
+            Ok(None) => None,
             Err(e) if is_caller_error(&e) => return Err(e.into()),
-            Err(e) => {
-                tracing::debug!(key = key.as_str(), error = %e, "cache read failed; loading from the source")
-            }
-        }
+            Err(e) => Some(FallbackReason::of(&e)),
+        };
+        let started = std::time::Instant::now();
         // One flight per key loads the whole side; each caller cuts its own depth.
         let full = inner
             .flights
-            .run(key.shared(), || inner.load_book(key, 0, true))
+            .run(key.shared(), || {
+                inner.load_book(key, 0, fallback.is_none(), fallback.is_none())
+            })
             .await
-            .unwrap_or_else(|| Err(internal()))?;
-        Ok(full.map(|r| Read {
-            value: crate::cache::top(&r.value, depth),
-            ..r
-        }))
+            .unwrap_or_else(|| Err(internal()));
+        if let Some(reason) = fallback {
+            inner.fallback.record(reason, started.elapsed());
+        }
+        match full {
+            Ok(full) => Ok(full.map(|r| Read {
+                value: crate::cache::top(&r.value, depth),
+                ..r
+            })),
+            Err(e) if !matches!(&e, LoadError::Cache(c) if is_caller_error(c)) => {
+                match inner.stale::<S, BookSide>(key, |c, k, b| c.l1_stale_book(k, b, depth)) {
+                    Some(r) => Ok(Some(r)),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Starts a background reload of `key` if the read found less than the kind's
@@ -356,6 +424,9 @@ impl<Src: Source> AsideInner<Src> {
         &self,
         key: &Key<S>,
     ) -> Result<Option<Loaded<S::Value>>, LoadError<Src::Error>> {
+        let Some(_permit) = self.fallback.permit().await else {
+            return Err(LoadError::Overloaded(self.opts.fallback.overload_wait));
+        };
         let ks = self.cache.ks(key);
         ks.source_loads.inc();
         let result =
@@ -381,6 +452,7 @@ impl<Src: Source> AsideInner<Src> {
         &self,
         key: &Key<S>,
         recheck: bool,
+        fill_l2: bool,
     ) -> Result<Option<Read<S::Value>>, LoadError<Src::Error>> {
         if recheck && let Ok(Some(r)) = self.cache.read(key).await {
             return Ok(Some(r));
@@ -389,14 +461,37 @@ impl<Src: Source> AsideInner<Src> {
             return Ok(None);
         };
         let value = Arc::new(loaded.value);
-        if let Err(e) = self
-            .cache
-            .set(key, Arc::clone(&value), loaded.version)
-            .await
-        {
-            tracing::debug!(key = key.as_str(), error = %e, "filling the cache after a load failed");
+        let filled = if fill_l2 {
+            self.cache
+                .set(key, Arc::clone(&value), loaded.version)
+                .await
+        } else {
+            Err(Error::BreakerOpen)
+        };
+        if let Err(e) = filled {
+            // Redis is unavailable: the value is fresh from the source, so L1 may hold it.
+            tracing::debug!(key = key.as_str(), error = %e, "cache fill went to L1 only");
+            self.cache
+                .fill_l1(key, Arc::clone(&value), loaded.version, 0);
         }
         Ok(Some(from_source(key, value, loaded.version)))
+    }
+
+    /// The fail-safe read (DESIGN §4 rule 7): a value past its TTL, within the kind's stale
+    /// bound, when both Redis and the source failed; `None` for kinds that fail closed.
+    fn stale<S: KeySchema, V>(
+        &self,
+        key: &Key<S>,
+        lookup: impl FnOnce(&Cache, &str, Duration) -> Option<Read<V>>,
+    ) -> Option<Read<V>> {
+        let bound = self.fallback.stale_bound(S::KIND, S::KEY_PREFIX)?;
+        let r = lookup(&self.cache, key.as_str(), bound)?;
+        self.fallback.stale_served();
+        self.cache.ks(key).stale_served.inc();
+        Some(Read {
+            tier: Tier::Stale,
+            ..r
+        })
     }
 
     /// The flight body for a book side (always loaded and filled whole).
@@ -405,6 +500,7 @@ impl<Src: Source> AsideInner<Src> {
         key: &Key<S>,
         depth: usize,
         recheck: bool,
+        fill_l2: bool,
     ) -> Result<Option<Read<BookSide>>, LoadError<Src::Error>> {
         if recheck && let Ok(Some(r)) = self.cache.get_book(key, depth).await {
             return Ok(Some(r));
@@ -414,8 +510,14 @@ impl<Src: Source> AsideInner<Src> {
         };
         let mut side = loaded.value;
         crate::l2::book::sort_best_first(&mut side.levels, S::SIDE);
-        if let Err(e) = self.cache.set_book(key, side.clone(), loaded.version).await {
-            tracing::debug!(key = key.as_str(), error = %e, "filling the cache after a load failed");
+        let filled = if fill_l2 {
+            self.cache.set_book(key, side.clone(), loaded.version).await
+        } else {
+            Err(Error::BreakerOpen)
+        };
+        if let Err(e) = filled {
+            tracing::debug!(key = key.as_str(), error = %e, "cache fill went to L1 only");
+            self.cache.fill_l1_book(key, side.clone(), loaded.version);
         }
         Ok(Some(from_source(key, Arc::new(side), loaded.version)))
     }

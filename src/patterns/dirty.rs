@@ -1,18 +1,23 @@
 //! The dirty log: keys written to the database while the cache could not be updated, to be deleted from L2 before it is trusted again.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Keys whose L2 copy may be stale because a database write succeeded (or failed) while the
 /// cache write or invalidation did not reach Redis (DESIGN §4 rule 3).
 ///
-/// Bounded: past `capacity` keys it stops recording keys and sets an overflow flag; the kinds
-/// of every recorded key are kept separately, so recovery can fall back to invalidating whole
-/// kinds (`SCAN` + `UNLINK` in the namespace) when the list is incomplete.
+/// Bounded: past `capacity` keys it stops recording keys and sets an overflow flag; the key
+/// prefixes (kinds) of every recorded key are kept separately, so recovery can fall back to
+/// invalidating whole kinds (`SCAN` + `UNLINK` in the namespace) when the list is incomplete.
+///
+/// While a key is recorded, reads do not trust its L2 copy (they treat it as a miss).
 #[derive(Debug)]
 pub struct DirtyLog {
     // A std Mutex: record/take are short map operations, never held across an await.
     inner: Mutex<DirtyInner>,
+    /// True while anything is recorded: lets the read path skip the lock in the common case.
+    any: AtomicBool,
     capacity: usize,
 }
 
@@ -31,7 +36,7 @@ pub struct DirtySnapshot {
     pub keys: Vec<Arc<str>>,
     /// True when keys were dropped for lack of room: invalidate `kinds` wholesale.
     pub overflowed: bool,
-    /// Every kind with a recorded (or dropped) key.
+    /// The key prefix (`price`, `book`, ...) of every recorded (or dropped) key.
     pub kinds: Vec<&'static str>,
 }
 
@@ -40,6 +45,7 @@ impl DirtyLog {
     pub fn new(capacity: usize) -> Self {
         DirtyLog {
             inner: Mutex::default(),
+            any: AtomicBool::new(false),
             capacity,
         }
     }
@@ -49,9 +55,10 @@ impl DirtyLog {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records `key` (of `kind`) as possibly stale in L2.
+    /// Records `key` (whose kind has the key prefix `kind`, e.g. `book`) as possibly stale in L2.
     pub fn record(&self, key: &Arc<str>, kind: &'static str) {
         let mut inner = self.lock();
+        self.any.store(true, Ordering::Release);
         inner.kinds.insert(kind);
         if inner.keys.contains(key) {
             return;
@@ -75,6 +82,32 @@ impl DirtyLog {
         self.lock().keys.contains(key)
     }
 
+    /// True when L2's copy of `key` (key prefix `kind`) must not be trusted: the key is
+    /// recorded, or the log overflowed with a key of its kind.
+    #[inline]
+    pub(crate) fn distrusts(&self, key: &str, kind: &str) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        let inner = self.lock();
+        inner.keys.contains(key) || (inner.overflowed && inner.kinds.contains(kind))
+    }
+
+    /// Puts back what a failed recovery could not finish.
+    pub(crate) fn restore(&self, snap: DirtySnapshot) {
+        let mut inner = self.lock();
+        self.any.store(true, Ordering::Release);
+        inner.overflowed |= snap.overflowed;
+        inner.kinds.extend(snap.kinds);
+        for k in snap.keys {
+            if inner.keys.len() >= self.capacity {
+                inner.overflowed = true;
+                break;
+            }
+            inner.keys.insert(k);
+        }
+    }
+
     /// Keys recorded.
     pub fn len(&self) -> usize {
         self.lock().keys.len()
@@ -95,6 +128,7 @@ impl DirtyLog {
     pub fn take(&self) -> DirtySnapshot {
         let mut inner = self.lock();
         let taken = std::mem::take(&mut *inner);
+        self.any.store(false, Ordering::Release);
         DirtySnapshot {
             keys: taken.keys.into_iter().collect(),
             overflowed: taken.overflowed,

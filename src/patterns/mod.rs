@@ -25,6 +25,10 @@ pub enum LoadError<E: std::error::Error + 'static> {
     /// source cannot make up for.
     #[error(transparent)]
     Cache(#[from] Error),
+    /// Too many source loads were running; this one waited its bound and gave up, so a dead
+    /// cache does not stampede the database.
+    #[error("source overloaded: no load slot within {0:?}")]
+    Overloaded(Duration),
 }
 
 impl<E: std::error::Error + 'static> Clone for LoadError<E> {
@@ -33,6 +37,7 @@ impl<E: std::error::Error + 'static> Clone for LoadError<E> {
             LoadError::Source(e) => LoadError::Source(Arc::clone(e)),
             LoadError::SourceTimeout(d) => LoadError::SourceTimeout(*d),
             LoadError::Cache(e) => LoadError::Cache(e.clone()),
+            LoadError::Overloaded(d) => LoadError::Overloaded(*d),
         }
     }
 }
@@ -43,7 +48,7 @@ impl<E: std::error::Error + 'static> LoadError<E> {
         match self {
             LoadError::SourceTimeout(_) => true,
             LoadError::Cache(e) => e.is_timeout(),
-            LoadError::Source(_) => false,
+            LoadError::Source(_) | LoadError::Overloaded(_) => false,
         }
     }
 

@@ -72,21 +72,15 @@ impl<Src> Clone for WriteThrough<Src> {
 }
 
 impl<Src: SourceWriter> WriteThrough<Src> {
-    /// Write-through over `cache` and `source`, with a fresh dirty log.
+    /// Write-through over `cache` and `source`, recording into the cache's dirty log (which
+    /// the cache's recovery replays before Redis is trusted again).
     pub fn new(cache: Cache, source: Arc<Src>) -> Self {
         WriteThrough {
+            dirty: Arc::clone(cache.dirty_log()),
             cache,
             source,
-            dirty: Arc::new(DirtyLog::new(DEFAULT_DIRTY_CAPACITY)),
             source_timeout: DEFAULT_WRITE_TIMEOUT,
         }
-    }
-
-    /// Shares `dirty` (e.g. with the recovery that replays it).
-    #[must_use]
-    pub fn with_dirty_log(mut self, dirty: Arc<DirtyLog>) -> Self {
-        self.dirty = dirty;
-        self
     }
 
     /// Deadline for one source write (default 1 s).
@@ -151,7 +145,7 @@ impl<Src: SourceWriter> WriteThrough<Src> {
         // commit after a timeout): drop it from both tiers so the next read loads.
         if let Err(e) = self.cache.delete(key).await {
             tracing::warn!(key = key.as_str(), error = %e, "invalidation after a refused write failed; key recorded as dirty");
-            self.dirty.record(key.shared(), S::KIND);
+            self.dirty.record(key.shared(), S::KEY_PREFIX);
         }
         Err(err)
     }
@@ -170,7 +164,7 @@ impl<Src: SourceWriter> WriteThrough<Src> {
             Err(e) => {
                 // `Cache::set` already evicted L1 on failure; L2 may or may not hold it.
                 tracing::warn!(key = key.as_str(), error = %e, "cache write after a database write failed; key recorded as dirty");
-                self.dirty.record(key.shared(), S::KIND);
+                self.dirty.record(key.shared(), S::KEY_PREFIX);
                 WriteAck {
                     version,
                     cached: None,

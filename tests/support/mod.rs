@@ -13,6 +13,8 @@
 // Every test binary includes this module with `mod support;`, and none uses all of it.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::fs::{self, File};
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;

@@ -5,7 +5,7 @@
 //! | 0 | done / found |
 //! | 1 | not found (`get`, `ttl` of a missing key) |
 //! | 2 | invalid input: usage, kind, identifier, JSON, value, configuration |
-//! | 3 | backend unavailable: Redis timed out, refused, broke the connection or said no |
+//! | 3 | backend unavailable: Redis or the database timed out, refused, broke the connection or said no |
 
 use std::fmt;
 use std::io::Write;
@@ -20,7 +20,7 @@ pub(crate) enum Status {
     NotFound = 1,
     /// The input or configuration was refused before any Redis command (exit 2).
     Invalid = 2,
-    /// Redis could not serve the request (exit 3).
+    /// Redis or the database could not serve the request, or refused it (exit 3).
     Unavailable = 3,
 }
 
@@ -50,9 +50,16 @@ impl Failure {
         Failure::new(Status::Invalid, message)
     }
 
-    /// Exit 3: Redis (or the process's own I/O) failed us.
+    /// Exit 3: Redis, the database (or the process's own I/O) failed us.
     pub(crate) fn unavailable(message: impl Into<String>) -> Self {
         Failure::new(Status::Unavailable, message)
+    }
+
+    /// The same failure with `; <context>` added to its message.
+    pub(crate) fn with_context(mut self, context: &str) -> Self {
+        self.message.push_str("; ");
+        self.message.push_str(context);
+        self
     }
 
     /// The exit status this failure ends the process with.

@@ -1,4 +1,4 @@
-//! The `mdcache` command-line tool: key commands against Redis (`put`, `get`, `del`, `ttl`), `example` values, and the `demo`.
+//! The `mdcache` command-line tool: key commands against Redis and optionally PostgreSQL (`put`, `get`, `del`, `ttl`), `example` values, and the `demo`.
 //!
 //! # Layout
 //!
@@ -29,14 +29,14 @@ use tracing_subscriber::filter::LevelFilter;
 
 use crate::exit::Failure;
 
-/// Inspect and write mdcache keys in Redis, or run the demo.
+/// Inspect and write mdcache keys in Redis (through PostgreSQL with --database), or run the demo.
 ///
 /// Configuration comes from the CACHE_* environment variables (CACHE_REDIS_URL,
-/// CACHE_ADDRESS/CACHE_PORT/CACHE_PASSWORD, CACHE_NAMESPACE, CACHE_TTL_<KIND>_MS, ...);
-/// --redis overrides the Redis address.
+/// CACHE_ADDRESS/CACHE_PORT/CACHE_PASSWORD, CACHE_NAMESPACE, CACHE_TTL_<KIND>_MS, ...) and
+/// DATABASE_URL; --redis overrides the Redis address, --database the database.
 ///
 /// Exit status: 0 done or found; 1 not found; 2 invalid input or configuration;
-/// 3 Redis unavailable (timed out, unreachable, or it refused the command).
+/// 3 Redis or the database unavailable (timed out, unreachable, or it refused the command).
 #[derive(Debug, Parser)]
 #[command(name = "mdcache", version)]
 struct Cli {
@@ -44,8 +44,15 @@ struct Cli {
     #[arg(long, global = true, value_name = "URL")]
     redis: Option<String>,
 
+    /// PostgreSQL URL of the source of record, overriding DATABASE_URL: `get` then loads what
+    /// the cache misses, `put` writes the database first. Redis becomes optional for both.
+    #[arg(long, global = true, value_name = "URL")]
+    database: Option<String>,
+
     /// Deadline of one Redis operation, in milliseconds. Default for the key commands: 1000,
     /// or CACHE_OP_TIMEOUT_MS if set; the demo uses CACHE_OP_TIMEOUT_MS or the library's 5 ms.
+    /// With a database, also the deadline of connecting to it and of one statement (default
+    /// 1000, whatever CACHE_OP_TIMEOUT_MS says).
     #[arg(long, global = true, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: Option<u64>,
@@ -89,17 +96,21 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Failure> {
     let Cli {
         redis,
+        database,
         timeout_ms,
         command,
     } = cli;
     match command {
         Command::Example { kind } => kv::example(kind),
+        Command::Demo(_) if database.is_some() => Err(Failure::invalid(
+            "--database is not supported by the demo (it runs without a source of record)",
+        )),
         Command::Demo(args) => block_on(
             tokio::runtime::Builder::new_multi_thread(),
             demo::run(args, redis, timeout_ms),
         )?,
         Command::Key(command) => {
-            let ctx = kv::Ctx::new(redis, timeout_ms)?;
+            let ctx = kv::Ctx::new(redis, database, timeout_ms)?;
             // One request at a time: a single-threaded runtime is all a key command needs.
             block_on(
                 tokio::runtime::Builder::new_current_thread(),
@@ -124,11 +135,18 @@ fn block_on<F: Future>(mut builder: tokio::runtime::Builder, fut: F) -> Result<F
     Ok(out)
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `warn`; invalid directives are ignored).
+/// Logs to stderr, filtered by `RUST_LOG` (invalid directives are ignored).
+///
+/// Default: `warn`, except write-through's warnings (a failed cache write or invalidation
+/// after a database write), which `put` reports itself: in its JSON (`cache_failed`, exit 0,
+/// stderr empty) or in its one error line.
 fn init_tracing() {
-    let filter = EnvFilter::builder()
-        .with_default_directive(LevelFilter::WARN.into())
-        .from_env_lossy();
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => EnvFilter::builder()
+            .with_default_directive(LevelFilter::WARN.into())
+            .parse_lossy(directives),
+        _ => EnvFilter::new("warn,mdcache::patterns::write=error"),
+    };
     // Fails only if a subscriber is already installed, which would be fine too.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,0 +1,122 @@
+//! Recovery: the background task that probes Redis while the breaker is open and replays the dirty log before L2 is trusted again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Result;
+use crate::l2::guard::BreakerState;
+use crate::l2::redis::RedisTier;
+use crate::patterns::dirty::{DirtyLog, DirtySnapshot};
+
+/// Keys per `UNLINK` during a replay.
+const UNLINK_BATCH: usize = 512;
+
+/// How often a dirty log recorded while the breaker stayed closed is replayed.
+const CLOSED_REPLAY_EVERY: Duration = Duration::from_millis(100);
+
+/// Deletes from L2 every key the dirty log holds; if the log overflowed, every key of the
+/// affected kinds in the namespace (`SCAN` + `UNLINK`, never `KEYS`). On failure, whatever was
+/// not done goes back into the log.
+pub(crate) async fn replay(l2: &RedisTier, dirty: &DirtyLog, namespace: &str) -> Result<()> {
+    let snap = dirty.take();
+    if snap.keys.is_empty() && !snap.overflowed {
+        return Ok(());
+    }
+    let result = replay_snapshot(l2, &snap, namespace).await;
+    match &result {
+        Ok(()) => {
+            metrics::counter!("mdcache_recovery_replayed_keys_total")
+                .increment(snap.keys.len() as u64);
+            tracing::info!(
+                keys = snap.keys.len(),
+                overflowed = snap.overflowed,
+                "dirty log replayed"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "dirty log replay failed; will retry");
+            dirty.restore(snap);
+        }
+    }
+    result
+}
+
+async fn replay_snapshot(l2: &RedisTier, snap: &DirtySnapshot, namespace: &str) -> Result<()> {
+    for chunk in snap.keys.chunks(UNLINK_BATCH) {
+        let keys: Vec<&str> = chunk.iter().map(|k| k.as_ref()).collect();
+        l2.unlink_unguarded(&keys).await?;
+    }
+    if snap.overflowed {
+        for kind in &snap.kinds {
+            let pattern = format!("{namespace}:{kind}:*");
+            let mut cursor = 0;
+            loop {
+                let (next, keys) = l2.scan_unguarded(cursor, &pattern).await?;
+                if !keys.is_empty() {
+                    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    l2.unlink_unguarded(&keys).await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The supervisor: while the breaker is closed it replays a non-empty dirty log now and then;
+/// when the breaker opens it waits out the open period, then probes (`PING`), replays the
+/// dirty log and only then closes the breaker. Stops when `stop` is cancelled (the cache is
+/// dropped).
+pub(crate) async fn supervise(
+    l2: Arc<RedisTier>,
+    dirty: Arc<DirtyLog>,
+    namespace: String,
+    stop: CancellationToken,
+) {
+    let step = l2
+        .breaker
+        .config
+        .open_for
+        .min(Duration::from_millis(20))
+        .max(Duration::from_millis(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = l2.breaker.opened() => {}
+            _ = tokio::time::sleep(CLOSED_REPLAY_EVERY), if !dirty.is_empty() => {}
+        }
+        if l2.breaker.state() == BreakerState::Closed {
+            // Replay failures while closed are retried on the next round (and the keys stay
+            // distrusted by reads until then).
+            let _ = replay(&l2, &dirty, &namespace).await;
+            continue;
+        }
+        while l2.breaker.state() != BreakerState::Closed {
+            if stop.is_cancelled() {
+                return;
+            }
+            if l2.breaker.begin_probe() {
+                let healthy = match l2.probe().await {
+                    Ok(()) => replay(&l2, &dirty, &namespace).await,
+                    Err(e) => Err(e),
+                };
+                match healthy {
+                    Ok(()) => l2.breaker.probe_succeeded(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "breaker probe failed");
+                        l2.breaker.probe_failed();
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(step) => {}
+            }
+        }
+    }
+}
