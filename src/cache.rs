@@ -247,7 +247,7 @@ impl Cache {
     }
 
     fn l1_read<V>(&self, hit: crate::l1::L1Hit<V>) -> Read<V> {
-        let now = self.inner.clock.now();
+        let now = hit.now;
         Read {
             value: hit.value,
             version: hit.version,
@@ -743,7 +743,7 @@ impl Cache {
     ) -> Option<Read<V>> {
         let l1 = self.inner.l1.as_ref()?;
         let hit = l1.get_stale::<V>(key, bound)?;
-        let now = self.inner.clock.now();
+        let now = hit.now;
         Some(Read {
             value: hit.value,
             version: hit.version,

@@ -52,6 +52,9 @@ pub(crate) struct L1Hit<V> {
     pub(crate) version: u64,
     pub(crate) deadline: Instant,
     pub(crate) stored_at: Instant,
+    /// The instant the deadline was checked against, so age and remaining TTL reported for
+    /// this hit agree with the check (a second clock read could land past the deadline).
+    pub(crate) now: Instant,
 }
 
 /// The in-process tier.
@@ -98,7 +101,8 @@ impl L1 {
     #[inline]
     pub(crate) fn get<V: Send + Sync + 'static>(&self, key: &str) -> Option<L1Hit<V>> {
         let e = self.map.get(key)?;
-        if self.clock.now() >= e.deadline {
+        let now = self.clock.now();
+        if now >= e.deadline {
             return None;
         }
         let value = e.value.downcast::<V>().ok()?;
@@ -107,6 +111,7 @@ impl L1 {
             version: e.version,
             deadline: e.deadline,
             stored_at: e.stored_at,
+            now,
         })
     }
 
@@ -118,7 +123,8 @@ impl L1 {
         bound: Duration,
     ) -> Option<L1Hit<V>> {
         let e = self.map.get(key)?;
-        if self.clock.now() >= e.deadline + bound {
+        let now = self.clock.now();
+        if now >= e.deadline + bound {
             return None;
         }
         let value = e.value.downcast::<V>().ok()?;
@@ -127,6 +133,7 @@ impl L1 {
             version: e.version,
             deadline: e.deadline,
             stored_at: e.stored_at,
+            now,
         })
     }
 

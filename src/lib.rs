@@ -13,6 +13,11 @@
 //! | `l1` | in-process tier (quick_cache): entry and byte bounds, per-entry deadlines, version rule |
 //! | `l2::redis` | Redis tier: bb8 pool of multiplexed connections, versioned `SET PX` script, `GET`+`PTTL`, batches, deadlines |
 //! | `l2::book` | book sides as sorted sets: atomic replace with version and expiry, top-N read |
+//! | `l2::guard` | the circuit breaker (failsafe) and retry backoff around every Redis operation |
+//! | `patterns` | [`CacheAside`] (single-flight, refresh-ahead, negative caching) and [`WriteThrough`] (database first, [`DirtyLog`]) |
+//! | `fallback` | [`FallbackHandler`]: source-load limit, per-kind stale policy, fallback counts |
+//! | `recovery` | the supervisor: probe while open, replay the dirty log, then close |
+//! | [`source`] | the source of record: [`Source`]/[`SourceWriter`], [`PostgresSource`], [`MemorySource`] |
 //! | [`key`](KeySchema) | typed keys, identifier validation, namespace and `{ID}` hash tags |
 //! | [`schema`](Kind) | the built-in kinds and their value types and TTLs |
 //! | [`codec`] | the value envelope: header with the version, MessagePack payload |
@@ -32,10 +37,22 @@
 //! - **Undecodable bytes** (another program's key, an old schema) are counted in
 //!   `decode_errors` and treated as a miss; they are never served and never panic.
 //! - **Redis down or hung.** Every L2 operation has a deadline (5 ms by default), including
-//!   getting its connection; a hung server costs a caller at most that, and the error says
-//!   [`is_timeout()`](Error::is_timeout). Fresh L1 entries keep being served. The cache starts
-//!   even while Redis is down. (Circuit breaker, fallback to the database and recovery come
-//!   with the resilience layer.)
+//!   getting its connection, and is retried (full jitter, at most 3 tries) only inside it; a
+//!   hung server costs a caller at most the deadline, and the error says
+//!   [`is_timeout()`](Error::is_timeout). After 5 consecutive failures the circuit breaker
+//!   (failsafe) opens: no Redis I/O for 30 s, callers get [`Error::BreakerOpen`] at once and
+//!   [`CacheAside`] serves fresh L1 entries, then the source, behind a concurrency limit. A
+//!   background probe (`PING`) runs while open; when it succeeds, the dirty log is replayed
+//!   (`UNLINK` of every key written while Redis was unavailable, or `SCAN` + `UNLINK` of the
+//!   affected kinds if the log overflowed) and only then does the breaker close.
+//! - **Write-through is database-first.** A value the database refused never reaches a tier,
+//!   and the key is invalidated; a value it accepted but the cache could not take is
+//!   acknowledged, evicted from L1 and recorded in the dirty log — and reads distrust Redis's
+//!   copy of that key until recovery deletes it.
+//! - **Database down.** Reads are served from the tiers while within TTL; misses fail with the
+//!   source's error, except `price` and `book`, which may be served up to 1 s past their TTL
+//!   marked [`Tier::Stale`]. Writes fail; nothing is acknowledged that the database did not
+//!   accept. The cache starts even while Redis is down.
 //! - **Bad input** (an identifier with a forbidden character, an oversize value) is refused
 //!   before any I/O with a typed error.
 //!
@@ -88,8 +105,8 @@ pub use schema::{
     Risk, Side, StrategyState,
 };
 pub use source::{
-    Counted, Loaded, MemorySource, MemorySourceError, PostgresSource, PostgresSourceError, Source,
-    SourceWriter,
+    Counted, Loaded, MemorySource, MemorySourceError, PostgresOptions, PostgresSource,
+    PostgresSourceError, Source, SourceWriter,
 };
 pub use stats::{KindSnapshot, StatsSnapshot};
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use memory::{MemorySource, MemorySourceError};
-pub use postgres::{PostgresSource, PostgresSourceError};
+pub use postgres::{PostgresOptions, PostgresSource, PostgresSourceError};
 
 use crate::key::{Key, KeySchema};
 

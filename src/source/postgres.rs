@@ -39,7 +39,7 @@ const SCHEMA_LOCK: i64 = 0x006d_6463_6163_6865; // "mdcache"
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresSourceError {
     /// The database refused the statement or the connection failed.
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", describe(.0))]
     Db(#[from] tokio_postgres::Error),
     /// No connection could be had in time (the database is down or overloaded).
     #[error("postgres: no connection within {0:?}")]
@@ -58,6 +58,17 @@ pub enum PostgresSourceError {
     /// The URL or kind name was invalid.
     #[error("postgres: {0}")]
     Config(String),
+}
+
+/// tokio-postgres prints a server refusal as just "db error"; say what the server said.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.constraint() {
+            Some(c) => format!("{} ({}, constraint {c})", db.message(), db.code().code()),
+            None => format!("{} ({})", db.message(), db.code().code()),
+        },
+        None => e.to_string(),
+    }
 }
 
 impl PostgresSourceError {
@@ -131,6 +142,9 @@ impl PostgresSource {
             // add a round trip to every load.
             .test_on_check_out(false)
             .connection_timeout(opts.connect_timeout)
+            // A refused connection fails the checkout at once instead of being retried until
+            // connect_timeout: a database that is down should cost a caller milliseconds.
+            .retry_connection(false)
             .build_unchecked(manager);
         let source = PostgresSource {
             pool,

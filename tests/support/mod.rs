@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod proxy;
 
 use std::fs::{self, File};
 use std::net::{Ipv4Addr, TcpListener};
