@@ -11,7 +11,7 @@ export RUST_BACKTRACE := 1
 # apt-get as root, through sudo otherwise (if sudo exists).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null 2>&1 || echo sudo)
 
-.PHONY: all deps build run test lint bench clean
+.PHONY: all deps build run test lint bench faults clean
 
 all: lint test
 
@@ -48,6 +48,13 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked
+
+# The fault-injection run: every scenario of tests/faults.rs in release mode, one at a time,
+# then docs/faults.md and docs/faults.json from their reports.
+faults: deps
+	rm -rf target/faults && mkdir -p target/faults
+	MDCACHE_FAULTS_OUT=$(CURDIR)/target/faults $(CARGO) test --release --locked --test faults -- --test-threads=1
+	MDCACHE_FAULTS_OUT=$(CURDIR)/target/faults $(CARGO) test --release --locked --test faults -- --ignored write_faults_report
 
 bench: deps
 	$(CARGO) bench --locked

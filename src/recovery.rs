@@ -96,6 +96,8 @@ pub(crate) async fn supervise(
             let _ = replay(&l2, &dirty, &namespace).await;
             continue;
         }
+        // The outage may have killed every pooled socket: start the probes on fresh ones.
+        l2.retire_connections();
         while l2.breaker.state() != BreakerState::Closed {
             if stop.is_cancelled() {
                 return;

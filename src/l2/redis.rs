@@ -8,7 +8,7 @@
 //! A connection whose socket died is flagged and bb8 replaces it when it comes back to the pool.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bb8_redis::RedisConnectionManager;
@@ -52,6 +52,8 @@ pub(crate) struct Manager {
     inner: RedisConnectionManager,
     connect_timeout: Duration,
     last_error: LastError,
+    /// Connections opened before this generation are retired (see [`RedisTier::retire_connections`]).
+    generation: Arc<AtomicU64>,
 }
 
 /// The most recent failure to open a connection, cleared by the next success. bb8 reports a
@@ -87,6 +89,8 @@ pub(crate) struct Conn {
     pub(crate) mux: MultiplexedConnection,
     /// Set by an operation that saw the socket die, so bb8 drops and replaces this connection.
     broken: Arc<AtomicBool>,
+    /// The pool generation this connection was opened in.
+    generation: u64,
 }
 
 impl Conn {
@@ -115,6 +119,7 @@ impl bb8::ManageConnection for Manager {
         Ok(Conn {
             mux,
             broken: Arc::new(AtomicBool::new(false)),
+            generation: self.generation.load(Ordering::Acquire),
         })
     }
 
@@ -124,6 +129,7 @@ impl bb8::ManageConnection for Manager {
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
         conn.broken.load(Ordering::Relaxed)
+            || conn.generation < self.generation.load(Ordering::Acquire)
     }
 }
 
@@ -143,6 +149,8 @@ pub(crate) struct RedisTier {
     op_timeout: Duration,
     connect_timeout: Duration,
     last_error: LastError,
+    generation: Arc<AtomicU64>,
+    pool_size: u32,
     set_script: Script,
     pub(crate) book: super::book::BookScripts,
     pub(crate) breaker: super::guard::Breaker,
@@ -164,10 +172,12 @@ impl RedisTier {
         let inner = RedisConnectionManager::new(opts.url.as_str())
             .map_err(|e| Error::config("CACHE_REDIS_URL", e.to_string()))?;
         let last_error = LastError::default();
+        let generation = Arc::new(AtomicU64::new(0));
         let manager = Manager {
             inner,
             connect_timeout: opts.connect_timeout,
             last_error: last_error.clone(),
+            generation: Arc::clone(&generation),
         };
         let pool = bb8::Pool::builder()
             .max_size(opts.pool_size)
@@ -184,6 +194,8 @@ impl RedisTier {
             op_timeout: opts.op_timeout,
             connect_timeout: opts.connect_timeout,
             last_error,
+            generation,
+            pool_size: opts.pool_size,
             set_script: Script::new(SET_VERSIONED),
             book: super::book::BookScripts::new(),
             breaker: super::guard::Breaker::new(opts.breaker),
@@ -192,17 +204,45 @@ impl RedisTier {
 
     /// A multiplexed handle from the pool; the pooled connection goes straight back.
     async fn conn(&self) -> Result<Conn> {
+        // Skip connections known dead or retired: dropping the guard hands them back to bb8,
+        // which discards them. Bounded by the pool size (+1 for the fresh one).
+        for _ in 0..self.pool_size {
+            match self.pool.get().await {
+                Ok(pooled) => {
+                    if pooled.broken.load(Ordering::Relaxed)
+                        || pooled.generation < self.generation.load(Ordering::Acquire)
+                    {
+                        continue;
+                    }
+                    return Ok(Conn::clone(&pooled));
+                }
+                Err(e) => return Err(self.checkout_error(e)),
+            }
+        }
         match self.pool.get().await {
             Ok(pooled) => Ok(Conn::clone(&pooled)),
-            Err(bb8::RunError::User(e)) => Err(Error::Redis(e)),
-            Err(bb8::RunError::TimedOut) => Err(match self.last_error.get() {
+            Err(e) => Err(self.checkout_error(e)),
+        }
+    }
+
+    fn checkout_error(&self, e: bb8::RunError<RedisError>) -> Error {
+        match e {
+            bb8::RunError::User(e) => Error::Redis(e),
+            bb8::RunError::TimedOut => match self.last_error.get() {
                 Some(e) => Error::Redis(e),
                 None => Error::Timeout {
                     op: "connect",
                     after: self.connect_timeout,
                 },
-            }),
+            },
         }
+    }
+
+    /// Retires every connection open now: each is discarded when next checked out, so the
+    /// probe after an outage talks over fresh sockets instead of finding the dead ones one
+    /// probe period at a time.
+    pub(crate) fn retire_connections(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Runs `f` for a caller: refused at once while the breaker is open; otherwise under the
@@ -428,9 +468,11 @@ impl RedisTier {
         Ok(())
     }
 
-    /// The breaker's probe: `PING` under the probe deadline, bypassing the breaker.
+    /// The breaker's probe: `PING`, bypassing the breaker, under the callers' operation
+    /// deadline (or the probe deadline, if shorter): a Redis too slow for callers is not
+    /// healthy yet.
     pub(crate) async fn probe(&self) -> Result<()> {
-        let deadline = self.breaker.config.probe_timeout;
+        let deadline = self.breaker.config.probe_timeout.min(self.op_timeout);
         let _: String = self
             .run_unguarded("probe", "", deadline, |mut c| async move {
                 redis::cmd("PING").query_async(&mut c).await
