@@ -49,7 +49,10 @@ fn fallback(c: &mut Criterion) {
         for _ in 0..100 {
             cache.clear_l1();
             let _ = aside.get(&key).await;
-            if cache.breaker().is_some_and(|b| b.state == BreakerState::Open) {
+            if cache
+                .breaker()
+                .is_some_and(|b| b.state == BreakerState::Open)
+            {
                 break;
             }
         }

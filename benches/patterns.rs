@@ -59,7 +59,8 @@ fn patterns(c: &mut Criterion) {
         (cache, aside, writer, client, redis.multiplexed().await)
     });
     let key = cache.key::<Position>("AAPL").expect("key");
-    rt.block_on(writer.write(&key, position(1.0))).expect("seed");
+    rt.block_on(writer.write(&key, position(1.0)))
+        .expect("seed");
 
     let mut g = c.benchmark_group("aside");
     g.measurement_time(Duration::from_secs(3));
@@ -125,7 +126,9 @@ fn patterns(c: &mut Criterion) {
     g.bench_function("write_through", |b| {
         b.iter(|| {
             qty += 1.0;
-            rt.block_on(async { black_box(writer.write(&key, position(qty)).await.expect("write")) })
+            rt.block_on(async {
+                black_box(writer.write(&key, position(qty)).await.expect("write"))
+            })
         })
     });
     g.bench_function("raw_upsert_plus_set_floor", |b| {
@@ -145,12 +148,9 @@ fn patterns(c: &mut Criterion) {
                     )
                     .await
                     .expect("upsert");
-                let bytes = mdcache::codec::encode(
-                    row.get::<_, i64>(0) as u64,
-                    &position(qty),
-                    1 << 20,
-                )
-                .expect("encode");
+                let bytes =
+                    mdcache::codec::encode(row.get::<_, i64>(0) as u64, &position(qty), 1 << 20)
+                        .expect("encode");
                 let _: () = raw_redis
                     .pset_ex("raw:pos:RAW", bytes, 1000)
                     .await
