@@ -17,16 +17,17 @@ const UNLINK_BATCH: usize = 512;
 const CLOSED_REPLAY_EVERY: Duration = Duration::from_millis(100);
 
 /// Deletes from L2 every key the dirty log holds; if the log overflowed, every key of the
-/// affected kinds in the namespace (`SCAN` + `UNLINK`, never `KEYS`). On failure, whatever was
-/// not done goes back into the log.
+/// affected kinds in the namespace (`SCAN` + `UNLINK`, never `KEYS`). The log keeps every key
+/// until it is deleted, so a failed replay loses nothing and reads distrust the keys meanwhile.
 pub(crate) async fn replay(l2: &RedisTier, dirty: &DirtyLog, namespace: &str) -> Result<()> {
-    let snap = dirty.take();
+    let snap = dirty.peek();
     if snap.keys.is_empty() && !snap.overflowed {
         return Ok(());
     }
     let result = replay_snapshot(l2, &snap, namespace).await;
     match &result {
         Ok(()) => {
+            dirty.forget(&snap);
             metrics::counter!("mdcache_recovery_replayed_keys_total")
                 .increment(snap.keys.len() as u64);
             tracing::info!(
@@ -35,10 +36,7 @@ pub(crate) async fn replay(l2: &RedisTier, dirty: &DirtyLog, namespace: &str) ->
                 "dirty log replayed"
             );
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "dirty log replay failed; will retry");
-            dirty.restore(snap);
-        }
+        Err(e) => tracing::warn!(error = %e, "dirty log replay failed; will retry"),
     }
     result
 }

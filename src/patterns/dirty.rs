@@ -93,18 +93,31 @@ impl DirtyLog {
         inner.keys.contains(key) || (inner.overflowed && inner.kinds.contains(kind))
     }
 
-    /// Puts back what a failed recovery could not finish.
-    pub(crate) fn restore(&self, snap: DirtySnapshot) {
+    /// A copy of what the log holds, left in place (recovery forgets it only once the keys
+    /// are gone from Redis, so reads keep distrusting them meanwhile).
+    pub(crate) fn peek(&self) -> DirtySnapshot {
+        let inner = self.lock();
+        DirtySnapshot {
+            keys: inner.keys.iter().cloned().collect(),
+            overflowed: inner.overflowed,
+            kinds: inner.kinds.iter().copied().collect(),
+        }
+    }
+
+    /// Forgets what `snap` (from [`peek`](Self::peek)) held, after recovery deleted it; keys
+    /// recorded since stay.
+    pub(crate) fn forget(&self, snap: &DirtySnapshot) {
         let mut inner = self.lock();
-        self.any.store(true, Ordering::Release);
-        inner.overflowed |= snap.overflowed;
-        inner.kinds.extend(snap.kinds);
-        for k in snap.keys {
-            if inner.keys.len() >= self.capacity {
-                inner.overflowed = true;
-                break;
-            }
-            inner.keys.insert(k);
+        for k in &snap.keys {
+            inner.keys.remove(k);
+        }
+        if snap.overflowed {
+            // Every key of these kinds was invalidated, including any dropped for lack of room.
+            inner.overflowed = false;
+        }
+        if inner.keys.is_empty() && !inner.overflowed {
+            inner.kinds.clear();
+            self.any.store(false, Ordering::Release);
         }
     }
 
@@ -155,5 +168,20 @@ mod tests {
         assert_eq!(snap.kinds, vec!["price"]);
         assert_eq!(snap.keys.len(), 2);
         assert!(log.is_empty());
+    }
+
+    #[test]
+    fn forget_keeps_keys_recorded_during_a_replay() {
+        let log = DirtyLog::new(10);
+        log.record(&Arc::from("a"), "pos");
+        let snap = log.peek();
+        assert!(
+            log.distrusts("a", "pos"),
+            "still distrusted while replaying"
+        );
+        log.record(&Arc::from("b"), "pos");
+        log.forget(&snap);
+        assert!(!log.contains("a") && log.contains("b"));
+        assert!(log.distrusts("b", "pos") && !log.distrusts("a", "pos"));
     }
 }
