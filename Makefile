@@ -37,8 +37,11 @@ deps:
 build:
 	$(CARGO) build --release --bins --locked
 
-run: deps build
-	./target/release/mdcache demo
+# The embedded trading workload for 10 s: in-process L1 and source, no servers needed (so no
+# `deps`). Extra flags through SIMULATE_ARGS, e.g. make run SIMULATE_ARGS="--report sim.json".
+SIMULATE_ARGS ?=
+run: build
+	./target/release/mdcache simulate --duration 10s $(SIMULATE_ARGS)
 
 # Not --all-targets: that would also run the criterion benches.
 test: deps

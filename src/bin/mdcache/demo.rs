@@ -311,7 +311,7 @@ fn percent(part: u64, whole: u64) -> f64 {
 }
 
 /// `850 ns`, `12.3 µs`, `4.56 ms`, `1.20 s`.
-fn fmt_nanos(ns: u64) -> String {
+pub(crate) fn fmt_nanos(ns: u64) -> String {
     let ns_f = ns as f64;
     if ns < 1_000 {
         format!("{ns} ns")
@@ -325,7 +325,7 @@ fn fmt_nanos(ns: u64) -> String {
 }
 
 /// The URL with any user and password replaced by `***`, for printing.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

@@ -1,12 +1,13 @@
-//! The `mdcache` command-line tool: key commands against Redis and optionally PostgreSQL (`put`, `get`, `del`, `ttl`), `example` values, and the `demo`.
+//! The `mdcache` command-line tool: the `simulate` workload, key commands against Redis and optionally PostgreSQL (`put`, `get`, `del`, `ttl`), `example` values, and the `demo`.
 //!
 //! # Layout
 //!
 //! | module | job |
 //! |---|---|
 //! | `main` | the command line (clap), logging, the runtime, the exit status |
+//! | `simulate` | the synthetic trading workload: live line, summary, JSON report, plot, Prometheus |
 //! | `kv` | the key commands, generic over the kind's schema |
-//! | `demo` | the embedded / layered demo behind `make run` |
+//! | `demo` | the embedded / layered demo (a 2 s sketch; `make run` runs `simulate`) |
 //! | `histogram` | the demo's bounded latency histogram |
 //! | `exit` | exit statuses and the one-line `mdcache: …` error report |
 
@@ -17,6 +18,7 @@ mod demo;
 mod exit;
 mod histogram;
 mod kv;
+mod simulate;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -29,7 +31,8 @@ use tracing_subscriber::filter::LevelFilter;
 
 use crate::exit::Failure;
 
-/// Inspect and write mdcache keys in Redis (through PostgreSQL with --database), or run the demo.
+/// Inspect and write mdcache keys in Redis (through PostgreSQL with --database), or run the
+/// simulate workload or the demo.
 ///
 /// Configuration comes from the CACHE_* environment variables (CACHE_REDIS_URL,
 /// CACHE_ADDRESS/CACHE_PORT/CACHE_PASSWORD, CACHE_NAMESPACE, CACHE_TTL_<KIND>_MS, ...) and
@@ -46,11 +49,13 @@ struct Cli {
 
     /// PostgreSQL URL of the source of record, overriding DATABASE_URL: `get` then loads what
     /// the cache misses, `put` writes the database first. Redis becomes optional for both.
+    /// `simulate` seeds it, loads its misses from it and writes its order flow to it.
     #[arg(long, global = true, value_name = "URL")]
     database: Option<String>,
 
     /// Deadline of one Redis operation, in milliseconds. Default for the key commands: 1000,
-    /// or CACHE_OP_TIMEOUT_MS if set; the demo uses CACHE_OP_TIMEOUT_MS or the library's 5 ms.
+    /// or CACHE_OP_TIMEOUT_MS if set; the demo and simulate use CACHE_OP_TIMEOUT_MS or the
+    /// library's 5 ms.
     /// With a database, also the deadline of connecting to it and of one statement (default
     /// 1000, whatever CACHE_OP_TIMEOUT_MS says).
     #[arg(long, global = true, value_name = "N",
@@ -74,6 +79,10 @@ enum Command {
     /// A short demo: one writer and several readers for ~2 s, then reads/s, hit rate and read
     /// latency. Embedded (in-process L1 only) unless a Redis address is given (layered).
     Demo(demo::DemoArgs),
+    /// Run a synthetic trading workload: a Zipf market-data feed, scalp readers (cache-aside)
+    /// and an order flow (write-through), with a live line, a summary and an optional JSON
+    /// report, SVG plot and Prometheus endpoint. Embedded unless --redis / --database.
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Accepts exactly the kind names (listed in `--help` and in the error), parsed by the library.
@@ -86,7 +95,8 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return exit::clap_error(e),
     };
-    init_tracing();
+    let quiet_library = matches!(cli.command, Command::Simulate(_));
+    init_tracing(quiet_library);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => failure.report(),
@@ -108,6 +118,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Demo(args) => block_on(
             tokio::runtime::Builder::new_multi_thread(),
             demo::run(args, redis, timeout_ms),
+        )?,
+        Command::Simulate(args) => block_on(
+            simulate::runtime(&args, redis.as_deref()),
+            simulate::run(args, redis, database, timeout_ms),
         )?,
         Command::Key(command) => {
             let ctx = kv::Ctx::new(redis, database, timeout_ms)?;
@@ -139,12 +153,15 @@ fn block_on<F: Future>(mut builder: tokio::runtime::Builder, fut: F) -> Result<F
 ///
 /// Default: `warn`, except write-through's warnings (a failed cache write or invalidation
 /// after a database write), which `put` reports itself: in its JSON (`cache_failed`, exit 0,
-/// stderr empty) or in its one error line.
-fn init_tracing() {
+/// stderr empty) or in its one error line. With `quiet_library` (`simulate`), only errors:
+/// the run reports breaker transitions, fallbacks and failed writes in its live line, summary
+/// and report, and a log line would tear the live line apart.
+fn init_tracing(quiet_library: bool) {
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.trim().is_empty() => EnvFilter::builder()
             .with_default_directive(LevelFilter::WARN.into())
             .parse_lossy(directives),
+        _ if quiet_library => EnvFilter::new("warn,mdcache=error"),
         _ => EnvFilter::new("warn,mdcache::patterns::write=error"),
     };
     // Fails only if a subscriber is already installed, which would be fine too.

@@ -1,0 +1,433 @@
+//! `mdcache simulate`: a synthetic trading workload (market-data feed, scalp readers, order flow) against the configured cache, with a live line, a summary, a JSON report, a plot and Prometheus metrics.
+//!
+//! Embedded by default: an in-process cache (L1 only) in front of a [`MemorySource`], no
+//! servers needed. `--redis URL` (or `CACHE_REDIS_URL`) puts Redis behind L1 (`layered`;
+//! `CACHE_BACKEND=redis` for Redis alone); `--database URL` (or `DATABASE_URL`) makes
+//! PostgreSQL the source of record.
+//!
+//! A run: build the cache (after installing the Prometheus recorder, if asked), seed the source
+//! with every symbol's price, book sides and position and the risk account, start the feed,
+//! reader and order tasks ([`workload`]), wait `--duration` (or Ctrl-C), stop them, merge what
+//! each measured ([`record`]) and report ([`report`], [`plot`]). The report's figures are
+//! defined in `docs/simulate.md`.
+//!
+//! | module | job |
+//! |---|---|
+//! | `args` | the options and their parsers |
+//! | `workload` | seeding, the feed, the readers, the order flow |
+//! | `record` | per-task HDR histograms and counters, merged at the end |
+//! | `live` | the progress line |
+//! | `report` | the JSON report and the summary table |
+//! | `plot` | the SVG percentile plot |
+//! | `zipf` | symbol popularity |
+
+mod args;
+mod live;
+mod plot;
+mod record;
+mod report;
+mod workload;
+mod zipf;
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub(crate) use args::SimulateArgs;
+use mdcache::{
+    Backend, Cache, CacheAside, CacheConfig, MemorySource, PostgresSource, PostgresSourceError,
+    SourceWriter, WriteThrough,
+};
+use tokio::task::JoinHandle;
+
+use crate::demo::redact;
+use crate::exit::{Failure, print_line};
+use live::Progress;
+use record::Recorder;
+use report::{Measured, Report, Setup, Workload};
+use workload::{Keys, Shared};
+use zipf::Zipf;
+
+/// Feed updates per second one task is asked to carry. An embedded update costs about a
+/// microsecond. One against Redis waits a round trip (its three writes go together), and on a
+/// loaded two-vCPU machine a round trip to an otherwise idle Redis measured 200–400 µs (the
+/// server's wake-up dominates), so each task keeps well under half its capacity.
+const FEED_RATE_PER_TASK_EMBEDDED: u32 = 50_000;
+const FEED_RATE_PER_TASK_REDIS: u32 = 1_000;
+/// Order events per second one task is asked to carry: each waits for a source write and then
+/// a cache write (order and position together), ~1 ms with PostgreSQL and Redis.
+const ORDER_RATE_PER_TASK: u32 = 250;
+/// Most feed or order tasks.
+const MAX_PACED_TASKS: u32 = 32;
+/// Budget for connecting to PostgreSQL and creating the schema.
+const DB_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The output files, created before the run so that a bad path fails in a millisecond, not
+/// after `--duration`.
+struct Outputs {
+    report: Option<(PathBuf, File)>,
+    plot: Option<(PathBuf, File)>,
+}
+
+impl Outputs {
+    fn create(args: &SimulateArgs) -> Result<Outputs, Failure> {
+        let open =
+            |flag: &str, path: &Option<PathBuf>| -> Result<Option<(PathBuf, File)>, Failure> {
+                let Some(path) = path else { return Ok(None) };
+                let file = File::create(path).map_err(|e| {
+                    Failure::invalid(format!("{flag}: cannot create {}: {e}", path.display()))
+                })?;
+                Ok(Some((path.clone(), file)))
+            };
+        Ok(Outputs {
+            report: open("--report", &args.report)?,
+            plot: open("--plot", &args.plot)?,
+        })
+    }
+}
+
+fn write_output(path: &Path, mut file: File, text: &str) -> Result<(), Failure> {
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.flush())
+        .map_err(|e| Failure::unavailable(format!("cannot write {}: {e}", path.display())))
+}
+
+/// The runtime for `simulate`: multi-threaded, with `--threads` workers (see its help for the
+/// default). `redis` is the `--redis` flag; without it, `CACHE_REDIS_URL` (or
+/// `CACHE_ADDRESS`) decides whether Redis is on this host.
+pub(crate) fn runtime(args: &SimulateArgs, redis: Option<&str>) -> tokio::runtime::Builder {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = args.threads.map_or_else(
+        || {
+            // A configuration error is reported by `run`; here it just means "no Redis".
+            let from_env = || {
+                CacheConfig::from_env()
+                    .ok()
+                    .filter(|c| c.effective_backend() != Backend::Memory)
+                    .and_then(|c| c.redis_url)
+            };
+            let local = redis
+                .map(str::to_owned)
+                .or_else(from_env)
+                .is_some_and(|url| args::is_loopback(&url));
+            if local {
+                cores.saturating_sub(1).max(1)
+            } else {
+                cores
+            }
+        },
+        |n| n as usize,
+    );
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(threads);
+    builder
+}
+
+/// Runs `simulate`. Needs a multi-threaded runtime: readers, feed and orders run in parallel.
+pub(crate) async fn run(
+    args: SimulateArgs,
+    redis: Option<String>,
+    database: Option<String>,
+    timeout_ms: Option<u64>,
+) -> Result<(), Failure> {
+    let outputs = Outputs::create(&args)?;
+    let mut config = CacheConfig::from_env()?;
+    let redis_from_flag = redis.is_some();
+    if let Some(url) = redis {
+        config.redis_url = Some(url);
+        if config.backend != Some(Backend::Redis) {
+            config.backend = Some(Backend::Layered);
+        }
+    }
+    if let Some(ms) = timeout_ms {
+        config.op_timeout = Duration::from_millis(ms);
+    }
+    let database_from_flag = database.is_some();
+    let database = database.or_else(|| config.database_url.take());
+    if let Some(url) = &database
+        && let Err(e) = tokio_postgres::Config::from_str(url)
+    {
+        let origin = if database_from_flag {
+            "--database URL"
+        } else {
+            "DATABASE_URL"
+        };
+        return Err(Failure::invalid(format!("invalid {origin}: {e}")));
+    }
+
+    // Before the cache: its counters register with the recorder installed when it is built.
+    let _prometheus = match args.metrics_addr {
+        None => None,
+        Some(addr) => Some(
+            mdcache::metrics::install_prometheus(addr)
+                .map_err(|e| Failure::invalid(format!("--metrics-addr {addr}: {e}")))?,
+        ),
+    };
+    let cache = Cache::builder()
+        .config(config)
+        .build()
+        .map_err(|e| match e {
+            mdcache::Error::Config { name, reason, .. }
+                if redis_from_flag && name == "CACHE_REDIS_URL" =>
+            {
+                Failure::invalid(format!("invalid --redis URL: {reason}"))
+            }
+            other => other.into(),
+        })?;
+    if cache.backend() != Backend::Memory {
+        wait_for_redis(&cache).await?;
+    }
+
+    match database {
+        None => {
+            simulate(
+                args,
+                outputs,
+                cache,
+                Arc::new(MemorySource::default()),
+                false,
+            )
+            .await
+        }
+        Some(url) => {
+            let source = tokio::time::timeout(DB_CONNECT_TIMEOUT, PostgresSource::connect(&url))
+                .await
+                .unwrap_or(Err(PostgresSourceError::NoConnection(DB_CONNECT_TIMEOUT)))
+                .map_err(|e| match e {
+                    PostgresSourceError::Config(_) => {
+                        Failure::invalid(format!("invalid database URL: {e}"))
+                    }
+                    _ => Failure::unavailable(format!("database unavailable: {e}")),
+                })?;
+            simulate(args, outputs, cache, Arc::new(source), true).await
+        }
+    }
+}
+
+/// Pings until Redis answers, for at most the connect timeout (the pool opens its connections
+/// in the background). On failure, the message names the last real error rather than the
+/// open breaker that repeated failures lead to.
+async fn wait_for_redis(cache: &Cache) -> Result<(), Failure> {
+    let within = cache.config().connect_timeout;
+    let give_up = Instant::now() + within;
+    let mut last: Option<mdcache::Error> = None;
+    loop {
+        match cache.ping().await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                if e.kind() != mdcache::ErrorKind::BreakerOpen {
+                    last = Some(e);
+                }
+                if Instant::now() >= give_up {
+                    let url = cache
+                        .config()
+                        .redis_url
+                        .as_deref()
+                        .map_or_else(String::new, redact);
+                    let why = last.map_or_else(|| "no answer".to_owned(), |e| e.to_string());
+                    return Err(Failure::unavailable(format!(
+                        "Redis at {url} did not answer within {within:?}: {why}"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// How many paced tasks carry `rate` events per second at `per_task` each.
+fn paced_tasks(rate: u32, per_task: u32) -> usize {
+    rate.div_ceil(per_task).clamp(1, MAX_PACED_TASKS) as usize
+}
+
+/// The backend's description for the first line.
+fn describe(cache: &Cache, postgres: bool) -> String {
+    let url = cache.config().redis_url.as_deref().map(redact);
+    let tiers = match (cache.backend(), url) {
+        (Backend::Memory, _) => "embedded (in-process L1)".to_owned(),
+        (Backend::Layered, Some(url)) => format!("layered (L1 + Redis at {url})"),
+        (Backend::Redis, Some(url)) => format!("Redis only (at {url})"),
+        (other, _) => other.name().to_owned(),
+    };
+    let source = if postgres { "PostgreSQL" } else { "in-memory" };
+    format!("{tiers}, {source} source")
+}
+
+async fn simulate<Src: SourceWriter>(
+    args: SimulateArgs,
+    outputs: Outputs,
+    cache: Cache,
+    source: Arc<Src>,
+    postgres: bool,
+) -> Result<(), Failure> {
+    let readers = args.reader_tasks();
+    let symbols = args.symbols as usize;
+    let feed_tasks = if args.updates_per_s == 0 {
+        0
+    } else if cache.backend() == Backend::Memory {
+        paced_tasks(args.updates_per_s, FEED_RATE_PER_TASK_EMBEDDED)
+    } else {
+        paced_tasks(args.updates_per_s, FEED_RATE_PER_TASK_REDIS)
+    };
+    let order_tasks = if args.orders_per_s == 0 {
+        0
+    } else {
+        paced_tasks(args.orders_per_s, ORDER_RATE_PER_TASK)
+    };
+    let zipf = Zipf::new(symbols, args.zipf);
+    let keys = Keys::new(&cache, symbols)?;
+    let setup = Setup {
+        backend: cache.backend().name(),
+        postgres,
+        redis_url: cache.config().redis_url.as_deref().map(redact),
+        workload: Workload {
+            symbols: args.symbols,
+            zipf: args.zipf,
+            readers,
+            feed_tasks,
+            order_tasks,
+            updates_per_s: args.updates_per_s,
+            orders_per_s: args.orders_per_s,
+            duration_requested_s: args.duration.as_secs_f64(),
+            book_depth: workload::BOOK_DEPTH,
+            hot_symbols: keys.hot,
+            hot_read_share: zipf.mass_of_top(keys.hot),
+        },
+    };
+    print_line(&format!(
+        "mdcache simulate: {}, {} s",
+        describe(&cache, postgres),
+        args.duration.as_secs_f64()
+    ))?;
+
+    let keys = Arc::new(keys);
+    let version_base = workload::seed(Arc::clone(&source), Arc::clone(&keys))
+        .await
+        .map_err(|e| Failure::unavailable(format!("cannot seed the source: {e}")))?;
+    let shared = Arc::new(Shared::new(cache.clone(), keys, zipf, version_base));
+
+    let aside = CacheAside::builder(cache.clone(), Arc::clone(&source)).build();
+    let writer = WriteThrough::new(cache.clone(), Arc::clone(&source));
+    let mut progress = Progress::new(args.duration, args.quiet);
+    let run_id = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() & 0xFF_FFFF);
+
+    let start = Instant::now();
+    let reader_handles: Vec<JoinHandle<Recorder>> = (0..readers as u64)
+        .map(|n| {
+            let live = progress.recorder(&shared.clock);
+            tokio::spawn(workload::reader(
+                Arc::clone(&shared),
+                aside.clone(),
+                n,
+                live,
+            ))
+        })
+        .collect();
+    let feed_handles: Vec<JoinHandle<Recorder>> = (0..feed_tasks as u64)
+        .map(|t| {
+            let per_s = f64::from(args.updates_per_s) / feed_tasks as f64;
+            tokio::spawn(workload::feed(Arc::clone(&shared), t, per_s))
+        })
+        .collect();
+    let order_handles: Vec<JoinHandle<Recorder>> = (0..order_tasks as u64)
+        .map(|t| {
+            let per_s = f64::from(args.orders_per_s) / order_tasks as f64;
+            tokio::spawn(workload::orders(
+                Arc::clone(&shared),
+                writer.clone(),
+                t,
+                per_s,
+                run_id,
+            ))
+        })
+        .collect();
+
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let progress_task = tokio::spawn(progress.run(cache.clone(), start, async {
+        let _ = done_rx.await;
+    }));
+
+    let interrupted = tokio::select! {
+        () = tokio::time::sleep(args.duration) => false,
+        () = ctrl_c() => true,
+    };
+    shared.stop.store(true, Ordering::Relaxed);
+    let mut measured = Measured::default();
+    join_into(&mut measured.readers, reader_handles, "reader").await?;
+    join_into(&mut measured.feed, feed_handles, "feed").await?;
+    join_into(&mut measured.orders, order_handles, "order").await?;
+    let elapsed = start.elapsed();
+    let _ = done_tx.send(());
+    let _ = progress_task.await;
+    aside.shutdown().await;
+
+    let (report, all) = Report::build(
+        setup,
+        elapsed,
+        interrupted,
+        &measured,
+        &cache.stats().total,
+        &aside.fallback_stats(),
+        cache.breaker(),
+    );
+    for line in report.summary(&all) {
+        print_line(&line)?;
+    }
+    if let Some((path, file)) = outputs.report {
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| Failure::unavailable(format!("cannot format the report: {e}")))?;
+        write_output(&path, file, &(json + "\n"))?;
+    }
+    if let Some((path, file)) = outputs.plot {
+        let title = format!(
+            "mdcache simulate: read latency by percentile ({}{})",
+            report.backend,
+            if postgres { " + postgres" } else { "" }
+        );
+        let svg =
+            plot::svg(&title, &report::read_histograms(&all)).map_err(Failure::unavailable)?;
+        write_output(&path, file, &svg)?;
+    }
+    Ok(())
+}
+
+/// Waits for the tasks of one group and merges what they measured.
+async fn join_into(
+    into: &mut Recorder,
+    handles: Vec<JoinHandle<Recorder>>,
+    what: &str,
+) -> Result<(), Failure> {
+    for h in handles {
+        let rec = h
+            .await
+            .map_err(|e| Failure::unavailable(format!("a {what} task failed: {e}")))?;
+        into.merge(&rec);
+    }
+    Ok(())
+}
+
+/// Resolves on Ctrl-C; never, if the signal handler cannot be installed.
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paced_tasks_scale_with_the_rate() {
+        assert_eq!(paced_tasks(1, 1_000), 1);
+        assert_eq!(paced_tasks(20_000, 1_000), 20);
+        assert_eq!(paced_tasks(20_001, 1_000), 21);
+        assert_eq!(paced_tasks(10_000_000, 1_000), 32);
+    }
+}

@@ -1,0 +1,287 @@
+//! Per-task measurement: one HDR histogram and a few counters per operation, owned by the task (no locks, no atomics) and merged at the end.
+
+use hdrhistogram::Histogram;
+use mdcache::Tier;
+
+/// Largest latency a histogram tracks exactly (10 s, in nanoseconds); slower calls are
+/// recorded as 10 s. No call in the workload has a deadline anywhere near that.
+const HIGHEST_NS: u64 = 10_000_000_000;
+
+/// The operations the workload times, in report order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// `CacheAside::get` of a price.
+    ReadPrice,
+    /// `CacheAside::get_book` of one book side, top 5 levels.
+    ReadBook,
+    /// `CacheAside::get` of a position.
+    ReadPos,
+    /// `CacheAside::get` of the risk account.
+    ReadRisk,
+    /// `Cache::set` of a price by the feed (cache only).
+    WritePrice,
+    /// `Cache::set_book` of one book side by the feed (cache only).
+    WriteBook,
+    /// `WriteThrough::write` of an order (source, then cache).
+    WriteOrder,
+    /// `WriteThrough::write` of a position (source, then cache).
+    WritePos,
+}
+
+impl Op {
+    /// Every operation, in report order.
+    pub(crate) const ALL: [Op; 8] = [
+        Op::ReadPrice,
+        Op::ReadBook,
+        Op::ReadPos,
+        Op::ReadRisk,
+        Op::WritePrice,
+        Op::WriteBook,
+        Op::WriteOrder,
+        Op::WritePos,
+    ];
+
+    /// The name in the report and the summary.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Op::ReadPrice => "read_price",
+            Op::ReadBook => "read_book",
+            Op::ReadPos => "read_pos",
+            Op::ReadRisk => "read_risk",
+            Op::WritePrice => "write_price",
+            Op::WriteBook => "write_book",
+            Op::WriteOrder => "write_order",
+            Op::WritePos => "write_pos",
+        }
+    }
+
+    /// True for the reads.
+    pub(crate) fn is_read(self) -> bool {
+        matches!(
+            self,
+            Op::ReadPrice | Op::ReadBook | Op::ReadPos | Op::ReadRisk
+        )
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How one read ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadOutcome {
+    /// A value, from this tier.
+    Value(Tier),
+    /// The source has no such key (never expected: every key is seeded).
+    NotFound,
+    /// The read returned an error.
+    Error,
+}
+
+/// How one write ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteOutcome {
+    /// The value is cached.
+    Applied,
+    /// A higher version was cached; nothing changed.
+    Superseded,
+    /// Write-through only: the source took it but the cache write failed (dirty log).
+    CacheFailed,
+    /// The write returned an error.
+    Error,
+}
+
+/// One operation's figures in one task (or, after [`OpStats::merge`], in all of them).
+#[derive(Debug, Clone)]
+pub(crate) struct OpStats {
+    /// Latency of every call, errors included, in nanoseconds.
+    pub(crate) latency: Histogram<u64>,
+    /// Calls that returned an error.
+    pub(crate) errors: u64,
+    /// Reads: the source had no value.
+    pub(crate) not_found: u64,
+    /// Reads: values by the tier that served them (`l1`, `l2`, `source`, `stale`).
+    pub(crate) tiers: [u64; 4],
+    /// Writes: refused because a higher version was cached.
+    pub(crate) superseded: u64,
+    /// Write-through: acknowledged by the source, but the cache write failed.
+    pub(crate) cache_failed: u64,
+}
+
+impl OpStats {
+    fn new() -> Self {
+        OpStats {
+            latency: latency_histogram(3),
+            errors: 0,
+            not_found: 0,
+            tiers: [0; 4],
+            superseded: 0,
+            cache_failed: 0,
+        }
+    }
+
+    /// Calls made, errors included.
+    pub(crate) fn count(&self) -> u64 {
+        self.latency.len()
+    }
+
+    /// Adds `other`'s figures to these.
+    pub(crate) fn merge(&mut self, other: &OpStats) {
+        // Same bounds and precision on both sides, so adding cannot fail; if it somehow did,
+        // the counts below would still be right and only this histogram would be short.
+        let _ = self.latency.add(&other.latency);
+        self.errors += other.errors;
+        self.not_found += other.not_found;
+        for (a, b) in self.tiers.iter_mut().zip(other.tiers) {
+            *a += b;
+        }
+        self.superseded += other.superseded;
+        self.cache_failed += other.cache_failed;
+    }
+}
+
+/// A latency histogram in nanoseconds, 1 ns to 10 s, with `sigfig` significant digits.
+pub(crate) fn latency_histogram(sigfig: u8) -> Histogram<u64> {
+    // Constant, valid bounds (low ≥ 1, high ≥ 2·low) and sigfig ≤ 5: creation cannot fail.
+    Histogram::new_with_bounds(1, HIGHEST_NS, sigfig)
+        .expect("1 ns..10 s with at most 5 significant digits is a valid histogram")
+}
+
+fn tier_index(tier: Tier) -> usize {
+    match tier {
+        Tier::L1 => 0,
+        Tier::L2 => 1,
+        Tier::Source => 2,
+        // Stale, and any tier a later library version adds.
+        _ => 3,
+    }
+}
+
+/// What one task measured: a slot per operation, filled on first use (a reader never
+/// allocates the write histograms).
+#[derive(Debug, Default)]
+pub(crate) struct Recorder {
+    ops: [Option<OpStats>; 8],
+    /// Reads of the hot symbols (price, book and position of the top 1 %).
+    pub(crate) hot_reads: u64,
+    /// Of those, served from L1 or L2.
+    pub(crate) hot_hits: u64,
+    /// Feed updates or order events done.
+    pub(crate) events: u64,
+    /// Feed updates or order events skipped because the task fell more than 100 ms behind.
+    pub(crate) dropped: u64,
+}
+
+impl Recorder {
+    fn slot(&mut self, op: Op) -> &mut OpStats {
+        self.ops[op.index()].get_or_insert_with(OpStats::new)
+    }
+
+    /// Records one read of `ns` nanoseconds; `hot` when its symbol is one of the hot ones.
+    #[inline]
+    pub(crate) fn read(&mut self, op: Op, ns: u64, outcome: ReadOutcome, hot: bool) {
+        let s = self.slot(op);
+        s.latency.saturating_record(ns);
+        match outcome {
+            ReadOutcome::Value(tier) => s.tiers[tier_index(tier)] += 1,
+            ReadOutcome::NotFound => s.not_found += 1,
+            ReadOutcome::Error => s.errors += 1,
+        }
+        if hot {
+            self.hot_reads += 1;
+            self.hot_hits += u64::from(matches!(outcome, ReadOutcome::Value(Tier::L1 | Tier::L2)));
+        }
+    }
+
+    /// Records one write of `ns` nanoseconds.
+    #[inline]
+    pub(crate) fn write(&mut self, op: Op, ns: u64, outcome: WriteOutcome) {
+        let s = self.slot(op);
+        s.latency.saturating_record(ns);
+        match outcome {
+            WriteOutcome::Applied => {}
+            WriteOutcome::Superseded => s.superseded += 1,
+            WriteOutcome::CacheFailed => s.cache_failed += 1,
+            WriteOutcome::Error => s.errors += 1,
+        }
+    }
+
+    /// Adds `other`'s figures to these.
+    pub(crate) fn merge(&mut self, other: &Recorder) {
+        for (mine, theirs) in self.ops.iter_mut().zip(&other.ops) {
+            if let Some(theirs) = theirs {
+                mine.get_or_insert_with(OpStats::new).merge(theirs);
+            }
+        }
+        self.hot_reads += other.hot_reads;
+        self.hot_hits += other.hot_hits;
+        self.events += other.events;
+        self.dropped += other.dropped;
+    }
+
+    /// The figures of `op` (empty when it never ran).
+    pub(crate) fn op(&self, op: Op) -> OpStats {
+        self.ops[op.index()].clone().unwrap_or_else(OpStats::new)
+    }
+
+    /// Calls of every read operation.
+    pub(crate) fn reads(&self) -> u64 {
+        self.sum(true)
+    }
+
+    /// Calls of every write operation.
+    pub(crate) fn writes(&self) -> u64 {
+        self.sum(false)
+    }
+
+    fn sum(&self, reads: bool) -> u64 {
+        Op::ALL
+            .iter()
+            .filter(|op| op.is_read() == reads)
+            .filter_map(|op| self.ops[op.index()].as_ref())
+            .map(OpStats::count)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_merge_and_split_into_reads_and_writes() {
+        let mut a = Recorder::default();
+        a.read(Op::ReadPrice, 100, ReadOutcome::Value(Tier::L1), true);
+        a.read(Op::ReadPrice, 5_000, ReadOutcome::Value(Tier::Source), true);
+        a.read(Op::ReadRisk, 80, ReadOutcome::Error, false);
+        let mut b = Recorder::default();
+        b.write(Op::WritePrice, 300, WriteOutcome::Superseded);
+        b.write(Op::WritePos, 9_000, WriteOutcome::CacheFailed);
+        b.read(Op::ReadPrice, 120, ReadOutcome::NotFound, false);
+        a.merge(&b);
+
+        assert_eq!((a.reads(), a.writes()), (4, 2));
+        let price = a.op(Op::ReadPrice);
+        assert_eq!(price.count(), 3);
+        assert_eq!(price.tiers, [1, 0, 1, 0]);
+        assert_eq!(price.not_found, 1);
+        assert_eq!(a.op(Op::ReadRisk).errors, 1);
+        assert_eq!(a.op(Op::WritePrice).superseded, 1);
+        assert_eq!(a.op(Op::WritePos).cache_failed, 1);
+        assert_eq!(a.op(Op::WriteBook).count(), 0);
+        assert_eq!((a.hot_reads, a.hot_hits), (2, 1));
+        assert!(price.latency.max() >= 5_000);
+    }
+
+    #[test]
+    fn names_are_unique_and_reads_come_first() {
+        let names: std::collections::HashSet<_> = Op::ALL.iter().map(|o| o.name()).collect();
+        assert_eq!(names.len(), Op::ALL.len());
+        assert!(Op::ALL[..4].iter().all(|o| o.is_read()));
+        assert!(Op::ALL[4..].iter().all(|o| !o.is_read()));
+        for (i, op) in Op::ALL.iter().enumerate() {
+            assert_eq!(op.index(), i);
+        }
+    }
+}

@@ -1,0 +1,582 @@
+//! The run's results: the JSON report (`--report`) and the summary table printed at the end; every figure is defined in docs/simulate.md.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use mdcache::{BreakerSnapshot, FallbackSnapshot, KindSnapshot};
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+
+use super::record::{Op, OpStats, Recorder};
+use crate::demo::fmt_nanos;
+
+/// How the run was set up (for the report; see [`Report::workload`]).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Workload {
+    /// Symbols.
+    pub(crate) symbols: u32,
+    /// Zipf exponent of symbol popularity.
+    pub(crate) zipf: f64,
+    /// Reader tasks.
+    pub(crate) readers: usize,
+    /// Feed tasks sharing `updates_per_s`.
+    pub(crate) feed_tasks: usize,
+    /// Order tasks sharing `orders_per_s`.
+    pub(crate) order_tasks: usize,
+    /// Target feed updates per second (each: price + both book sides).
+    pub(crate) updates_per_s: u32,
+    /// Target order events per second (each: order + position, write-through).
+    pub(crate) orders_per_s: u32,
+    /// The `--duration` asked for.
+    pub(crate) duration_requested_s: f64,
+    /// Levels per book read.
+    pub(crate) book_depth: usize,
+    /// Symbols counted as hot (the top 1 %, at least one).
+    pub(crate) hot_symbols: usize,
+    /// Probability that a reader's symbol is a hot one (from the Zipf distribution).
+    pub(crate) hot_read_share: f64,
+}
+
+/// Where the run ran (for the report).
+#[derive(Debug, Clone)]
+pub(crate) struct Setup {
+    /// `memory`, `layered` or `redis`.
+    pub(crate) backend: &'static str,
+    /// True when the source of record is PostgreSQL (else the in-process `MemorySource`).
+    pub(crate) postgres: bool,
+    /// The Redis URL with credentials removed, if Redis was used.
+    pub(crate) redis_url: Option<String>,
+    /// The workload.
+    pub(crate) workload: Workload,
+}
+
+/// What the tasks measured, by group.
+#[derive(Debug, Default)]
+pub(crate) struct Measured {
+    /// Every reader's figures, merged.
+    pub(crate) readers: Recorder,
+    /// Every feed task's figures, merged.
+    pub(crate) feed: Recorder,
+    /// Every order task's figures, merged.
+    pub(crate) orders: Recorder,
+}
+
+/// The JSON report. Field order is the output order.
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    /// `memory` (L1 only), `layered` (L1 + Redis) or `redis` (Redis only).
+    pub(crate) backend: &'static str,
+    /// True when the source of record is PostgreSQL.
+    pub(crate) postgres: bool,
+    /// `memory` or `postgres`.
+    pub(crate) source: &'static str,
+    /// The Redis URL, credentials removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) redis_url: Option<String>,
+    /// True when Ctrl-C ended the run before `--duration`.
+    pub(crate) interrupted: bool,
+    /// The workload's settings.
+    pub(crate) workload: Workload,
+    /// Wall time from starting the tasks until the last one returned.
+    pub(crate) duration_s: f64,
+    /// Read calls: the sum of the four read operations' counts.
+    pub(crate) reads: u64,
+    /// Write calls: the sum of the four write operations' counts.
+    pub(crate) writes: u64,
+    /// `reads / duration_s`.
+    pub(crate) reads_per_s: f64,
+    /// `writes / duration_s`.
+    pub(crate) writes_per_s: f64,
+    /// `(l1_hits + l2_hits) / (l1_hits + l2_hits + source_loads)`, from the cache's counters.
+    pub(crate) hit_rate: f64,
+    /// Share of the hot symbols' price, book and position reads served by L1 or L2.
+    pub(crate) hot_hit_rate: f64,
+    /// Per operation.
+    pub(crate) ops: Ops,
+    /// The cache's own counters (`Cache::stats().total`).
+    pub(crate) tiers: Tiers,
+    /// The circuit breaker.
+    pub(crate) breaker: Breaker,
+    /// Cache-aside's fallback path (`CacheAside::fallback_stats()`).
+    pub(crate) fallbacks: Fallbacks,
+    /// The market-data feed.
+    pub(crate) feed: Flow,
+    /// The order flow.
+    pub(crate) orders: Flow,
+}
+
+/// Operations in report order, serialized as one JSON object.
+#[derive(Debug)]
+pub(crate) struct Ops(pub(crate) Vec<(Op, OpReport)>);
+
+impl Serialize for Ops {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (op, report) in &self.0 {
+            map.serialize_entry(op.name(), report)?;
+        }
+        map.end()
+    }
+}
+
+#[cfg(test)]
+impl Ops {
+    /// The figures of `op`.
+    pub(crate) fn get(&self, op: Op) -> Option<&OpReport> {
+        self.0.iter().find(|(o, _)| *o == op).map(|(_, r)| r)
+    }
+}
+
+/// One operation's figures. Latencies cover every call, errors included, in microseconds
+/// (HDR histogram, 3 significant digits).
+#[derive(Debug, Serialize)]
+pub(crate) struct OpReport {
+    /// Calls, errors included.
+    pub(crate) count: u64,
+    /// Calls that returned an error.
+    pub(crate) errors: u64,
+    /// Median latency.
+    pub(crate) p50_us: f64,
+    /// 90th percentile.
+    pub(crate) p90_us: f64,
+    /// 99th percentile.
+    pub(crate) p99_us: f64,
+    /// 99.9th percentile.
+    pub(crate) p999_us: f64,
+    /// Slowest call.
+    pub(crate) max_us: f64,
+    /// Mean.
+    pub(crate) mean_us: f64,
+    /// Reads only: values by the tier that served them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) served: Option<Served>,
+    /// Reads only: the source had no value (every key is seeded, so normally 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) not_found: Option<u64>,
+    /// Writes only: refused because a higher version was cached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) superseded: Option<u64>,
+    /// Write-through only: the source took the write, the cache write failed (dirty log).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cache_failed: Option<u64>,
+}
+
+/// Reads by provenance (`Read::tier`).
+#[derive(Debug, Serialize)]
+pub(crate) struct Served {
+    /// From L1.
+    pub(crate) l1: u64,
+    /// From Redis.
+    pub(crate) l2: u64,
+    /// Loaded from the source (a miss in every tier).
+    pub(crate) source: u64,
+    /// Past its TTL, because Redis and the source both failed.
+    pub(crate) stale: u64,
+}
+
+/// The cache's counters, summed over kinds.
+#[derive(Debug, Serialize)]
+pub(crate) struct Tiers {
+    /// Lookups served by L1.
+    pub(crate) l1_hits: u64,
+    /// Lookups served by Redis.
+    pub(crate) l2_hits: u64,
+    /// Source loads (cache-aside misses).
+    pub(crate) source_loads: u64,
+    /// Values served past their TTL.
+    pub(crate) stale_served: u64,
+    /// Lookups L1 could not serve.
+    pub(crate) l1_misses: u64,
+    /// Lookups Redis could not serve.
+    pub(crate) l2_misses: u64,
+    /// Source loads or writes that failed.
+    pub(crate) source_errors: u64,
+    /// Write-through writes sent to the source.
+    pub(crate) source_writes: u64,
+    /// Cache writes applied.
+    pub(crate) writes_applied: u64,
+    /// Cache writes refused because a higher version was cached.
+    pub(crate) writes_superseded: u64,
+    /// Cache operations that returned an error.
+    pub(crate) errors: u64,
+    /// Redis operations that missed their deadline.
+    pub(crate) timeouts: u64,
+}
+
+/// The circuit breaker (`n/a` and zeros without Redis).
+#[derive(Debug, Serialize)]
+pub(crate) struct Breaker {
+    /// `closed`, `open`, `half_open` or `n/a`.
+    pub(crate) state: &'static str,
+    /// Times it opened.
+    pub(crate) opened: u64,
+    /// Times it closed again.
+    pub(crate) closed: u64,
+    /// Operations refused while open.
+    pub(crate) rejected: u64,
+}
+
+/// Cache-aside's fallback figures.
+#[derive(Debug, Serialize)]
+pub(crate) struct Fallbacks {
+    /// Reads that went past Redis to the source, all reasons.
+    pub(crate) total: u64,
+    /// ... because the breaker was open.
+    pub(crate) breaker_open: u64,
+    /// ... because Redis missed its deadline.
+    pub(crate) timeout: u64,
+    /// ... because Redis failed otherwise.
+    pub(crate) error: u64,
+    /// Source loads refused because the load limit stayed full.
+    pub(crate) overloaded: u64,
+    /// Values served stale by the fail-safe path.
+    pub(crate) stale_served: u64,
+    /// Slowest fallback read.
+    pub(crate) latency_max_us: f64,
+}
+
+/// A paced task group's rate.
+#[derive(Debug, Serialize)]
+pub(crate) struct Flow {
+    /// Events per second asked for.
+    pub(crate) target_per_s: u32,
+    /// Events done.
+    pub(crate) events: u64,
+    /// `events / duration_s`.
+    pub(crate) per_s: f64,
+    /// Events skipped because a task fell more than 100 ms behind its pace.
+    pub(crate) dropped: u64,
+}
+
+/// `part / whole`, 0 when `whole` is 0.
+pub(crate) fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1_000.0
+}
+
+fn op_report(op: Op, s: &OpStats) -> OpReport {
+    let h = &s.latency;
+    let q = |q: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            us(h.value_at_quantile(q))
+        }
+    };
+    OpReport {
+        count: s.count(),
+        errors: s.errors,
+        p50_us: q(0.50),
+        p90_us: q(0.90),
+        p99_us: q(0.99),
+        p999_us: q(0.999),
+        // Like the quantiles, the highest value equivalent to the true maximum (within the
+        // histogram's precision), so p50 <= p99 <= p999 <= max always holds.
+        max_us: if h.is_empty() { 0.0 } else { us(h.max()) },
+        mean_us: if h.is_empty() {
+            0.0
+        } else {
+            h.mean() / 1_000.0
+        },
+        served: op.is_read().then(|| Served {
+            l1: s.tiers[0],
+            l2: s.tiers[1],
+            source: s.tiers[2],
+            stale: s.tiers[3],
+        }),
+        not_found: op.is_read().then_some(s.not_found),
+        superseded: (!op.is_read()).then_some(s.superseded),
+        cache_failed: matches!(op, Op::WriteOrder | Op::WritePos).then_some(s.cache_failed),
+    }
+}
+
+impl Report {
+    /// Builds the report from what the tasks measured and the cache's counters at the end.
+    #[allow(clippy::too_many_arguments)] // one call site; each argument is a distinct source
+    pub(crate) fn build(
+        setup: Setup,
+        elapsed: Duration,
+        interrupted: bool,
+        measured: &Measured,
+        stats: &KindSnapshot,
+        fallbacks: &FallbackSnapshot,
+        breaker: Option<BreakerSnapshot>,
+    ) -> (Report, Recorder) {
+        let mut all = Recorder::default();
+        all.merge(&measured.readers);
+        all.merge(&measured.feed);
+        all.merge(&measured.orders);
+        let secs = elapsed.as_secs_f64().max(f64::EPSILON);
+        let (reads, writes) = (all.reads(), all.writes());
+        let hits = stats.l1_hits + stats.l2_hits;
+        let flow = |target: u32, r: &Recorder| Flow {
+            target_per_s: target,
+            events: r.events,
+            per_s: r.events as f64 / secs,
+            dropped: r.dropped,
+        };
+        let report = Report {
+            backend: setup.backend,
+            postgres: setup.postgres,
+            source: if setup.postgres { "postgres" } else { "memory" },
+            redis_url: setup.redis_url,
+            interrupted,
+            feed: flow(setup.workload.updates_per_s, &measured.feed),
+            orders: flow(setup.workload.orders_per_s, &measured.orders),
+            workload: setup.workload,
+            duration_s: secs,
+            reads,
+            writes,
+            reads_per_s: reads as f64 / secs,
+            writes_per_s: writes as f64 / secs,
+            hit_rate: ratio(hits, hits + stats.source_loads),
+            hot_hit_rate: ratio(measured.readers.hot_hits, measured.readers.hot_reads),
+            ops: Ops(Op::ALL
+                .iter()
+                .map(|&op| (op, op_report(op, &all.op(op))))
+                .collect()),
+            tiers: Tiers {
+                l1_hits: stats.l1_hits,
+                l2_hits: stats.l2_hits,
+                source_loads: stats.source_loads,
+                stale_served: stats.stale_served,
+                l1_misses: stats.l1_misses,
+                l2_misses: stats.l2_misses,
+                source_errors: stats.source_errors,
+                source_writes: stats.source_writes,
+                writes_applied: stats.writes,
+                writes_superseded: stats.writes_superseded,
+                errors: stats.errors,
+                timeouts: stats.timeouts,
+            },
+            breaker: match breaker {
+                Some(b) => Breaker {
+                    state: b.state.as_str(),
+                    opened: b.opened,
+                    closed: b.closed,
+                    rejected: b.rejected,
+                },
+                None => Breaker {
+                    state: "n/a",
+                    opened: 0,
+                    closed: 0,
+                    rejected: 0,
+                },
+            },
+            fallbacks: Fallbacks {
+                total: fallbacks.total,
+                breaker_open: fallbacks.breaker_open,
+                timeout: fallbacks.timeout,
+                error: fallbacks.error,
+                overloaded: fallbacks.overloaded,
+                stale_served: fallbacks.stale_served,
+                latency_max_us: fallbacks.latency_max.as_nanos() as f64 / 1_000.0,
+            },
+        };
+        (report, all)
+    }
+
+    /// The summary table printed at the end of a run.
+    pub(crate) fn summary(&self, all: &Recorder) -> Vec<String> {
+        let w = &self.workload;
+        let secs = self.duration_s;
+        let mut lines = vec![
+            format!(
+                "{} symbols (zipf {}), {} readers, feed {} updates/s (target {}), orders {}/s (target {}), {secs:.2} s{}",
+                w.symbols,
+                w.zipf,
+                w.readers,
+                thousands(self.feed.per_s.round() as u64),
+                thousands(u64::from(w.updates_per_s)),
+                thousands(self.orders.per_s.round() as u64),
+                thousands(u64::from(w.orders_per_s)),
+                if self.interrupted {
+                    " (interrupted)"
+                } else {
+                    ""
+                },
+            ),
+            String::new(),
+            format!(
+                "{:<12} {:>12} {:>11} {:>7} {:>9} {:>9} {:>9} {:>9}",
+                "operation", "calls", "per s", "errors", "p50", "p99", "p99.9", "max"
+            ),
+        ];
+        for &op in &Op::ALL {
+            let s = all.op(op);
+            let h = &s.latency;
+            let q = |q: f64| {
+                if h.is_empty() {
+                    "-".to_owned()
+                } else {
+                    fmt_nanos(h.value_at_quantile(q))
+                }
+            };
+            lines.push(format!(
+                "{:<12} {:>12} {:>11} {:>7} {:>9} {:>9} {:>9} {:>9}",
+                op.name(),
+                thousands(s.count()),
+                thousands((s.count() as f64 / secs).round() as u64),
+                thousands(s.errors),
+                q(0.5),
+                q(0.99),
+                q(0.999),
+                if h.is_empty() {
+                    "-".to_owned()
+                } else {
+                    fmt_nanos(h.max())
+                },
+            ));
+        }
+        let t = &self.tiers;
+        let f = &self.fallbacks;
+        let b = &self.breaker;
+        lines.extend([
+            String::new(),
+            format!(
+                "reads  {:>12} = {:>11}/s  (read_price + read_book + read_pos + read_risk)",
+                thousands(self.reads),
+                thousands(self.reads_per_s.round() as u64)
+            ),
+            format!(
+                "writes {:>12} = {:>11}/s  (write_price + write_book + write_order + write_pos)",
+                thousands(self.writes),
+                thousands(self.writes_per_s.round() as u64)
+            ),
+            format!(
+                "hit rate {:.2} %  (l1 hits {}, l2 hits {}, source loads {}, stale served {}); hot symbols (top {}) {:.3} %",
+                self.hit_rate * 100.0,
+                thousands(t.l1_hits),
+                thousands(t.l2_hits),
+                thousands(t.source_loads),
+                thousands(t.stale_served),
+                w.hot_symbols,
+                self.hot_hit_rate * 100.0,
+            ),
+            format!(
+                "breaker {} (opened {}, closed {}); fallbacks {} (breaker_open {}, timeout {}, error {}), overloaded {}, stale served {}",
+                b.state, b.opened, b.closed, f.total, f.breaker_open, f.timeout, f.error, f.overloaded, f.stale_served
+            ),
+        ]);
+        if self.feed.dropped + self.orders.dropped > 0 {
+            lines.push(format!(
+                "behind pace: {} feed updates and {} order events skipped (tasks more than 100 ms late)",
+                thousands(self.feed.dropped),
+                thousands(self.orders.dropped)
+            ));
+        }
+        lines
+    }
+}
+
+/// `1234567` → `1,234,567`.
+pub(crate) fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The read operations' merged histograms, for the plot.
+pub(crate) fn read_histograms(all: &Recorder) -> Vec<(&'static str, Histogram<u64>)> {
+    Op::ALL
+        .iter()
+        .filter(|op| op.is_read())
+        .map(|&op| (op.name(), all.op(op).latency))
+        .filter(|(_, h)| !h.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulate::record::{ReadOutcome, WriteOutcome};
+    use mdcache::Tier;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn the_report_adds_up() {
+        let mut m = Measured::default();
+        for i in 0..1_000u64 {
+            let tier = if i % 100 == 0 { Tier::Source } else { Tier::L1 };
+            m.readers
+                .read(Op::ReadPrice, 100 + i, ReadOutcome::Value(tier), i % 2 == 0);
+            m.readers.read(Op::ReadRisk, 50, ReadOutcome::Error, false);
+        }
+        m.feed.write(Op::WriteBook, 400, WriteOutcome::Applied);
+        m.orders
+            .write(Op::WritePos, 90_000, WriteOutcome::Superseded);
+        m.feed.events = 1;
+        let stats = KindSnapshot::default();
+        let setup = Setup {
+            backend: "memory",
+            postgres: false,
+            redis_url: None,
+            workload: Workload {
+                symbols: 10,
+                zipf: 1.1,
+                readers: 1,
+                feed_tasks: 1,
+                order_tasks: 1,
+                updates_per_s: 1,
+                orders_per_s: 1,
+                duration_requested_s: 2.0,
+                book_depth: 5,
+                hot_symbols: 1,
+                hot_read_share: 0.3,
+            },
+        };
+        let (r, all) = Report::build(
+            setup,
+            Duration::from_secs(2),
+            false,
+            &m,
+            &stats,
+            &FallbackSnapshot::default(),
+            None,
+        );
+        assert_eq!((r.reads, r.writes), (2_000, 2));
+        assert_eq!(r.reads_per_s, 1_000.0);
+        assert_eq!(r.hit_rate, 0.0); // no cache counters: defined as 0
+        assert_eq!(r.breaker.state, "n/a");
+        let price = r.ops.get(Op::ReadPrice).unwrap();
+        assert!(price.p50_us <= price.p99_us && price.p99_us <= price.p999_us);
+        assert!(price.p999_us <= price.max_us);
+        assert_eq!(
+            price.served.as_ref().map(|s| (s.l1, s.source)),
+            Some((990, 10))
+        );
+        assert_eq!(r.ops.get(Op::ReadRisk).unwrap().errors, 1_000);
+        assert_eq!(r.hot_hit_rate, 490.0 / 500.0);
+        let json = serde_json::to_value(&r).unwrap();
+        let names: Vec<&str> = json["ops"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(names.len(), 8);
+        assert_eq!(json["ops"]["write_pos"]["superseded"], 1);
+        assert!(json["ops"]["write_book"].get("cache_failed").is_none());
+        assert!(r.summary(&all).iter().any(|l| l.starts_with("read_price")));
+    }
+}

@@ -1,0 +1,513 @@
+//! The workload's tasks: the source seeding, the market-data feed, the scalp readers and the order flow.
+//!
+//! - **Feed** (cache-only writes): each update picks a Zipf-popular symbol, takes its next
+//!   sequence number and writes its price and both book sides with that number as version.
+//!   The feed is the source of truth for market data, so nothing goes to the source.
+//! - **Readers**: a loop of price, book top-5 (a random side), position and risk reads through
+//!   [`CacheAside`], so a miss loads the seeded snapshot from the source. The only awaits are
+//!   the cache calls and a cooperative yield every [`READ_ROUNDS_PER_YIELD`] rounds.
+//! - **Orders**: each event writes an order and the symbol's new position through
+//!   [`WriteThrough`] (source first, then the cache), both at once.
+//!
+//! Every task measures into its own [`Recorder`] and returns it when the run stops.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mdcache::{
+    BookAsk, BookBid, BookSide, Cache, CacheAside, Key, Level, Order, OrderStatus, Position, Price,
+    Read, Risk, Side, Source, SourceWriter, WriteAck, WriteThrough,
+};
+use tokio::time::MissedTickBehavior;
+
+use super::live::LiveRecorder;
+use super::record::{Op, ReadOutcome, Recorder, WriteOutcome};
+use super::zipf::{Rng, Zipf};
+
+/// Levels per book side written by the feed and the seed.
+const BOOK_LEVELS: usize = 10;
+/// Levels a reader asks for (top of book).
+pub(crate) const BOOK_DEPTH: usize = 5;
+/// The risk account every reader checks.
+pub(crate) const RISK_ACCOUNT: &str = "account";
+/// Reader rounds (4 reads each) between cooperative yields. An L1 hit never suspends, so
+/// without yielding a reader would keep its worker thread from the feed, the order flow, the
+/// Redis connections' tasks and the timer that ends the run. 8 rounds is 1–3 µs of L1 hits,
+/// so a task woken by Redis waits at most a few microseconds per reader ahead of it; yielding
+/// this often costs no measurable throughput (4, 8 and 32 rounds measured the same).
+pub(crate) const READ_ROUNDS_PER_YIELD: u32 = 8;
+/// The feed and order tasks wake every millisecond and catch up with their rate.
+const PACE_TICK: Duration = Duration::from_millis(1);
+/// A paced task more than this far behind skips the backlog (counted as `dropped`) rather
+/// than bursting to catch up.
+const MAX_LAG: Duration = Duration::from_millis(100);
+/// Order ids cycle through this many per order task, so a long run keeps the source and L1
+/// bounded; a reused id is a new version of that order row.
+const ORDER_IDS_PER_TASK: u64 = 65_536;
+/// Concurrent writers while seeding (the PostgreSQL pool holds 8 connections).
+const SEED_TASKS: usize = 8;
+
+/// The keys of one symbol, built once so that no read formats a key.
+#[derive(Debug)]
+pub(crate) struct SymbolKeys {
+    /// The symbol, e.g. `SYM0007`.
+    pub(crate) id: String,
+    price: Key<Price>,
+    bid: Key<BookBid>,
+    ask: Key<BookAsk>,
+    pos: Key<Position>,
+}
+
+/// Every key the workload touches, most popular symbol first.
+#[derive(Debug)]
+pub(crate) struct Keys {
+    symbols: Vec<SymbolKeys>,
+    risk: Key<Risk>,
+    /// Symbols counted as hot: the top 1 % (at least one).
+    pub(crate) hot: usize,
+}
+
+impl Keys {
+    /// Keys for `n` symbols `SYM0000`, `SYM0001`, … and the risk account.
+    pub(crate) fn new(cache: &Cache, n: usize) -> mdcache::Result<Keys> {
+        let symbols = (0..n)
+            .map(|i| {
+                let id = format!("SYM{i:04}");
+                Ok(SymbolKeys {
+                    price: cache.key(&id)?,
+                    bid: cache.key(&id)?,
+                    ask: cache.key(&id)?,
+                    pos: cache.key(&id)?,
+                    id,
+                })
+            })
+            .collect::<mdcache::Result<Vec<_>>>()?;
+        Ok(Keys {
+            hot: n.div_ceil(100),
+            symbols,
+            risk: cache.key(RISK_ACCOUNT)?,
+        })
+    }
+
+    /// Number of symbols.
+    pub(crate) fn len(&self) -> usize {
+        self.symbols.len()
+    }
+}
+
+/// What every task shares (read-only, apart from the atomics).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) cache: Cache,
+    pub(crate) keys: Arc<Keys>,
+    pub(crate) zipf: Zipf,
+    /// Set once when the run ends; every loop checks it per round.
+    pub(crate) stop: AtomicBool,
+    /// TSC-based clock: `raw()` costs a few nanoseconds, a quarter of `Instant::now()`.
+    pub(crate) clock: quanta::Clock,
+    /// Per symbol: feed updates so far. An update's version is `version_base` plus this.
+    seqs: Vec<AtomicU64>,
+    /// Above every version the source gave the seeded snapshot, so a reader's miss that loads
+    /// the snapshot can never outrank (and freeze out) a live feed update (DESIGN §4 rule 2).
+    version_base: u64,
+    /// Per symbol: net position in lots, shared by the order tasks.
+    positions: Vec<AtomicI64>,
+}
+
+impl Shared {
+    /// The shared state; `version_base` is the highest version seeding got back.
+    pub(crate) fn new(cache: Cache, keys: Arc<Keys>, zipf: Zipf, version_base: u64) -> Self {
+        let n = keys.len();
+        Shared {
+            cache,
+            keys,
+            zipf,
+            stop: AtomicBool::new(false),
+            clock: quanta::Clock::new(),
+            seqs: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            version_base,
+            positions: (0..n).map(|_| AtomicI64::new(0)).collect(),
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// A slowly drifting mid price per symbol.
+fn mid_price(symbol: usize, seq: u64) -> f64 {
+    100.0 + symbol as f64 + (seq % 200) as f64 * 0.01
+}
+
+fn price(symbol: usize, seq: u64) -> Price {
+    let mid = mid_price(symbol, seq);
+    Price {
+        bid: mid - 0.01,
+        ask: mid + 0.01,
+        bid_size: 100.0,
+        ask_size: 100.0,
+        last: mid,
+        seq,
+        exchange_ts_ns: 0,
+    }
+}
+
+/// One book side around the mid: `sign` -1 for bids (below), +1 for asks (above).
+fn book_side(symbol: usize, seq: u64, sign: f64) -> BookSide {
+    let mid = mid_price(symbol, seq);
+    BookSide {
+        levels: (1..=BOOK_LEVELS)
+            .map(|l| Level {
+                price: mid + sign * 0.01 * l as f64,
+                qty: 100.0 * l as f64,
+            })
+            .collect(),
+    }
+}
+
+fn position(qty: i64, symbol: usize, seq: u64) -> Position {
+    Position {
+        qty: qty as f64,
+        avg_price: mid_price(symbol, 0),
+        realized_pnl: 0.0,
+        seq,
+    }
+}
+
+fn risk() -> Risk {
+    Risk {
+        equity: 10_000_000.0,
+        margin_used: 1_250_000.0,
+        exposure: 4_000_000.0,
+        max_exposure: 20_000_000.0,
+        max_daily_loss: 250_000.0,
+        seq: 1,
+    }
+}
+
+/// Writes every symbol's price, book sides and (flat) position, and the risk account, to the
+/// source, so every read finds data. Returns the highest version the source gave, or the
+/// first error as text.
+pub(crate) async fn seed<Src: SourceWriter>(
+    source: Arc<Src>,
+    keys: Arc<Keys>,
+) -> Result<u64, String> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..SEED_TASKS {
+        let (source, keys) = (Arc::clone(&source), Arc::clone(&keys));
+        tasks.spawn(async move {
+            let mut highest = 0;
+            for (i, k) in keys.symbols.iter().enumerate().skip(t).step_by(SEED_TASKS) {
+                let fail = |what: &str, e: Src::Error| format!("seeding {what} {}: {e}", k.id);
+                let versions = [
+                    source
+                        .write(&k.price, &price(i, 0))
+                        .await
+                        .map_err(|e| fail("price", e))?,
+                    source
+                        .write(&k.bid, &book_side(i, 0, -1.0))
+                        .await
+                        .map_err(|e| fail("book:bid", e))?,
+                    source
+                        .write(&k.ask, &book_side(i, 0, 1.0))
+                        .await
+                        .map_err(|e| fail("book:ask", e))?,
+                    source
+                        .write(&k.pos, &position(0, i, 0))
+                        .await
+                        .map_err(|e| fail("pos", e))?,
+                ];
+                highest = versions.into_iter().fold(highest, u64::max);
+            }
+            Ok::<u64, String>(highest)
+        });
+    }
+    let mut highest = source
+        .write(&keys.risk, &risk())
+        .await
+        .map_err(|e| format!("seeding risk {RISK_ACCOUNT}: {e}"))?;
+    while let Some(joined) = tasks.join_next().await {
+        let v = joined.map_err(|e| format!("a seeding task failed: {e}"))??;
+        highest = highest.max(v);
+    }
+    Ok(highest)
+}
+
+/// Paces a task at `per_s` events per second from `start`.
+#[derive(Debug)]
+struct Pace {
+    per_s: f64,
+    start: Instant,
+    /// Events accounted for so far (done or dropped).
+    accounted: u64,
+}
+
+impl Pace {
+    fn new(per_s: f64) -> Self {
+        Pace {
+            per_s,
+            start: Instant::now(),
+            accounted: 0,
+        }
+    }
+
+    /// Events to do now, and events to drop because the task is more than [`MAX_LAG`] behind.
+    fn due(&mut self) -> (u64, u64) {
+        let target = (self.start.elapsed().as_secs_f64() * self.per_s) as u64;
+        let backlog = target.saturating_sub(self.accounted);
+        self.accounted = self.accounted.max(target);
+        let most = ((self.per_s * MAX_LAG.as_secs_f64()).ceil() as u64).max(1);
+        if backlog > most {
+            (most, backlog - most)
+        } else {
+            (backlog, 0)
+        }
+    }
+}
+
+/// Awaits `fut` and measures it in nanoseconds.
+async fn timed<F: Future>(clock: &quanta::Clock, fut: F) -> (F::Output, u64) {
+    let t0 = clock.raw();
+    let out = fut.await;
+    (out, clock.delta_as_nanos(t0, clock.raw()))
+}
+
+fn cache_write(r: &mdcache::Result<mdcache::WriteOutcome>) -> WriteOutcome {
+    match r {
+        Ok(mdcache::WriteOutcome::Superseded) => WriteOutcome::Superseded,
+        Ok(_) => WriteOutcome::Applied,
+        Err(_) => WriteOutcome::Error,
+    }
+}
+
+fn through_write<E>(r: &Result<WriteAck, E>) -> WriteOutcome {
+    match r {
+        Ok(WriteAck { cached: None, .. }) => WriteOutcome::CacheFailed,
+        Ok(WriteAck {
+            cached: Some(mdcache::WriteOutcome::Superseded),
+            ..
+        }) => WriteOutcome::Superseded,
+        Ok(_) => WriteOutcome::Applied,
+        Err(_) => WriteOutcome::Error,
+    }
+}
+
+fn read_outcome<V, E>(r: &Result<Option<Read<V>>, E>) -> ReadOutcome {
+    match r {
+        Ok(Some(read)) => ReadOutcome::Value(read.tier),
+        Ok(None) => ReadOutcome::NotFound,
+        Err(_) => ReadOutcome::Error,
+    }
+}
+
+/// One feed task at `per_s` updates per second: price and both book sides of a Zipf-popular
+/// symbol, written together with the symbol's next sequence number as version.
+pub(crate) async fn feed(shared: Arc<Shared>, task: u64, per_s: f64) -> Recorder {
+    let mut rec = Recorder::default();
+    let mut rng = Rng::new(2_000 + task);
+    let mut pace = Pace::new(per_s);
+    let mut tick = tokio::time::interval(PACE_TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let (cache, clock) = (&shared.cache, &shared.clock);
+    'run: while !shared.stopped() {
+        tick.tick().await;
+        let (due, dropped) = pace.due();
+        rec.dropped += dropped;
+        for _ in 0..due {
+            if shared.stopped() {
+                break 'run;
+            }
+            let s = shared.zipf.sample(&mut rng);
+            let k = &shared.keys.symbols[s];
+            let seq = shared.version_base + shared.seqs[s].fetch_add(1, Ordering::Relaxed) + 1;
+            let (bids, asks) = (book_side(s, seq, -1.0), book_side(s, seq, 1.0));
+            // Together: with Redis the three writes share one round trip's wait.
+            let ((p, p_ns), (b, b_ns), (a, a_ns)) = tokio::join!(
+                timed(clock, cache.set(&k.price, price(s, seq), seq)),
+                timed(clock, cache.set_book(&k.bid, bids, seq)),
+                timed(clock, cache.set_book(&k.ask, asks, seq)),
+            );
+            rec.write(Op::WritePrice, p_ns, cache_write(&p));
+            rec.write(Op::WriteBook, b_ns, cache_write(&b));
+            rec.write(Op::WriteBook, a_ns, cache_write(&a));
+            rec.events += 1;
+        }
+    }
+    rec
+}
+
+/// One order task at `per_s` events per second: an order (filled at once) and the symbol's
+/// new position, both through write-through.
+pub(crate) async fn orders<Src: SourceWriter>(
+    shared: Arc<Shared>,
+    writer: WriteThrough<Src>,
+    task: u64,
+    per_s: f64,
+    run_id: u64,
+) -> Recorder {
+    let mut rec = Recorder::default();
+    let mut rng = Rng::new(3_000 + task);
+    let mut pace = Pace::new(per_s);
+    let mut tick = tokio::time::interval(PACE_TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let clock = &shared.clock;
+    let mut n = 0u64;
+    'run: while !shared.stopped() {
+        tick.tick().await;
+        let (due, dropped) = pace.due();
+        rec.dropped += dropped;
+        for _ in 0..due {
+            if shared.stopped() {
+                break 'run;
+            }
+            n += 1;
+            let s = shared.zipf.sample(&mut rng);
+            let k = &shared.keys.symbols[s];
+            let lots = 1 + rng.below(10) as i64;
+            let (side, signed) = if rng.coin() {
+                (Side::Buy, lots)
+            } else {
+                (Side::Sell, -lots)
+            };
+            let qty = shared.positions[s].fetch_add(signed, Ordering::Relaxed) + signed;
+            // Letters, digits and '-' only: always a valid identifier.
+            let id = format!("O{run_id:x}-{task}-{}", n % ORDER_IDS_PER_TASK);
+            let order = Order {
+                id: id.clone(),
+                symbol: k.id.clone(),
+                side,
+                px: mid_price(s, n),
+                qty: lots as f64,
+                filled: lots as f64,
+                status: OrderStatus::Filled,
+                seq: n,
+            };
+            let order_key = match shared.cache.key::<Order>(&id) {
+                Ok(key) => key,
+                Err(_) => {
+                    rec.write(Op::WriteOrder, 0, WriteOutcome::Error);
+                    continue;
+                }
+            };
+            let ((o, o_ns), (p, p_ns)) = tokio::join!(
+                timed(clock, writer.write(&order_key, order)),
+                timed(clock, writer.write(&k.pos, position(qty, s, n))),
+            );
+            rec.write(Op::WriteOrder, o_ns, through_write(&o));
+            rec.write(Op::WritePos, p_ns, through_write(&p));
+            rec.events += 1;
+        }
+    }
+    rec
+}
+
+/// One scalp reader: rounds of price, book top-5 (a random side), position and risk reads of
+/// Zipf-popular symbols through cache-aside, each timed, until the run stops.
+pub(crate) async fn reader<Src: Source>(
+    shared: Arc<Shared>,
+    aside: CacheAside<Src>,
+    n: u64,
+    mut live: Option<LiveRecorder>,
+) -> Recorder {
+    let mut rec = Recorder::default();
+    let mut rng = Rng::new(1_000 + n);
+    let (keys, clock) = (&shared.keys, &shared.clock);
+    let mut rounds = 0u32;
+    while !shared.stopped() {
+        let s = shared.zipf.sample(&mut rng);
+        let k = &keys.symbols[s];
+        let hot = s < keys.hot;
+
+        let t0 = clock.raw();
+        let r = aside.get(&k.price).await;
+        let t1 = clock.raw();
+        let price_ns = clock.delta_as_nanos(t0, t1);
+        rec.read(Op::ReadPrice, price_ns, read_outcome(&r), hot);
+        drop(r);
+
+        let bid_side = rng.coin();
+        let t0 = clock.raw();
+        let outcome = if bid_side {
+            read_outcome(&aside.get_book(&k.bid, BOOK_DEPTH).await)
+        } else {
+            read_outcome(&aside.get_book(&k.ask, BOOK_DEPTH).await)
+        };
+        let t1 = clock.raw();
+        let book_ns = clock.delta_as_nanos(t0, t1);
+        rec.read(Op::ReadBook, book_ns, outcome, hot);
+
+        let t0 = clock.raw();
+        let r = aside.get(&k.pos).await;
+        let t1 = clock.raw();
+        let pos_ns = clock.delta_as_nanos(t0, t1);
+        rec.read(Op::ReadPos, pos_ns, read_outcome(&r), hot);
+        drop(r);
+
+        let t0 = clock.raw();
+        let r = aside.get(&keys.risk).await;
+        let t1 = clock.raw();
+        let risk_ns = clock.delta_as_nanos(t0, t1);
+        rec.read(Op::ReadRisk, risk_ns, read_outcome(&r), false);
+        drop(r);
+
+        if let Some(live) = &mut live {
+            live.record(price_ns, book_ns, pos_ns, risk_ns);
+        }
+        rounds += 1;
+        if rounds == READ_ROUNDS_PER_YIELD {
+            rounds = 0;
+            if let Some(live) = &mut live {
+                live.maybe_publish(clock, t1);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+    rec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pace_catches_up_and_drops_what_is_too_late() {
+        let mut pace = Pace {
+            per_s: 1_000.0,
+            start: Instant::now() - Duration::from_millis(50),
+            accounted: 0,
+        };
+        let (due, dropped) = pace.due();
+        assert!((50..60).contains(&due), "{due}");
+        assert_eq!(dropped, 0);
+        // Half a second behind: 100 ms worth is done, the rest dropped.
+        pace.start -= Duration::from_millis(500);
+        let (due, dropped) = pace.due();
+        assert_eq!(due, 100);
+        assert!((400..420).contains(&dropped), "{dropped}");
+    }
+
+    #[test]
+    fn books_are_valid_and_on_the_right_side() {
+        let bids = book_side(3, 7, -1.0);
+        let asks = book_side(3, 7, 1.0);
+        let mid = mid_price(3, 7);
+        assert_eq!(bids.levels.len(), BOOK_LEVELS);
+        assert!(bids.levels.iter().all(|l| l.price < mid && l.qty > 0.0));
+        assert!(asks.levels.iter().all(|l| l.price > mid));
+    }
+
+    #[tokio::test]
+    async fn seeding_fills_the_source_and_returns_the_highest_version() {
+        let cache = Cache::builder().build().unwrap();
+        let keys = Keys::new(&cache, 3).unwrap();
+        assert_eq!(keys.hot, 1);
+        let source = Arc::new(mdcache::MemorySource::default());
+        let highest = seed(Arc::clone(&source), Arc::new(keys)).await.unwrap();
+        // 3 symbols × 4 keys + the risk account, versions 1..=13.
+        assert_eq!(source.len(), 13);
+        assert_eq!(highest, 13);
+    }
+}
