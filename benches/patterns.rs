@@ -9,6 +9,8 @@
 //! - `write_through`: `WriteThrough::write` vs the raw pair: the same upsert statement on a
 //!   tokio-postgres client plus `SET PX` on the multiplexed connection.
 //!
+//! The hit pair includes one `Runtime::block_on` per iteration on both sides.
+//!
 //! Run: `cargo bench --bench patterns`.
 
 #[path = "../tests/support/mod.rs"]
@@ -47,6 +49,8 @@ fn patterns(c: &mut Criterion) {
             .redis_url(redis.url())
             .backend(Backend::Layered)
             .op_timeout(Duration::from_secs(1))
+            // Long enough that the warm key stays warm for the whole group (pos is 1 s).
+            .ttl("pos", Duration::from_secs(3600))
             .build()
             .expect("cache");
         let src = Arc::new(PostgresSource::connect(&pg.url()).await.expect("postgres"));
