@@ -11,6 +11,10 @@
 //! - `raw_get_shared_mux`: `GET` on clones of one `MultiplexedConnection` — the floor.
 //! - `raw_multi_get_pttl_shared_mux`: `MULTI GET PTTL EXEC` on that connection, what
 //!   `Cache::get` sends — separates the protocol's cost from the pool's.
+//! - References for where the difference goes: `raw_evalsha_get_pttl_shared_mux` (the same
+//!   two reads, atomic, as one Lua script call), `raw_pipe_get_pttl_shared_mux` (the same two
+//!   reads as a plain, non-atomic pipeline) and `raw_get_16_mux` (raw `GET`, the 64 tasks
+//!   spread over 16 multiplexed connections, as over a pool of 16).
 //!
 //! After the criterion group, `l2_concurrent/latency` prints throughput and per-read
 //! p50/p99/p99.9 for each contender, contenders interleaved in rounds.
@@ -30,6 +34,9 @@ use tokio::runtime::Runtime;
 /// Concurrent tasks, as in DESIGN §9.
 const TASKS: usize = 64;
 
+/// Reads the key and its remaining TTL in one script call.
+const GET_PTTL_SCRIPT: &str = "return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}";
+
 fn price() -> Price {
     Price {
         bid: 189.51,
@@ -48,6 +55,10 @@ enum Contender {
     Ours(&'static str, Cache, Key<Price>),
     RawGet(MultiplexedConnection, String),
     RawMulti(MultiplexedConnection, String),
+    RawPipe(MultiplexedConnection, String),
+    RawScript(MultiplexedConnection, String, redis::Script),
+    /// Task `i` reads with `GET` on connection `i % len`.
+    RawGetSpread(Vec<MultiplexedConnection>, String),
 }
 
 impl Contender {
@@ -56,6 +67,9 @@ impl Contender {
             Contender::Ours(name, ..) => name,
             Contender::RawGet(..) => "raw_get_shared_mux",
             Contender::RawMulti(..) => "raw_multi_get_pttl_shared_mux",
+            Contender::RawPipe(..) => "raw_pipe_get_pttl_shared_mux",
+            Contender::RawScript(..) => "raw_evalsha_get_pttl_shared_mux",
+            Contender::RawGetSpread(..) => "raw_get_16_mux",
         }
     }
 
@@ -78,8 +92,35 @@ impl Contender {
                 black_box(ttl);
                 black_box(v).is_some()
             }
+            Contender::RawPipe(c, key) => {
+                let (v, ttl): (Option<Vec<u8>>, i64) = redis::pipe()
+                    .get(&*key)
+                    .pttl(&*key)
+                    .query_async(c)
+                    .await
+                    .unwrap();
+                black_box(ttl);
+                black_box(v).is_some()
+            }
+            Contender::RawScript(c, key, script) => {
+                let (v, ttl): (Option<Vec<u8>>, i64) =
+                    script.key(&*key).invoke_async(c).await.unwrap();
+                black_box(ttl);
+                black_box(v).is_some()
+            }
+            Contender::RawGetSpread(..) => unreachable!("replaced by `for_task`"),
         };
         assert!(hit, "{} missed", self.name());
+    }
+
+    /// The contender as task `i` runs it.
+    fn for_task(&self, i: usize) -> Contender {
+        match self {
+            Contender::RawGetSpread(conns, key) => {
+                Contender::RawGet(conns[i % conns.len()].clone(), key.clone())
+            }
+            other => other.clone(),
+        }
     }
 }
 
@@ -122,7 +163,18 @@ fn setup() -> Setup {
         let conn = server.multiplexed().await;
         let name = contenders[0].key_name();
         contenders.push(Contender::RawGet(conn.clone(), name.clone()));
-        contenders.push(Contender::RawMulti(conn, name));
+        contenders.push(Contender::RawMulti(conn.clone(), name.clone()));
+        contenders.push(Contender::RawScript(
+            conn.clone(),
+            name.clone(),
+            redis::Script::new(GET_PTTL_SCRIPT),
+        ));
+        contenders.push(Contender::RawPipe(conn, name.clone()));
+        let mut spread = Vec::new();
+        for _ in 0..16 {
+            spread.push(server.multiplexed().await);
+        }
+        contenders.push(Contender::RawGetSpread(spread, name));
         // Opens every pool's connections before anything is timed.
         for c in &contenders {
             run_tasks(c, 50, false).await;
@@ -140,7 +192,11 @@ impl Contender {
     fn key_name(&self) -> String {
         match self {
             Contender::Ours(_, _, key) => key.as_str().to_owned(),
-            Contender::RawGet(_, key) | Contender::RawMulti(_, key) => key.clone(),
+            Contender::RawGet(_, key)
+            | Contender::RawMulti(_, key)
+            | Contender::RawPipe(_, key)
+            | Contender::RawScript(_, key, _)
+            | Contender::RawGetSpread(_, key) => key.clone(),
         }
     }
 }
@@ -150,8 +206,8 @@ impl Contender {
 async fn run_tasks(contender: &Contender, reads: u64, timed: bool) -> (Duration, Vec<Duration>) {
     let start = Instant::now();
     let tasks: Vec<_> = (0..TASKS)
-        .map(|_| {
-            let mut c = contender.clone();
+        .map(|i| {
+            let mut c = contender.for_task(i);
             tokio::spawn(async move {
                 let mut timings = Vec::with_capacity(if timed { reads as usize } else { 0 });
                 for _ in 0..reads {
@@ -194,14 +250,14 @@ fn latency_rounds() -> usize {
     if filtered_out || args.iter().any(|a| a == "--list") {
         0
     } else if args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test") {
-        6
+        12
     } else {
         1
     }
 }
 
 /// Reads per task per round of the latency report.
-const ROUND: u64 = 200;
+const ROUND: u64 = 100;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;

@@ -6,7 +6,8 @@
 //!
 //! - `mdcache_get`: `Cache::get`, `Backend::Redis` (no L1), default pool of 16, 1 s deadline
 //!   (so a slow moment on a busy machine is measured, not turned into an error). It sends
-//!   `MULTI GET PTTL EXEC` and decodes the value.
+//!   `MULTI GET PTTL EXEC` and decodes the value. `mdcache_get_pool1`: the same with a pool
+//!   of one connection.
 //! - `raw_get`: `GET` on one shared `MultiplexedConnection` — the floor.
 //! - `raw_multi_get_pttl`: `MULTI GET PTTL EXEC` on that connection — what `mdcache_get` sends,
 //!   so `mdcache_get / raw_multi_get_pttl` is our own overhead and `raw_multi_get_pttl /
@@ -19,13 +20,14 @@
 //! `block_on` thread on every operation.
 //!
 //! After the criterion group, `l2_get/latency` prints p50/p90/p99/p99.9 per contender from
-//! per-operation `Instant` timings, contenders interleaved in rounds so a disturbance on the
-//! machine hits all of them alike.
+//! per-operation `Instant` timings, taken in one task that reads with each contender in turn
+//! (one read each, round after round), so a disturbance on the machine hits all of them alike.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::hint::black_box;
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -51,7 +53,7 @@ fn price() -> Price {
 /// One way of reading the key; each task holds its own clone.
 #[derive(Clone)]
 enum Contender {
-    Ours(Cache, Key<Price>),
+    Ours(&'static str, Cache, Key<Price>),
     RawGet(MultiplexedConnection, String),
     RawMulti(MultiplexedConnection, String),
     RawPipe(MultiplexedConnection, String),
@@ -61,7 +63,7 @@ enum Contender {
 impl Contender {
     fn name(&self) -> &'static str {
         match self {
-            Contender::Ours(..) => "mdcache_get",
+            Contender::Ours(name, ..) => name,
             Contender::RawGet(..) => "raw_get",
             Contender::RawMulti(..) => "raw_multi_get_pttl",
             Contender::RawPipe(..) => "raw_pipe_get_pttl",
@@ -72,7 +74,7 @@ impl Contender {
     /// One read; panics unless it is a hit.
     async fn read(&mut self) {
         let hit = match self {
-            Contender::Ours(cache, key) => cache.get(key).await.expect("mdcache get").is_some(),
+            Contender::Ours(_, cache, key) => cache.get(key).await.expect("mdcache get").is_some(),
             Contender::RawGet(c, key) => {
                 let v: Option<Vec<u8>> = redis::cmd("GET").arg(&*key).query_async(c).await.unwrap();
                 black_box(v).is_some()
@@ -124,15 +126,22 @@ fn setup() -> Setup {
         .build()
         .expect("tokio runtime");
     let contenders = rt.block_on(async {
-        let cache = Cache::builder()
-            .backend(Backend::Redis)
-            .redis_url(server.url())
-            .op_timeout(Duration::from_secs(1))
-            // Price's TTL is 100 ms; an hour keeps the key a hit for the whole run.
-            .ttl("price", Duration::from_secs(3600))
-            .build()
-            .expect("redis cache");
-        let key = cache.key::<Price>("AAPL").expect("valid key");
+        let build = |pool: Option<u32>| {
+            let mut builder = Cache::builder()
+                .backend(Backend::Redis)
+                .redis_url(server.url())
+                .op_timeout(Duration::from_secs(1))
+                // Price's TTL is 100 ms; an hour keeps the key a hit for the whole run.
+                .ttl("price", Duration::from_secs(3600));
+            if let Some(n) = pool.and_then(NonZeroU32::new) {
+                builder = builder.pool_size(n);
+            }
+            let cache = builder.build().expect("redis cache");
+            let key = cache.key::<Price>("AAPL").expect("valid key");
+            (cache, key)
+        };
+        let (cache, key) = build(None);
+        let (cache1, key1) = build(Some(1));
         cache.set(&key, price(), 42).await.expect("set");
         let conn = server.multiplexed().await;
         let name = key.as_str().to_owned();
@@ -146,7 +155,8 @@ fn setup() -> Setup {
             bytes.len()
         );
         let mut contenders = vec![
-            Contender::Ours(cache, key),
+            Contender::Ours("mdcache_get", cache, key),
+            Contender::Ours("mdcache_get_pool1", cache1, key1),
             Contender::RawGet(conn.clone(), name.clone()),
             Contender::RawMulti(conn.clone(), name.clone()),
             Contender::RawPipe(conn.clone(), name.clone()),
@@ -192,10 +202,10 @@ fn throughput(c: &mut Criterion, s: &Setup) {
     group.finish();
 }
 
-/// How many rounds of `ROUND` reads per contender the latency report takes: full under
+/// How many reads per contender the latency report takes: full under
 /// `cargo bench`, a smoke run under `cargo test --benches`, none for `--list` or a filter
 /// that excludes `l2_get/latency`.
-fn latency_rounds() -> usize {
+fn latency_reads() -> usize {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let filtered_out = args
         .iter()
@@ -203,13 +213,11 @@ fn latency_rounds() -> usize {
     if filtered_out || args.iter().any(|a| a == "--list") {
         0
     } else if args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test") {
-        40
+        40_000
     } else {
-        1
+        100
     }
 }
-
-const ROUND: usize = 1_000;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
@@ -221,32 +229,26 @@ fn micros(d: Duration) -> f64 {
 }
 
 fn latency(_: &mut Criterion, s: &Setup) {
-    let rounds = latency_rounds();
-    if rounds == 0 {
+    let reads = latency_reads();
+    if reads == 0 {
         return;
     }
-    let mut samples: Vec<Vec<Duration>> =
-        vec![Vec::with_capacity(rounds * ROUND); s.contenders.len()];
-    for _ in 0..rounds {
-        for (contender, out) in s.contenders.iter().zip(&mut samples) {
-            let mut c = contender.clone();
-            let timings =
-                s.rt.block_on(s.rt.spawn(async move {
-                    let mut timings = Vec::with_capacity(ROUND);
-                    for _ in 0..ROUND {
-                        let t0 = Instant::now();
-                        c.read().await;
-                        timings.push(t0.elapsed());
-                    }
-                    timings
-                }))
-                .expect("latency task");
-            out.extend(timings);
-        }
-    }
+    let mut contenders = s.contenders.clone();
+    let mut samples =
+        s.rt.block_on(s.rt.spawn(async move {
+            let mut samples = vec![Vec::with_capacity(reads); contenders.len()];
+            for _ in 0..reads {
+                for (c, out) in contenders.iter_mut().zip(&mut samples) {
+                    let t0 = Instant::now();
+                    c.read().await;
+                    out.push(t0.elapsed());
+                }
+            }
+            samples
+        }))
+        .expect("latency task");
     println!(
-        "\nl2_get/latency: one task, {} reads per contender in {rounds} interleaved rounds (µs)",
-        rounds * ROUND
+        "\nl2_get/latency: one task, {reads} reads per contender, contenders taking turns (µs)"
     );
     println!(
         "{:<22} {:>8} {:>8} {:>8} {:>8} {:>8}  {:>14}",

@@ -39,7 +39,8 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 /// assert_eq!((version, back), (7, vec![1, 2, 3]));
 /// ```
 pub fn encode<V: Serialize + ?Sized>(version: u64, value: &V, limit: usize) -> Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(64);
+    // 128: a `Price` envelope is ~116 bytes; starting smaller costs a reallocation per write.
+    let mut buf = Vec::with_capacity(128);
     buf.push(MAGIC);
     buf.push(FORMAT);
     buf.extend_from_slice(&version.to_be_bytes());

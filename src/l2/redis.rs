@@ -259,13 +259,18 @@ impl RedisTier {
             return Err(Error::BreakerOpen);
         }
         let work = async {
-            let mut waits = self.breaker.retry_waits();
+            // Created on the first retry only: most operations never retry.
+            let mut waits = None;
             let mut tries = 1;
             loop {
                 match self.attempt(key, &f).await {
                     Err(e) if e.is_retryable() && tries < self.breaker.config.max_tries => {
                         tries += 1;
-                        tokio::time::sleep(waits.next().unwrap_or_default()).await;
+                        let wait = waits
+                            .get_or_insert_with(|| self.breaker.retry_waits())
+                            .next()
+                            .unwrap_or_default();
+                        tokio::time::sleep(wait).await;
                     }
                     other => return other,
                 }
