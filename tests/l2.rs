@@ -692,22 +692,24 @@ fn configuration_errors_name_the_variable() {
     assert!(err.to_string().contains("CACHE_NAMESPACE"), "{err}");
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
-
-    /// For any sequence of versioned writes, the cached version is the highest one written,
-    /// in L1, in Redis, and as seen by a second instance.
-    #[test]
-    fn the_cached_version_is_the_highest_written(
-        versions in proptest::collection::vec(0u64..50, 1..20),
-        concurrent in any::<bool>(),
-    ) {
+/// For any sequence of versioned writes, the cached version is the highest one written,
+/// in L1, in Redis, and as seen by a second instance. (A plain test driving proptest's runner,
+/// so the one server all cases share is dropped — and stopped — when the test ends.)
+#[test]
+fn the_cached_version_is_the_highest_written() {
+    let server = RedisServer::start();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 24,
+        ..ProptestConfig::default()
+    });
+    let strategy = (proptest::collection::vec(0u64..50, 1..20), any::<bool>());
+    let result = runner.run(&strategy, |(versions, concurrent)| {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let server = shared_server();
+        let server = &server;
         rt.block_on(async {
             let cache = cache(server, Backend::Layered);
             let id = format!("P{}", unique());
@@ -717,8 +719,14 @@ proptest! {
                 let key = key.clone();
                 async move {
                     let o = Order {
-                        id: "x".into(), symbol: "y".into(), side: Side::Buy, px: 1.0,
-                        qty: 1.0, filled: 0.0, status: OrderStatus::New, seq: v,
+                        id: "x".into(),
+                        symbol: "y".into(),
+                        side: Side::Buy,
+                        px: 1.0,
+                        qty: 1.0,
+                        filled: 0.0,
+                        status: OrderStatus::New,
+                        seq: v,
                     };
                     cache.set(&key, o, v).await.unwrap();
                 }
@@ -741,14 +749,11 @@ proptest! {
             let k2 = other.key::<Order>(&id).unwrap();
             prop_assert_eq!(other.read(&k2).await.unwrap().unwrap().version, max);
             Ok(())
-        })?;
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
-}
-
-/// One server for all proptest cases (starting one per case would dominate the run time).
-fn shared_server() -> &'static RedisServer {
-    static SERVER: std::sync::OnceLock<RedisServer> = std::sync::OnceLock::new();
-    SERVER.get_or_init(RedisServer::start)
 }
 
 fn unique() -> u64 {
