@@ -86,9 +86,14 @@ pub(crate) async fn supervise(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = l2.breaker.opened() => {}
-            _ = tokio::time::sleep(CLOSED_REPLAY_EVERY), if !dirty.is_empty() => {}
+            // Unconditional: a key can be recorded while we wait (a failed cache write
+            // that did not open the breaker), and it must still be replayed.
+            _ = tokio::time::sleep(CLOSED_REPLAY_EVERY) => {}
         }
         if l2.breaker.state() == BreakerState::Closed {
+            if dirty.is_empty() {
+                continue;
+            }
             // Replay failures while closed are retried on the next round (and the keys stay
             // distrusted by reads until then).
             let _ = replay(&l2, &dirty, &namespace).await;

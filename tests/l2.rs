@@ -798,3 +798,26 @@ async fn scripts_are_reloaded_after_the_server_forgets_them() {
     }
     assert_eq!(cache.read(&key).await.unwrap().unwrap().version, 3);
 }
+
+#[tokio::test]
+async fn a_key_recorded_dirty_while_the_breaker_is_closed_is_deleted_from_redis() {
+    let server = RedisServer::start();
+    let cache = cache(&server, Backend::Layered);
+    let key = cache.key::<Price>("DIRTY").unwrap();
+    cache.set(&key, price(1), 1).await.unwrap();
+    assert!(exists(&server, key.as_str()).await);
+    // As WriteThrough does after a cache write it could not confirm.
+    cache
+        .dirty_log()
+        .record(&std::sync::Arc::from(key.as_str()), "price");
+    // Distrusted at once: reads do not serve Redis's copy...
+    cache.clear_l1();
+    assert!(cache.get(&key).await.unwrap().is_none());
+    // ...and recovery deletes it although the breaker never opened (generous bound).
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while !cache.dirty_log().is_empty() || exists(&server, key.as_str()).await {
+        assert!(Instant::now() < give_up, "dirty key never replayed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cache.breaker().unwrap().opened, 0);
+}
