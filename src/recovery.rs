@@ -36,7 +36,8 @@ pub(crate) async fn replay(l2: &RedisTier, dirty: &DirtyLog, namespace: &str) ->
                 "dirty log replayed"
             );
         }
-        Err(e) => tracing::warn!(error = %e, "dirty log replay failed; will retry"),
+        // Debug, not warn: while Redis is down this retries every 100 ms.
+        Err(e) => tracing::debug!(error = %e, "dirty log replay failed; will retry"),
     }
     result
 }
