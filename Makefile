@@ -52,11 +52,13 @@ lint:
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked
 
-# The fault-injection run: every scenario of tests/faults.rs in release mode, one at a time,
-# then docs/faults.md and docs/faults.json from their reports.
+# The fault-injection run: every fault scenario under the `mdcache simulate` workload (the
+# `simulate_*` tests of tests/faults.rs, release build, one at a time; each fails if a
+# correctness figure is not 0), then docs/faults.md and docs/faults.json from simulate's
+# reports. Each scenario's stdout and stderr are kept in target/faults/*.log.
 faults: deps
 	rm -rf target/faults && mkdir -p target/faults
-	MDCACHE_FAULTS_OUT=$(CURDIR)/target/faults $(CARGO) test --release --locked --test faults -- --test-threads=1
+	MDCACHE_FAULTS_OUT=$(CURDIR)/target/faults $(CARGO) test --release --locked --test faults -- --include-ignored --test-threads=1 simulate_
 	MDCACHE_FAULTS_OUT=$(CURDIR)/target/faults $(CARGO) test --release --locked --test faults -- --ignored write_faults_report
 
 bench: deps

@@ -156,6 +156,17 @@ fn check_report(r: &Value) {
         "{fb}"
     );
     let _ = (u(fb, "overloaded"), u(fb, "stale_served"));
+
+    // Read errors by kind add up to the read operations' errors; nothing past its TTL.
+    let errors: u64 = READ_OPS.iter().map(|op| u(&r["ops"][op], "errors")).sum();
+    let by_kind: u64 = ["source", "source_timeout", "overloaded", "cache"]
+        .iter()
+        .map(|k| u(&r["read_errors"], k))
+        .sum();
+    assert_eq!(errors, by_kind, "{}", r["read_errors"]);
+    let past_ttl: u64 = READ_OPS.iter().map(|op| u(&r["ops"][op], "past_ttl")).sum();
+    assert_eq!(past_ttl, u(r, "reads_past_ttl"));
+    assert_eq!(past_ttl, 0, "reads served past their TTL");
 }
 
 #[test]
@@ -205,6 +216,58 @@ fn embedded_run_prints_a_summary_and_writes_a_consistent_report_and_plot() {
     for op in READ_OPS {
         assert!(svg.contains(op), "{op} missing from the plot");
     }
+}
+
+#[test]
+fn embedded_run_with_a_fault_window_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let mut args = SMALL.to_vec();
+    args.extend([
+        "--fault-window",
+        "500ms..1500ms",
+        "--verify",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    let out = simulate_ok(&args);
+    let stdout = text(&out.stdout);
+    for needle in [
+        "fault window: 0.500 s to 1.500 s from now",
+        "fault window 0.5-1.5 s:",
+        "verify: passed",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "{needle:?} missing from:\n{stdout}"
+        );
+    }
+    let r = read_report(&report);
+    check_report(&r);
+    let w = &r["fault_window"];
+    assert_eq!((f(w, "start_s"), f(w, "end_s")), (0.5, 1.5));
+    // A share of the run's calls, and no Redis: no breaker, recovered at once.
+    assert!(u(w, "reads") > 0 && u(w, "reads") < u(&r, "reads"), "{w}");
+    assert!(
+        u(w, "writes") > 0 && u(w, "writes") < u(&r, "writes"),
+        "{w}"
+    );
+    assert!(f(w, "read_p999_us") <= f(w, "read_max_us"));
+    assert_eq!(u(w, "breaker_opened"), 0);
+    assert_eq!(w["breaker_open_seen"], false);
+    assert!(w["recovered_after_ms"].is_number(), "{w}");
+    let v = &r["verify"];
+    assert_eq!(v["passed"], true, "{v}");
+    assert_eq!(v["recovered"], true, "{v}");
+    // Every acknowledged order and position is checked against the source; without Redis
+    // there is nothing to compare.
+    let acked_orders = u(&r["ops"]["write_order"], "count") - u(&r["ops"]["write_order"], "errors");
+    assert!(
+        u(v, "acked_keys") > 0 && u(v, "acked_keys") <= acked_orders + 20,
+        "{v}"
+    );
+    assert_eq!(u(v, "lost_acked_writes"), 0);
+    assert_eq!(u(v, "l2_compared"), 0);
 }
 
 #[test]
@@ -400,6 +463,12 @@ fn bad_flags_exit_2_with_one_line() {
         (vec!["--plot", missing], "--plot"),
         (vec!["--redis", "ftp://nope"], "--redis"),
         (vec!["--database", "postgres://h:notaport/db"], "--database"),
+        (vec!["--fault-window", "3s"], "--fault-window"),
+        (vec!["--fault-window", "3s..1s"], "--fault-window"),
+        (
+            vec!["--duration", "2s", "--fault-window", "1s..5s"],
+            "--fault-window",
+        ),
     ] {
         assert_fails(&args, 2, needle);
     }

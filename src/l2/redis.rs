@@ -473,17 +473,48 @@ impl RedisTier {
         Ok(())
     }
 
-    /// The breaker's probe: `PING`, bypassing the breaker, under the callers' operation
-    /// deadline (or the probe deadline, if shorter): a Redis too slow for callers is not
-    /// healthy yet.
+    /// The breaker's probe: `PING`, bypassing the breaker. Getting a connection (perhaps a
+    /// fresh one) may take the probe deadline; the `PING` itself must answer within the
+    /// callers' operation deadline: a Redis too slow for callers is not healthy yet. If the
+    /// socket used turns out dead (pooled sockets are only found dead when used), every
+    /// pooled socket is retired and the probe asks once more on a fresh one, rather than
+    /// finding the dead ones one probe period at a time.
     pub(crate) async fn probe(&self) -> Result<()> {
-        let deadline = self.breaker.config.probe_timeout.min(self.op_timeout);
-        let _: String = self
-            .run_unguarded("probe", "", deadline, |mut c| async move {
-                redis::cmd("PING").query_async(&mut c).await
-            })
-            .await?;
-        Ok(())
+        match self.probe_once().await {
+            Err(e) if e.kind() == crate::ErrorKind::Unavailable => {
+                tracing::debug!(error = %e, "probe socket dead; asking again on a fresh one");
+                self.retire_connections();
+                self.probe_once().await
+            }
+            other => other,
+        }
+    }
+
+    async fn probe_once(&self) -> Result<()> {
+        let within = self.breaker.config.probe_timeout;
+        let conn = match tokio::time::timeout(within, self.conn()).await {
+            Ok(conn) => conn?,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    op: "probe_connect",
+                    after: within,
+                });
+            }
+        };
+        let mut mux = conn.mux.clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut mux);
+        match tokio::time::timeout(self.op_timeout, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                conn.note(&e);
+                Err(Error::from_redis(e, ""))
+            }
+            Err(_) => Err(Error::Timeout {
+                op: "probe",
+                after: self.op_timeout,
+            }),
+        }
     }
 
     /// `UNLINK` for recovery, bypassing the breaker, under the probe deadline.

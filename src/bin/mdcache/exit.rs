@@ -6,6 +6,7 @@
 //! | 1 | not found (`get`, `ttl` of a missing key) |
 //! | 2 | invalid input: usage, kind, identifier, JSON, value, configuration |
 //! | 3 | backend unavailable: Redis or the database timed out, refused, broke the connection or said no |
+//! | 4 | `simulate --verify`: a correctness check failed (the report says which) |
 
 use std::fmt;
 use std::io::Write;
@@ -22,6 +23,8 @@ pub(crate) enum Status {
     Invalid = 2,
     /// Redis or the database could not serve the request, or refused it (exit 3).
     Unavailable = 3,
+    /// `simulate --verify` found a correctness violation (exit 4).
+    VerifyFailed = 4,
 }
 
 /// A failed command: its exit status and the one line that explains it.

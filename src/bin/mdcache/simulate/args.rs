@@ -59,6 +59,21 @@ pub(crate) struct SimulateArgs {
     #[arg(long, value_name = "IP:PORT")]
     pub(crate) metrics_addr: Option<SocketAddr>,
 
+    /// Report the calls that start between START and END (after the tasks start) separately,
+    /// and how long after END the breaker takes to close and the dirty log to empty: inject
+    /// a fault yourself (kill, pause or slow Redis or the database) at START and heal it at
+    /// END. A line `fault window: …` marks the start of the run on stdout. END must be
+    /// within --duration. After --duration the run waits (at most 30 s) for the recovery.
+    #[arg(long, value_name = "START..END", value_parser = parse_window)]
+    pub(crate) fault_window: Option<Window>,
+
+    /// After the run, wait (at most 30 s) for the breaker to close and the dirty log to
+    /// empty, then check: no acknowledged write missing from the source, no Redis value of
+    /// a write-through or seeded key (position, order, risk) that differs from the source,
+    /// no read served past its TTL unless marked stale. Exit 4 when a check fails.
+    #[arg(long)]
+    pub(crate) verify: bool,
+
     /// No live progress line (it is also off when stderr is not a terminal).
     #[arg(long, short)]
     pub(crate) quiet: bool,
@@ -72,6 +87,33 @@ impl SimulateArgs {
             |n| n as usize,
         )
     }
+}
+
+/// `--fault-window`: a span of the run, measured from the start of the tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    /// When the fault starts.
+    pub(crate) start: Duration,
+    /// When it is healed.
+    pub(crate) end: Duration,
+}
+
+/// `START..END`, two durations (see [`parse_duration`]; START may be 0), START before END.
+fn parse_window(s: &str) -> Result<Window, String> {
+    let Some((a, b)) = s.split_once("..") else {
+        return Err(format!(
+            "{s:?} is not a window: use START..END, e.g. 2s..5s"
+        ));
+    };
+    let start = match a.trim() {
+        "0" | "0s" | "0ms" => Duration::ZERO,
+        other => parse_duration(other)?,
+    };
+    let end = parse_duration(b)?;
+    if end <= start {
+        return Err(format!("{s:?}: the window must end after it starts"));
+    }
+    Ok(Window { start, end })
 }
 
 /// True when the Redis URL's host is this machine (`localhost`, `127.x.x.x`, `::1`).
@@ -172,6 +214,24 @@ mod tests {
             "garbage",
         ] {
             assert!(!is_loopback(url), "{url}");
+        }
+    }
+
+    #[test]
+    fn fault_windows_parse() {
+        assert_eq!(
+            parse_window("2s..5s"),
+            Ok(Window {
+                start: Duration::from_secs(2),
+                end: Duration::from_secs(5)
+            })
+        );
+        assert_eq!(
+            parse_window("0..500ms").map(|w| (w.start, w.end)),
+            Ok((Duration::ZERO, Duration::from_millis(500)))
+        );
+        for bad in ["2s", "5s..2s", "2s..2s", "..3s", "1s..", "a..b", "1s...3s"] {
+            assert!(parse_window(bad).is_err(), "{bad:?} should be refused");
         }
     }
 

@@ -1,4 +1,4 @@
-//! The live progress line (indicatif, on stderr): readers hand over their recent latencies without ever blocking, and a progress task shows reads/s, hit rate, p99 and the breaker state.
+//! The live progress line (indicatif, on stderr): readers hand over their recent latencies without ever blocking, and a progress task shows reads/s, hit rate, p99, the breaker state and the fallback count.
 
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
@@ -101,7 +101,14 @@ impl Progress {
     }
 
     /// Redraws the line every [`REFRESH_EVERY`] until `done` resolves, then clears it.
-    pub(crate) async fn run(self, cache: Cache, start: Instant, done: impl Future<Output = ()>) {
+    /// `fallbacks` gives cache-aside's fallback count so far.
+    pub(crate) async fn run(
+        self,
+        cache: Cache,
+        fallbacks: impl Fn() -> u64,
+        start: Instant,
+        done: impl Future<Output = ()>,
+    ) {
         if self.bar.is_hidden() {
             done.await;
             return;
@@ -141,8 +148,9 @@ impl Progress {
                 u64::try_from(now.duration_since(start).as_millis()).unwrap_or(u64::MAX),
             );
             self.bar.set_message(format!(
-                "{} reads/s  hit {hit_rate:.2}%  p99 {p99}  breaker {breaker}",
-                super::report::thousands(reads_per_s.round() as u64)
+                "{} reads/s  hit {hit_rate:.2}%  p99 {p99}  breaker {breaker}  fallbacks {}",
+                super::report::thousands(reads_per_s.round() as u64),
+                super::report::thousands(fallbacks())
             ));
         }
         self.bar.finish_and_clear();

@@ -14,6 +14,8 @@
 //! | module | job |
 //! |---|---|
 //! | `args` | the options and their parsers |
+//! | `fault` | the fault window (`--fault-window`) and the recovery wait |
+//! | `verify` | the post-run checks against the source (`--verify`) |
 //! | `workload` | seeding, the feed, the readers, the order flow |
 //! | `record` | per-task HDR histograms and counters, merged at the end |
 //! | `live` | the progress line |
@@ -22,10 +24,12 @@
 //! | `zipf` | symbol popularity |
 
 mod args;
+mod fault;
 mod live;
 mod plot;
 mod record;
 mod report;
+mod verify;
 mod workload;
 mod zipf;
 
@@ -45,10 +49,11 @@ use mdcache::{
 use tokio::task::JoinHandle;
 
 use crate::demo::redact;
-use crate::exit::{Failure, print_line};
+use crate::exit::{Failure, Status, print_line};
 use live::Progress;
-use record::Recorder;
+use record::TaskRecord;
 use report::{Measured, Report, Setup, Workload};
+use tokio_util::sync::CancellationToken;
 use workload::{Keys, Shared};
 use zipf::Zipf;
 
@@ -134,6 +139,14 @@ pub(crate) async fn run(
     database: Option<String>,
     timeout_ms: Option<u64>,
 ) -> Result<(), Failure> {
+    if let Some(w) = args.fault_window
+        && w.end > args.duration
+    {
+        return Err(Failure::invalid(format!(
+            "--fault-window ends at {:?}, after --duration {:?}",
+            w.end, args.duration
+        )));
+    }
     let outputs = Outputs::create(&args)?;
     let mut config = CacheConfig::from_env()?;
     let redis_from_flag = redis.is_some();
@@ -308,7 +321,13 @@ async fn simulate<Src: SourceWriter>(
     let version_base = workload::seed(Arc::clone(&source), Arc::clone(&keys))
         .await
         .map_err(|e| Failure::unavailable(format!("cannot seed the source: {e}")))?;
-    let shared = Arc::new(Shared::new(cache.clone(), keys, zipf, version_base));
+    let shared = Arc::new(Shared::new(
+        cache.clone(),
+        Arc::clone(&keys),
+        zipf,
+        version_base,
+        args.verify,
+    ));
 
     let aside = CacheAside::builder(cache.clone(), Arc::clone(&source)).build();
     let writer = WriteThrough::new(cache.clone(), Arc::clone(&source));
@@ -318,7 +337,23 @@ async fn simulate<Src: SourceWriter>(
         .map_or(0, |d| d.as_secs() & 0xFF_FFFF);
 
     let start = Instant::now();
-    let reader_handles: Vec<JoinHandle<Recorder>> = (0..readers as u64)
+    let stop_watch = CancellationToken::new();
+    let watch = args.fault_window.map(|w| {
+        tokio::spawn(fault::watch(
+            Arc::clone(&shared),
+            tokio::time::Instant::from_std(start),
+            w,
+            stop_watch.clone(),
+        ))
+    });
+    if let Some(w) = args.fault_window {
+        print_line(&format!(
+            "fault window: {:.3} s to {:.3} s from now",
+            w.start.as_secs_f64(),
+            w.end.as_secs_f64()
+        ))?;
+    }
+    let reader_handles: Vec<JoinHandle<TaskRecord>> = (0..readers as u64)
         .map(|n| {
             let live = progress.recorder(&shared.clock);
             tokio::spawn(workload::reader(
@@ -329,13 +364,13 @@ async fn simulate<Src: SourceWriter>(
             ))
         })
         .collect();
-    let feed_handles: Vec<JoinHandle<Recorder>> = (0..feed_tasks as u64)
+    let feed_handles: Vec<JoinHandle<TaskRecord>> = (0..feed_tasks as u64)
         .map(|t| {
             let per_s = f64::from(args.updates_per_s) / feed_tasks as f64;
             tokio::spawn(workload::feed(Arc::clone(&shared), t, per_s))
         })
         .collect();
-    let order_handles: Vec<JoinHandle<Recorder>> = (0..order_tasks as u64)
+    let order_handles: Vec<JoinHandle<TaskRecord>> = (0..order_tasks as u64)
         .map(|t| {
             let per_s = f64::from(args.orders_per_s) / order_tasks as f64;
             tokio::spawn(workload::orders(
@@ -349,9 +384,15 @@ async fn simulate<Src: SourceWriter>(
         .collect();
 
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let progress_task = tokio::spawn(progress.run(cache.clone(), start, async {
-        let _ = done_rx.await;
-    }));
+    let fallbacks = aside.clone();
+    let progress_task = tokio::spawn(progress.run(
+        cache.clone(),
+        move || fallbacks.fallback_stats().total,
+        start,
+        async {
+            let _ = done_rx.await;
+        },
+    ));
 
     let interrupted = tokio::select! {
         () = tokio::time::sleep(args.duration) => false,
@@ -359,15 +400,37 @@ async fn simulate<Src: SourceWriter>(
     };
     shared.stop.store(true, Ordering::Relaxed);
     let mut measured = Measured::default();
-    join_into(&mut measured.readers, reader_handles, "reader").await?;
-    join_into(&mut measured.feed, feed_handles, "feed").await?;
-    join_into(&mut measured.orders, order_handles, "order").await?;
+    join_into(&mut measured, |m| &mut m.readers, reader_handles, "reader").await?;
+    join_into(&mut measured, |m| &mut m.feed, feed_handles, "feed").await?;
+    join_into(&mut measured, |m| &mut m.orders, order_handles, "order").await?;
     let elapsed = start.elapsed();
     let _ = done_tx.send(());
     let _ = progress_task.await;
     aside.shutdown().await;
 
-    let (report, all) = Report::build(
+    // The recovery after a fault: wait for it, bounded, so that it can be timed and checked.
+    let recovery = if watch.is_some() || args.verify {
+        fault::settle(&cache, fault::SETTLE_LIMIT).await
+    } else {
+        None
+    };
+    stop_watch.cancel();
+    let timeline = match watch {
+        Some(handle) => Some(
+            handle
+                .await
+                .map_err(|e| Failure::unavailable(format!("the fault window task failed: {e}")))?,
+        ),
+        None => None,
+    };
+    let verification = if args.verify {
+        let past_ttl = measured.readers.past_ttl();
+        Some(verify::verify(&cache, &source, &keys, &measured.acked, recovery, past_ttl).await?)
+    } else {
+        None
+    };
+
+    let (mut report, all) = Report::build(
         setup,
         elapsed,
         interrupted,
@@ -376,6 +439,11 @@ async fn simulate<Src: SourceWriter>(
         &aside.fallback_stats(),
         cache.breaker(),
     );
+    report.fault_window = args
+        .fault_window
+        .zip(timeline)
+        .map(|(w, t)| report::window_report(w, &measured.window, t));
+    report.verify = verification;
     for line in report.summary(&all) {
         print_line(&line)?;
     }
@@ -394,20 +462,30 @@ async fn simulate<Src: SourceWriter>(
             plot::svg(&title, &report::read_histograms(&all)).map_err(Failure::unavailable)?;
         write_output(&path, file, &svg)?;
     }
-    Ok(())
+    match &report.verify {
+        Some(v) if !v.passed => Err(Failure::new(
+            Status::VerifyFailed,
+            format!("--verify failed: {}", v.failures().join("; ")),
+        )),
+        _ => Ok(()),
+    }
 }
 
-/// Waits for the tasks of one group and merges what they measured.
+/// Waits for the tasks of one group and merges what they measured: the run into `group`'s
+/// recorder, the fault window and the acknowledgements into the shared ones.
 async fn join_into(
-    into: &mut Recorder,
-    handles: Vec<JoinHandle<Recorder>>,
+    measured: &mut Measured,
+    group: fn(&mut Measured) -> &mut record::Recorder,
+    handles: Vec<JoinHandle<TaskRecord>>,
     what: &str,
 ) -> Result<(), Failure> {
     for h in handles {
         let rec = h
             .await
             .map_err(|e| Failure::unavailable(format!("a {what} task failed: {e}")))?;
-        into.merge(&rec);
+        group(measured).merge(&rec.run);
+        measured.window.merge(&rec.window);
+        measured.acked.merge(&rec.acked);
     }
     Ok(())
 }

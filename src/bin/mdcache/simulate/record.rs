@@ -1,5 +1,7 @@
 //! Per-task measurement: one HDR histogram and a few counters per operation, owned by the task (no locks, no atomics) and merged at the end.
 
+use std::collections::HashMap;
+
 use hdrhistogram::Histogram;
 use mdcache::Tier;
 
@@ -73,10 +75,47 @@ impl Op {
 pub(crate) enum ReadOutcome {
     /// A value, from this tier.
     Value(Tier),
+    /// A value from this tier that was past its TTL without being marked stale: a defect,
+    /// counted in `past_ttl` (and in the tier's count).
+    Expired(Tier),
     /// The source has no such key (never expected: every key is seeded).
     NotFound,
-    /// The read returned an error.
-    Error,
+    /// The read returned an error, of this kind.
+    Error(ReadFailure),
+}
+
+/// Why a read returned an error (the [`mdcache::LoadError`] variant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadFailure {
+    /// The source failed (`LoadError::Source`).
+    Source,
+    /// The source missed its deadline (`LoadError::SourceTimeout`).
+    SourceTimeout,
+    /// No source-load slot within the bound (`LoadError::Overloaded`).
+    Overloaded,
+    /// The cache failed in a way the source could not make up for (`LoadError::Cache`, and
+    /// any variant a later library version adds).
+    Cache,
+}
+
+impl ReadFailure {
+    /// Every kind, in report order.
+    pub(crate) const ALL: [ReadFailure; 4] = [
+        ReadFailure::Source,
+        ReadFailure::SourceTimeout,
+        ReadFailure::Overloaded,
+        ReadFailure::Cache,
+    ];
+
+    /// The name in the report.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ReadFailure::Source => "source",
+            ReadFailure::SourceTimeout => "source_timeout",
+            ReadFailure::Overloaded => "overloaded",
+            ReadFailure::Cache => "cache",
+        }
+    }
 }
 
 /// How one write ended.
@@ -99,6 +138,10 @@ pub(crate) struct OpStats {
     pub(crate) latency: Histogram<u64>,
     /// Calls that returned an error.
     pub(crate) errors: u64,
+    /// Reads: errors by [`ReadFailure`] (in `ReadFailure::ALL` order).
+    pub(crate) read_failures: [u64; 4],
+    /// Reads: values served past their TTL without being marked stale (must stay 0).
+    pub(crate) past_ttl: u64,
     /// Reads: the source had no value.
     pub(crate) not_found: u64,
     /// Reads: values by the tier that served them (`l1`, `l2`, `source`, `stale`).
@@ -114,6 +157,8 @@ impl OpStats {
         OpStats {
             latency: latency_histogram(3),
             errors: 0,
+            read_failures: [0; 4],
+            past_ttl: 0,
             not_found: 0,
             tiers: [0; 4],
             superseded: 0,
@@ -132,6 +177,10 @@ impl OpStats {
         // the counts below would still be right and only this histogram would be short.
         let _ = self.latency.add(&other.latency);
         self.errors += other.errors;
+        for (a, b) in self.read_failures.iter_mut().zip(other.read_failures) {
+            *a += b;
+        }
+        self.past_ttl += other.past_ttl;
         self.not_found += other.not_found;
         for (a, b) in self.tiers.iter_mut().zip(other.tiers) {
             *a += b;
@@ -185,12 +234,22 @@ impl Recorder {
         s.latency.saturating_record(ns);
         match outcome {
             ReadOutcome::Value(tier) => s.tiers[tier_index(tier)] += 1,
+            ReadOutcome::Expired(tier) => {
+                s.tiers[tier_index(tier)] += 1;
+                s.past_ttl += 1;
+            }
             ReadOutcome::NotFound => s.not_found += 1,
-            ReadOutcome::Error => s.errors += 1,
+            ReadOutcome::Error(why) => {
+                s.errors += 1;
+                s.read_failures[why as usize] += 1;
+            }
         }
         if hot {
             self.hot_reads += 1;
-            self.hot_hits += u64::from(matches!(outcome, ReadOutcome::Value(Tier::L1 | Tier::L2)));
+            self.hot_hits += u64::from(matches!(
+                outcome,
+                ReadOutcome::Value(Tier::L1 | Tier::L2) | ReadOutcome::Expired(Tier::L1 | Tier::L2)
+            ));
         }
     }
 
@@ -225,6 +284,27 @@ impl Recorder {
         self.ops[op.index()].clone().unwrap_or_else(OpStats::new)
     }
 
+    /// Read errors of every read operation, by kind (in `ReadFailure::ALL` order).
+    pub(crate) fn read_failures(&self) -> [u64; 4] {
+        let mut out = [0; 4];
+        for s in self.ops.iter().flatten() {
+            for (a, b) in out.iter_mut().zip(s.read_failures) {
+                *a += b;
+            }
+        }
+        out
+    }
+
+    /// Reads served past their TTL without being marked stale, every read operation.
+    pub(crate) fn past_ttl(&self) -> u64 {
+        self.ops.iter().flatten().map(|s| s.past_ttl).sum()
+    }
+
+    /// Reads served stale (marked so), every read operation.
+    pub(crate) fn stale(&self) -> u64 {
+        self.ops.iter().flatten().map(|s| s.tiers[3]).sum()
+    }
+
     /// Calls of every read operation.
     pub(crate) fn reads(&self) -> u64 {
         self.sum(true)
@@ -245,6 +325,88 @@ impl Recorder {
     }
 }
 
+/// What one task hands back: its figures for the whole run, the fault window's share of
+/// them (empty without `--fault-window`), and its acknowledged writes (with `--verify`).
+#[derive(Debug, Default)]
+pub(crate) struct TaskRecord {
+    /// Every call of the run.
+    pub(crate) run: Recorder,
+    /// The calls that started inside the fault window.
+    pub(crate) window: Recorder,
+    /// Write-through writes the source acknowledged.
+    pub(crate) acked: Acked,
+}
+
+impl TaskRecord {
+    /// Records one read in the run, and in the window when `in_window`.
+    #[inline]
+    pub(crate) fn read(
+        &mut self,
+        in_window: bool,
+        op: Op,
+        ns: u64,
+        outcome: ReadOutcome,
+        hot: bool,
+    ) {
+        self.run.read(op, ns, outcome, hot);
+        if in_window {
+            self.window.read(op, ns, outcome, hot);
+        }
+    }
+
+    /// Records one write in the run, and in the window when `in_window`.
+    #[inline]
+    pub(crate) fn write(&mut self, in_window: bool, op: Op, ns: u64, outcome: WriteOutcome) {
+        self.run.write(op, ns, outcome);
+        if in_window {
+            self.window.write(op, ns, outcome);
+        }
+    }
+}
+
+/// The highest version the source acknowledged per write-through key, for `--verify`.
+/// Bounded: one entry per symbol's position and per order id (ids cycle per task).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Acked {
+    /// Symbol index → highest acknowledged position version.
+    pub(crate) positions: HashMap<usize, u64>,
+    /// Order id → highest acknowledged order version.
+    pub(crate) orders: HashMap<String, u64>,
+}
+
+impl Acked {
+    /// Notes an acknowledged position write.
+    pub(crate) fn position(&mut self, symbol: usize, version: u64) {
+        let v = self.positions.entry(symbol).or_default();
+        *v = (*v).max(version);
+    }
+
+    /// Notes an acknowledged order write.
+    pub(crate) fn order(&mut self, id: &str, version: u64) {
+        match self.orders.get_mut(id) {
+            Some(v) => *v = (*v).max(version),
+            None => {
+                self.orders.insert(id.to_owned(), version);
+            }
+        }
+    }
+
+    /// Adds `other`'s acknowledgements (keeping the highest version per key).
+    pub(crate) fn merge(&mut self, other: &Acked) {
+        for (&s, &v) in &other.positions {
+            self.position(s, v);
+        }
+        for (id, &v) in &other.orders {
+            self.order(id, v);
+        }
+    }
+
+    /// Keys acknowledged.
+    pub(crate) fn len(&self) -> usize {
+        self.positions.len() + self.orders.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,14 +416,23 @@ mod tests {
         let mut a = Recorder::default();
         a.read(Op::ReadPrice, 100, ReadOutcome::Value(Tier::L1), true);
         a.read(Op::ReadPrice, 5_000, ReadOutcome::Value(Tier::Source), true);
-        a.read(Op::ReadRisk, 80, ReadOutcome::Error, false);
+        a.read(
+            Op::ReadRisk,
+            80,
+            ReadOutcome::Error(ReadFailure::SourceTimeout),
+            false,
+        );
+        a.read(Op::ReadPos, 90, ReadOutcome::Expired(Tier::L1), true);
         let mut b = Recorder::default();
         b.write(Op::WritePrice, 300, WriteOutcome::Superseded);
         b.write(Op::WritePos, 9_000, WriteOutcome::CacheFailed);
         b.read(Op::ReadPrice, 120, ReadOutcome::NotFound, false);
         a.merge(&b);
 
-        assert_eq!((a.reads(), a.writes()), (4, 2));
+        assert_eq!((a.reads(), a.writes()), (5, 2));
+        assert_eq!(a.read_failures(), [0, 1, 0, 0]);
+        assert_eq!(a.past_ttl(), 1);
+        assert_eq!(a.op(Op::ReadPos).tiers, [1, 0, 0, 0]);
         let price = a.op(Op::ReadPrice);
         assert_eq!(price.count(), 3);
         assert_eq!(price.tiers, [1, 0, 1, 0]);
@@ -270,7 +441,7 @@ mod tests {
         assert_eq!(a.op(Op::WritePrice).superseded, 1);
         assert_eq!(a.op(Op::WritePos).cache_failed, 1);
         assert_eq!(a.op(Op::WriteBook).count(), 0);
-        assert_eq!((a.hot_reads, a.hot_hits), (2, 1));
+        assert_eq!((a.hot_reads, a.hot_hits), (3, 2));
         assert!(price.latency.max() >= 5_000);
     }
 

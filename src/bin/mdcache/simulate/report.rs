@@ -7,7 +7,10 @@ use mdcache::{BreakerSnapshot, FallbackSnapshot, KindSnapshot};
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
-use super::record::{Op, OpStats, Recorder};
+use super::args::Window;
+use super::fault::Timeline;
+use super::record::{Acked, Op, OpStats, ReadFailure, Recorder};
+use super::verify::Verification;
 use crate::demo::fmt_nanos;
 
 /// How the run was set up (for the report; see [`Report::workload`]).
@@ -59,6 +62,10 @@ pub(crate) struct Measured {
     pub(crate) feed: Recorder,
     /// Every order task's figures, merged.
     pub(crate) orders: Recorder,
+    /// Every task's calls that started inside the fault window, merged.
+    pub(crate) window: Recorder,
+    /// Every order task's acknowledged writes (with `--verify`).
+    pub(crate) acked: Acked,
 }
 
 /// The JSON report. Field order is the output order.
@@ -91,6 +98,10 @@ pub(crate) struct Report {
     pub(crate) hit_rate: f64,
     /// Share of the hot symbols' price, book and position reads served by L1 or L2.
     pub(crate) hot_hit_rate: f64,
+    /// Read errors of the whole run, by kind.
+    pub(crate) read_errors: ReadErrors,
+    /// Reads served past their TTL without being marked stale (a defect: must be 0).
+    pub(crate) reads_past_ttl: u64,
     /// Per operation.
     pub(crate) ops: Ops,
     /// The cache's own counters (`Cache::stats().total`).
@@ -103,6 +114,142 @@ pub(crate) struct Report {
     pub(crate) feed: Flow,
     /// The order flow.
     pub(crate) orders: Flow,
+    /// The calls inside `--fault-window`, and the recovery after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) fault_window: Option<WindowReport>,
+    /// The `--verify` checks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) verify: Option<Verification>,
+}
+
+/// Read errors by kind (the `LoadError` variant).
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct ReadErrors {
+    /// The source failed.
+    pub(crate) source: u64,
+    /// The source missed its deadline.
+    pub(crate) source_timeout: u64,
+    /// No source-load slot within the bound.
+    pub(crate) overloaded: u64,
+    /// The cache failed where the source could not make up for it.
+    pub(crate) cache: u64,
+}
+
+impl ReadErrors {
+    fn of(r: &Recorder) -> Self {
+        let n = r.read_failures();
+        let at = |k: ReadFailure| n[k as usize];
+        ReadErrors {
+            source: at(ReadFailure::Source),
+            source_timeout: at(ReadFailure::SourceTimeout),
+            overloaded: at(ReadFailure::Overloaded),
+            cache: at(ReadFailure::Cache),
+        }
+    }
+
+    /// All kinds together.
+    pub(crate) fn total(&self) -> u64 {
+        self.source + self.source_timeout + self.overloaded + self.cache
+    }
+
+    /// `source 3, source_timeout 1` (non-zero kinds only), or `none`.
+    pub(crate) fn describe(&self) -> String {
+        let parts: Vec<String> = ReadFailure::ALL
+            .iter()
+            .zip([
+                self.source,
+                self.source_timeout,
+                self.overloaded,
+                self.cache,
+            ])
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{} {n}", k.name()))
+            .collect();
+        if parts.is_empty() {
+            "none".to_owned()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// `--fault-window`: the calls that started inside it, and the breaker around it.
+#[derive(Debug, Serialize)]
+pub(crate) struct WindowReport {
+    /// START, seconds after the tasks started.
+    pub(crate) start_s: f64,
+    /// END.
+    pub(crate) end_s: f64,
+    /// Reads that started inside the window.
+    pub(crate) reads: u64,
+    /// Of those, errors by kind.
+    pub(crate) read_errors: ReadErrors,
+    /// Read latency inside the window, every read operation together.
+    pub(crate) read_p99_us: f64,
+    /// 99.9th percentile.
+    pub(crate) read_p999_us: f64,
+    /// Slowest read.
+    pub(crate) read_max_us: f64,
+    /// Reads served stale (marked so) inside the window.
+    pub(crate) stale_served: u64,
+    /// Reads served past their TTL without being marked stale (must be 0).
+    pub(crate) reads_past_ttl: u64,
+    /// Writes that started inside the window.
+    pub(crate) writes: u64,
+    /// Of those, errors (write-through: the source refused or timed out; feed: the cache
+    /// write failed).
+    pub(crate) write_errors: u64,
+    /// Write-through writes the source took but the cache did not (dirty log).
+    pub(crate) writes_cache_failed: u64,
+    /// Times the breaker opened inside the window.
+    pub(crate) breaker_opened: u64,
+    /// The breaker was seen open or half-open inside the window.
+    pub(crate) breaker_open_seen: bool,
+    /// From END until the breaker was closed and the dirty log empty (`null`: not within
+    /// the 30 s wait after the run).
+    pub(crate) recovered_after_ms: Option<f64>,
+}
+
+/// The window's figures from what its calls recorded and what the watch saw.
+pub(crate) fn window_report(w: Window, rec: &Recorder, t: Timeline) -> WindowReport {
+    let mut reads = super::record::latency_histogram(3);
+    for op in Op::ALL.iter().filter(|op| op.is_read()) {
+        // Same bounds: adding cannot fail.
+        let _ = reads.add(&rec.op(*op).latency);
+    }
+    let q = |q: f64| {
+        if reads.is_empty() {
+            0.0
+        } else {
+            us(reads.value_at_quantile(q))
+        }
+    };
+    let writes: Vec<OpStats> = Op::ALL
+        .iter()
+        .filter(|op| !op.is_read())
+        .map(|op| rec.op(*op))
+        .collect();
+    WindowReport {
+        start_s: w.start.as_secs_f64(),
+        end_s: w.end.as_secs_f64(),
+        reads: rec.reads(),
+        read_errors: ReadErrors::of(rec),
+        read_p99_us: q(0.99),
+        read_p999_us: q(0.999),
+        read_max_us: if reads.is_empty() {
+            0.0
+        } else {
+            us(reads.max())
+        },
+        stale_served: rec.stale(),
+        reads_past_ttl: rec.past_ttl(),
+        writes: rec.writes(),
+        write_errors: writes.iter().map(|s| s.errors).sum(),
+        writes_cache_failed: writes.iter().map(|s| s.cache_failed).sum(),
+        breaker_opened: t.opened,
+        breaker_open_seen: t.open_seen,
+        recovered_after_ms: t.recovered_after.map(|d| d.as_secs_f64() * 1_000.0),
+    }
 }
 
 /// Operations in report order, serialized as one JSON object.
@@ -153,6 +300,9 @@ pub(crate) struct OpReport {
     /// Reads only: the source had no value (every key is seeded, so normally 0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) not_found: Option<u64>,
+    /// Reads only: values served past their TTL without being marked stale (must be 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) past_ttl: Option<u64>,
     /// Writes only: refused because a higher version was cached.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) superseded: Option<u64>,
@@ -292,6 +442,7 @@ fn op_report(op: Op, s: &OpStats) -> OpReport {
             stale: s.tiers[3],
         }),
         not_found: op.is_read().then_some(s.not_found),
+        past_ttl: op.is_read().then_some(s.past_ttl),
         superseded: (!op.is_read()).then_some(s.superseded),
         cache_failed: matches!(op, Op::WriteOrder | Op::WritePos).then_some(s.cache_failed),
     }
@@ -338,6 +489,8 @@ impl Report {
             writes_per_s: writes as f64 / secs,
             hit_rate: ratio(hits, hits + stats.source_loads),
             hot_hit_rate: ratio(measured.readers.hot_hits, measured.readers.hot_reads),
+            read_errors: ReadErrors::of(&all),
+            reads_past_ttl: all.past_ttl(),
             ops: Ops(Op::ALL
                 .iter()
                 .map(|&op| (op, op_report(op, &all.op(op))))
@@ -379,6 +532,8 @@ impl Report {
                 stale_served: fallbacks.stale_served,
                 latency_max_us: fallbacks.latency_max.as_nanos() as f64 / 1_000.0,
             },
+            fault_window: None,
+            verify: None,
         };
         (report, all)
     }
@@ -465,6 +620,43 @@ impl Report {
                 b.state, b.opened, b.closed, f.total, f.breaker_open, f.timeout, f.error, f.overloaded, f.stale_served
             ),
         ]);
+        if self.read_errors.total() > 0 || self.reads_past_ttl > 0 {
+            lines.push(format!(
+                "read errors: {}; served past their TTL: {}",
+                self.read_errors.describe(),
+                self.reads_past_ttl
+            ));
+        }
+        if let Some(w) = &self.fault_window {
+            lines.push(format!(
+                "fault window {:.1}-{:.1} s: {} reads (errors: {}), p99.9 {}, max {}, stale {}; {} writes ({} errors, {} cache failed); breaker opened {}; recovered {}",
+                w.start_s,
+                w.end_s,
+                thousands(w.reads),
+                w.read_errors.describe(),
+                fmt_nanos((w.read_p999_us * 1_000.0) as u64),
+                fmt_nanos((w.read_max_us * 1_000.0) as u64),
+                w.stale_served,
+                thousands(w.writes),
+                w.write_errors,
+                w.writes_cache_failed,
+                w.breaker_opened,
+                w.recovered_after_ms
+                    .map_or_else(|| "not within 30 s".to_owned(), |ms| format!("{ms:.0} ms after the window")),
+            ));
+        }
+        if let Some(v) = &self.verify {
+            let failures = v.failures();
+            lines.push(format!(
+                "verify: {}: {} acknowledged keys, {} lost; {} Redis values compared, {} differ; {} reads past TTL",
+                if failures.is_empty() { "passed" } else { "FAILED" },
+                v.acked_keys,
+                v.lost_acked_writes,
+                v.l2_compared,
+                v.l2_differs_from_source,
+                v.reads_past_ttl,
+            ));
+        }
         if self.feed.dropped + self.orders.dropped > 0 {
             lines.push(format!(
                 "behind pace: {} feed updates and {} order events skipped (tasks more than 100 ms late)",
@@ -520,7 +712,12 @@ mod tests {
             let tier = if i % 100 == 0 { Tier::Source } else { Tier::L1 };
             m.readers
                 .read(Op::ReadPrice, 100 + i, ReadOutcome::Value(tier), i % 2 == 0);
-            m.readers.read(Op::ReadRisk, 50, ReadOutcome::Error, false);
+            m.readers.read(
+                Op::ReadRisk,
+                50,
+                ReadOutcome::Error(ReadFailure::Source),
+                false,
+            );
         }
         m.feed.write(Op::WriteBook, 400, WriteOutcome::Applied);
         m.orders
@@ -566,6 +763,9 @@ mod tests {
             Some((990, 10))
         );
         assert_eq!(r.ops.get(Op::ReadRisk).unwrap().errors, 1_000);
+        assert_eq!(r.read_errors.source, 1_000);
+        assert_eq!(r.read_errors.describe(), "source 1000");
+        assert_eq!(r.reads_past_ttl, 0);
         assert_eq!(r.hot_hit_rate, 490.0 / 500.0);
         let json = serde_json::to_value(&r).unwrap();
         let names: Vec<&str> = json["ops"]

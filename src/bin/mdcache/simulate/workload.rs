@@ -9,7 +9,9 @@
 //! - **Orders**: each event writes an order and the symbol's new position through
 //!   [`WriteThrough`] (source first, then the cache), both at once.
 //!
-//! Every task measures into its own [`Recorder`] and returns it when the run stops.
+//! Every task measures into its own [`TaskRecord`] and returns it when the run stops: the
+//! whole run, the share that started inside the fault window (`--fault-window`), and the
+//! write-through acknowledgements `--verify` checks.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,13 +19,13 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mdcache::{
-    BookAsk, BookBid, BookSide, Cache, CacheAside, Key, Level, Order, OrderStatus, Position, Price,
-    Read, Risk, Side, Source, SourceWriter, WriteAck, WriteThrough,
+    BookAsk, BookBid, BookSide, Cache, CacheAside, Key, Level, LoadError, Order, OrderStatus,
+    Position, Price, Read, Risk, Side, Source, SourceWriter, Tier, WriteAck, WriteThrough,
 };
 use tokio::time::MissedTickBehavior;
 
 use super::live::LiveRecorder;
-use super::record::{Op, ReadOutcome, Recorder, WriteOutcome};
+use super::record::{Op, ReadFailure, ReadOutcome, TaskRecord, WriteOutcome};
 use super::zipf::{Rng, Zipf};
 
 /// Levels per book side written by the feed and the seed.
@@ -57,14 +59,17 @@ pub(crate) struct SymbolKeys {
     price: Key<Price>,
     bid: Key<BookBid>,
     ask: Key<BookAsk>,
-    pos: Key<Position>,
+    /// The symbol's position (write-through).
+    pub(crate) pos: Key<Position>,
 }
 
 /// Every key the workload touches, most popular symbol first.
 #[derive(Debug)]
 pub(crate) struct Keys {
-    symbols: Vec<SymbolKeys>,
-    risk: Key<Risk>,
+    /// Per symbol, most popular first.
+    pub(crate) symbols: Vec<SymbolKeys>,
+    /// The risk account (seeded, read-only).
+    pub(crate) risk: Key<Risk>,
     /// Symbols counted as hot: the top 1 % (at least one).
     pub(crate) hot: usize,
 }
@@ -105,6 +110,11 @@ pub(crate) struct Shared {
     pub(crate) zipf: Zipf,
     /// Set once when the run ends; every loop checks it per round.
     pub(crate) stop: AtomicBool,
+    /// True while the fault window is on (`--fault-window`): calls that start then are also
+    /// recorded in the window's figures.
+    pub(crate) window: AtomicBool,
+    /// Keep the write-through acknowledgements (`--verify`).
+    pub(crate) track_acks: bool,
     /// TSC-based clock: `raw()` costs a few nanoseconds, a quarter of `Instant::now()`.
     pub(crate) clock: quanta::Clock,
     /// Per symbol: feed updates so far. An update's version is `version_base` plus this.
@@ -118,13 +128,21 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// The shared state; `version_base` is the highest version seeding got back.
-    pub(crate) fn new(cache: Cache, keys: Arc<Keys>, zipf: Zipf, version_base: u64) -> Self {
+    pub(crate) fn new(
+        cache: Cache,
+        keys: Arc<Keys>,
+        zipf: Zipf,
+        version_base: u64,
+        track_acks: bool,
+    ) -> Self {
         let n = keys.len();
         Shared {
             cache,
             keys,
             zipf,
             stop: AtomicBool::new(false),
+            window: AtomicBool::new(false),
+            track_acks,
             clock: quanta::Clock::new(),
             seqs: (0..n).map(|_| AtomicU64::new(0)).collect(),
             version_base,
@@ -134,6 +152,12 @@ impl Shared {
 
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    /// True while the fault window is on.
+    #[inline]
+    fn in_window(&self) -> bool {
+        self.window.load(Ordering::Relaxed)
     }
 }
 
@@ -295,18 +319,38 @@ fn through_write<E>(r: &Result<WriteAck, E>) -> WriteOutcome {
     }
 }
 
-fn read_outcome<V, E>(r: &Result<Option<Read<V>>, E>) -> ReadOutcome {
+/// How a read ended. A value not marked stale must be within its TTL: no older than `ttl`,
+/// and, from L1, with time left (an L2 read may report 0 ms left: `PTTL` counts whole
+/// milliseconds).
+fn read_outcome<V, E: std::error::Error>(
+    r: &Result<Option<Read<V>>, LoadError<E>>,
+    ttl: Duration,
+) -> ReadOutcome {
     match r {
-        Ok(Some(read)) => ReadOutcome::Value(read.tier),
+        Ok(Some(read)) => {
+            let expired = read.tier != Tier::Stale
+                && (read.age > ttl
+                    || (read.tier == Tier::L1 && read.ttl_remaining == Some(Duration::ZERO)));
+            if expired {
+                ReadOutcome::Expired(read.tier)
+            } else {
+                ReadOutcome::Value(read.tier)
+            }
+        }
         Ok(None) => ReadOutcome::NotFound,
-        Err(_) => ReadOutcome::Error,
+        Err(e) => ReadOutcome::Error(match e {
+            LoadError::Source(_) => ReadFailure::Source,
+            LoadError::SourceTimeout(_) => ReadFailure::SourceTimeout,
+            LoadError::Overloaded(_) => ReadFailure::Overloaded,
+            _ => ReadFailure::Cache,
+        }),
     }
 }
 
 /// One feed task at `per_s` updates per second: price and both book sides of a Zipf-popular
 /// symbol, written together with the symbol's next sequence number as version.
-pub(crate) async fn feed(shared: Arc<Shared>, task: u64, per_s: f64) -> Recorder {
-    let mut rec = Recorder::default();
+pub(crate) async fn feed(shared: Arc<Shared>, task: u64, per_s: f64) -> TaskRecord {
+    let mut rec = TaskRecord::default();
     let mut rng = Rng::new(2_000 + task);
     let mut pace = Pace::new(per_s);
     let mut tick = tokio::time::interval(PACE_TICK);
@@ -315,11 +359,12 @@ pub(crate) async fn feed(shared: Arc<Shared>, task: u64, per_s: f64) -> Recorder
     'run: while !shared.stopped() {
         tick.tick().await;
         let (due, dropped) = pace.due();
-        rec.dropped += dropped;
+        rec.run.dropped += dropped;
         for _ in 0..due {
             if shared.stopped() {
                 break 'run;
             }
+            let w = shared.in_window();
             let s = shared.zipf.sample(&mut rng);
             let k = &shared.keys.symbols[s];
             let seq = shared.version_base + shared.seqs[s].fetch_add(1, Ordering::Relaxed) + 1;
@@ -330,10 +375,10 @@ pub(crate) async fn feed(shared: Arc<Shared>, task: u64, per_s: f64) -> Recorder
                 timed(clock, cache.set_book(&k.bid, bids, seq)),
                 timed(clock, cache.set_book(&k.ask, asks, seq)),
             );
-            rec.write(Op::WritePrice, p_ns, cache_write(&p));
-            rec.write(Op::WriteBook, b_ns, cache_write(&b));
-            rec.write(Op::WriteBook, a_ns, cache_write(&a));
-            rec.events += 1;
+            rec.write(w, Op::WritePrice, p_ns, cache_write(&p));
+            rec.write(w, Op::WriteBook, b_ns, cache_write(&b));
+            rec.write(w, Op::WriteBook, a_ns, cache_write(&a));
+            rec.run.events += 1;
         }
     }
     rec
@@ -347,8 +392,8 @@ pub(crate) async fn orders<Src: SourceWriter>(
     task: u64,
     per_s: f64,
     run_id: u64,
-) -> Recorder {
-    let mut rec = Recorder::default();
+) -> TaskRecord {
+    let mut rec = TaskRecord::default();
     let mut rng = Rng::new(3_000 + task);
     let mut pace = Pace::new(per_s);
     let mut tick = tokio::time::interval(PACE_TICK);
@@ -358,11 +403,12 @@ pub(crate) async fn orders<Src: SourceWriter>(
     'run: while !shared.stopped() {
         tick.tick().await;
         let (due, dropped) = pace.due();
-        rec.dropped += dropped;
+        rec.run.dropped += dropped;
         for _ in 0..due {
             if shared.stopped() {
                 break 'run;
             }
+            let w = shared.in_window();
             n += 1;
             let s = shared.zipf.sample(&mut rng);
             let k = &shared.keys.symbols[s];
@@ -388,7 +434,7 @@ pub(crate) async fn orders<Src: SourceWriter>(
             let order_key = match shared.cache.key::<Order>(&id) {
                 Ok(key) => key,
                 Err(_) => {
-                    rec.write(Op::WriteOrder, 0, WriteOutcome::Error);
+                    rec.write(w, Op::WriteOrder, 0, WriteOutcome::Error);
                     continue;
                 }
             };
@@ -396,9 +442,17 @@ pub(crate) async fn orders<Src: SourceWriter>(
                 timed(clock, writer.write(&order_key, order)),
                 timed(clock, writer.write(&k.pos, position(qty, s, n))),
             );
-            rec.write(Op::WriteOrder, o_ns, through_write(&o));
-            rec.write(Op::WritePos, p_ns, through_write(&p));
-            rec.events += 1;
+            rec.write(w, Op::WriteOrder, o_ns, through_write(&o));
+            rec.write(w, Op::WritePos, p_ns, through_write(&p));
+            if shared.track_acks {
+                if let Ok(ack) = &o {
+                    rec.acked.order(&id, ack.version);
+                }
+                if let Ok(ack) = &p {
+                    rec.acked.position(s, ack.version);
+                }
+            }
+            rec.run.events += 1;
         }
     }
     rec
@@ -411,8 +465,8 @@ pub(crate) async fn reader<Src: Source>(
     aside: CacheAside<Src>,
     n: u64,
     mut live: Option<LiveRecorder>,
-) -> Recorder {
-    let mut rec = Recorder::default();
+) -> TaskRecord {
+    let mut rec = TaskRecord::default();
     let mut rng = Rng::new(1_000 + n);
     let (keys, clock) = (&shared.keys, &shared.clock);
     let mut rounds = 0u32;
@@ -420,37 +474,50 @@ pub(crate) async fn reader<Src: Source>(
         let s = shared.zipf.sample(&mut rng);
         let k = &keys.symbols[s];
         let hot = s < keys.hot;
+        let w = shared.in_window();
 
         let t0 = clock.raw();
         let r = aside.get(&k.price).await;
         let t1 = clock.raw();
         let price_ns = clock.delta_as_nanos(t0, t1);
-        rec.read(Op::ReadPrice, price_ns, read_outcome(&r), hot);
+        rec.read(
+            w,
+            Op::ReadPrice,
+            price_ns,
+            read_outcome(&r, k.price.ttl()),
+            hot,
+        );
         drop(r);
 
         let bid_side = rng.coin();
         let t0 = clock.raw();
         let outcome = if bid_side {
-            read_outcome(&aside.get_book(&k.bid, BOOK_DEPTH).await)
+            read_outcome(&aside.get_book(&k.bid, BOOK_DEPTH).await, k.bid.ttl())
         } else {
-            read_outcome(&aside.get_book(&k.ask, BOOK_DEPTH).await)
+            read_outcome(&aside.get_book(&k.ask, BOOK_DEPTH).await, k.ask.ttl())
         };
         let t1 = clock.raw();
         let book_ns = clock.delta_as_nanos(t0, t1);
-        rec.read(Op::ReadBook, book_ns, outcome, hot);
+        rec.read(w, Op::ReadBook, book_ns, outcome, hot);
 
         let t0 = clock.raw();
         let r = aside.get(&k.pos).await;
         let t1 = clock.raw();
         let pos_ns = clock.delta_as_nanos(t0, t1);
-        rec.read(Op::ReadPos, pos_ns, read_outcome(&r), hot);
+        rec.read(w, Op::ReadPos, pos_ns, read_outcome(&r, k.pos.ttl()), hot);
         drop(r);
 
         let t0 = clock.raw();
         let r = aside.get(&keys.risk).await;
         let t1 = clock.raw();
         let risk_ns = clock.delta_as_nanos(t0, t1);
-        rec.read(Op::ReadRisk, risk_ns, read_outcome(&r), false);
+        rec.read(
+            w,
+            Op::ReadRisk,
+            risk_ns,
+            read_outcome(&r, keys.risk.ttl()),
+            false,
+        );
         drop(r);
 
         if let Some(live) = &mut live {
