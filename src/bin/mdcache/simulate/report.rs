@@ -159,6 +159,10 @@ pub(crate) struct OpReport {
     /// Write-through only: the source took the write, the cache write failed (dirty log).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cache_failed: Option<u64>,
+    /// Cache-only (feed) writes only: Redis failed, the value went to this process's L1 only
+    /// (dirty log).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) local_only: Option<u64>,
 }
 
 /// Reads by provenance (`Read::tier`).
@@ -197,6 +201,8 @@ pub(crate) struct Tiers {
     pub(crate) writes_applied: u64,
     /// Cache writes refused because a higher version was cached.
     pub(crate) writes_superseded: u64,
+    /// Cache-only writes whose Redis write failed, held by this process's L1 only.
+    pub(crate) writes_local_only: u64,
     /// Cache operations that returned an error.
     pub(crate) errors: u64,
     /// Redis operations that missed their deadline.
@@ -294,6 +300,7 @@ fn op_report(op: Op, s: &OpStats) -> OpReport {
         not_found: op.is_read().then_some(s.not_found),
         superseded: (!op.is_read()).then_some(s.superseded),
         cache_failed: matches!(op, Op::WriteOrder | Op::WritePos).then_some(s.cache_failed),
+        local_only: matches!(op, Op::WritePrice | Op::WriteBook).then_some(s.local_only),
     }
 }
 
@@ -353,6 +360,7 @@ impl Report {
                 source_writes: stats.source_writes,
                 writes_applied: stats.writes,
                 writes_superseded: stats.writes_superseded,
+                writes_local_only: stats.writes_local_only,
                 errors: stats.errors,
                 timeouts: stats.timeouts,
             },
@@ -577,6 +585,8 @@ mod tests {
         assert_eq!(names.len(), 8);
         assert_eq!(json["ops"]["write_pos"]["superseded"], 1);
         assert!(json["ops"]["write_book"].get("cache_failed").is_none());
+        assert_eq!(json["ops"]["write_book"]["local_only"], 0);
+        assert!(json["ops"]["write_pos"].get("local_only").is_none());
         assert!(r.summary(&all).iter().any(|l| l.starts_with("read_price")));
     }
 }
