@@ -7,9 +7,9 @@ use std::time::Duration;
 use crate::clock::{Clock, Instant};
 use crate::codec;
 use crate::config::{Backend, CacheConfig};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::key::{BookSchema, Key, KeySchema, Storage, ValueSchema, validate_kind};
-use crate::l1::L1;
+use crate::l1::{InsertOutcome, L1};
 use crate::l2::book;
 use crate::l2::guard::BreakerSnapshot;
 use crate::l2::redis::{Fetched, RedisOptions, RedisTier};
@@ -88,6 +88,54 @@ pub enum WriteOutcome {
     Applied,
     /// A higher version was already cached; nothing changed (DESIGN §4 rule 2).
     Superseded,
+    /// The Redis write failed (an error, a timeout, or the circuit breaker open, in which case
+    /// Redis was not contacted at all). The value is in this process's L1 only (under the
+    /// version rule, with the deadline a successful write would have had) and the key is in
+    /// the [dirty log](Cache::dirty_log), so Redis's copy is distrusted by this cache until
+    /// recovery deletes it. Other processes do not see the value, and it dies with this one.
+    ///
+    /// Returned only by the cache-only writes ([`Cache::set`], [`Cache::set_book`] and their
+    /// `_with` forms) of a cache with an L1 (the layered backend); see [`Cache::set`].
+    LocalOnly,
+}
+
+/// What a write does when its Redis write fails with Redis unhealthy (see [`Cache::set`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnL2Failure {
+    /// Evict the key from L1 and return the error; the caller decides about the dirty log.
+    /// For write-through (DESIGN §4 rule 3: a failed cache write leaves the key evicted from
+    /// L1, and `WriteThrough` records it dirty) and for cache-aside fills (which put the
+    /// source's value in L1 themselves, and record nothing: a fill is not a new value).
+    Evict,
+    /// Record the key dirty and keep the value in L1 under the version rule
+    /// ([`WriteOutcome::LocalOnly`]); without an L1, record it dirty and return the error.
+    /// For the cache-only writes `set` and `set_book`.
+    KeepLocal,
+}
+
+/// A write's value on its way to L1, with what the version rule and the deadline need.
+struct LocalWrite<V> {
+    value: Arc<V>,
+    version: u64,
+    /// Taken before the Redis request, so the L1 deadline `t0 + ttl` is never after the Redis
+    /// key's expiry.
+    t0: Instant,
+    ttl: Duration,
+    /// Encoded size, for L1's byte bound.
+    bytes: usize,
+}
+
+impl<V: Send + Sync + 'static> LocalWrite<V> {
+    fn insert_into<S: KeySchema>(self, l1: &L1, key: &Key<S>) -> InsertOutcome {
+        l1.insert_versioned(
+            key.shared(),
+            self.value,
+            self.version,
+            self.t0 + self.ttl,
+            self.t0,
+            self.bytes,
+        )
+    }
 }
 
 /// A key's remaining lifetime.
@@ -327,6 +375,30 @@ impl Cache {
 
     /// Writes `value` at `version` with the key's TTL. A lower version never replaces a higher
     /// one in either tier; that write returns [`WriteOutcome::Superseded`].
+    ///
+    /// # When Redis fails
+    ///
+    /// If the Redis write fails with Redis unhealthy (a timeout, a broken or refused
+    /// connection, an error reply, or the circuit breaker open, when Redis is not contacted at
+    /// all), the error is counted and the key is recorded in the [dirty log](Self::dirty_log):
+    /// this cache stops trusting Redis's copy, and recovery deletes it before Redis is trusted
+    /// again (DESIGN §5). Then:
+    ///
+    /// - with an L1 (the layered backend), the value goes to L1 under the version rule, with
+    ///   the deadline a successful write would have had, and the write returns
+    ///   [`WriteOutcome::LocalOnly`] ([`WriteOutcome::Superseded`] if L1 holds a higher
+    ///   version). Readers in this process see the value; other processes do not. Should L1
+    ///   not take it for another reason (its TTL ran out while Redis was being tried), the
+    ///   error is returned;
+    /// - without an L1 (the Redis backend), the error is returned.
+    ///
+    /// Refused input (a zero TTL, a value over the size limit) is an error before any I/O,
+    /// with nothing written or recorded. A key that holds another Redis type
+    /// ([`ErrorKind::WrongType`](crate::ErrorKind::WrongType)) is an error too: L1 is evicted
+    /// and nothing is recorded, since Redis is healthy and the key is not ours to delete.
+    ///
+    /// [`WriteThrough`](crate::WriteThrough) does not keep a value in L1 when its cache write
+    /// fails (DESIGN §4 rule 3); it acknowledges with `cached: None` instead.
     pub async fn set<S: ValueSchema>(
         &self,
         key: &Key<S>,
@@ -345,47 +417,60 @@ impl Cache {
         version: u64,
         opts: SetOptions,
     ) -> Result<WriteOutcome> {
-        let value = value.into();
+        self.set_with_policy(key, value.into(), version, opts, OnL2Failure::KeepLocal)
+            .await
+    }
+
+    /// [`set_with`](Self::set_with), with what to do when the Redis write fails.
+    pub(crate) async fn set_with_policy<S: ValueSchema>(
+        &self,
+        key: &Key<S>,
+        value: Arc<S::Value>,
+        version: u64,
+        opts: SetOptions,
+        on_failure: OnL2Failure,
+    ) -> Result<WriteOutcome> {
         let ttl = write_ttl(key, opts).inspect_err(|e| self.ks(key).error(e))?;
         let bytes = codec::encode(version, &*value, self.inner.config.max_value_bytes.get())
             .inspect_err(|e| self.ks(key).error(e))?;
         let t0 = self.inner.clock.now();
+        let local = LocalWrite {
+            value,
+            version,
+            t0,
+            ttl,
+            bytes: bytes.len(),
+        };
         let l2_stored = match &self.inner.l2 {
             None => None,
-            Some(l2) => Some(
-                l2.set_versioned(key.as_str(), &bytes, ttl)
-                    .await
-                    .inspect_err(|e| self.after_failed_write(key, e))?,
-            ),
+            Some(l2) => match l2.set_versioned(key.as_str(), &bytes, ttl).await {
+                Ok(stored) => Some(stored),
+                Err(e) => return self.after_failed_write(key, e, on_failure, local),
+            },
         };
-        Ok(self.finish_write(key, value, version, ttl, t0, bytes.len(), l2_stored))
+        Ok(self.finish_write(key, local, l2_stored))
     }
 
     /// Applies a write's outcome to L1 and the counters.
-    #[allow(clippy::too_many_arguments)]
     fn finish_write<S: KeySchema, V: Send + Sync + 'static>(
         &self,
         key: &Key<S>,
-        value: Arc<V>,
-        version: u64,
-        ttl: Duration,
-        t0: Instant,
-        bytes: usize,
+        local: LocalWrite<V>,
         l2_stored: Option<bool>,
     ) -> WriteOutcome {
         let applied = match (l2_stored, &self.inner.l1) {
             // L2 refused: a higher version is there; drop an older L1 copy so reads fetch it.
             (Some(false), Some(l1)) => {
-                l1.remove_older_than(key.as_str(), version);
+                l1.remove_older_than(key.as_str(), local.version);
                 false
             }
             (Some(false), None) => false,
             (Some(true), Some(l1)) => {
-                l1.insert(key.shared(), value, version, t0 + ttl, t0, bytes);
+                local.insert_into(l1, key);
                 true
             }
             (Some(true), None) => true,
-            (None, Some(l1)) => l1.insert(key.shared(), value, version, t0 + ttl, t0, bytes),
+            (None, Some(l1)) => local.insert_into(l1, key) == InsertOutcome::Stored,
             (None, None) => false,
         };
         if applied {
@@ -397,13 +482,46 @@ impl Cache {
         }
     }
 
-    /// After an L2 write failed we cannot know what Redis holds: evict L1 so nothing local
-    /// outlives the uncertainty, and count the error.
-    fn after_failed_write<S: KeySchema>(&self, key: &Key<S>, e: &Error) {
-        if let Some(l1) = &self.inner.l1 {
-            l1.remove(key.as_str());
+    /// After an L2 write failed we cannot know what Redis holds. The error is counted; then,
+    /// when Redis was unhealthy ([`is_l2_outage`]) and the policy keeps the value local, the
+    /// key is recorded dirty and the value goes to L1 ([`WriteOutcome::LocalOnly`]); otherwise
+    /// L1 is evicted so nothing local outlives the uncertainty, and the error returned.
+    fn after_failed_write<S: KeySchema, V: Send + Sync + 'static>(
+        &self,
+        key: &Key<S>,
+        e: Error,
+        on_failure: OnL2Failure,
+        local: LocalWrite<V>,
+    ) -> Result<WriteOutcome> {
+        self.ks(key).error(&e);
+        if on_failure == OnL2Failure::Evict || !is_l2_outage(&e) {
+            if let Some(l1) = &self.inner.l1 {
+                l1.remove(key.as_str());
+            }
+            return Err(e);
         }
-        self.ks(key).error(e);
+        // Recorded before the L1 insert: from here on, a reader that misses L1 (the entry
+        // evicted for room, say) gets a miss, never Redis's older copy.
+        self.record_dirty(key);
+        let Some(l1) = &self.inner.l1 else {
+            return Err(e);
+        };
+        let version = local.version;
+        match local.insert_into(l1, key) {
+            InsertOutcome::Stored => {
+                self.ks(key).writes_local_only.inc();
+                Ok(WriteOutcome::LocalOnly)
+            }
+            InsertOutcome::HigherVersionHeld => {
+                self.ks(key).writes_superseded.inc();
+                Ok(WriteOutcome::Superseded)
+            }
+            InsertOutcome::NotStored => {
+                // The value is nowhere we can vouch for: no older copy may stay in its place.
+                l1.remove_older_than(key.as_str(), version);
+                Err(e)
+            }
+        }
     }
 
     /// Deletes `key` from both tiers (`UNLINK` in Redis). Returns whether it existed in the
@@ -526,6 +644,14 @@ impl Cache {
 
     /// Writes many values (each with its version and the key's TTL) in one Redis round trip.
     /// Every value is encoded and checked first: if any is refused, nothing is written.
+    ///
+    /// Unlike [`set`](Self::set), a failed Redis round trip is an error for the whole batch,
+    /// and no value is kept in L1: every key is evicted from L1 and the error counted for it.
+    /// When Redis was unhealthy (a timeout, a broken or refused connection, an error reply, or
+    /// the circuit breaker open) every key is also recorded in the
+    /// [dirty log](Self::dirty_log), since any part of the batch may or may not have landed
+    /// and Redis may keep older copies: they are distrusted by this cache, and deleted from
+    /// Redis by recovery before it is trusted again.
     pub async fn set_many<'k, S: ValueSchema>(
         &self,
         items: impl IntoIterator<Item = (&'k Key<S>, S::Value, u64)>,
@@ -548,8 +674,15 @@ impl Cache {
                 match l2.set_many(&batch).await {
                     Ok(s) => s.into_iter().map(Some).collect(),
                     Err(e) => {
-                        for (k, ..) in &prepared {
-                            self.after_failed_write(*k, &e);
+                        let outage = is_l2_outage(&e);
+                        for (key, ..) in &prepared {
+                            if outage {
+                                self.record_dirty(*key);
+                            }
+                            if let Some(l1) = &self.inner.l1 {
+                                l1.remove(key.as_str());
+                            }
+                            self.ks(*key).error(&e);
                         }
                         return Err(e);
                     }
@@ -560,7 +693,14 @@ impl Cache {
             .into_iter()
             .zip(stored)
             .map(|((key, value, version, bytes), s)| {
-                self.finish_write(key, value, version, key.ttl(), t0, bytes.len(), s)
+                let local = LocalWrite {
+                    value,
+                    version,
+                    t0,
+                    ttl: key.ttl(),
+                    bytes: bytes.len(),
+                };
+                self.finish_write(key, local, s)
             })
             .collect())
     }
@@ -568,6 +708,11 @@ impl Cache {
     /// Replaces one side of a book (every level) at `version`, atomically with its expiry.
     /// Levels may come in any order; prices must be finite and distinct, quantities finite
     /// and non-negative, or nothing is written.
+    ///
+    /// When the Redis write fails, the side is kept in this process's L1 and the key recorded
+    /// in the dirty log ([`WriteOutcome::LocalOnly`]), exactly as for [`set`](Self::set) (see
+    /// its "When Redis fails"); an invalid side is an error before any I/O, with nothing
+    /// written or recorded.
     pub async fn set_book<S: BookSchema>(
         &self,
         key: &Key<S>,
@@ -586,6 +731,19 @@ impl Cache {
         version: u64,
         opts: SetOptions,
     ) -> Result<WriteOutcome> {
+        self.set_book_with_policy(key, side, version, opts, OnL2Failure::KeepLocal)
+            .await
+    }
+
+    /// [`set_book_with`](Self::set_book_with), with what to do when the Redis write fails.
+    pub(crate) async fn set_book_with_policy<S: BookSchema>(
+        &self,
+        key: &Key<S>,
+        side: BookSide,
+        version: u64,
+        opts: SetOptions,
+        on_failure: OnL2Failure,
+    ) -> Result<WriteOutcome> {
         let mut side = side;
         let ttl = write_ttl(key, opts).inspect_err(|e| self.ks(key).error(e))?;
         book::validate(&side).inspect_err(|e| self.ks(key).error(e))?;
@@ -600,19 +758,25 @@ impl Cache {
         book::sort_best_first(&mut side.levels, S::SIDE);
         let side = Arc::new(side);
         let t0 = self.inner.clock.now();
-        let l2_stored = match &self.inner.l2 {
+        let result = match &self.inner.l2 {
             None => None,
-            Some(l2) => Some(
-                l2.book_replace(key.as_str(), &side, version, ttl)
-                    .await
-                    .inspect_err(|e| self.after_failed_write(key, e))?,
-            ),
+            Some(l2) => Some(l2.book_replace(key.as_str(), &side, version, ttl).await),
         };
-        let entry = Arc::new(BookEntry {
-            side,
-            complete: true,
-        });
-        Ok(self.finish_write(key, entry, version, ttl, t0, bytes, l2_stored))
+        let local = LocalWrite {
+            value: Arc::new(BookEntry {
+                side,
+                complete: true,
+            }),
+            version,
+            t0,
+            ttl,
+            bytes,
+        };
+        match result {
+            None => Ok(self.finish_write(key, local, None)),
+            Some(Ok(stored)) => Ok(self.finish_write(key, local, Some(stored))),
+            Some(Err(e)) => self.after_failed_write(key, e, on_failure, local),
+        }
     }
 
     /// The best `depth` levels of a book side (best first: highest bid, lowest ask), with
@@ -705,9 +869,22 @@ impl Cache {
     }
 
     /// The dirty log: keys whose Redis copy is distrusted until recovery deletes them.
-    /// [`WriteThrough`](crate::WriteThrough) records into it; recovery replays it.
+    /// [`WriteThrough`](crate::WriteThrough) records into it, and so do cache writes whose
+    /// Redis write failed ([`set`](Self::set), [`set_book`](Self::set_book),
+    /// [`set_many`](Self::set_many)); recovery replays it.
     pub fn dirty_log(&self) -> &Arc<DirtyLog> {
         &self.inner.dirty
+    }
+
+    /// Records `key` in the dirty log. For a book side its version key goes in too, so
+    /// recovery deletes both: a version key left behind would make the side read back, from
+    /// any process, as an empty book at the old version.
+    pub(crate) fn record_dirty<S: KeySchema>(&self, key: &Key<S>) {
+        self.inner.dirty.record(key.shared(), S::KEY_PREFIX);
+        if S::STORAGE == Storage::Book {
+            let vkey: Arc<str> = Arc::from(book::version_key(key.as_str()));
+            self.inner.dirty.record(&vkey, S::KEY_PREFIX);
+        }
     }
 
     /// Puts a value loaded from the source into L1 only (used while Redis is unavailable).
@@ -823,6 +1000,15 @@ pub(crate) fn top(side: &Arc<BookSide>, depth: usize) -> Arc<BookSide> {
             levels: side.levels[..depth].to_vec(),
         })
     }
+}
+
+/// True when a Redis write failed because Redis was not healthy: a timeout, a broken or
+/// refused connection, an error reply, or the circuit breaker open (no I/O at all). The write
+/// may or may not have landed, and Redis may keep an older copy. False for refused input
+/// (never sent) and for a key holding another Redis type: Redis is healthy then, and the key
+/// is not ours, so recovery must not delete it.
+fn is_l2_outage(e: &Error) -> bool {
+    e.trips_breaker() || e.kind() == ErrorKind::BreakerOpen
 }
 
 fn write_ttl<S: KeySchema>(key: &Key<S>, opts: SetOptions) -> Result<Duration> {

@@ -57,6 +57,18 @@ pub(crate) struct L1Hit<V> {
     pub(crate) now: Instant,
 }
 
+/// What [`L1::insert_versioned`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InsertOutcome {
+    /// The value is stored.
+    Stored,
+    /// A fresh entry with a higher version is there; it stays (the version rule).
+    HigherVersionHeld,
+    /// Not stored for another reason: the deadline had already passed, or a concurrent insert
+    /// of the same key held the slot too long (the key is then removed).
+    NotStored,
+}
+
 /// The in-process tier.
 pub(crate) struct L1 {
     map: QuickCache<Arc<str>, Entry, EntryWeighter>,
@@ -148,9 +160,24 @@ impl L1 {
         written_at: Instant,
         encoded_bytes: usize,
     ) -> bool {
+        self.insert_versioned(key, value, version, deadline, written_at, encoded_bytes)
+            == InsertOutcome::Stored
+    }
+
+    /// [`insert`](Self::insert), telling a value refused for a higher version apart from one
+    /// not stored for another reason.
+    pub(crate) fn insert_versioned<V: Send + Sync + 'static>(
+        &self,
+        key: &Arc<str>,
+        value: Arc<V>,
+        version: u64,
+        deadline: Instant,
+        written_at: Instant,
+        encoded_bytes: usize,
+    ) -> InsertOutcome {
         let now = self.clock.now();
         if deadline <= now {
-            return false;
+            return InsertOutcome::NotStored;
         }
         let mut slot = Some(Entry {
             value,
@@ -169,18 +196,19 @@ impl L1 {
             EntryAction::Retain(true)
         });
         match result {
-            EntryResult::Retained(stored) => stored,
-            EntryResult::Vacant(guard) => match slot.take() {
-                Some(new) => guard.insert(new).is_ok(),
-                None => false,
+            EntryResult::Retained(true) => InsertOutcome::Stored,
+            EntryResult::Retained(false) => InsertOutcome::HigherVersionHeld,
+            EntryResult::Vacant(guard) => match slot.take().map(|new| guard.insert(new)) {
+                Some(Ok(())) => InsertOutcome::Stored,
+                _ => InsertOutcome::NotStored,
             },
             // Not produced by a `Retain`-only callback; dropping the guard leaves no entry.
-            EntryResult::Replaced(_, _) | EntryResult::Removed(_, _) => false,
+            EntryResult::Replaced(_, _) | EntryResult::Removed(_, _) => InsertOutcome::NotStored,
             EntryResult::Timeout => {
                 // Someone else is mid-insert; we cannot order against it, so make sure no
                 // possibly-older value stays behind: the next read goes to L2.
                 self.map.remove(key.as_ref());
-                false
+                InsertOutcome::NotStored
             }
         }
     }
@@ -263,6 +291,28 @@ mod tests {
         assert_eq!(l1.get::<u32>("k").unwrap().version, 5);
         assert!(l1.insert(&key("k"), Arc::new(6u32), 6, d, l1.clock.now(), 8));
         assert_eq!(*l1.get::<u32>("k").unwrap().value, 6);
+    }
+
+    #[test]
+    fn insert_versioned_tells_a_higher_version_from_an_expired_write() {
+        let (l1, _mock) = l1(100, 1 << 20);
+        let now = l1.clock.now();
+        let d = now + Duration::from_secs(1);
+        let k = key("k");
+        assert_eq!(
+            l1.insert_versioned(&k, Arc::new(5u32), 5, d, now, 8),
+            InsertOutcome::Stored
+        );
+        assert_eq!(
+            l1.insert_versioned(&k, Arc::new(3u32), 3, d, now, 8),
+            InsertOutcome::HigherVersionHeld
+        );
+        assert_eq!(
+            l1.insert_versioned(&k, Arc::new(7u32), 7, now, now, 8),
+            InsertOutcome::NotStored,
+            "a deadline already reached is never stored"
+        );
+        assert_eq!(l1.get::<u32>("k").unwrap().version, 5);
     }
 
     #[test]

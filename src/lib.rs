@@ -45,6 +45,12 @@
 //!   background probe (`PING`) runs while open; when it succeeds, the dirty log is replayed
 //!   (`UNLINK` of every key written while Redis was unavailable, or `SCAN` + `UNLINK` of the
 //!   affected kinds if the log overflowed) and only then does the breaker close.
+//! - **Cache-only writes while Redis fails.** A [`Cache::set`] or [`Cache::set_book`] whose
+//!   Redis write fails (a timeout, a dead connection, an error reply, or the breaker open)
+//!   records the key in the dirty log and, with an L1, keeps the value there under the version
+//!   rule: it returns [`WriteOutcome::LocalOnly`], and this process's readers see the new
+//!   value while other processes do not. Redis's older copy is distrusted by this cache and
+//!   deleted by recovery before Redis is trusted again. Without an L1 the error is returned.
 //! - **Write-through is database-first.** A value the database refused never reaches a tier,
 //!   and the key is invalidated; a value it accepted but the cache could not take is
 //!   acknowledged, evicted from L1 and recorded in the dirty log — and reads distrust Redis's

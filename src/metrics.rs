@@ -18,12 +18,12 @@ pub const METRICS: &[(&str, &str)] = &[
     ),
     (
         "mdcache_writes_total",
-        "Cache writes (labels: kind, outcome = applied|superseded).",
+        "Cache writes (labels: kind, outcome = applied|superseded|local_only).",
     ),
     ("mdcache_deletes_total", "Deletes (label: kind)."),
     (
         "mdcache_errors_total",
-        "Operations that returned an error, timeouts and decode errors included (label: kind).",
+        "Operations that returned an error, timeouts and decode errors included, and the failed Redis writes behind local-only writes (label: kind).",
     ),
     (
         "mdcache_timeouts_total",

@@ -11,9 +11,9 @@
 //! |---|---|
 //! | `mdcache_hits_total{tier="l1"\|"l2"}` | reads served by that tier |
 //! | `mdcache_misses_total{tier="l1"\|"l2"}` | reads that tier could not serve |
-//! | `mdcache_writes_total{outcome="applied"\|"superseded"}` | writes, and those refused because a higher version was cached |
+//! | `mdcache_writes_total{outcome="applied"\|"superseded"\|"local_only"}` | writes; those refused because a higher version was cached; those whose Redis write failed and that went to this process's L1 only |
 //! | `mdcache_deletes_total` | deletes |
-//! | `mdcache_errors_total` | operations that returned an error (timeouts and decode errors included) |
+//! | `mdcache_errors_total` | operations that returned an error (timeouts and decode errors included), and the failed Redis writes behind local-only writes |
 //! | `mdcache_timeouts_total` | L2 operations that missed their deadline |
 //! | `mdcache_decode_errors_total` | stored values that did not decode (served as misses) |
 //! | `mdcache_source_loads_total` | source loads (cache-aside misses and refreshes) |
@@ -72,6 +72,9 @@ pub(crate) struct KindStats {
     pub(crate) l2_misses: Count,
     pub(crate) writes: Count,
     pub(crate) writes_superseded: Count,
+    /// Cache-only writes whose Redis write failed and that went to L1 alone
+    /// ([`WriteOutcome::LocalOnly`](crate::WriteOutcome::LocalOnly)).
+    pub(crate) writes_local_only: Count,
     pub(crate) deletes: Count,
     pub(crate) errors: Count,
     pub(crate) timeouts: Count,
@@ -103,6 +106,9 @@ impl KindStats {
             writes_superseded: Count::new(
                 metrics::counter!("mdcache_writes_total", "kind" => kind, "outcome" => "superseded"),
             ),
+            writes_local_only: Count::new(
+                metrics::counter!("mdcache_writes_total", "kind" => kind, "outcome" => "local_only"),
+            ),
             deletes: plain("mdcache_deletes_total"),
             errors: plain("mdcache_errors_total"),
             timeouts: plain("mdcache_timeouts_total"),
@@ -133,6 +139,7 @@ impl KindStats {
             l2_misses: self.l2_misses.get(),
             writes: self.writes.get(),
             writes_superseded: self.writes_superseded.get(),
+            writes_local_only: self.writes_local_only.get(),
             deletes: self.deletes.get(),
             errors: self.errors.get(),
             timeouts: self.timeouts.get(),
@@ -192,6 +199,7 @@ impl Stats {
             total.l2_misses += k.l2_misses;
             total.writes += k.writes;
             total.writes_superseded += k.writes_superseded;
+            total.writes_local_only += k.writes_local_only;
             total.deletes += k.deletes;
             total.errors += k.errors;
             total.timeouts += k.timeouts;
@@ -232,9 +240,14 @@ pub struct KindSnapshot {
     pub writes: u64,
     /// Writes refused because a higher version was already cached.
     pub writes_superseded: u64,
+    /// Cache-only writes ([`Cache::set`](crate::Cache::set), [`Cache::set_book`](crate::Cache::set_book))
+    /// whose Redis write failed and that are held by this process's L1 alone
+    /// ([`WriteOutcome::LocalOnly`](crate::WriteOutcome::LocalOnly)). Not in `writes`.
+    pub writes_local_only: u64,
     /// Deletes.
     pub deletes: u64,
-    /// Operations that returned an error.
+    /// Operations that returned an error, and the failed Redis writes behind local-only
+    /// writes (which return `Ok`).
     pub errors: u64,
     /// L2 operations that missed their deadline.
     pub timeouts: u64,

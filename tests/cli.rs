@@ -579,6 +579,14 @@ fn a_killed_server_exits_3_quickly() {
         let out = run(mdcache().arg("--redis").arg(&url).args(args));
         out.assert_error(3, "");
         assert!(out.elapsed < QUICK, "{args:?} took {:?}", out.elapsed);
+        if args[0] == "put" {
+            // Nothing was cached: a value only this (exiting) process held does not count.
+            assert!(
+                out.stderr
+                    .contains("Redis unavailable: the value was not cached"),
+                "{out:?}"
+            );
+        }
     }
 }
 

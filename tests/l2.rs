@@ -2,13 +2,14 @@
 
 mod support;
 
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mdcache::{
-    Backend, BookAsk, BookBid, BookSide, Cache, ErrorKind, KeySchema, KeyTtl, Level, Order,
-    OrderStatus, Position, Price, Risk, Side, StrategyState, Tier, WriteOutcome, codec,
+    Backend, BookAsk, BookBid, BookSide, BreakerState, Cache, ErrorKind, KeySchema, KeyTtl, Level,
+    Order, OrderStatus, Position, Price, Risk, SetOptions, Side, StrategyState, Tier, WriteOutcome,
+    codec,
 };
 use proptest::prelude::*;
 use redis::AsyncCommands;
@@ -352,6 +353,8 @@ async fn a_key_of_the_wrong_redis_type_is_a_typed_error() {
     let err = cache.set(&key, price(1), 1).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::WrongType, "{err}");
     assert!(!err.trips_breaker());
+    // Redis is healthy and the key is not ours: not kept locally, not recorded for deletion.
+    assert!(cache.dirty_log().is_empty());
 
     let bk = cache.key::<BookBid>("STR").unwrap();
     let _: () = c.set(bk.as_str(), "not a zset").await.unwrap();
@@ -362,6 +365,8 @@ async fn a_key_of_the_wrong_redis_type_is_a_typed_error() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::WrongType, "{err}");
+    assert!(cache.dirty_log().is_empty());
+    assert_eq!(cache.stats().total.writes_local_only, 0);
 }
 
 #[tokio::test]
@@ -614,10 +619,16 @@ async fn a_hung_server_costs_at_most_the_deadline() {
         seq: 1,
     };
     server.pause();
-    let err = cache.set(&key, pos, 1).await.unwrap_err();
+    let started = Instant::now();
+    let outcome = cache.set(&key, pos, 1).await;
+    let took = started.elapsed();
     server.resume();
-    assert!(err.is_timeout(), "{err}");
-    assert_eq!(cache.stats().total.timeouts, 2);
+    // The write timed out in Redis: kept in this process's L1, the key recorded dirty.
+    assert_eq!(outcome.unwrap(), WriteOutcome::LocalOnly);
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(cache.dirty_log().contains(key.as_str()));
+    let s = cache.stats().total;
+    assert_eq!((s.timeouts, s.writes_local_only), (2, 1));
 }
 
 #[tokio::test]
@@ -639,18 +650,24 @@ async fn a_restarted_server_is_reconnected_to() {
         "{err}"
     );
     server.restart();
-    // The dead connections are replaced; within a generous bound the cache works again.
+    // The dead connections are replaced; within a generous bound the cache works again. A
+    // write that met a dead connection recorded its key dirty, and reads distrust the key
+    // until recovery has deleted it from Redis, so wait for that too.
     let give_up = Instant::now() + Duration::from_secs(20);
+    let mut seq = 1;
     loop {
-        match cache.set(&key, price(2), 2).await {
-            Ok(_) => break,
-            Err(e) => {
-                assert!(Instant::now() < give_up, "never reconnected: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        seq += 1;
+        let written = cache.set(&key, price(seq), seq).await;
+        if written.is_ok()
+            && cache.dirty_log().is_empty()
+            && let Ok(Some(read)) = cache.get(&key).await
+        {
+            assert_eq!(read.seq, seq);
+            break;
         }
+        assert!(Instant::now() < give_up, "never reconnected: {written:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(cache.get(&key).await.unwrap().unwrap().seq, 2);
     let b = cache.breaker().unwrap();
     assert_eq!(b.state, mdcache::BreakerState::Closed);
     assert_eq!(b.opened, b.closed, "{b:?}");
@@ -820,4 +837,217 @@ async fn a_key_recorded_dirty_while_the_breaker_is_closed_is_deleted_from_redis(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(cache.breaker().unwrap().opened, 0);
+}
+
+/// Long enough that nothing a test writes expires while it runs.
+const LONG_TTL: Duration = Duration::from_secs(300);
+
+/// Waits (generously) until the breaker is closed and the dirty log replayed: Redis is
+/// trusted again.
+async fn wait_recovered(cache: &Cache) {
+    let give_up = Instant::now() + Duration::from_secs(20);
+    loop {
+        let b = cache.breaker().expect("the cache has Redis");
+        if b.state == BreakerState::Closed && cache.dirty_log().is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "never recovered: {b:?}, {} dirty keys",
+            cache.dirty_log().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_set_redis_fails_is_served_from_l1_and_deleted_from_redis_on_recovery() {
+    let mut server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis_url(server.url())
+        .backend(Backend::Layered)
+        .op_timeout(Duration::from_millis(500))
+        .probe_timeout(Duration::from_secs(1))
+        .breaker_open(Duration::from_millis(200))
+        .ttl("price", LONG_TTL)
+        .build()
+        .unwrap();
+    let key = cache.key::<Price>("OUTAGE").unwrap();
+    assert_eq!(
+        cache.set(&key, price(1), 1).await.unwrap(),
+        WriteOutcome::Applied
+    );
+    server.kill();
+
+    // Redis refuses connections: the tick still reaches this process's readers.
+    assert_eq!(
+        cache.set(&key, price(2), 2).await.unwrap(),
+        WriteOutcome::LocalOnly
+    );
+    let r = cache.read(&key).await.unwrap().expect("served from L1");
+    assert_eq!((r.tier, r.version, r.value.seq), (Tier::L1, 2, 2));
+    assert!(cache.dirty_log().contains(key.as_str()));
+    // The version rule holds for local-only writes too.
+    assert_eq!(
+        cache.set(&key, price(1), 1).await.unwrap(),
+        WriteOutcome::Superseded
+    );
+    assert_eq!(cache.read(&key).await.unwrap().unwrap().version, 2);
+    // Refused input stays an error before any I/O: nothing kept, nothing recorded.
+    let bad = cache.key::<Price>("BAD").unwrap();
+    let err = cache
+        .set_with(&bad, price(9), 9, SetOptions::default().ttl(Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid_input(), "{err}");
+    assert!(!cache.dirty_log().contains(bad.as_str()));
+    assert!(!matches!(cache.get(&bad).await, Ok(Some(_))));
+    let s = cache.stats();
+    let s = s.kind("price").unwrap();
+    assert_eq!(
+        (s.writes, s.writes_local_only, s.writes_superseded),
+        (1, 1, 1)
+    );
+    assert!(s.errors >= 3, "{s:?}");
+
+    server.restart();
+    wait_recovered(&cache).await;
+    // Redis holds no pre-outage copy; this process still reads its own write.
+    assert!(!exists(&server, key.as_str()).await);
+    let r = cache.read(&key).await.unwrap().unwrap();
+    assert_eq!((r.tier, r.version), (Tier::L1, 2));
+    // Redis is written again. (Retried: the first write after a restart may meet a pooled
+    // connection that died with the old server.)
+    let give_up = Instant::now() + Duration::from_secs(20);
+    loop {
+        match cache.set(&key, price(3), 3).await {
+            Ok(WriteOutcome::Applied) => break,
+            other => assert!(
+                Instant::now() < give_up,
+                "Redis never written again: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = server.multiplexed().await;
+    let raw: Vec<u8> = c.get(key.as_str()).await.unwrap();
+    assert_eq!(codec::peek_version(&raw), Ok(3));
+}
+
+#[tokio::test]
+async fn writes_while_the_breaker_is_open_stay_local_and_recovery_deletes_redis_older_copies() {
+    let server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis_url(server.url())
+        .backend(Backend::Layered)
+        .op_timeout(Duration::from_millis(200))
+        .probe_timeout(Duration::from_secs(1))
+        .breaker_failures(NonZeroU32::MIN)
+        .breaker_open(Duration::from_millis(100))
+        .ttl("price", LONG_TTL)
+        .ttl("book", LONG_TTL)
+        .build()
+        .unwrap();
+    let px = cache.key::<Price>("OPEN").unwrap();
+    let bid = cache.key::<BookBid>("OPEN").unwrap();
+    let bid_version = format!("{}:v", bid.as_str());
+    assert_eq!(
+        cache.set(&px, price(1), 1).await.unwrap(),
+        WriteOutcome::Applied
+    );
+    assert_eq!(
+        cache.set_book(&bid, book(&[(10.0, 1.0)]), 1).await.unwrap(),
+        WriteOutcome::Applied
+    );
+    for k in [px.as_str(), bid.as_str(), bid_version.as_str()] {
+        assert!(exists(&server, k).await, "{k}");
+    }
+
+    // A hung server: one timed-out read opens the breaker (one failure is enough here), and
+    // while it is not closed no caller's operation reaches Redis, so the writes below cannot.
+    // Redis keeps version 1 of both keys all along (a paused server loses nothing).
+    server.pause();
+    let other = cache.key::<Price>("PROBE").unwrap();
+    let err = cache.get(&other).await.unwrap_err();
+    assert!(err.trips_breaker(), "{err}");
+    assert_ne!(cache.breaker().unwrap().state, BreakerState::Closed);
+
+    assert_eq!(
+        cache.set(&px, price(2), 2).await.unwrap(),
+        WriteOutcome::LocalOnly
+    );
+    assert_eq!(
+        cache
+            .set_book(&bid, book(&[(10.5, 1.0), (11.0, 2.0)]), 2)
+            .await
+            .unwrap(),
+        WriteOutcome::LocalOnly
+    );
+    let r = cache.read(&px).await.unwrap().expect("served from L1");
+    assert_eq!((r.tier, r.version, r.value.seq), (Tier::L1, 2, 2));
+    let b = cache
+        .get_book(&bid, 0)
+        .await
+        .unwrap()
+        .expect("served from L1");
+    let prices: Vec<f64> = b.value.levels.iter().map(|l| l.price).collect();
+    assert_eq!((b.tier, b.version, prices), (Tier::L1, 2, vec![11.0, 10.5]));
+    assert_eq!(
+        cache.set_book(&bid, book(&[(9.0, 1.0)]), 1).await.unwrap(),
+        WriteOutcome::Superseded
+    );
+    assert_eq!(cache.get_book(&bid, 0).await.unwrap().unwrap().version, 2);
+    assert!(cache.dirty_log().contains(px.as_str()));
+    assert!(cache.dirty_log().contains(bid.as_str()));
+    assert_eq!(cache.stats().total.writes_local_only, 2);
+
+    server.resume();
+    wait_recovered(&cache).await;
+    // Recovery deleted the pre-outage copies (the book's version key too) before the breaker
+    // closed; the TTLs are long, so nothing merely expired.
+    for k in [px.as_str(), bid.as_str(), bid_version.as_str()] {
+        assert!(!exists(&server, k).await, "{k} survived recovery");
+    }
+    // Until L1 lets them go, this process keeps reading its own writes.
+    assert_eq!(cache.read(&px).await.unwrap().unwrap().version, 2);
+    assert_eq!(cache.get_book(&bid, 0).await.unwrap().unwrap().version, 2);
+}
+
+#[tokio::test]
+async fn without_an_l1_a_failed_set_is_an_error_and_its_key_is_recorded_dirty() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    server.kill();
+    let cache = Cache::builder()
+        .redis_url(url)
+        .backend(Backend::Redis)
+        .op_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let key = cache.key::<Price>("NOL1").unwrap();
+    let err = cache.set(&key, price(1), 1).await.unwrap_err();
+    assert!(
+        err.trips_breaker() || err.kind() == ErrorKind::BreakerOpen,
+        "{err}"
+    );
+    assert!(cache.dirty_log().contains(key.as_str()));
+    let ask = cache.key::<BookAsk>("NOL1").unwrap();
+    let err = cache
+        .set_book(&ask, book(&[(1.0, 1.0)]), 1)
+        .await
+        .unwrap_err();
+    assert!(
+        err.trips_breaker() || err.kind() == ErrorKind::BreakerOpen,
+        "{err}"
+    );
+    assert!(cache.dirty_log().contains(ask.as_str()));
+    // An invalid book is refused before any I/O, and nothing is recorded.
+    let bad = cache.key::<BookAsk>("BAD").unwrap();
+    let err = cache
+        .set_book(&bad, book(&[(f64::NAN, 1.0)]), 1)
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid_input(), "{err}");
+    assert!(!cache.dirty_log().contains(bad.as_str()));
+    assert_eq!(cache.stats().total.writes_local_only, 0);
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mdcache::{
-    Backend, BookBid, BookSide, Cache, CacheAside, Counted, Level, Order, OrderStatus,
-    PostgresSource, Price, Side, Source, Tier, WriteError, WriteThrough,
+    Backend, BookBid, BookSide, Cache, CacheAside, Counted, Level, MemorySource, Order,
+    OrderStatus, PostgresSource, Price, Side, Source, Tier, WriteError, WriteOutcome, WriteThrough,
 };
 use redis::AsyncCommands;
 use support::RedisServer;
@@ -445,4 +445,36 @@ async fn a_zipf_workload_over_a_thousand_symbols_hits_at_least_90_percent() {
     let hit_rate = hits as f64 / reads as f64;
     assert!(hit_rate >= 0.90, "hit rate {hit_rate:.3} ({s:?})");
     assert_eq!(s.source_loads, src.loads());
+}
+
+#[tokio::test]
+async fn a_write_through_whose_cache_write_fails_keeps_nothing_in_l1() {
+    // Unlike `Cache::set_book` (which keeps the side in L1: `LocalOnly`), write-through evicts
+    // L1 and acknowledges with `cached: None` (DESIGN §4 rule 3).
+    let mut redis = RedisServer::start();
+    let cache = Cache::builder()
+        .redis_url(redis.url())
+        .backend(Backend::Layered)
+        .op_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let writer = WriteThrough::new(cache.clone(), Arc::new(MemorySource::default()));
+    let key = cache.key::<BookBid>(&uid("wtbook")).unwrap();
+    let side = |price: f64| BookSide {
+        levels: vec![Level { price, qty: 1.0 }],
+    };
+    let first = writer.write_book(&key, side(1.0)).await.unwrap();
+    assert_eq!(first.cached, Some(WriteOutcome::Applied));
+    redis.kill();
+    let ack = writer
+        .write_book(&key, side(2.0))
+        .await
+        .expect("acknowledged: the source has it");
+    assert_eq!(ack.cached, None, "the cache write cannot have succeeded");
+    assert!(writer.dirty_log().contains(key.as_str()));
+    assert!(
+        !matches!(cache.get_book(&key, 0).await, Ok(Some(_))),
+        "a value was served after a failed write-through cache write"
+    );
+    assert_eq!(cache.stats().total.writes_local_only, 0);
 }

@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use super::flight::Flights;
 use super::{LoadError, is_caller_error};
-use crate::cache::{Cache, Read, Tier};
+use crate::cache::{Cache, OnL2Failure, Read, SetOptions, Tier};
 use crate::error::Error;
 use crate::fallback::{FallbackHandler, FallbackOptions, FallbackReason, FallbackSnapshot};
 use crate::key::{BookSchema, Key, KeySchema, ValueSchema};
@@ -461,9 +461,17 @@ impl<Src: Source> AsideInner<Src> {
             return Ok(None);
         };
         let value = Arc::new(loaded.value);
+        // `Evict`: a failed fill is not a new value to keep or to record dirty; the source's
+        // value goes to L1 below, as it always has.
         let filled = if fill_l2 {
             self.cache
-                .set(key, Arc::clone(&value), loaded.version)
+                .set_with_policy(
+                    key,
+                    Arc::clone(&value),
+                    loaded.version,
+                    SetOptions::default(),
+                    OnL2Failure::Evict,
+                )
                 .await
         } else {
             Err(Error::BreakerOpen)
@@ -511,7 +519,15 @@ impl<Src: Source> AsideInner<Src> {
         let mut side = loaded.value;
         crate::l2::book::sort_best_first(&mut side.levels, S::SIDE);
         let filled = if fill_l2 {
-            self.cache.set_book(key, side.clone(), loaded.version).await
+            self.cache
+                .set_book_with_policy(
+                    key,
+                    side.clone(),
+                    loaded.version,
+                    SetOptions::default(),
+                    OnL2Failure::Evict,
+                )
+                .await
         } else {
             Err(Error::BreakerOpen)
         };

@@ -1,11 +1,13 @@
-//! The dirty log: keys written to the database while the cache could not be updated, to be deleted from L2 before it is trusted again.
+//! The dirty log: keys written while Redis could not be updated (write-through, or cache-only writes kept in L1), to be deleted from L2 before it is trusted again.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Keys whose L2 copy may be stale because a database write succeeded (or failed) while the
-/// cache write or invalidation did not reach Redis (DESIGN §4 rule 3).
+/// cache write or invalidation did not reach Redis (DESIGN §4 rule 3), or because a cache-only
+/// write ([`Cache::set`](crate::Cache::set), [`Cache::set_book`](crate::Cache::set_book)) failed in
+/// Redis and went to L1 alone ([`WriteOutcome::LocalOnly`](crate::WriteOutcome::LocalOnly)).
 ///
 /// Bounded: past `capacity` keys it stops recording keys and sets an overflow flag; the key
 /// prefixes (kinds) of every recorded key are kept separately, so recovery can fall back to

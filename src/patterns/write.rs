@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::WriteError;
 use super::dirty::DirtyLog;
-use crate::cache::{Cache, WriteOutcome};
+use crate::cache::{Cache, OnL2Failure, SetOptions, WriteOutcome};
 use crate::codec;
 use crate::key::{BookSchema, Key, KeySchema, ValueSchema};
 use crate::schema::BookSide;
@@ -111,7 +111,17 @@ impl<Src: SourceWriter> WriteThrough<Src> {
         codec::encode(0, &*value, self.cache.config().max_value_bytes.get())
             .map_err(WriteError::Invalid)?;
         let version = self.write_source(key, &value).await?;
-        let cached = self.cache.set(key, value, version).await;
+        // Evict, not keep locally, on a failed cache write: rule 3 wants the key out of L1.
+        let cached = self
+            .cache
+            .set_with_policy(
+                key,
+                value,
+                version,
+                SetOptions::default(),
+                OnL2Failure::Evict,
+            )
+            .await;
         Ok(self.finish(key, version, cached))
     }
 
@@ -123,7 +133,16 @@ impl<Src: SourceWriter> WriteThrough<Src> {
     ) -> Result<WriteAck, WriteError<Src::Error>> {
         crate::l2::book::validate(&side).map_err(WriteError::Invalid)?;
         let version = self.write_source(key, &side).await?;
-        let cached = self.cache.set_book(key, side, version).await;
+        let cached = self
+            .cache
+            .set_book_with_policy(
+                key,
+                side,
+                version,
+                SetOptions::default(),
+                OnL2Failure::Evict,
+            )
+            .await;
         Ok(self.finish(key, version, cached))
     }
 
@@ -145,7 +164,7 @@ impl<Src: SourceWriter> WriteThrough<Src> {
         // commit after a timeout): drop it from both tiers so the next read loads.
         if let Err(e) = self.cache.delete(key).await {
             tracing::warn!(key = key.as_str(), error = %e, "invalidation after a refused write failed; key recorded as dirty");
-            self.dirty.record(key.shared(), S::KEY_PREFIX);
+            self.cache.record_dirty(key);
         }
         Err(err)
     }
@@ -162,9 +181,9 @@ impl<Src: SourceWriter> WriteThrough<Src> {
                 cached: Some(outcome),
             },
             Err(e) => {
-                // `Cache::set` already evicted L1 on failure; L2 may or may not hold it.
+                // The cache write (policy `Evict`) already evicted L1; L2 may or may not hold it.
                 tracing::warn!(key = key.as_str(), error = %e, "cache write after a database write failed; key recorded as dirty");
-                self.dirty.record(key.shared(), S::KEY_PREFIX);
+                self.cache.record_dirty(key);
                 WriteAck {
                     version,
                     cached: None,

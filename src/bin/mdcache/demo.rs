@@ -129,16 +129,17 @@ pub(crate) async fn run(
         )
     };
     let reads = report.price.count() + report.book.count();
-    let writes = stats.writes + stats.writes_superseded;
+    let writes = stats.writes + stats.writes_superseded + stats.writes_local_only;
     let lines = [
         format!(
             "{} symbols, 1 writer (price, position, book sides), {} readers (price get + book top-5), {elapsed:.2} s",
             args.symbols, args.readers
         ),
         format!(
-            "writes  {writes} ({:.0}/s), {} superseded, {write_errors} errors",
+            "writes  {writes} ({:.0}/s), {} superseded, {} local-only (Redis failed), {write_errors} errors",
             writes as f64 / elapsed,
-            stats.writes_superseded
+            stats.writes_superseded,
+            stats.writes_local_only
         ),
         format!(
             "reads   {reads} ({:.0}/s), hit rate {:.2} % (l1 hits {}, l2 hits {}, misses {}), {} errors, {} timeouts",

@@ -196,6 +196,7 @@ pub(crate) enum KeyCommand {
     /// Write a value: prints {"key", "version", "outcome": "applied"|"superseded"}.
     ///
     /// A write with a lower version than the cached one changes nothing ("superseded").
+    /// Without a database, a write Redis does not take is not cached at all: exit 3.
     ///
     /// With a database: written to the database first (which assigns the version), then to
     /// the cache; "outcome" is "cache_failed" when only the database took it (still exit 0).
@@ -352,8 +353,8 @@ impl KindOp for Put<'_> {
             PutMode::CacheOnly { version, ttl } => {
                 let cache = self.ctx.cache(false)?;
                 let key = cache.key::<S>(self.id)?;
-                let outcome = cache.set_with(&key, value, version, opts(ttl)).await?;
-                print_put(&key, version, outcome_name(outcome))
+                let outcome = cache.set_with(&key, value, version, opts(ttl)).await;
+                print_put(&key, version, cache_only_outcome(outcome)?)
             }
             PutMode::Through(db) => {
                 let cache = self.ctx.cache(true)?;
@@ -372,8 +373,8 @@ impl KindOp for Put<'_> {
             PutMode::CacheOnly { version, ttl } => {
                 let cache = self.ctx.cache(false)?;
                 let key = cache.key::<S>(self.id)?;
-                let outcome = cache.set_book_with(&key, side, version, opts(ttl)).await?;
-                print_put(&key, version, outcome_name(outcome))
+                let outcome = cache.set_book_with(&key, side, version, opts(ttl)).await;
+                print_put(&key, version, cache_only_outcome(outcome)?)
             }
             PutMode::Through(db) => {
                 let cache = self.ctx.cache(true)?;
@@ -654,10 +655,31 @@ fn print_read<S: KeySchema>(key: &Key<S>, read: &Read<S::Value>) -> Result<(), F
     })
 }
 
+/// A cache-only `put`'s result as its `outcome`, or the failure (exit 3 when Redis failed).
+///
+/// The value must be in Redis for the put to count: this process exits at once, so a value
+/// only it holds was not cached at all. A [`WriteOutcome::LocalOnly`] is therefore a failure.
+/// (The key commands use the Redis backend, which has no L1 and returns the error itself; the
+/// `LocalOnly` arm guards against that changing.)
+fn cache_only_outcome(outcome: mdcache::Result<WriteOutcome>) -> Result<&'static str, Failure> {
+    const NOT_CACHED: &str = "Redis unavailable: the value was not cached";
+    match outcome {
+        Ok(WriteOutcome::LocalOnly) => Err(Failure::unavailable(format!(
+            "{NOT_CACHED} (only this process held it)"
+        ))),
+        Ok(outcome) => Ok(outcome_name(outcome)),
+        Err(e) if e.trips_breaker() || e.kind() == mdcache::ErrorKind::BreakerOpen => {
+            Err(Failure::unavailable(format!("{NOT_CACHED}: {e}")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn outcome_name(outcome: WriteOutcome) -> &'static str {
     match outcome {
         WriteOutcome::Applied => "applied",
         WriteOutcome::Superseded => "superseded",
+        WriteOutcome::LocalOnly => "local_only",
         // Non-exhaustive; an outcome this build does not know is still reported, not hidden.
         _ => "unknown",
     }

@@ -127,6 +127,9 @@ pub(crate) enum WriteOutcome {
     Superseded,
     /// Write-through only: the source took it but the cache write failed (dirty log).
     CacheFailed,
+    /// Cache-only (feed) writes: Redis failed, the value went to this process's L1 only
+    /// (`mdcache::WriteOutcome::LocalOnly`, key in the dirty log).
+    LocalOnly,
     /// The write returned an error.
     Error,
 }
@@ -150,6 +153,8 @@ pub(crate) struct OpStats {
     pub(crate) superseded: u64,
     /// Write-through: acknowledged by the source, but the cache write failed.
     pub(crate) cache_failed: u64,
+    /// Cache-only writes: Redis failed; held by this process's L1 only.
+    pub(crate) local_only: u64,
 }
 
 impl OpStats {
@@ -163,6 +168,7 @@ impl OpStats {
             tiers: [0; 4],
             superseded: 0,
             cache_failed: 0,
+            local_only: 0,
         }
     }
 
@@ -187,6 +193,7 @@ impl OpStats {
         }
         self.superseded += other.superseded;
         self.cache_failed += other.cache_failed;
+        self.local_only += other.local_only;
     }
 }
 
@@ -262,6 +269,7 @@ impl Recorder {
             WriteOutcome::Applied => {}
             WriteOutcome::Superseded => s.superseded += 1,
             WriteOutcome::CacheFailed => s.cache_failed += 1,
+            WriteOutcome::LocalOnly => s.local_only += 1,
             WriteOutcome::Error => s.errors += 1,
         }
     }
@@ -426,10 +434,11 @@ mod tests {
         let mut b = Recorder::default();
         b.write(Op::WritePrice, 300, WriteOutcome::Superseded);
         b.write(Op::WritePos, 9_000, WriteOutcome::CacheFailed);
+        b.write(Op::WriteBook, 400, WriteOutcome::LocalOnly);
         b.read(Op::ReadPrice, 120, ReadOutcome::NotFound, false);
         a.merge(&b);
 
-        assert_eq!((a.reads(), a.writes()), (5, 2));
+        assert_eq!((a.reads(), a.writes()), (5, 3));
         assert_eq!(a.read_failures(), [0, 1, 0, 0]);
         assert_eq!(a.past_ttl(), 1);
         assert_eq!(a.op(Op::ReadPos).tiers, [1, 0, 0, 0]);
@@ -440,7 +449,8 @@ mod tests {
         assert_eq!(a.op(Op::ReadRisk).errors, 1);
         assert_eq!(a.op(Op::WritePrice).superseded, 1);
         assert_eq!(a.op(Op::WritePos).cache_failed, 1);
-        assert_eq!(a.op(Op::WriteBook).count(), 0);
+        assert_eq!(a.op(Op::WriteBook).local_only, 1);
+        assert_eq!(a.op(Op::WriteOrder).count(), 0);
         assert_eq!((a.hot_reads, a.hot_hits), (3, 2));
         assert!(price.latency.max() >= 5_000);
     }

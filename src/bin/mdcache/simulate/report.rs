@@ -201,6 +201,8 @@ pub(crate) struct WindowReport {
     pub(crate) write_errors: u64,
     /// Write-through writes the source took but the cache did not (dirty log).
     pub(crate) writes_cache_failed: u64,
+    /// Feed writes Redis did not take, held by this process's L1 only (dirty log).
+    pub(crate) writes_local_only: u64,
     /// Times the breaker opened inside the window.
     pub(crate) breaker_opened: u64,
     /// The breaker was seen open or half-open inside the window.
@@ -246,6 +248,7 @@ pub(crate) fn window_report(w: Window, rec: &Recorder, t: Timeline) -> WindowRep
         writes: rec.writes(),
         write_errors: writes.iter().map(|s| s.errors).sum(),
         writes_cache_failed: writes.iter().map(|s| s.cache_failed).sum(),
+        writes_local_only: writes.iter().map(|s| s.local_only).sum(),
         breaker_opened: t.opened,
         breaker_open_seen: t.open_seen,
         recovered_after_ms: t.recovered_after.map(|d| d.as_secs_f64() * 1_000.0),
@@ -309,6 +312,10 @@ pub(crate) struct OpReport {
     /// Write-through only: the source took the write, the cache write failed (dirty log).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cache_failed: Option<u64>,
+    /// Cache-only (feed) writes only: Redis failed, the value went to this process's L1 only
+    /// (dirty log).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) local_only: Option<u64>,
 }
 
 /// Reads by provenance (`Read::tier`).
@@ -347,6 +354,8 @@ pub(crate) struct Tiers {
     pub(crate) writes_applied: u64,
     /// Cache writes refused because a higher version was cached.
     pub(crate) writes_superseded: u64,
+    /// Cache-only writes whose Redis write failed, held by this process's L1 only.
+    pub(crate) writes_local_only: u64,
     /// Cache operations that returned an error.
     pub(crate) errors: u64,
     /// Redis operations that missed their deadline.
@@ -445,6 +454,7 @@ fn op_report(op: Op, s: &OpStats) -> OpReport {
         past_ttl: op.is_read().then_some(s.past_ttl),
         superseded: (!op.is_read()).then_some(s.superseded),
         cache_failed: matches!(op, Op::WriteOrder | Op::WritePos).then_some(s.cache_failed),
+        local_only: matches!(op, Op::WritePrice | Op::WriteBook).then_some(s.local_only),
     }
 }
 
@@ -506,6 +516,7 @@ impl Report {
                 source_writes: stats.source_writes,
                 writes_applied: stats.writes,
                 writes_superseded: stats.writes_superseded,
+                writes_local_only: stats.writes_local_only,
                 errors: stats.errors,
                 timeouts: stats.timeouts,
             },
@@ -629,7 +640,7 @@ impl Report {
         }
         if let Some(w) = &self.fault_window {
             lines.push(format!(
-                "fault window {:.1}-{:.1} s: {} reads (errors: {}), p99.9 {}, max {}, stale {}; {} writes ({} errors, {} cache failed); breaker opened {}; recovered {}",
+                "fault window {:.1}-{:.1} s: {} reads (errors: {}), p99.9 {}, max {}, stale {}; {} writes ({} errors, {} cache failed, {} local only); breaker opened {}; recovered {}",
                 w.start_s,
                 w.end_s,
                 thousands(w.reads),
@@ -640,6 +651,7 @@ impl Report {
                 thousands(w.writes),
                 w.write_errors,
                 w.writes_cache_failed,
+                w.writes_local_only,
                 w.breaker_opened,
                 w.recovered_after_ms
                     .map_or_else(|| "not within 30 s".to_owned(), |ms| format!("{ms:.0} ms after the window")),
@@ -777,6 +789,8 @@ mod tests {
         assert_eq!(names.len(), 8);
         assert_eq!(json["ops"]["write_pos"]["superseded"], 1);
         assert!(json["ops"]["write_book"].get("cache_failed").is_none());
+        assert_eq!(json["ops"]["write_book"]["local_only"], 0);
+        assert!(json["ops"]["write_pos"].get("local_only").is_none());
         assert!(r.summary(&all).iter().any(|l| l.starts_with("read_price")));
     }
 }

@@ -302,6 +302,7 @@ async fn timed<F: Future>(clock: &quanta::Clock, fut: F) -> (F::Output, u64) {
 fn cache_write(r: &mdcache::Result<mdcache::WriteOutcome>) -> WriteOutcome {
     match r {
         Ok(mdcache::WriteOutcome::Superseded) => WriteOutcome::Superseded,
+        Ok(mdcache::WriteOutcome::LocalOnly) => WriteOutcome::LocalOnly,
         Ok(_) => WriteOutcome::Applied,
         Err(_) => WriteOutcome::Error,
     }
