@@ -235,6 +235,41 @@ async fn a_constraint_violation_returns_the_error_and_clears_both_tiers() {
     );
 }
 
+/// bb8 alone would keep a checkout waiting (and retrying) for its whole connection timeout
+/// while the database refuses connections; the source fails it at the first refused attempt,
+/// with the reason.
+#[tokio::test]
+async fn a_stopped_database_fails_loads_with_the_reason_not_a_pool_timeout() {
+    let mut db = PgServer::start();
+    let src = postgres(&db.url()).await;
+    let cache = Cache::builder().build().unwrap();
+    let key = cache.key::<Order>(&uid("refused")).unwrap();
+    assert!(src.load(&key).await.unwrap().is_none());
+    db.stop();
+    let mut refused = 0;
+    // The pool's idle connections die with the server: each fails once ("connection
+    // closed") and is dropped; then every checkout must open a connection, and is refused.
+    for _ in 0..20 {
+        let err = src.load(&key).await.unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        assert!(
+            !matches!(err, mdcache::PostgresSourceError::NoConnection(_)),
+            "a checkout waited for the pool's timeout: {err}"
+        );
+        if matches!(err, mdcache::PostgresSourceError::Unreachable(_)) {
+            assert!(err.to_string().contains("refused"), "{err}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 10, "{refused} refused");
+    db.start_again();
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while let Err(e) = src.load(&key).await {
+        assert!(Instant::now() < give_up, "database never came back: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_stopped_database_fails_the_write_and_leaves_nothing_cached() {
     let redis = RedisServer::start();

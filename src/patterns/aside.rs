@@ -473,12 +473,16 @@ impl<Src: Source> AsideInner<Src> {
                     OnL2Failure::Evict,
                 )
                 .await
+                .inspect_err(|e| {
+                    tracing::debug!(key = key.as_str(), error = %e, "cache fill went to L1 only");
+                })
+                .is_ok()
         } else {
-            Err(Error::BreakerOpen)
+            // The fallback path: Redis is failing (the reason was counted there).
+            false
         };
-        if let Err(e) = filled {
-            // Redis is unavailable: the value is fresh from the source, so L1 may hold it.
-            tracing::debug!(key = key.as_str(), error = %e, "cache fill went to L1 only");
+        if !filled {
+            // The value is fresh from the source, so L1 may hold it.
             self.cache
                 .fill_l1(key, Arc::clone(&value), loaded.version, 0);
         }
@@ -528,11 +532,14 @@ impl<Src: Source> AsideInner<Src> {
                     OnL2Failure::Evict,
                 )
                 .await
+                .inspect_err(|e| {
+                    tracing::debug!(key = key.as_str(), error = %e, "cache fill went to L1 only");
+                })
+                .is_ok()
         } else {
-            Err(Error::BreakerOpen)
+            false
         };
-        if let Err(e) = filled {
-            tracing::debug!(key = key.as_str(), error = %e, "cache fill went to L1 only");
+        if !filled {
             self.cache.fill_l1_book(key, side.clone(), loaded.version);
         }
         Ok(Some(from_source(key, Arc::new(side), loaded.version)))

@@ -20,6 +20,8 @@
 //! again above every version it had before.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bb8_postgres::PostgresConnectionManager;
@@ -44,6 +46,10 @@ pub enum PostgresSourceError {
     /// No connection could be had in time (the database is down or overloaded).
     #[error("postgres: no connection within {0:?}")]
     NoConnection(Duration),
+    /// Every connection was busy or dead, and opening a new one failed (the database is down,
+    /// refusing connections or unreachable): the checkout fails at once with the reason.
+    #[error("postgres: cannot connect: {0}")]
+    Unreachable(String),
     /// A stored value did not match the kind's type.
     #[error("postgres: stored value for {key} does not decode: {reason}")]
     Decode {
@@ -60,14 +66,18 @@ pub enum PostgresSourceError {
     Config(String),
 }
 
-/// tokio-postgres prints a server refusal as just "db error"; say what the server said.
+/// tokio-postgres prints a server refusal as just "db error", and a failed connect as just
+/// "error connecting to server": say what the server said, or why the connect failed.
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => match db.constraint() {
             Some(c) => format!("{} ({}, constraint {c})", db.message(), db.code().code()),
             None => format!("{} ({})", db.message(), db.code().code()),
         },
-        None => e.to_string(),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 
@@ -75,7 +85,7 @@ impl PostgresSourceError {
     /// True when the database could not be reached (as opposed to refusing a statement).
     pub fn is_unavailable(&self) -> bool {
         match self {
-            PostgresSourceError::NoConnection(_) => true,
+            PostgresSourceError::NoConnection(_) | PostgresSourceError::Unreachable(_) => true,
             PostgresSourceError::Db(e) => e.is_closed() || e.code().is_none(),
             _ => false,
         }
@@ -114,6 +124,58 @@ impl Default for PostgresOptions {
 pub struct PostgresSource {
     pool: bb8::Pool<PostgresConnectionManager<NoTls>>,
     connect_timeout: Duration,
+    failures: ConnectFailures,
+}
+
+/// Failed attempts to open a connection, as bb8 reports them (its error sink). bb8's checkout
+/// does not return a failed connect: it waits, retrying, for its whole connection timeout
+/// even with `retry_connection(false)`. A checkout that has no idle connection therefore also
+/// watches this, and fails as soon as an attempt made after it started fails.
+#[derive(Debug, Clone, Default)]
+struct ConnectFailures(Arc<FailuresInner>);
+
+#[derive(Debug, Default)]
+struct FailuresInner {
+    count: AtomicU64,
+    last: Mutex<String>,
+    notify: tokio::sync::Notify,
+}
+
+impl ConnectFailures {
+    fn count(&self) -> u64 {
+        self.0.count.load(Ordering::Acquire)
+    }
+
+    /// Resolves, with the reason, once a connect attempt fails after `seen` failures.
+    async fn after(&self, seen: u64) -> String {
+        loop {
+            let notified = self.0.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() > seen {
+                return self
+                    .0
+                    .last
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+            }
+            notified.await;
+        }
+    }
+}
+
+impl bb8::ErrorSink<tokio_postgres::Error> for ConnectFailures {
+    fn sink(&self, error: tokio_postgres::Error) {
+        tracing::debug!(%error, "postgres connection attempt failed");
+        *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = describe(&error);
+        self.0.count.fetch_add(1, Ordering::AcqRel);
+        self.0.notify.notify_waiters();
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<tokio_postgres::Error>> {
+        Box::new(self.clone())
+    }
 }
 
 fn table(kind: &str) -> String {
@@ -136,19 +198,23 @@ impl PostgresSource {
             .map_err(|e| PostgresSourceError::Config(format!("DATABASE_URL: {e}")))?;
         config.connect_timeout(opts.connect_timeout);
         let manager = PostgresConnectionManager::new(config, NoTls);
+        let failures = ConnectFailures::default();
         let pool = bb8::Pool::builder()
             .max_size(opts.pool_size.max(1))
             // has_broken (is_closed) already drops dead connections; a checkout test would
             // add a round trip to every load.
             .test_on_check_out(false)
             .connection_timeout(opts.connect_timeout)
-            // A refused connection fails the checkout at once instead of being retried until
-            // connect_timeout: a database that is down should cost a caller milliseconds.
+            // A failed connect is not retried in the background until connect_timeout; with
+            // the error sink below, a checkout waiting for it fails at once: a database that
+            // is down should cost a caller milliseconds.
             .retry_connection(false)
+            .error_sink(Box::new(failures.clone()))
             .build_unchecked(manager);
         let source = PostgresSource {
             pool,
             connect_timeout: opts.connect_timeout,
+            failures,
         };
         let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
         source.create_tables(&kinds).await?;
@@ -187,10 +253,16 @@ impl PostgresSource {
         &self,
     ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, PostgresSourceError>
     {
-        self.pool.get().await.map_err(|e| match e {
-            bb8::RunError::User(e) => PostgresSourceError::Db(e),
-            bb8::RunError::TimedOut => PostgresSourceError::NoConnection(self.connect_timeout),
-        })
+        let seen = self.failures.count();
+        tokio::select! {
+            // An idle connection first, even if connects are failing meanwhile.
+            biased;
+            got = self.pool.get() => got.map_err(|e| match e {
+                bb8::RunError::User(e) => PostgresSourceError::Db(e),
+                bb8::RunError::TimedOut => PostgresSourceError::NoConnection(self.connect_timeout),
+            }),
+            why = self.failures.after(seen) => Err(PostgresSourceError::Unreachable(why)),
+        }
     }
 
     fn decode<S: KeySchema>(
