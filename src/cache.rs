@@ -787,20 +787,8 @@ impl Cache {
         depth: usize,
     ) -> Result<Option<Read<BookSide>>> {
         if let Some(l1) = &self.inner.l1 {
-            if let Some(hit) = l1.get::<BookEntry>(key.as_str()) {
-                let have = hit.value.side.levels.len();
-                if hit.value.complete || (depth != 0 && have >= depth) {
-                    self.ks(key).l1_hits.inc();
-                    let side = top(&hit.value.side, depth);
-                    let read = self.l1_read(hit);
-                    return Ok(Some(Read {
-                        value: side,
-                        version: read.version,
-                        tier: read.tier,
-                        age: read.age,
-                        ttl_remaining: read.ttl_remaining,
-                    }));
-                }
+            if let Some(read) = self.l1_book(l1, key, depth) {
+                return Ok(Some(read));
             }
             self.ks(key).l1_misses.inc();
         }
@@ -853,6 +841,60 @@ impl Cache {
             age,
             ttl_remaining: f.remaining,
         }))
+    }
+
+    /// The top `depth` levels of a book side from L1, if it holds them fresh (counted as an
+    /// L1 hit; a miss is not counted here).
+    #[inline]
+    fn l1_book<S: BookSchema>(
+        &self,
+        l1: &L1,
+        key: &Key<S>,
+        depth: usize,
+    ) -> Option<Read<BookSide>> {
+        let hit = l1.get::<BookEntry>(key.as_str())?;
+        let have = hit.value.side.levels.len();
+        if !(hit.value.complete || (depth != 0 && have >= depth)) {
+            return None;
+        }
+        self.ks(key).l1_hits.inc();
+        let side = top(&hit.value.side, depth);
+        let read = self.l1_read(hit);
+        Some(Read {
+            value: side,
+            version: read.version,
+            tier: read.tier,
+            age: read.age,
+            ttl_remaining: read.ttl_remaining,
+        })
+    }
+
+    /// Cache-aside's re-check inside a single flight: has a flight that just finished filled
+    /// the key? That flight filled L1 (in this process) as well as Redis, so with an L1 only
+    /// L1 is asked — no second Redis round trip before the source; without one, Redis is.
+    pub(crate) async fn recheck<S: ValueSchema>(
+        &self,
+        key: &Key<S>,
+    ) -> Result<Option<Read<S::Value>>> {
+        match &self.inner.l1 {
+            Some(l1) => Ok(l1.get::<S::Value>(key.as_str()).map(|hit| {
+                self.ks(key).l1_hits.inc();
+                self.l1_read(hit)
+            })),
+            None => self.read(key).await,
+        }
+    }
+
+    /// [`recheck`](Self::recheck) for a book side.
+    pub(crate) async fn recheck_book<S: BookSchema>(
+        &self,
+        key: &Key<S>,
+        depth: usize,
+    ) -> Result<Option<Read<BookSide>>> {
+        match &self.inner.l1 {
+            Some(l1) => Ok(self.l1_book(l1, key, depth)),
+            None => self.get_book(key, depth).await,
+        }
     }
 
     /// Round trip to Redis under the operation deadline; `Ok` for a memory-only cache.

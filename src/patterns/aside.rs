@@ -454,7 +454,7 @@ impl<Src: Source> AsideInner<Src> {
         recheck: bool,
         fill_l2: bool,
     ) -> Result<Option<Read<S::Value>>, LoadError<Src::Error>> {
-        if recheck && let Ok(Some(r)) = self.cache.read(key).await {
+        if recheck && let Ok(Some(r)) = self.cache.recheck(key).await {
             return Ok(Some(r));
         }
         let Some(loaded) = self.load(key).await? else {
@@ -514,7 +514,7 @@ impl<Src: Source> AsideInner<Src> {
         recheck: bool,
         fill_l2: bool,
     ) -> Result<Option<Read<BookSide>>, LoadError<Src::Error>> {
-        if recheck && let Ok(Some(r)) = self.cache.get_book(key, depth).await {
+        if recheck && let Ok(Some(r)) = self.cache.recheck_book(key, depth).await {
             return Ok(Some(r));
         }
         let Some(loaded) = self.load(key).await? else {
