@@ -46,6 +46,83 @@ struct Expect {
     source_down: bool,
 }
 
+/// The faults, each injected, kept up and healed the same way by both kinds of scenario.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    RedisKilled,
+    RedisHung,
+    RedisSlow,
+    ConnectionResets,
+    PostgresStopped,
+    BothDown,
+}
+
+impl Fault {
+    /// The scenario's name in reports.
+    fn name(self) -> &'static str {
+        match self {
+            Fault::RedisKilled => "redis killed",
+            Fault::RedisHung => "redis hung",
+            Fault::RedisSlow => "+20 ms latency",
+            Fault::ConnectionResets => "connection resets",
+            Fault::PostgresStopped => "postgres stopped",
+            Fault::BothDown => "both down",
+        }
+    }
+
+    /// The client talks to Redis through the fault proxy.
+    fn through_proxy(self) -> bool {
+        matches!(self, Fault::RedisSlow | Fault::ConnectionResets)
+    }
+
+    fn expect(self) -> Expect {
+        Expect {
+            // Resets are absorbed by per-operation retries as often as not.
+            breaker_opens: !matches!(self, Fault::ConnectionResets | Fault::PostgresStopped),
+            source_down: matches!(self, Fault::PostgresStopped | Fault::BothDown),
+        }
+    }
+
+    fn proxy(env: &Env) -> &FaultProxy {
+        env.proxy.as_ref().expect("a proxy scenario has a proxy")
+    }
+
+    fn inject(self, env: &mut Env) {
+        match self {
+            Fault::RedisKilled => env.redis.kill(),
+            Fault::RedisHung => env.redis.pause(),
+            Fault::RedisSlow => Self::proxy(env).set_latency(Duration::from_millis(20)),
+            Fault::ConnectionResets => Self::proxy(env).reset_all(),
+            Fault::PostgresStopped => env.pg.stop(),
+            Fault::BothDown => {
+                env.redis.kill();
+                env.pg.stop();
+            }
+        }
+    }
+
+    /// Called every 50 ms while the fault is on.
+    fn during(self, env: &Env) {
+        if let Fault::ConnectionResets = self {
+            Self::proxy(env).reset_all();
+        }
+    }
+
+    fn heal(self, env: &mut Env) {
+        match self {
+            Fault::RedisKilled => env.redis.restart(),
+            Fault::RedisHung => env.redis.resume(),
+            Fault::RedisSlow => Self::proxy(env).set_latency(Duration::ZERO),
+            Fault::ConnectionResets => {}
+            Fault::PostgresStopped => env.pg.start_again(),
+            Fault::BothDown => {
+                env.pg.start_again();
+                env.redis.restart();
+            }
+        }
+    }
+}
+
 /// Figures gathered by the load.
 #[derive(Debug, Default)]
 struct Figures {
@@ -78,7 +155,8 @@ struct Load {
     px: Vec<Key<Price>>,
 }
 
-async fn setup(through_proxy: bool) -> (Env, Load) {
+/// Starts the servers (and the proxy in front of Redis).
+fn start_env(through_proxy: bool) -> Env {
     let redis = RedisServer::start();
     let pg = PgServer::start();
     let proxy = through_proxy.then(|| {
@@ -87,9 +165,21 @@ async fn setup(through_proxy: bool) -> (Env, Load) {
             .expect("socket address");
         FaultProxy::start(addr)
     });
-    let url = proxy
-        .as_ref()
-        .map_or_else(|| redis.url(), |p| p.url_for_redis());
+    Env { redis, pg, proxy }
+}
+
+impl Env {
+    /// The Redis URL clients use: the proxy's, if there is one.
+    fn redis_url(&self) -> String {
+        self.proxy
+            .as_ref()
+            .map_or_else(|| self.redis.url(), |p| p.url_for_redis())
+    }
+}
+
+async fn setup(through_proxy: bool) -> (Env, Load) {
+    let env = start_env(through_proxy);
+    let url = env.redis_url();
     let cache = Cache::builder()
         .redis_url(url)
         .backend(Backend::Layered)
@@ -103,7 +193,7 @@ async fn setup(through_proxy: bool) -> (Env, Load) {
     let mut opts = PostgresOptions::default();
     opts.connect_timeout = Duration::from_millis(300);
     let src = Counted::new(
-        PostgresSource::connect_with(&pg.url(), opts)
+        PostgresSource::connect_with(&env.pg.url(), opts)
             .await
             .expect("postgres"),
     );
@@ -139,7 +229,7 @@ async fn setup(through_proxy: bool) -> (Env, Load) {
             .await
             .expect("seed price");
     }
-    (Env { redis, pg, proxy }, load)
+    (env, load)
 }
 
 fn position(qty: f64) -> Position {
@@ -255,16 +345,10 @@ fn spawn_load(
     tasks
 }
 
-/// Runs one scenario: healthy load, `inject`, fault for `fault_for`, `heal`, recovery, checks.
-async fn scenario(
-    name: &str,
-    through_proxy: bool,
-    expect: Expect,
-    inject: impl FnOnce(&mut Env),
-    during: impl Fn(&Env),
-    heal: impl FnOnce(&mut Env),
-) {
-    let (mut env, load) = setup(through_proxy).await;
+/// Runs one scenario: healthy load, the fault for 2 s, healing, recovery, checks.
+async fn scenario(fault: Fault) {
+    let (name, expect) = (fault.name(), fault.expect());
+    let (mut env, load) = setup(fault.through_proxy()).await;
     let load = Arc::new(load);
     let figures = Arc::new(Mutex::new(Figures::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -273,11 +357,11 @@ async fn scenario(
     tokio::time::sleep(Duration::from_millis(500)).await;
     figures.lock().unwrap().during_fault =
         Some(hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"));
-    inject(&mut env);
+    fault.inject(&mut env);
     let mut saw_open = false;
     let fault_until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < fault_until {
-        during(&env);
+        fault.during(&env);
         saw_open |= load
             .cache
             .breaker()
@@ -285,7 +369,7 @@ async fn scenario(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let fault_hist = figures.lock().unwrap().during_fault.take();
-    heal(&mut env);
+    fault.heal(&mut env);
     let healed = Instant::now();
     // Recovery: the breaker closes (after the probe and the dirty-log replay).
     let give_up = healed + Duration::from_secs(20);
@@ -438,112 +522,34 @@ async fn scenario(
     drop(env);
 }
 
-const REDIS_FAULT: Expect = Expect {
-    breaker_opens: true,
-    source_down: false,
-};
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_then_restarted_empty() {
-    scenario(
-        "redis killed",
-        false,
-        REDIS_FAULT,
-        |env| env.redis.kill(),
-        |_| {},
-        |env| env.redis.restart(),
-    )
-    .await;
+    scenario(Fault::RedisKilled).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_hung_then_resumed() {
-    scenario(
-        "redis hung",
-        false,
-        REDIS_FAULT,
-        |env| env.redis.pause(),
-        |_| {},
-        |env| env.redis.resume(),
-    )
-    .await;
+    scenario(Fault::RedisHung).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_20ms_slower_than_the_deadline() {
-    scenario(
-        "+20 ms latency",
-        true,
-        REDIS_FAULT,
-        |env| {
-            env.proxy
-                .as_ref()
-                .expect("proxy")
-                .set_latency(Duration::from_millis(20))
-        },
-        |_| {},
-        |env| {
-            env.proxy
-                .as_ref()
-                .expect("proxy")
-                .set_latency(Duration::ZERO)
-        },
-    )
-    .await;
+    scenario(Fault::RedisSlow).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_connections_reset() {
-    scenario(
-        "connection resets",
-        true,
-        Expect {
-            breaker_opens: false,
-            source_down: false,
-        },
-        |env| env.proxy.as_ref().expect("proxy").reset_all(),
-        |env| env.proxy.as_ref().expect("proxy").reset_all(),
-        |_| {},
-    )
-    .await;
+    scenario(Fault::ConnectionResets).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped() {
-    scenario(
-        "postgres stopped",
-        false,
-        Expect {
-            breaker_opens: false,
-            source_down: true,
-        },
-        |env| env.pg.stop(),
-        |_| {},
-        |env| env.pg.start_again(),
-    )
-    .await;
+    scenario(Fault::PostgresStopped).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_and_postgres_both_down() {
-    scenario(
-        "both down",
-        false,
-        Expect {
-            breaker_opens: true,
-            source_down: true,
-        },
-        |env| {
-            env.redis.kill();
-            env.pg.stop();
-        },
-        |_| {},
-        |env| {
-            env.pg.start_again();
-            env.redis.restart();
-        },
-    )
-    .await;
+    scenario(Fault::BothDown).await;
 }
 
 /// Polls `cond` every 10 ms; panics after 30 s.
@@ -618,36 +624,18 @@ async fn one_probe_recovers_a_pool_whose_sockets_died_during_the_outage() {
 const SIM_DURATION: &str = "6s";
 const SIM_WINDOW: (Duration, Duration) = (Duration::from_millis(1500), Duration::from_millis(3500));
 
-/// Starts the servers (and the proxy) for one simulate-driven scenario.
-fn sim_env(through_proxy: bool) -> Env {
-    let redis = RedisServer::start();
-    let pg = PgServer::start();
-    let proxy = through_proxy.then(|| {
-        let addr = format!("127.0.0.1:{}", redis.port())
-            .parse()
-            .expect("socket address");
-        FaultProxy::start(addr)
-    });
-    Env { redis, pg, proxy }
-}
-
 /// Runs `mdcache simulate` under one fault and returns its report; see `sim_scenario`.
 fn run_simulate(
-    name: &str,
+    fault: Fault,
     env: &mut Env,
-    inject: impl FnOnce(&mut Env),
-    during: impl Fn(&Env),
-    heal: impl FnOnce(&mut Env),
 ) -> (serde_json::Value, std::process::ExitStatus, String) {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
 
     let dir = tempfile::tempdir().expect("temp dir");
     let report_path = dir.path().join("report.json");
-    let redis_url = env
-        .proxy
-        .as_ref()
-        .map_or_else(|| env.redis.url(), |p| p.url_for_redis());
+    let name = fault.name();
+    let redis_url = env.redis_url();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mdcache"));
     // Nothing from the host's environment: only the settings below.
     for (var, _) in std::env::vars_os() {
@@ -724,12 +712,12 @@ fn run_simulate(
         }
     };
     std::thread::sleep((started + SIM_WINDOW.0).saturating_duration_since(Instant::now()));
-    inject(env);
+    fault.inject(env);
     while Instant::now() < started + SIM_WINDOW.1 {
-        during(env);
+        fault.during(env);
         std::thread::sleep(Duration::from_millis(50));
     }
-    heal(env);
+    fault.heal(env);
 
     // simulate ends after its duration plus its bounded recovery wait and the checks.
     let give_up = Instant::now() + Duration::from_secs(120);
@@ -759,16 +747,10 @@ fn run_simulate(
 
 /// One scenario under the simulate workload: runs it, saves the report for `make faults`
 /// (when `MDCACHE_FAULTS_OUT` is set) and checks the correctness figures.
-fn sim_scenario(
-    name: &str,
-    through_proxy: bool,
-    expect: Expect,
-    inject: impl FnOnce(&mut Env),
-    during: impl Fn(&Env),
-    heal: impl FnOnce(&mut Env),
-) {
-    let mut env = sim_env(through_proxy);
-    let (report, status, output) = run_simulate(name, &mut env, inject, during, heal);
+fn sim_scenario(fault: Fault) {
+    let (name, expect) = (fault.name(), fault.expect());
+    let mut env = start_env(fault.through_proxy());
+    let (report, status, output) = run_simulate(fault, &mut env);
     if let Ok(dir) = std::env::var("MDCACHE_FAULTS_OUT") {
         let file = format!(
             "{dir}/{}.json",
@@ -859,104 +841,37 @@ fn sim_scenario(
 
 #[test]
 fn simulate_redis_killed_then_restarted_empty() {
-    sim_scenario(
-        "redis killed",
-        false,
-        REDIS_FAULT,
-        |env| env.redis.kill(),
-        |_| {},
-        |env| env.redis.restart(),
-    );
+    sim_scenario(Fault::RedisKilled);
 }
 
 #[test]
 #[ignore = "run by `make faults`"]
 fn simulate_redis_hung_then_resumed() {
-    sim_scenario(
-        "redis hung",
-        false,
-        REDIS_FAULT,
-        |env| env.redis.pause(),
-        |_| {},
-        |env| env.redis.resume(),
-    );
+    sim_scenario(Fault::RedisHung);
 }
 
 #[test]
 #[ignore = "run by `make faults`"]
 fn simulate_redis_20ms_slower_than_the_deadline() {
-    sim_scenario(
-        "+20 ms latency",
-        true,
-        REDIS_FAULT,
-        |env| {
-            env.proxy
-                .as_ref()
-                .expect("proxy")
-                .set_latency(Duration::from_millis(20))
-        },
-        |_| {},
-        |env| {
-            env.proxy
-                .as_ref()
-                .expect("proxy")
-                .set_latency(Duration::ZERO)
-        },
-    );
+    sim_scenario(Fault::RedisSlow);
 }
 
 #[test]
 #[ignore = "run by `make faults`"]
 fn simulate_redis_connections_reset() {
-    sim_scenario(
-        "connection resets",
-        true,
-        Expect {
-            breaker_opens: false,
-            source_down: false,
-        },
-        |env| env.proxy.as_ref().expect("proxy").reset_all(),
-        |env| env.proxy.as_ref().expect("proxy").reset_all(),
-        |_| {},
-    );
+    sim_scenario(Fault::ConnectionResets);
 }
 
 #[test]
 #[ignore = "run by `make faults`"]
 fn simulate_postgres_stopped() {
-    sim_scenario(
-        "postgres stopped",
-        false,
-        Expect {
-            breaker_opens: false,
-            source_down: true,
-        },
-        |env| env.pg.stop(),
-        |_| {},
-        |env| env.pg.start_again(),
-    );
+    sim_scenario(Fault::PostgresStopped);
 }
 
 #[test]
 #[ignore = "run by `make faults`"]
 fn simulate_redis_and_postgres_both_down() {
-    sim_scenario(
-        "both down",
-        false,
-        Expect {
-            breaker_opens: true,
-            source_down: true,
-        },
-        |env| {
-            env.redis.kill();
-            env.pg.stop();
-        },
-        |_| {},
-        |env| {
-            env.pg.start_again();
-            env.redis.restart();
-        },
-    );
+    sim_scenario(Fault::BothDown);
 }
 
 /// `make faults`: turns the simulate reports in `$MDCACHE_FAULTS_OUT` into `docs/faults.md`
