@@ -9,6 +9,10 @@ use crate::error::{Error, Result};
 /// Default deadline for one L2 operation. A few milliseconds: a loopback round trip is
 /// ~25 µs here, so 5 ms means the server is in trouble, and a hung Redis costs a caller 5 ms.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(5);
+/// Longest TTL, negative-cache TTL or stale bound any setting or write may ask for (7 days).
+/// Deadlines are instants on a monotonic clock; a bound keeps `now + ttl` far from overflow,
+/// and no hot trading state should live longer than this without being rewritten.
+pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default deadline for establishing a Redis connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 
