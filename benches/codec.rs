@@ -30,6 +30,7 @@ fn encode_presized(version: u64, value: &Price) -> Vec<u8> {
     buf.push(MAGIC);
     buf.push(FORMAT);
     buf.extend_from_slice(&version.to_be_bytes());
+    buf.extend_from_slice(&0u64.to_be_bytes()); // written TTL: not recorded
     rmp_serde::encode::write_named(&mut buf, value).expect("encode");
     buf
 }

@@ -44,7 +44,9 @@ fn fallback(c: &mut Criterion) {
             seq: 1,
         };
         src.write(&key, &pos).await.expect("seed");
-        let aside = CacheAside::builder(cache.clone(), src.clone()).build();
+        let aside = CacheAside::builder(cache.clone(), src.clone())
+            .build()
+            .expect("default options are valid");
         // Open the breaker: reads fail against the closed port until it opens.
         for _ in 0..100 {
             cache.clear_l1();

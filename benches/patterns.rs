@@ -54,7 +54,9 @@ fn patterns(c: &mut Criterion) {
             .build()
             .expect("cache");
         let src = Arc::new(PostgresSource::connect(&pg.url()).await.expect("postgres"));
-        let aside = CacheAside::builder(cache.clone(), src.clone()).build();
+        let aside = CacheAside::builder(cache.clone(), src.clone())
+            .build()
+            .expect("default options are valid");
         let writer = WriteThrough::new(cache.clone(), src);
         let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
             .await

@@ -4,15 +4,15 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::{Clock, Instant};
+use crate::clock::{Clock, Instant, deadline_after};
 use crate::codec;
-use crate::config::{Backend, CacheConfig};
+use crate::config::{Backend, CacheConfig, MAX_TTL};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::{BookSchema, Key, KeySchema, Storage, ValueSchema, validate_kind};
 use crate::l1::{InsertOutcome, L1};
 use crate::l2::book;
-use crate::l2::guard::BreakerSnapshot;
-use crate::l2::redis::{Fetched, RedisOptions, RedisTier};
+use crate::l2::guard::{BreakerSnapshot, BreakerState};
+use crate::l2::redis::{Fetched, RedisOptions, RedisTier, ttl_ms};
 use crate::patterns::dirty::DirtyLog;
 use crate::patterns::write::DEFAULT_DIRTY_CAPACITY;
 use crate::schema::BookSide;
@@ -61,8 +61,9 @@ pub struct Read<V> {
     /// The tier that served it.
     pub tier: Tier,
     /// Time since it was written, as far as this process can tell: exact for values written
-    /// here; for values from Redis, the kind's TTL minus the remaining TTL (so it assumes the
-    /// writer used the kind's TTL).
+    /// here; for values from Redis, the TTL the writer recorded in the envelope minus the
+    /// remaining TTL, both on Redis's clock (for envelopes of format 1, which record no TTL,
+    /// the kind's TTL stands in).
     pub age: Duration,
     /// Time left before it expires; `None` when the Redis key has no expiry.
     pub ttl_remaining: Option<Duration>,
@@ -99,14 +100,18 @@ pub enum WriteOutcome {
     LocalOnly,
 }
 
-/// What a write does when its Redis write fails with Redis unhealthy (see [`Cache::set`]).
+/// What a write does when its Redis write fails (see [`Cache::set`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OnL2Failure {
-    /// Evict the key from L1 and return the error; the caller decides about the dirty log.
-    /// For write-through (DESIGN §4 rule 3: a failed cache write leaves the key evicted from
-    /// L1, and `WriteThrough` records it dirty) and for cache-aside fills (which put the
-    /// source's value in L1 themselves, and record nothing: a fill is not a new value).
-    Evict,
+    /// A cache-aside fill: drop an *older* L1 copy (never a newer one: rule 9, no tier goes
+    /// backwards) and return the error. Nothing is recorded: a fill is not a new value, and
+    /// the caller puts the source's value in L1 itself, under the version rule.
+    Fill,
+    /// Write-through (DESIGN §4 rules 3 and 9): the database acknowledged this version, so
+    /// L1 keeps a version floor at it — no in-flight fill, refresh or negative entry with an
+    /// older version can land — and the error is returned; `WriteThrough` records the key
+    /// dirty when Redis was unhealthy.
+    Floor,
     /// Record the key dirty and keep the value in L1 under the version rule
     /// ([`WriteOutcome::LocalOnly`]); without an L1, record it dirty and return the error.
     /// For the cache-only writes `set` and `set_book`.
@@ -131,7 +136,7 @@ impl<V: Send + Sync + 'static> LocalWrite<V> {
             key.shared(),
             self.value,
             self.version,
-            self.t0 + self.ttl,
+            deadline_after(self.t0, self.ttl),
             self.t0,
             self.bytes,
         )
@@ -165,6 +170,22 @@ impl SetOptions {
         self.ttl = Some(ttl);
         self
     }
+}
+
+/// How long a version floor (DESIGN §4 rule 9) is held at least: longer than any source load
+/// that may be in flight when it is set (cache-aside's default source deadline is 500 ms),
+/// so a load that read the older row before the write committed cannot fill L1 after it.
+/// A key's floor is held for the longer of this and the key's TTL.
+pub const FLOOR_HOLD: Duration = Duration::from_secs(10);
+
+/// What became of a value fetched from Redis.
+pub(crate) enum Fetch<V> {
+    /// Served.
+    Hit(Read<V>),
+    /// Not servable: gone, or older than what L1 holds (a version floor).
+    Miss,
+    /// The bytes did not decode; counted, and to be removed from Redis if unchanged.
+    Undecodable(Vec<u8>),
 }
 
 /// The L1 marker for "the source has no such key" (negative caching).
@@ -328,49 +349,85 @@ impl Cache {
                 self.ks(key).l2_misses.inc();
                 Ok(None)
             }
-            Some(f) => Ok(self.accept_fetched(key, f, t0)),
+            Some(f) => Ok(self.settle_fetched(l2, key, f, t0).await),
         }
     }
 
-    /// Decodes a value fetched from L2 and promotes it to L1 with the remaining TTL.
+    /// [`accept_fetched`](Self::accept_fetched), repairing undecodable bytes: they are deleted
+    /// from Redis if nobody replaced them meanwhile, so the next fill can land (a garbage
+    /// header version would otherwise win every compare-and-set and pin the key).
+    async fn settle_fetched<S: ValueSchema>(
+        &self,
+        l2: &RedisTier,
+        key: &Key<S>,
+        f: Fetched,
+        t0: Instant,
+    ) -> Option<Read<S::Value>> {
+        match self.accept_fetched(key, f, t0) {
+            Fetch::Hit(r) => Some(r),
+            Fetch::Miss => None,
+            Fetch::Undecodable(bytes) => {
+                if let Err(e) = l2.unlink_if_equals(key.as_str(), &bytes).await {
+                    tracing::debug!(key = key.as_str(), error = %e, "removing an undecodable value failed");
+                }
+                None
+            }
+        }
+    }
+
+    /// Decodes a value fetched from L2 and promotes it to L1 with the remaining TTL. A value
+    /// older than what L1 holds (a version floor, or a newer value written meanwhile) is not
+    /// served: the fresher L1 value is, or the read misses.
     fn accept_fetched<S: ValueSchema>(
         &self,
         key: &Key<S>,
         f: Fetched,
         t0: Instant,
-    ) -> Option<Read<S::Value>> {
-        match codec::decode::<S::Value>(&f.bytes) {
+    ) -> Fetch<S::Value> {
+        let env = match codec::decode_envelope::<S::Value>(&f.bytes) {
+            Ok(env) => env,
             Err(reason) => {
                 self.ks(key).decode_errors.inc();
                 self.ks(key).l2_misses.inc();
                 tracing::warn!(key = key.as_str(), %reason, "undecodable value treated as a miss");
-                None
+                return Fetch::Undecodable(f.bytes);
             }
-            Ok((version, value)) => {
-                self.ks(key).l2_hits.inc();
-                let value = Arc::new(value);
-                let remaining = f.remaining.unwrap_or(key.ttl());
-                let age = key.ttl().saturating_sub(remaining);
-                if let Some(l1) = &self.inner.l1 {
-                    let written = t0.checked_sub(age).unwrap_or(t0);
-                    l1.insert(
-                        key.shared(),
-                        Arc::clone(&value),
-                        version,
-                        t0 + remaining,
-                        written,
-                        f.bytes.len(),
-                    );
-                }
-                Some(Read {
-                    value,
-                    version,
-                    tier: Tier::L2,
-                    age,
-                    ttl_remaining: f.remaining,
-                })
+        };
+        let value = Arc::new(env.value);
+        let version = env.version;
+        let remaining = f.remaining.unwrap_or(key.ttl());
+        let age = env.ttl.unwrap_or(key.ttl()).saturating_sub(remaining);
+        if let Some(l1) = &self.inner.l1 {
+            let written = t0.checked_sub(age).unwrap_or(t0);
+            let outcome = l1.insert_versioned(
+                key.shared(),
+                Arc::clone(&value),
+                version,
+                deadline_after(t0, remaining),
+                written,
+                f.bytes.len(),
+            );
+            if outcome == InsertOutcome::HigherVersionHeld {
+                return match l1.get::<S::Value>(key.as_str()) {
+                    Some(hit) if hit.version >= version => {
+                        self.ks(key).l1_hits.inc();
+                        Fetch::Hit(self.l1_read(hit))
+                    }
+                    _ => {
+                        self.ks(key).l2_misses.inc();
+                        Fetch::Miss
+                    }
+                };
             }
         }
+        self.ks(key).l2_hits.inc();
+        Fetch::Hit(Read {
+            value,
+            version,
+            tier: Tier::L2,
+            age,
+            ttl_remaining: f.remaining,
+        })
     }
 
     /// Writes `value` at `version` with the key's TTL. A lower version never replaces a higher
@@ -392,13 +449,17 @@ impl Cache {
     ///   error is returned;
     /// - without an L1 (the Redis backend), the error is returned.
     ///
-    /// Refused input (a zero TTL, a value over the size limit) is an error before any I/O,
-    /// with nothing written or recorded. A key that holds another Redis type
-    /// ([`ErrorKind::WrongType`](crate::ErrorKind::WrongType)) is an error too: L1 is evicted
-    /// and nothing is recorded, since Redis is healthy and the key is not ours to delete.
+    /// Refused input (a zero TTL or one above [`MAX_TTL`](crate::MAX_TTL), a value over the
+    /// size limit) is an error before any I/O, with nothing written or recorded. The TTL is
+    /// used in whole milliseconds (Redis's precision) in both tiers; under 1 ms it becomes
+    /// 1 ms. A key that holds another Redis type
+    /// ([`ErrorKind::WrongType`](crate::ErrorKind::WrongType)) is an error too: an older L1
+    /// copy is evicted (a newer one stays) and nothing is recorded, since Redis is healthy and
+    /// the key is not ours to delete.
     ///
     /// [`WriteThrough`](crate::WriteThrough) does not keep a value in L1 when its cache write
-    /// fails (DESIGN §4 rule 3); it acknowledges with `cached: None` instead.
+    /// fails; it leaves a version floor there (DESIGN §4 rule 9) and acknowledges with
+    /// `cached: None`.
     pub async fn set<S: ValueSchema>(
         &self,
         key: &Key<S>,
@@ -431,8 +492,13 @@ impl Cache {
         on_failure: OnL2Failure,
     ) -> Result<WriteOutcome> {
         let ttl = write_ttl(key, opts).inspect_err(|e| self.ks(key).error(e))?;
-        let bytes = codec::encode(version, &*value, self.inner.config.max_value_bytes.get())
-            .inspect_err(|e| self.ks(key).error(e))?;
+        let bytes = codec::encode_with_ttl(
+            version,
+            Some(ttl),
+            &*value,
+            self.inner.config.max_value_bytes.get(),
+        )
+        .inspect_err(|e| self.ks(key).error(e))?;
         let t0 = self.inner.clock.now();
         let local = LocalWrite {
             value,
@@ -483,9 +549,10 @@ impl Cache {
     }
 
     /// After an L2 write failed we cannot know what Redis holds. The error is counted; then,
-    /// when Redis was unhealthy ([`is_l2_outage`]) and the policy keeps the value local, the
-    /// key is recorded dirty and the value goes to L1 ([`WriteOutcome::LocalOnly`]); otherwise
-    /// L1 is evicted so nothing local outlives the uncertainty, and the error returned.
+    /// by policy: a fill drops only an older L1 copy; a write-through floors L1 at its version;
+    /// a cache-only write, when Redis was unhealthy ([`is_l2_outage`]), is recorded dirty and
+    /// kept in L1 ([`WriteOutcome::LocalOnly`]). No policy ever removes a newer L1 entry
+    /// (DESIGN §4 rule 9).
     fn after_failed_write<S: KeySchema, V: Send + Sync + 'static>(
         &self,
         key: &Key<S>,
@@ -494,11 +561,27 @@ impl Cache {
         local: LocalWrite<V>,
     ) -> Result<WriteOutcome> {
         self.ks(key).error(&e);
-        if on_failure == OnL2Failure::Evict || !is_l2_outage(&e) {
-            if let Some(l1) = &self.inner.l1 {
-                l1.remove(key.as_str());
+        let version = local.version;
+        match on_failure {
+            OnL2Failure::Floor => {
+                self.floor(key, version);
+                return Err(e);
             }
-            return Err(e);
+            OnL2Failure::Fill => {
+                if let Some(l1) = &self.inner.l1 {
+                    l1.remove_older_than(key.as_str(), version);
+                }
+                return Err(e);
+            }
+            OnL2Failure::KeepLocal if !is_l2_outage(&e) => {
+                // Redis is healthy and refused the key (another type): nothing local may
+                // claim this version, but a newer L1 value stays.
+                if let Some(l1) = &self.inner.l1 {
+                    l1.remove_older_than(key.as_str(), version.saturating_add(1));
+                }
+                return Err(e);
+            }
+            OnL2Failure::KeepLocal => {}
         }
         // Recorded before the L1 insert: from here on, a reader that misses L1 (the entry
         // evicted for room, say) gets a miss, never Redis's older copy.
@@ -506,7 +589,6 @@ impl Cache {
         let Some(l1) = &self.inner.l1 else {
             return Err(e);
         };
-        let version = local.version;
         match local.insert_into(l1, key) {
             InsertOutcome::Stored => {
                 self.ks(key).writes_local_only.inc();
@@ -522,6 +604,41 @@ impl Cache {
                 Err(e)
             }
         }
+    }
+
+    /// Sets a version floor at `key` (DESIGN §4 rule 9): for the longer of the key's TTL and
+    /// [`FLOOR_HOLD`], nothing older than `version` lands in L1 and reads of the key skip L1
+    /// until a value at `version` or newer fills it. A no-op without an L1.
+    pub(crate) fn floor<S: KeySchema>(&self, key: &Key<S>, version: u64) {
+        if let Some(l1) = &self.inner.l1 {
+            let hold = key.ttl().max(FLOOR_HOLD);
+            l1.set_floor(
+                key.shared(),
+                version,
+                deadline_after(self.inner.clock.now(), hold),
+            );
+        }
+    }
+
+    /// Drops `key` from L1 (whatever version it holds).
+    pub(crate) fn evict_l1<S: KeySchema>(&self, key: &Key<S>) {
+        if let Some(l1) = &self.inner.l1 {
+            l1.remove(key.as_str());
+        }
+    }
+
+    /// The version L1 holds at `key` (a value, a negative entry or a floor), if live. A read
+    /// that found an older version elsewhere must not serve it.
+    pub(crate) fn l1_version<S: KeySchema>(&self, key: &Key<S>) -> Option<u64> {
+        self.inner.l1.as_ref()?.live_version(key.as_str())
+    }
+
+    /// True when Redis is there and its breaker closed: a fill or refresh may write to it.
+    pub(crate) fn l2_writable(&self) -> bool {
+        self.inner
+            .l2
+            .as_ref()
+            .is_some_and(|l2| l2.breaker.state() == BreakerState::Closed)
     }
 
     /// Deletes `key` from both tiers (`UNLINK` in Redis). Returns whether it existed in the
@@ -548,7 +665,13 @@ impl Cache {
         }
         match &result {
             Ok(_) => self.ks(key).deletes.inc(),
-            Err(e) => self.ks(key).error(e),
+            Err(e) => {
+                self.ks(key).error(e);
+                // The key may still be in Redis: distrust it until recovery deletes it.
+                if is_l2_outage(e) {
+                    self.record_dirty(key);
+                }
+            }
         }
         result
     }
@@ -636,7 +759,7 @@ impl Cache {
                     self.ks(key).l2_misses.inc();
                     None
                 }
-                Some(f) => self.accept_fetched(key, f, t0),
+                Some(f) => self.settle_fetched(l2, key, f, t0).await,
             };
         }
         Ok(out)
@@ -659,9 +782,11 @@ impl Cache {
         let limit = self.inner.config.max_value_bytes.get();
         let mut prepared = Vec::new();
         for (key, value, version) in items {
-            let bytes =
-                codec::encode(version, &value, limit).inspect_err(|e| self.ks(key).error(e))?;
-            prepared.push((key, Arc::new(value), version, bytes));
+            let ttl =
+                write_ttl(key, SetOptions::default()).inspect_err(|e| self.ks(key).error(e))?;
+            let bytes = codec::encode_with_ttl(version, Some(ttl), &value, limit)
+                .inspect_err(|e| self.ks(key).error(e))?;
+            prepared.push((key, Arc::new(value), version, bytes, ttl));
         }
         let t0 = self.inner.clock.now();
         let stored: Vec<Option<bool>> = match &self.inner.l2 {
@@ -669,18 +794,19 @@ impl Cache {
             Some(l2) => {
                 let batch: Vec<(&str, Vec<u8>, Duration)> = prepared
                     .iter()
-                    .map(|(k, _, _, b)| (k.as_str(), b.clone(), k.ttl()))
+                    .map(|(k, _, _, b, ttl)| (k.as_str(), b.clone(), *ttl))
                     .collect();
                 match l2.set_many(&batch).await {
                     Ok(s) => s.into_iter().map(Some).collect(),
                     Err(e) => {
                         let outage = is_l2_outage(&e);
-                        for (key, ..) in &prepared {
+                        for (key, _, version, ..) in &prepared {
                             if outage {
                                 self.record_dirty(*key);
                             }
+                            // An older L1 copy goes; a newer one stays (rule 9).
                             if let Some(l1) = &self.inner.l1 {
-                                l1.remove(key.as_str());
+                                l1.remove_older_than(key.as_str(), version.saturating_add(1));
                             }
                             self.ks(*key).error(&e);
                         }
@@ -692,12 +818,12 @@ impl Cache {
         Ok(prepared
             .into_iter()
             .zip(stored)
-            .map(|((key, value, version, bytes), s)| {
+            .map(|((key, value, version, bytes, ttl), s)| {
                 let local = LocalWrite {
                     value,
                     version,
                     t0,
-                    ttl: key.ttl(),
+                    ttl,
                     bytes: bytes.len(),
                 };
                 self.finish_write(key, local, s)
@@ -746,15 +872,9 @@ impl Cache {
     ) -> Result<WriteOutcome> {
         let mut side = side;
         let ttl = write_ttl(key, opts).inspect_err(|e| self.ks(key).error(e))?;
-        book::validate(&side).inspect_err(|e| self.ks(key).error(e))?;
-        // Rough stored size (a member is "<price>:<qty>", a score 8 bytes) for the value limit.
-        let bytes = side.levels.len() * 48;
-        let limit = self.inner.config.max_value_bytes.get();
-        if bytes > limit {
-            let e = Error::ValueTooLarge { size: bytes, limit };
-            self.ks(key).error(&e);
-            return Err(e);
-        }
+        // What Redis will hold, against the value limit; then the book rules.
+        let bytes = book::check(&side, self.inner.config.max_value_bytes.get())
+            .inspect_err(|e| self.ks(key).error(e))?;
         book::sort_best_first(&mut side.levels, S::SIDE);
         let side = Arc::new(side);
         let t0 = self.inner.clock.now();
@@ -809,15 +929,31 @@ impl Cache {
                 }
                 self.ks(key).error(e)
             })?;
-        let Some(f) = fetched else {
-            self.ks(key).l2_misses.inc();
-            return Ok(None);
+        let f = match fetched {
+            book::TopReply::Found(f) => f,
+            book::TopReply::Missing => {
+                self.ks(key).l2_misses.inc();
+                return Ok(None);
+            }
+            book::TopReply::Undecodable { stamp, error } => {
+                // A miss, like an undecodable value; and removed (unless a writer replaced
+                // it meanwhile), so the reload that follows can fill it again.
+                self.ks(key).decode_errors.inc();
+                self.ks(key).l2_misses.inc();
+                tracing::warn!(key = key.as_str(), %error, "undecodable book side treated as a miss");
+                if let Err(e) = l2.book_unlink_if_stamp(key.as_str(), &stamp).await {
+                    tracing::debug!(key = key.as_str(), error = %e, "removing an undecodable book side failed");
+                }
+                return Ok(None);
+            }
         };
-        self.ks(key).l2_hits.inc();
-        let remaining = f.remaining.unwrap_or(key.ttl());
-        let age = key.ttl().saturating_sub(remaining);
+        // Age by the TTL its writer gave it (a per-write TTL included), both figures from
+        // Redis's clock; the kind's TTL stands in for a side written by an earlier build.
+        let written_ttl = f.written_ttl.unwrap_or(key.ttl());
+        let remaining = f.remaining.unwrap_or(written_ttl);
+        let age = written_ttl.saturating_sub(remaining);
         let complete = depth == 0 || f.side.levels.len() < depth;
-        let bytes = f.side.levels.len() * 48;
+        let bytes = f.bytes;
         let side = Arc::new(f.side);
         if let Some(l1) = &self.inner.l1 {
             let entry = Arc::new(BookEntry {
@@ -825,15 +961,26 @@ impl Cache {
                 complete,
             });
             let written = t0.checked_sub(age).unwrap_or(t0);
-            l1.insert(
+            let outcome = l1.insert_versioned(
                 key.shared(),
                 entry,
                 f.version,
-                t0 + remaining,
+                deadline_after(t0, remaining),
                 written,
                 bytes,
             );
+            if outcome == InsertOutcome::HigherVersionHeld {
+                // L1 holds a newer side or a version floor: Redis's older side is not served.
+                return Ok(match self.l1_book(l1, key, depth) {
+                    Some(r) if r.version >= f.version => Some(r),
+                    _ => {
+                        self.ks(key).l2_misses.inc();
+                        None
+                    }
+                });
+            }
         }
+        self.ks(key).l2_hits.inc();
         Ok(Some(Read {
             value: side,
             version: f.version,
@@ -929,28 +1076,45 @@ impl Cache {
         }
     }
 
-    /// Puts a value loaded from the source into L1 only (used while Redis is unavailable).
+    /// Puts a value loaded from the source into L1 only (used while Redis is unavailable),
+    /// under the version rule: refused when L1 holds a newer version or a floor above it.
     pub(crate) fn fill_l1<S: KeySchema, V: Send + Sync + 'static>(
         &self,
         key: &Key<S>,
         value: Arc<V>,
         version: u64,
         bytes: usize,
-    ) {
-        if let Some(l1) = &self.inner.l1 {
-            let now = self.inner.clock.now();
-            l1.insert(key.shared(), value, version, now + key.ttl(), now, bytes);
+    ) -> InsertOutcome {
+        match &self.inner.l1 {
+            Some(l1) => {
+                let now = self.inner.clock.now();
+                let ttl = Duration::from_millis(ttl_ms(key.ttl()));
+                l1.insert_versioned(
+                    key.shared(),
+                    value,
+                    version,
+                    deadline_after(now, ttl),
+                    now,
+                    bytes,
+                )
+            }
+            None => InsertOutcome::NotStored,
         }
     }
 
     /// Puts a book side loaded from the source into L1 only (sorted best first by the caller).
-    pub(crate) fn fill_l1_book<S: BookSchema>(&self, key: &Key<S>, side: BookSide, version: u64) {
-        let bytes = side.levels.len() * 48;
+    pub(crate) fn fill_l1_book<S: BookSchema>(
+        &self,
+        key: &Key<S>,
+        side: BookSide,
+        version: u64,
+    ) -> InsertOutcome {
+        let bytes = book::stored_bytes(&side);
         let entry = Arc::new(BookEntry {
             side: Arc::new(side),
             complete: true,
         });
-        self.fill_l1(key, entry, version, bytes);
+        self.fill_l1(key, entry, version, bytes)
     }
 
     /// A value past its deadline by at most `bound`, for the fail-safe read of DESIGN §4
@@ -1002,7 +1166,7 @@ impl Cache {
     pub(crate) fn put_negative(&self, key: &Arc<str>, ttl: Duration) {
         if let Some(l1) = &self.inner.l1 {
             let now = self.inner.clock.now();
-            l1.insert(key, Arc::new(NotFound), 0, now + ttl, now, 0);
+            l1.insert(key, Arc::new(NotFound), 0, deadline_after(now, ttl), now, 0);
         }
     }
 
@@ -1053,6 +1217,10 @@ fn is_l2_outage(e: &Error) -> bool {
     e.trips_breaker() || e.kind() == ErrorKind::BreakerOpen
 }
 
+/// The TTL a write uses: the override or the key's, in whole milliseconds. Redis keeps
+/// whole milliseconds (`PX`, truncated), so L1 uses the same: with the L1 deadline taken
+/// before the request, L1 never outlives the Redis key (DESIGN §4 rule 1). A TTL under
+/// 1 ms becomes 1 ms in both tiers.
 fn write_ttl<S: KeySchema>(key: &Key<S>, opts: SetOptions) -> Result<Duration> {
     let ttl = opts.ttl.unwrap_or(key.ttl());
     if ttl.is_zero() {
@@ -1060,7 +1228,12 @@ fn write_ttl<S: KeySchema>(key: &Key<S>, opts: SetOptions) -> Result<Duration> {
             reason: "a write's TTL must be greater than zero".to_owned(),
         });
     }
-    Ok(ttl)
+    if ttl > MAX_TTL {
+        return Err(Error::InvalidValue {
+            reason: format!("a write's TTL must be at most {MAX_TTL:?}, not {ttl:?}"),
+        });
+    }
+    Ok(Duration::from_millis(ttl_ms(ttl)))
 }
 
 /// Builds a [`Cache`]. Setters take and return the builder; [`build`](Self::build) validates.
@@ -1205,6 +1378,10 @@ impl CacheBuilder {
     /// Validates the settings and builds the cache. Backends with Redis need a Tokio runtime
     /// (the pool opens its connections in the background) but do not wait for Redis: a cache
     /// built while Redis is down starts, and its L2 operations fail fast until Redis is back.
+    ///
+    /// The recovery supervisor (probe, dirty-log replay, closing the breaker) is spawned on
+    /// the current runtime: build the cache on a runtime that lives as long as the cache. If
+    /// that runtime shuts down first, an open breaker can never close again.
     pub fn build(self) -> Result<Cache> {
         if let Some(e) = self.error {
             return Err(e);

@@ -45,6 +45,15 @@ impl Clock {
     }
 }
 
+/// `now + after`, never panicking: `after` is capped at [`MAX_TTL`](crate::config::MAX_TTL)
+/// (a TTL read from Redis can be anything another program wrote), and on overflow the
+/// deadline is `now` — already expired, the safe direction for a cache deadline.
+#[inline]
+pub(crate) fn deadline_after(now: Instant, after: Duration) -> Instant {
+    now.checked_add(after.min(crate::config::MAX_TTL))
+        .unwrap_or(now)
+}
+
 impl Default for Clock {
     fn default() -> Self {
         Clock::system()
@@ -61,6 +70,22 @@ impl MockClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deadlines_never_overflow() {
+        let (clock, _mock) = Clock::mock();
+        let now = clock.now();
+        let far = deadline_after(now, Duration::from_millis(100_000_000_000_000_000));
+        assert_eq!(far - now, crate::config::MAX_TTL);
+        assert_eq!(
+            deadline_after(now, Duration::MAX) - now,
+            crate::config::MAX_TTL
+        );
+        assert_eq!(
+            deadline_after(now, Duration::from_millis(5)) - now,
+            Duration::from_millis(5)
+        );
+    }
 
     #[test]
     fn mock_moves_only_when_told() {

@@ -57,8 +57,11 @@ impl Backend {
 
 /// Every setting of the cache. Build one with [`CacheConfig::default`] and the
 /// [`CacheBuilder`](crate::CacheBuilder) setters, or read it with [`CacheConfig::from_env`].
+///
+/// Its `Debug` output shows the Redis and database URLs with their passwords replaced by
+/// `***`, so a configuration can be logged.
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct CacheConfig {
     /// Which tiers to use; `None` means `memory` without a Redis address, else `layered`.
     pub backend: Option<Backend>,
@@ -122,6 +125,52 @@ impl Default for CacheConfig {
             retry_max_tries: NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN),
             database_url: None,
         }
+    }
+}
+
+/// By hand, not derived: the URLs carry passwords (DESIGN §6 lets `CACHE_REDIS_URL`,
+/// `CACHE_PASSWORD` and `DATABASE_URL` hold them), and a configuration is the first thing
+/// anyone logs. The destructuring makes a new field a compile error here until it is shown.
+impl std::fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let CacheConfig {
+            backend,
+            redis_url,
+            namespace,
+            pool_size,
+            op_timeout,
+            connect_timeout,
+            l1_max_entries,
+            l1_max_bytes,
+            ttl_overrides,
+            max_value_bytes,
+            breaker_failures,
+            breaker_open,
+            breaker_failure_rate,
+            breaker_window,
+            probe_timeout,
+            retry_max_tries,
+            database_url,
+        } = self;
+        f.debug_struct("CacheConfig")
+            .field("backend", backend)
+            .field("redis_url", &redis_url.as_deref().map(redact_url))
+            .field("namespace", namespace)
+            .field("pool_size", pool_size)
+            .field("op_timeout", op_timeout)
+            .field("connect_timeout", connect_timeout)
+            .field("l1_max_entries", l1_max_entries)
+            .field("l1_max_bytes", l1_max_bytes)
+            .field("ttl_overrides", ttl_overrides)
+            .field("max_value_bytes", max_value_bytes)
+            .field("breaker_failures", breaker_failures)
+            .field("breaker_open", breaker_open)
+            .field("breaker_failure_rate", breaker_failure_rate)
+            .field("breaker_window", breaker_window)
+            .field("probe_timeout", probe_timeout)
+            .field("retry_max_tries", retry_max_tries)
+            .field("database_url", &database_url.as_deref().map(redact_url))
+            .finish()
     }
 }
 
@@ -268,8 +317,31 @@ impl CacheConfig {
     }
 
     /// Checks the settings that cannot be expressed in the types; errors name the variable.
+    ///
+    /// Every duration (TTL overrides, operation, connect and probe deadlines, the breaker's
+    /// open period and window) must be at most [`MAX_TTL`] (7 days): deadlines are computed
+    /// as `now + duration`, and a larger setting could overflow that sum.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mdcache::Cache;
+    /// let err = Cache::builder()
+    ///     .ttl("price", Duration::from_millis(u64::MAX))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("CACHE_TTL_PRICE_MS"), "{err}");
+    /// ```
     pub fn validate(&self) -> Result<()> {
         crate::key::validate_namespace(&self.namespace)?;
+        for (name, d) in [
+            ("CACHE_OP_TIMEOUT_MS", self.op_timeout),
+            ("CACHE_CONNECT_TIMEOUT_MS", self.connect_timeout),
+            ("CACHE_PROBE_TIMEOUT_MS", self.probe_timeout),
+            ("CACHE_BREAKER_OPEN_MS", self.breaker_open),
+            ("CACHE_BREAKER_WINDOW_MS", self.breaker_window),
+        ] {
+            at_most_max_ttl(name, d)?;
+        }
         if self.op_timeout.is_zero() {
             return Err(Error::config(
                 "CACHE_OP_TIMEOUT_MS",
@@ -303,13 +375,16 @@ impl CacheConfig {
             ));
         }
         for (kind, ttl) in &self.ttl_overrides {
-            if ttl.is_zero() {
-                let var = format!(
+            let var = || {
+                format!(
                     "CACHE_TTL_{}_MS",
                     kind.to_ascii_uppercase().replace(':', "_")
-                );
-                return Err(Error::config(var, "must be greater than 0"));
+                )
+            };
+            if ttl.is_zero() {
+                return Err(Error::config(var(), "must be greater than 0"));
             }
+            at_most_max_ttl(&var(), *ttl)?;
         }
         match (self.effective_backend(), &self.redis_url) {
             (Backend::Redis | Backend::Layered, None) => Err(Error::config(
@@ -318,7 +393,7 @@ impl CacheConfig {
             )),
             (Backend::Redis | Backend::Layered, Some(url)) => redis::Client::open(url.as_str())
                 .map(|_| ())
-                .map_err(|e| Error::config("CACHE_REDIS_URL", e.to_string())),
+                .map_err(|e| Error::config("CACHE_REDIS_URL", redact_in(&e.to_string(), url))),
             _ => Ok(()),
         }
     }
@@ -350,8 +425,26 @@ fn parse_num<T: std::str::FromStr + PartialOrd + From<u8>>(
     }
 }
 
+/// A duration in whole milliseconds, from 1 to [`MAX_TTL`]: any other number (and anything
+/// that is not a `u64`) is an error naming the variable, never a panic or an overflow later.
 fn millis(name: &str, value: &str) -> Result<Duration> {
-    parse_num::<u64>(name, value, 1).map(Duration::from_millis)
+    let d = Duration::from_millis(parse_num::<u64>(name, value, 1)?);
+    at_most_max_ttl(name, d)?;
+    Ok(d)
+}
+
+/// Refuses a duration setting above [`MAX_TTL`], naming it.
+pub(crate) fn at_most_max_ttl(name: &str, d: Duration) -> Result<()> {
+    if d > MAX_TTL {
+        return Err(Error::config(
+            name,
+            format!(
+                "{d:?} is above the maximum of {} ms (7 days)",
+                MAX_TTL.as_millis()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn nonzero_u32(name: &str, value: &str) -> Result<NonZeroU32> {
@@ -378,6 +471,191 @@ fn percent_encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// What replaces a password in anything shown: `Debug` output, logs, error messages.
+const REDACTED: &str = "***";
+
+/// `conn` (a connection URL or a libpq `key=value` string) with every password in it replaced
+/// by `***`, for `Debug` output, logs and errors. Everything else is kept, so the result still
+/// says where it points:
+///
+/// - URL user info: `redis://user:PASSWORD@host/`, `redis://:PASSWORD@host/`;
+/// - URL query parameters `pass` and `password` (`redis+unix:///s.sock?pass=PASSWORD`,
+///   `postgres://host/db?password=PASSWORD`);
+/// - libpq's `password=PASSWORD` (quoted or not) in a string without a scheme.
+///
+/// Parsers disagree on where a password with an unencoded `@` or `/` ends (the `url` crate
+/// takes the last `@` of the authority, tokio-postgres the first `@` of the string), so the
+/// user info runs to the *last* `@`: a password is never under-redacted, at worst an odd path
+/// is hidden with it.
+pub(crate) fn redact_url(conn: &str) -> String {
+    let mut out = String::with_capacity(conn.len());
+    let mut copied = 0;
+    for span in secret_spans(conn) {
+        out.push_str(&conn[copied..span.start]);
+        out.push_str(REDACTED);
+        copied = span.end;
+    }
+    out.push_str(&conn[copied..]);
+    out
+}
+
+/// `text` (an error message about `conn`) with every password of `conn` replaced by `***`,
+/// as written and percent-decoded: a parser's message may quote the part it choked on.
+/// Passwords shorter than 3 bytes are left alone: masking every `a` of a message would make it
+/// unreadable while hiding nothing a guess would not find.
+pub(crate) fn redact_in(text: &str, conn: &str) -> String {
+    let mut text = text.to_owned();
+    for span in secret_spans(conn) {
+        let raw = &conn[span];
+        let unquoted = raw
+            .strip_prefix('\'')
+            .map(|r| r.strip_suffix('\'').unwrap_or(r))
+            .unwrap_or(raw);
+        for secret in [
+            raw.to_owned(),
+            unquoted.to_owned(),
+            percent_decode(unquoted),
+        ] {
+            if secret.len() >= 3 {
+                text = text.replace(&secret, REDACTED);
+            }
+        }
+    }
+    text
+}
+
+/// The byte ranges of `conn` that hold passwords, in order and disjoint.
+fn secret_spans(conn: &str) -> Vec<std::ops::Range<usize>> {
+    match url_rest(conn) {
+        Some(rest_at) => {
+            let mut spans = Vec::new();
+            let rest = &conn[rest_at..];
+            // User info runs to the last '@' (see `redact_url`); its password after the first ':'.
+            let mut host_at = rest_at;
+            if let Some(at) = rest.rfind('@') {
+                if let Some(colon) = rest[..at].find(':')
+                    && colon + 1 < at
+                {
+                    spans.push(rest_at + colon + 1..rest_at + at);
+                }
+                host_at = rest_at + at + 1;
+            }
+            if let Some(q) = conn[host_at..].find('?') {
+                let mut param_at = host_at + q + 1;
+                for param in conn[param_at..].split(['&', '#']) {
+                    if let Some((name, value)) = param.split_once('=')
+                        && !value.is_empty()
+                        && (name.eq_ignore_ascii_case("pass")
+                            || name.eq_ignore_ascii_case("password"))
+                    {
+                        spans.push(param_at + name.len() + 1..param_at + param.len());
+                    }
+                    param_at += param.len() + 1;
+                }
+            }
+            spans
+        }
+        None => libpq_password_spans(conn),
+    }
+}
+
+/// Where the part after `scheme://` starts, if `conn` is a URL (an empty scheme counts: a
+/// mangled URL is still redacted as one).
+fn url_rest(conn: &str) -> Option<usize> {
+    let (scheme, _) = conn.split_once("://")?;
+    let mut chars = scheme.chars();
+    let valid = match chars.next() {
+        None => true,
+        Some(first) => {
+            first.is_ascii_alphabetic()
+                && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        }
+    };
+    valid.then_some(scheme.len() + 3)
+}
+
+/// The values of `password` keywords in a libpq `key=value` string: `password=pw`,
+/// `password = 'p w'`, with backslash escapes, as tokio-postgres reads them.
+fn libpq_password_spans(conn: &str) -> Vec<std::ops::Range<usize>> {
+    const KEYWORD: &str = "password";
+    let b = conn.as_bytes();
+    let skip_ws = |mut i: usize| {
+        while b.get(i).is_some_and(|c| c.is_ascii_whitespace()) {
+            i += 1;
+        }
+        i
+    };
+    let mut spans = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let at_token = i == 0 || b[i - 1].is_ascii_whitespace();
+        let keyword = conn
+            .get(i..i + KEYWORD.len())
+            .is_some_and(|k| k.eq_ignore_ascii_case(KEYWORD));
+        if !(at_token && keyword) {
+            i += 1;
+            continue;
+        }
+        let eq = skip_ws(i + KEYWORD.len());
+        if b.get(eq) != Some(&b'=') {
+            i += KEYWORD.len();
+            continue;
+        }
+        let start = skip_ws(eq + 1);
+        let mut end = start;
+        let quoted = b.get(start) == Some(&b'\'');
+        if quoted {
+            end += 1;
+        }
+        while end < b.len() {
+            match b[end] {
+                b'\\' => end += 2,
+                b'\'' if quoted => {
+                    end += 1;
+                    break;
+                }
+                c if !quoted && c.is_ascii_whitespace() => break,
+                _ => end += 1,
+            }
+        }
+        // An escape may have stepped into (or past) a multi-byte character.
+        let mut end = end.min(b.len());
+        while !conn.is_char_boundary(end) {
+            end += 1;
+        }
+        if end > start {
+            spans.push(start..end);
+        }
+        i = end.max(i + 1);
+    }
+    spans
+}
+
+/// Decodes `%XX` escapes; invalid escapes and non-UTF-8 results are kept as they are.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).and_then(|&c| hex(c)),
+            b.get(i + 2).and_then(|&c| hex(c)),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_owned())
 }
 
 #[cfg(test)]
@@ -481,6 +759,209 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("CACHE_NAMESPACE")
+        );
+    }
+
+    #[test]
+    fn redact_url_hides_every_password_shape() {
+        for (conn, shown) in [
+            // URL user info, with and without a user, with odd characters in the password.
+            (
+                "redis://user:pw@host:6379/0",
+                "redis://user:***@host:6379/0",
+            ),
+            ("redis://:pw@host/", "redis://:***@host/"),
+            (
+                "rediss://default:p@ss@cache:6380",
+                "rediss://default:***@cache:6380",
+            ),
+            ("redis://u:a:b:c@h/", "redis://u:***@h/"),
+            ("redis://u:p%40ss%3Aw%2Fd@h/", "redis://u:***@h/"),
+            ("redis://u:pa/ss@h/", "redis://u:***@h/"),
+            ("redis://u:p?w#x@h/", "redis://u:***@h/"),
+            (
+                "postgres://trader:pw@db:5432/trading",
+                "postgres://trader:***@db:5432/trading",
+            ),
+            (
+                "postgresql://:pw@db/x?sslmode=disable",
+                "postgresql://:***@db/x?sslmode=disable",
+            ),
+            ("valkey://u:üñï©ødé@h/", "valkey://u:***@h/"),
+            // Query parameters.
+            (
+                "redis+unix:///tmp/r.sock?db=1&pass=pw",
+                "redis+unix:///tmp/r.sock?db=1&pass=***",
+            ),
+            (
+                "postgres://db/x?user=u&password=pw&a=b",
+                "postgres://db/x?user=u&password=***&a=b",
+            ),
+            (
+                "postgres://u:pw@db/x?PASSWORD=pw2",
+                "postgres://u:***@db/x?PASSWORD=***",
+            ),
+            // No password: shown as it is.
+            ("redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/"),
+            ("redis://user@host/", "redis://user@host/"),
+            ("redis://user:@host/", "redis://user:@host/"),
+            ("redis://host/?pass=", "redis://host/?pass="),
+            (
+                "postgres://u@db/x?passfile=/p",
+                "postgres://u@db/x?passfile=/p",
+            ),
+            // libpq key=value strings.
+            (
+                "host=db user=u password=pw dbname=x",
+                "host=db user=u password=*** dbname=x",
+            ),
+            ("password = 'p w\\' x' host=db", "password = *** host=db"),
+            (
+                "host=db password=p\\ w port=1",
+                "host=db password=*** port=1",
+            ),
+            ("host=db PASSWORD='pw", "host=db PASSWORD=***"),
+            (
+                "host=db passwordx=1 mypassword=2",
+                "host=db passwordx=1 mypassword=2",
+            ),
+            ("host=db password", "host=db password"),
+            ("host=db password=", "host=db password="),
+            ("password=ünï user=u", "password=*** user=u"),
+            // Not connection strings at all.
+            ("", ""),
+            ("not a url", "not a url"),
+            ("://user:pw@host", "://user:***@host"),
+            ("1http://x", "1http://x"),
+        ] {
+            assert_eq!(redact_url(conn), shown, "{conn}");
+        }
+    }
+
+    #[test]
+    fn redact_in_masks_a_password_quoted_by_an_error_message() {
+        let url = "redis://u:s%40cret@h/";
+        assert_eq!(
+            redact_in("bad password s@cret and s%40cret", url),
+            "bad password *** and ***"
+        );
+        assert_eq!(
+            redact_in("unterminated 'sec ret", "password='sec ret"),
+            "unterminated ***"
+        );
+        // Too short to mask without wrecking the message.
+        assert_eq!(redact_in("a bad url", "redis://:a@h/"), "a bad url");
+        assert_eq!(redact_in("no secrets", "redis://h/"), "no secrets");
+    }
+
+    #[test]
+    fn debug_shows_urls_without_their_passwords() {
+        let c = CacheConfig::from_vars([
+            ("CACHE_ADDRESS", "cache.internal"),
+            ("CACHE_PASSWORD", "p@ss word"),
+            ("DATABASE_URL", "postgres://trader:hunter22@db/trading"),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("p%40ss") && !shown.contains("hunter22"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("redis://:***@cache.internal:6379/"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("postgres://trader:***@db/trading"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn env_durations_above_max_ttl_are_errors_never_panics() {
+        let vars = [
+            "CACHE_OP_TIMEOUT_MS",
+            "CACHE_CONNECT_TIMEOUT_MS",
+            "CACHE_BREAKER_OPEN_MS",
+            "CACHE_BREAKER_WINDOW_MS",
+            "CACHE_PROBE_TIMEOUT_MS",
+            "CACHE_TTL_PRICE_MS",
+            "CACHE_TTL_BOOK_BID_MS",
+        ];
+        let max = MAX_TTL.as_millis().to_string();
+        let above = (MAX_TTL.as_millis() + 1).to_string();
+        for var in vars {
+            for value in [
+                above.as_str(),
+                "18446744073709551615",
+                "18446744073709551616",
+                "340282366920938463463374607431768211456",
+                "-1",
+                "1e3",
+                "0x10",
+                "1.5",
+                "",
+                "\u{0}",
+                "\u{ff}\u{fe}",
+            ] {
+                let err = CacheConfig::from_vars([(var, value)]).unwrap_err();
+                assert_eq!(err.kind(), crate::ErrorKind::Config, "{var}={value:?}");
+                assert!(err.to_string().contains(var), "{var}={value:?}: {err}");
+            }
+            let c = CacheConfig::from_vars([(var, max.as_str())]).unwrap();
+            c.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn validation_refuses_every_duration_above_max_ttl() {
+        let huge = Duration::from_millis(u64::MAX);
+        let above = MAX_TTL + Duration::from_nanos(1);
+        type Set = fn(&mut CacheConfig, Duration);
+        let settings: [(&str, Set); 5] = [
+            ("CACHE_OP_TIMEOUT_MS", |c, d| c.op_timeout = d),
+            ("CACHE_CONNECT_TIMEOUT_MS", |c, d| c.connect_timeout = d),
+            ("CACHE_PROBE_TIMEOUT_MS", |c, d| c.probe_timeout = d),
+            ("CACHE_BREAKER_OPEN_MS", |c, d| c.breaker_open = d),
+            ("CACHE_BREAKER_WINDOW_MS", |c, d| c.breaker_window = d),
+        ];
+        for (var, set) in settings {
+            for d in [huge, above, Duration::MAX] {
+                let mut c = CacheConfig::default();
+                set(&mut c, d);
+                let err = c.validate().unwrap_err();
+                assert!(err.to_string().contains(var), "{var} = {d:?}: {err}");
+            }
+            let mut c = CacheConfig::default();
+            set(&mut c, MAX_TTL);
+            c.validate().unwrap();
+        }
+        for (kind, var) in [
+            ("price", "CACHE_TTL_PRICE_MS"),
+            ("book:bid", "CACHE_TTL_BOOK_BID_MS"),
+            ("my_kind", "CACHE_TTL_MY_KIND_MS"),
+        ] {
+            for d in [huge, above, Duration::MAX] {
+                let mut c = CacheConfig::default();
+                c.ttl_overrides.push((kind.to_owned(), d));
+                let err = c.validate().unwrap_err();
+                assert_eq!(err.kind(), crate::ErrorKind::Config);
+                assert!(err.to_string().contains(var), "{kind} = {d:?}: {err}");
+            }
+            let mut c = CacheConfig::default();
+            c.ttl_overrides.push((kind.to_owned(), MAX_TTL));
+            c.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_bad_redis_url_error_does_not_show_its_password() {
+        let c = CacheConfig::from_vars([("CACHE_REDIS_URL", "redis://u:hunter22@h:99999999/")])
+            .unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("CACHE_REDIS_URL") && !err.contains("hunter22"),
+            "{err}"
         );
     }
 }

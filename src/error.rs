@@ -12,7 +12,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum ErrorKind {
     /// A key identifier broke the rules of DESIGN §2; nothing was sent anywhere.
     InvalidKey,
-    /// A value was refused before any I/O (too large, or it could not be encoded).
+    /// A value was refused before any I/O (too large, or it could not be encoded), or Redis
+    /// refused an argument as malformed (e.g. "value is not an integer or out of range"):
+    /// caller input either way, never a sign of an unhealthy Redis.
     InvalidValue,
     /// Bytes stored at a key did not decode as the expected envelope or type.
     Decode,
@@ -148,6 +150,8 @@ impl Error {
                     ErrorKind::Unavailable
                 } else if is_wrongtype(e) {
                     ErrorKind::WrongType
+                } else if is_argument_error(e) {
+                    ErrorKind::InvalidValue
                 } else {
                     ErrorKind::Backend
                 }
@@ -174,7 +178,8 @@ impl Error {
         )
     }
 
-    /// True when the caller's input was refused before any I/O (bad key or value).
+    /// True when the caller's input was refused: a bad key or value, before any I/O, or an
+    /// argument Redis replied was malformed.
     pub fn is_invalid_input(&self) -> bool {
         matches!(self.kind(), ErrorKind::InvalidKey | ErrorKind::InvalidValue)
     }
@@ -207,6 +212,31 @@ fn is_wrongtype(e: &redis::RedisError) -> bool {
             .is_some_and(|errs| errs.iter().any(|(_, s)| s.code() == "WRONGTYPE"))
 }
 
+/// Redis's replies to a malformed argument (its shared error strings, `server.c`), which
+/// Redis sends as a plain `ERR`. Matching the text here, once, is the only way to tell them
+/// from `ERR`s about the server; everything downstream decides by [`ErrorKind`].
+const ARGUMENT_ERRORS: &[&str] = &[
+    "value is not an integer or out of range",
+    "value is not a valid float",
+    "value is out of range",
+    "syntax error",
+    "wrong number of arguments",
+    "invalid expire time",
+    "min or max is not a float",
+    "min or max not valid string range item",
+    "increment or decrement would overflow",
+    "resulting score is not a number",
+];
+
+/// True for an `ERR` reply saying an argument was malformed: the caller's input (e.g. a
+/// depth no sorted set can have), which says nothing about Redis's health, so it must never
+/// count toward opening the breaker.
+fn is_argument_error(e: &redis::RedisError) -> bool {
+    e.code() == Some("ERR")
+        && e.detail()
+            .is_some_and(|d| ARGUMENT_ERRORS.iter().any(|a| d.starts_with(a)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +256,25 @@ mod tests {
             after: Duration::from_millis(5),
         };
         assert!(t.is_timeout() && t.is_retryable() && t.trips_breaker());
+    }
+
+    #[test]
+    fn redis_argument_errors_are_invalid_input_and_never_trip_the_breaker() {
+        let reply = |detail: &str| {
+            Error::Redis(redis::RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+                "An error was signalled by the server",
+                detail.to_owned(),
+            )))
+        };
+        // What a script's `ZRANGE key 0 1.8e19` gets back from Redis 7.
+        let e = reply("value is not an integer or out of range script: 7004, on @user_script:12.");
+        assert_eq!(e.kind(), ErrorKind::InvalidValue);
+        assert!(e.is_invalid_input() && !e.trips_breaker() && !e.is_retryable());
+        // Other `ERR`s still count as the backend's.
+        let other = reply("Error running script (call to f_1234): @user_script:1: boom");
+        assert_eq!(other.kind(), ErrorKind::Backend);
+        assert!(other.trips_breaker());
     }
 
     #[test]

@@ -58,7 +58,8 @@ pub struct FallbackOptions {
     pub overload_wait: Duration,
     /// Per kind (name like `price`, or key prefix like `book` for both sides): how far past
     /// its TTL a value may be served, marked `Stale`, when both Redis and the source fail.
-    /// Kinds not listed fail closed (DESIGN §4 rule 7).
+    /// Kinds not listed fail closed (DESIGN §4 rule 7). At most [`MAX_TTL`](crate::MAX_TTL)
+    /// each.
     pub stale_bounds: Vec<(String, Duration)>,
 }
 
@@ -72,6 +73,18 @@ impl Default for FallbackOptions {
                 ("book".to_owned(), Duration::from_secs(1)),
             ],
         }
+    }
+}
+
+impl FallbackOptions {
+    /// Checks the options, with an [`Error::Config`] naming the setting: a stale bound above
+    /// [`MAX_TTL`](crate::MAX_TTL) (7 days) is refused as `stale_bound(<kind>)`, since the
+    /// stale deadline is the value's expiry plus the bound and must not overflow.
+    pub fn validate(&self) -> Result<(), Error> {
+        for (kind, bound) in &self.stale_bounds {
+            crate::config::at_most_max_ttl(&format!("stale_bound({kind})"), *bound)?;
+        }
+        Ok(())
     }
 }
 
@@ -143,12 +156,13 @@ impl FallbackHandler {
 
     /// How far past its TTL a value of this kind may be served, if at all.
     pub(crate) fn stale_bound(&self, kind: &str, key_prefix: &str) -> Option<Duration> {
+        // Capped even though `CacheAsideBuilder::build` validates: `new` takes any options.
         let find = |name: &str| {
             self.opts
                 .stale_bounds
                 .iter()
                 .find(|(k, _)| k == name)
-                .map(|(_, d)| *d)
+                .map(|(_, d)| (*d).min(crate::config::MAX_TTL))
         };
         find(kind).or_else(|| find(key_prefix))
     }
@@ -217,5 +231,28 @@ mod tests {
         let s = h.snapshot();
         assert_eq!((s.total, s.timeout, s.breaker_open), (2, 1, 1));
         assert_eq!(s.latency_max, Duration::from_millis(3));
+    }
+
+    #[test]
+    fn stale_bounds_above_max_ttl_are_refused_naming_the_kind() {
+        let max = crate::config::MAX_TTL;
+        for bound in [max + Duration::from_nanos(1), Duration::MAX] {
+            let opts = FallbackOptions {
+                stale_bounds: vec![("price".to_owned(), bound)],
+                ..FallbackOptions::default()
+            };
+            let err = opts.validate().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config);
+            assert!(err.to_string().contains("stale_bound(price)"), "{err}");
+            // A handler built from them anyway never uses more than the maximum.
+            let h = FallbackHandler::new(opts);
+            assert_eq!(h.stale_bound("price", "price"), Some(max));
+        }
+        FallbackOptions::default().validate().unwrap();
+        let at_max = FallbackOptions {
+            stale_bounds: vec![("book".to_owned(), max)],
+            ..FallbackOptions::default()
+        };
+        at_max.validate().unwrap();
     }
 }

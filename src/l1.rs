@@ -34,6 +34,11 @@ pub(crate) struct Entry {
     weight: u32,
 }
 
+/// The L1 marker of a version floor (see [`L1::set_floor`]): it holds no value, so typed reads
+/// miss, but its version blocks older inserts.
+#[derive(Debug)]
+pub(crate) struct Floor;
+
 /// Weighs entries by the weight computed once at insert time.
 #[derive(Clone, Copy, Debug)]
 struct EntryWeighter;
@@ -136,7 +141,8 @@ impl L1 {
     ) -> Option<L1Hit<V>> {
         let e = self.map.get(key)?;
         let now = self.clock.now();
-        if now >= e.deadline + bound {
+        // Checked: `bound` comes from configuration.
+        if e.deadline.checked_add(bound).is_none_or(|end| now >= end) {
             return None;
         }
         let value = e.value.downcast::<V>().ok()?;
@@ -179,38 +185,80 @@ impl L1 {
         if deadline <= now {
             return InsertOutcome::NotStored;
         }
-        let mut slot = Some(Entry {
+        let new = Entry {
             value,
             version,
             deadline,
             stored_at: written_at,
             weight: self.weight_of(key, encoded_bytes),
-        });
+        };
+        // A fresh entry with a higher version (a value or a version floor) stays.
+        self.put(key, new, now, |cur| cur.version > version)
+    }
+
+    /// Sets a version floor at `key` (DESIGN §4 rule 9): until `hold_until`, no value, fill or
+    /// negative entry with a version below `version` can land, and reads of the key miss L1
+    /// (the floor holds no value). A fresh entry at `version` or above stays: it already
+    /// satisfies the floor.
+    pub(crate) fn set_floor(&self, key: &Arc<str>, version: u64, hold_until: Instant) {
+        let now = self.clock.now();
+        if hold_until <= now {
+            return;
+        }
+        let floor = Entry {
+            value: Arc::new(Floor),
+            version,
+            deadline: hold_until,
+            stored_at: now,
+            weight: self.weight_of(key, 0),
+        };
+        if self.put(key, floor, now, |cur| cur.version >= version) == InsertOutcome::NotStored {
+            // Could not order against a concurrent insert: whatever is there may be older.
+            self.map.remove(key.as_ref());
+        }
+    }
+
+    /// Stores `new` at `key` unless a fresh current entry satisfies `keep`. The version check
+    /// and the replacement happen under the map's per-key guard, and a replacement goes
+    /// through the guard's insert, so the byte bound is enforced as for a new key (mutating
+    /// the entry in place would change its weight without evicting anything).
+    fn put(
+        &self,
+        key: &Arc<str>,
+        new: Entry,
+        now: Instant,
+        keep: impl FnOnce(&Entry) -> bool,
+    ) -> InsertOutcome {
         let result = self.map.entry(key, Some(INSERT_WAIT), |_, cur| {
-            if cur.version > version && cur.deadline > now {
-                return EntryAction::Retain(false);
+            if cur.deadline > now && keep(cur) {
+                EntryAction::Retain(())
+            } else {
+                EntryAction::ReplaceWithGuard
             }
-            if let Some(new) = slot.take() {
-                *cur = new;
-            }
-            EntryAction::Retain(true)
         });
-        match result {
-            EntryResult::Retained(true) => InsertOutcome::Stored,
-            EntryResult::Retained(false) => InsertOutcome::HigherVersionHeld,
-            EntryResult::Vacant(guard) => match slot.take().map(|new| guard.insert(new)) {
-                Some(Ok(())) => InsertOutcome::Stored,
-                _ => InsertOutcome::NotStored,
-            },
-            // Not produced by a `Retain`-only callback; dropping the guard leaves no entry.
-            EntryResult::Replaced(_, _) | EntryResult::Removed(_, _) => InsertOutcome::NotStored,
+        let guard = match result {
+            EntryResult::Retained(()) => return InsertOutcome::HigherVersionHeld,
+            EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => guard,
+            // Not produced by this callback.
+            EntryResult::Removed(_, _) => return InsertOutcome::NotStored,
             EntryResult::Timeout => {
                 // Someone else is mid-insert; we cannot order against it, so make sure no
                 // possibly-older value stays behind: the next read goes to L2.
                 self.map.remove(key.as_ref());
-                InsertOutcome::NotStored
+                return InsertOutcome::NotStored;
             }
+        };
+        match guard.insert(new) {
+            Ok(()) => InsertOutcome::Stored,
+            Err(_) => InsertOutcome::NotStored,
         }
+    }
+
+    /// The version of the entry at `key` (a value, a negative entry or a floor) if it is
+    /// still before its deadline.
+    pub(crate) fn live_version(&self, key: &str) -> Option<u64> {
+        let e = self.map.peek(key)?;
+        (self.clock.now() < e.deadline).then_some(e.version)
     }
 
     /// The deadline of the entry at `key`, whatever its type.
@@ -373,5 +421,63 @@ mod tests {
         }
         assert!(l1.weight() <= 100 * 1024, "{} bytes", l1.weight());
         assert!(l1.len() <= 10, "{} entries", l1.len());
+    }
+
+    #[test]
+    fn the_byte_bound_holds_when_values_grow_in_place() {
+        // Item 4 of issue 9: 500 keys written small, then rewritten 10 KiB each in place.
+        let bound = 1 << 20;
+        let (l1, _mock) = l1(100_000, bound);
+        let d = l1.clock.now() + Duration::from_secs(60);
+        let keys: Vec<Arc<str>> = (0..500).map(|i| key(&format!("k{i}"))).collect();
+        for (i, k) in keys.iter().enumerate() {
+            l1.insert(k, Arc::new(i), 1, d, l1.clock.now(), 8);
+        }
+        for (i, k) in keys.iter().enumerate() {
+            l1.insert(k, Arc::new(i), 2, d, l1.clock.now(), 32 * 1024);
+        }
+        assert!(
+            l1.weight() <= bound as u64,
+            "{} weighted bytes against a {bound}-byte bound",
+            l1.weight()
+        );
+    }
+
+    #[test]
+    fn a_floor_blocks_older_inserts_and_serves_nothing() {
+        let (l1, mock) = l1(100, 1 << 20);
+        let now = l1.clock.now();
+        let k = key("k");
+        assert!(l1.insert(&k, Arc::new(1u32), 1, now + Duration::from_secs(1), now, 8));
+        l1.set_floor(&k, 2, now + Duration::from_secs(10));
+        assert!(l1.get::<u32>("k").is_none(), "a floor holds no value");
+        assert_eq!(l1.live_version("k"), Some(2));
+        assert_eq!(
+            l1.insert_versioned(&k, Arc::new(1u32), 1, now + Duration::from_secs(1), now, 8),
+            InsertOutcome::HigherVersionHeld,
+            "an older fill cannot land under the floor"
+        );
+        assert_eq!(
+            l1.insert_versioned(&k, Arc::new(2u32), 2, now + Duration::from_secs(1), now, 8),
+            InsertOutcome::Stored,
+            "a value at the floor's version replaces it"
+        );
+        assert_eq!(l1.get::<u32>("k").unwrap().version, 2);
+        // A floor below what is held changes nothing.
+        l1.set_floor(&k, 1, now + Duration::from_secs(10));
+        assert_eq!(*l1.get::<u32>("k").unwrap().value, 2);
+        // A floor holds until its own deadline, then older values may land again.
+        let k2 = key("k2");
+        l1.set_floor(&k2, 5, now + Duration::from_secs(10));
+        mock.advance(Duration::from_secs(10));
+        let later = l1.clock.now();
+        assert!(l1.insert(
+            &k2,
+            Arc::new(1u32),
+            1,
+            later + Duration::from_secs(1),
+            later,
+            8
+        ));
     }
 }

@@ -31,11 +31,23 @@
 //!
 //! - **Freshness.** A read never returns a value past its TTL. A value promoted from Redis to
 //!   L1 gets the deadline `t0 + PTTL`, where `t0` is taken *before* the request, so L1 never
-//!   outlives the Redis key.
+//!   outlives the Redis key. Writes use whole-millisecond TTLs in both tiers (Redis's `PX`
+//!   truncates), so a sub-millisecond TTL cannot leave L1 serving after Redis expired the key.
+//!   TTLs, negative-cache TTLs and stale bounds are at most [`MAX_TTL`] (7 days).
 //! - **No going backwards.** Every write carries a version; a Lua script in Redis and the same
-//!   check in L1 keep a lower version from replacing a higher one.
+//!   check in L1 keep a lower version from replacing a higher one. A value fetched from Redis
+//!   or loaded from the source that is older than what L1 holds is not served.
+//! - **Failed cache writes never roll a reader back.** When a write-through's cache write
+//!   fails, times out, is skipped (breaker open) or is cancelled by the caller after the
+//!   database commit, L1 keeps a *version floor* at the acknowledged version for the longer of
+//!   the key's TTL and [`FLOOR_HOLD`]: no in-flight fill, refresh or negative entry older than
+//!   it can land, reads of the key go to the source, and a source that still returns an older
+//!   version is retried once and then reported as [`LoadError::BehindFloor`], never served.
+//!   A failed fill removes only older L1 entries, and fills and refreshes do not write to
+//!   Redis while the breaker is not closed.
 //! - **Undecodable bytes** (another program's key, an old schema) are counted in
-//!   `decode_errors` and treated as a miss; they are never served and never panic.
+//!   `decode_errors` and treated as a miss; they are never served and never panic, and they
+//!   are deleted from Redis (if unchanged) so the next fill replaces them.
 //! - **Redis down or hung.** Every L2 operation has a deadline (5 ms by default), including
 //!   getting its connection, and is retried (full jitter, at most 3 tries) only inside it; a
 //!   hung server costs a caller at most the deadline, and the error says
@@ -53,8 +65,13 @@
 //!   deleted by recovery before Redis is trusted again. Without an L1 the error is returned.
 //! - **Write-through is database-first.** A value the database refused never reaches a tier,
 //!   and the key is invalidated; a value it accepted but the cache could not take is
-//!   acknowledged, evicted from L1 and recorded in the dirty log — and reads distrust Redis's
-//!   copy of that key until recovery deletes it.
+//!   acknowledged, floored in L1 (above) and recorded in the dirty log — and reads distrust
+//!   Redis's copy of that key until recovery deletes it. A key Redis refused because it holds
+//!   another Redis type is floored but not recorded: it is not ours to delete.
+//! - **Recovery runs on the runtime that built the cache.** The supervisor task is spawned
+//!   on the Tokio runtime current at [`CacheBuilder::build`]; if that runtime shuts down
+//!   while the cache lives on, an open breaker never closes again (Redis stays bypassed and
+//!   reads go to the source). Build the cache on the runtime that outlives it.
 //! - **Database down.** Reads are served from the tiers while within TTL; misses fail with the
 //!   source's error, except `price` and `book`, which may be served up to 1 s past their TTL
 //!   marked [`Tier::Stale`]. Writes fail; nothing is acknowledged that the database did not
@@ -95,9 +112,9 @@ mod schema;
 pub mod source;
 mod stats;
 
-pub use cache::{Cache, CacheBuilder, KeyTtl, Read, SetOptions, Tier, WriteOutcome};
+pub use cache::{Cache, CacheBuilder, FLOOR_HOLD, KeyTtl, Read, SetOptions, Tier, WriteOutcome};
 pub use clock::{Clock, MockClock};
-pub use config::{Backend, CacheConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT};
+pub use config::{Backend, CacheConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT, MAX_TTL};
 pub use error::{Error, ErrorKind, Result};
 pub use fallback::{FallbackHandler, FallbackOptions, FallbackReason, FallbackSnapshot};
 pub use key::{BookSchema, Key, KeySchema, MAX_ID_LEN, Storage, ValueSchema, validate_id};

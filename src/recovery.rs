@@ -18,7 +18,9 @@ const CLOSED_REPLAY_EVERY: Duration = Duration::from_millis(100);
 
 /// Deletes from L2 every key the dirty log holds; if the log overflowed, every key of the
 /// affected kinds in the namespace (`SCAN` + `UNLINK`, never `KEYS`). The log keeps every key
-/// until it is deleted, so a failed replay loses nothing and reads distrust the keys meanwhile.
+/// until it is deleted, so a failed replay loses nothing and reads distrust the keys meanwhile;
+/// and a successful one forgets only what is unchanged since its snapshot, so a key recorded
+/// again (or an overflow) while it ran waits for the next replay.
 pub(crate) async fn replay(l2: &RedisTier, dirty: &DirtyLog, namespace: &str) -> Result<()> {
     let snap = dirty.peek();
     if snap.keys.is_empty() && !snap.overflowed {

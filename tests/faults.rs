@@ -199,7 +199,8 @@ async fn setup(through_proxy: bool) -> (Env, Load) {
     );
     let aside = CacheAside::builder(cache.clone(), Arc::new(src.clone()))
         .source_timeout(Duration::from_millis(300))
-        .build();
+        .build()
+        .expect("valid options");
     let writer = WriteThrough::new(cache.clone(), Arc::new(src.clone()))
         .with_source_timeout(Duration::from_millis(300));
     let pos: Vec<_> = (0..SYMBOLS)

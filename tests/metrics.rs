@@ -36,13 +36,18 @@ fn scrape(addr: SocketAddr) -> String {
 async fn the_documented_metrics_are_exported() {
     let addr = free_addr();
     let handle = mdcache::metrics::install_prometheus(addr).expect("install");
-    let cache = Cache::builder().build().unwrap();
+    // A 10 s TTL and a refresh below 99 % of it left: a hit 150 ms after the write refreshes.
+    let cache = Cache::builder()
+        .ttl("pos", Duration::from_secs(10))
+        .build()
+        .unwrap();
     let db = std::sync::Arc::new(MemorySource::default());
     let writer = WriteThrough::new(cache.clone(), db.clone());
     let aside = CacheAside::builder(cache.clone(), db)
         .negative_ttl(Duration::from_secs(1))
-        .refresh_ahead("pos", 1.0)
-        .build();
+        .refresh_ahead("pos", 0.99)
+        .build()
+        .unwrap();
     let key = cache.key::<Position>("AAPL").unwrap();
     let pos = Position {
         qty: 1.0,
@@ -52,7 +57,8 @@ async fn the_documented_metrics_are_exported() {
     };
     writer.write(&key, pos.clone()).await.unwrap();
     cache.set(&key, pos, 0).await.unwrap(); // superseded
-    aside.get(&key).await.unwrap(); // l1 hit, starts a refresh (fraction 1.0)
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    aside.get(&key).await.unwrap(); // l1 hit, starts a refresh (under 99 % of the TTL left)
     let ghost = cache.key::<Position>("GHOST").unwrap();
     aside.get(&ghost).await.unwrap();
     aside.get(&ghost).await.unwrap(); // negative hit

@@ -83,7 +83,9 @@ async fn a_thousand_concurrent_readers_of_a_cold_key_load_it_once() {
     src.inner()
         .write_through_test_seed(&key, &order(&id, 3.0))
         .await;
-    let aside = CacheAside::builder(cache.clone(), Arc::new(src.clone())).build();
+    let aside = CacheAside::builder(cache.clone(), Arc::new(src.clone()))
+        .build()
+        .unwrap();
     let barrier = Arc::new(tokio::sync::Barrier::new(1000));
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
@@ -141,7 +143,8 @@ async fn refresh_ahead_keeps_a_hot_key_from_missing_for_twenty_ttls() {
     src.inner().write_through_test_seed(&key, &price(1)).await;
     let aside = CacheAside::builder(cache.clone(), Arc::new(src.clone()))
         .refresh_ahead("price", 0.5)
-        .build();
+        .build()
+        .unwrap();
     let first = aside.get(&key).await.unwrap().unwrap();
     assert_eq!(first.tier, Tier::Source);
     let until = Instant::now() + ttl * 20;
@@ -171,14 +174,17 @@ async fn negative_caching_remembers_not_found_only_when_enabled() {
     let id = uid("ghost");
     let key = cache.key::<Order>(&id).unwrap();
 
-    let plain = CacheAside::builder(cache.clone(), Arc::new(src.clone())).build();
+    let plain = CacheAside::builder(cache.clone(), Arc::new(src.clone()))
+        .build()
+        .unwrap();
     assert!(plain.get(&key).await.unwrap().is_none());
     assert!(plain.get(&key).await.unwrap().is_none());
     assert_eq!(src.loads(), 2, "without negative caching every miss loads");
 
     let neg = CacheAside::builder(cache.clone(), Arc::new(src.clone()))
         .negative_ttl(Duration::from_secs(30))
-        .build();
+        .build()
+        .unwrap();
     assert!(neg.get(&key).await.unwrap().is_none());
     assert!(neg.get(&key).await.unwrap().is_none());
     assert!(neg.get(&key).await.unwrap().is_none());
@@ -227,7 +233,9 @@ async fn a_constraint_violation_returns_the_error_and_clears_both_tiers() {
     assert!(cache.get(&key).await.unwrap().is_none());
     assert!(!in_redis(&redis, key.as_str()).await);
     // The next read loads what the database holds: the previous value.
-    let aside = CacheAside::builder(cache.clone(), Arc::new(src.clone())).build();
+    let aside = CacheAside::builder(cache.clone(), Arc::new(src.clone()))
+        .build()
+        .unwrap();
     let r = aside.get(&key).await.unwrap().unwrap();
     assert_eq!(
         (r.tier, r.version, r.value.qty),
@@ -294,7 +302,9 @@ async fn a_stopped_database_fails_the_write_and_leaves_nothing_cached() {
     assert!(!in_redis(&redis, key.as_str()).await);
 
     db.start_again();
-    let aside = CacheAside::builder(cache.clone(), Arc::new(src.clone())).build();
+    let aside = CacheAside::builder(cache.clone(), Arc::new(src.clone()))
+        .build()
+        .unwrap();
     let give_up = Instant::now() + Duration::from_secs(20);
     let r = loop {
         match aside.get(&key).await {
@@ -410,7 +420,9 @@ async fn books_go_through_both_patterns() {
         .del(format!("{}:v", key.as_str()))
         .await
         .unwrap();
-    let aside = CacheAside::builder(cache.clone(), Arc::new(src.clone())).build();
+    let aside = CacheAside::builder(cache.clone(), Arc::new(src.clone()))
+        .build()
+        .unwrap();
     let r = aside.get_book(&key, 1).await.unwrap().unwrap();
     assert_eq!((r.tier, r.version), (Tier::Source, ack.version));
     assert_eq!(
@@ -466,7 +478,9 @@ async fn a_zipf_workload_over_a_thousand_symbols_hits_at_least_90_percent() {
         acc += w / total;
         cdf.push(acc);
     }
-    let aside = CacheAside::builder(cache.clone(), Arc::new(src.clone())).build();
+    let aside = CacheAside::builder(cache.clone(), Arc::new(src.clone()))
+        .build()
+        .unwrap();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for _ in 0..20_000 {
         let u = rng.next_f64();

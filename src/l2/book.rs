@@ -1,11 +1,25 @@
-//! Order-book sides on Redis: a sorted set (score = price) replaced atomically with its version and expiry, read top-N.
+//! Order-book sides on Redis: a sorted set (score = price) replaced atomically with its stamp (version, written TTL, level count) and expiry, read top-N.
 //!
 //! A side `mdc:book:{SYM}:bid` is a sorted set whose members are `"<price>:<qty>"` (Rust's
-//! shortest round-trip float formatting) scored by price. Its version lives beside it in
-//! `mdc:book:{SYM}:bid:v` (8 bytes, big-endian), in the same hash slot thanks to the `{SYM}`
-//! tag, and both expire together. A side with a version key and no members is an empty side;
-//! no version key means the side is not cached.
+//! shortest round-trip float formatting) scored by price. Its *stamp* lives beside it in
+//! `mdc:book:{SYM}:bid:v`, in the same hash slot thanks to the `{SYM}` tag, and both expire
+//! together. The stamp is 24 bytes, three big-endian `u64`s:
+//!
+//! | bytes | content |
+//! |---|---|
+//! | 0..8 | the side's version |
+//! | 8..16 | the TTL the writer gave the side, in ms: a read's age is written TTL − remaining TTL, both by Redis's clock |
+//! | 16..24 | the side's number of levels |
+//!
+//! The level count tells an empty side (count 0: a stamp, no sorted set) from a side whose
+//! sorted set is gone (evicted, or deleted by another program) or was changed while its stamp
+//! lives: when the count differs from `ZCARD` the side is a miss, and the replace script
+//! treats that stamp as absent, so it cannot refuse the reload. Earlier builds wrote an 8-byte
+//! stamp (the version alone): it is still read, with the kind's TTL standing in for the
+//! written one, and a missing sorted set under it is a miss (an empty side then costs one
+//! reload). No stamp: not cached.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use redis::{Script, Value};
@@ -14,19 +28,48 @@ use super::redis::{RedisTier, ttl_ms};
 use crate::error::{Error, Result};
 use crate::schema::{BookSide, BookSideKind, Level};
 
-/// Replace a side atomically unless a higher version is stored. KEYS: set, version key.
-/// ARGV: version (8 bytes BE), ttl ms, then score/member pairs. Returns 1 stored, 0 superseded.
+/// Length of a stamp written by this build.
+const STAMP_LEN: usize = 24;
+/// Length of a stamp written by earlier builds (the version alone).
+const STAMP_LEN_V1: usize = 8;
+
+/// What Redis keeps per level beyond the member's bytes and its 8-byte score, measured with
+/// `MEMORY USAGE key SAMPLES 0` on Redis 7.0 (jemalloc): a side of more than 128 levels
+/// (`zset-max-listpack-entries`) is a skiplist plus a dict, 83–102 bytes a level beyond
+/// members and scores for 1,000–10,000 levels, 104–113 just past 128. The size limit uses this
+/// upper end, so it bounds what Redis really holds (a listpack, up to 128 levels, costs less).
+const LEVEL_OVERHEAD: usize = 112;
+
+/// A sorted set holds at most 2^32 − 1 members: a deeper read is a read of every level.
+const MAX_LEVELS: usize = u32::MAX as usize;
+
+/// Replace a side atomically unless a higher version is stored. KEYS: set, stamp key.
+/// ARGV: the stamp (24 bytes), ttl ms, then score/member pairs. Returns 1 stored, 0 superseded.
+/// A stored stamp counts only when it decodes and its side is whole (its level count equals
+/// `ZCARD`; for an 8-byte stamp, the set exists): an orphan or garbage stamp is absent.
 const REPLACE: &str = r#"
 local t = redis.call('TYPE', KEYS[1]).ok
 if t ~= 'zset' and t ~= 'none' then
   return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value')
 end
 local cur = redis.call('GET', KEYS[2])
-if cur and string.len(cur) == 8 then
-  for i = 1, 8 do
-    local a, b = string.byte(cur, i), string.byte(ARGV[1], i)
-    if a > b then return 0 end
-    if a < b then break end
+if cur then
+  local card = redis.call('ZCARD', KEYS[1])
+  local len = string.len(cur)
+  local whole = false
+  if len == 8 then
+    whole = card > 0
+  elseif len == 24 then
+    local count = 0
+    for i = 17, 24 do count = count * 256 + string.byte(cur, i) end
+    whole = count == card
+  end
+  if whole then
+    for i = 1, 8 do
+      local a, b = string.byte(cur, i), string.byte(ARGV[1], i)
+      if a > b then return 0 end
+      if a < b then break end
+    end
   end
 end
 redis.call('DEL', KEYS[1])
@@ -42,8 +85,9 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return 1
 "#;
 
-/// Read the best `ARGV[2]` levels (0 = all) of a side. KEYS: set, version key. ARGV[1]: `bid`
-/// (highest first) or `ask` (lowest first). Returns nil, or {version, pttl, members}.
+/// Read the best `ARGV[2]` levels (0 = all; at most 2^32 − 1) of a side. KEYS: set, stamp key.
+/// ARGV[1]: `bid` (highest first) or `ask` (lowest first). Returns nil, or
+/// {stamp, pttl, zcard, members}.
 const TOP: &str = r#"
 local t = redis.call('TYPE', KEYS[1]).ok
 if t ~= 'zset' and t ~= 'none' then
@@ -52,6 +96,7 @@ end
 local ver = redis.call('GET', KEYS[2])
 if not ver then return false end
 local pttl = redis.call('PTTL', KEYS[2])
+local card = redis.call('ZCARD', KEYS[1])
 local stop = tonumber(ARGV[2]) - 1
 local levels
 if ARGV[1] == 'bid' then
@@ -59,14 +104,26 @@ if ARGV[1] == 'bid' then
 else
   levels = redis.call('ZRANGE', KEYS[1], 0, stop)
 end
-return {ver, pttl, levels}
+return {ver, pttl, card, levels}
 "#;
 
-/// The two book scripts, hashed once.
+/// Delete a side that did not decode, unless it was replaced since it was read. KEYS: set,
+/// stamp key. ARGV[1]: the stamp read with it. Returns 1 deleted, 0 left alone.
+const UNLINK_IF_STAMP: &str = r#"
+if redis.call('TYPE', KEYS[2]).ok ~= 'string' then return 0 end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local t = redis.call('TYPE', KEYS[1]).ok
+if t ~= 'zset' and t ~= 'none' then return 0 end
+redis.call('UNLINK', KEYS[1], KEYS[2])
+return 1
+"#;
+
+/// The book scripts, hashed once.
 #[derive(Debug)]
 pub(crate) struct BookScripts {
     replace: Script,
     top: Script,
+    unlink_if_stamp: Script,
 }
 
 impl BookScripts {
@@ -74,6 +131,7 @@ impl BookScripts {
         BookScripts {
             replace: Script::new(REPLACE),
             top: Script::new(TOP),
+            unlink_if_stamp: Script::new(UNLINK_IF_STAMP),
         }
     }
 }
@@ -82,28 +140,71 @@ impl BookScripts {
 #[derive(Debug)]
 pub(crate) struct FetchedBook {
     pub(crate) version: u64,
+    /// The TTL its writer gave it; `None` for a stamp of an earlier build.
+    pub(crate) written_ttl: Option<Duration>,
     pub(crate) remaining: Option<Duration>,
     pub(crate) side: BookSide,
+    /// [`stored_bytes`] of `side`, from the members' lengths as read (no formatting again).
+    pub(crate) bytes: usize,
 }
 
-/// The key holding a side's version.
+/// What a top-N read found.
+#[derive(Debug)]
+pub(crate) enum TopReply {
+    /// No stamp, or a stamp whose sorted set is gone or incomplete: not cached.
+    Missing,
+    /// A whole side (cut to the depth asked).
+    Found(FetchedBook),
+    /// The stamp or a member did not decode. `stamp` is the stamp read with them, for
+    /// [`RedisTier::book_unlink_if_stamp`].
+    Undecodable { stamp: Vec<u8>, error: Error },
+}
+
+/// The key holding a side's stamp.
 pub(crate) fn version_key(key: &str) -> String {
     format!("{key}:v")
 }
 
-/// Checks a side before any I/O: finite prices, finite non-negative quantities, no price twice.
-pub(crate) fn validate(side: &BookSide) -> Result<()> {
+/// What storing `side` costs Redis, in bytes: each member as [`member`] formats it, its
+/// 8-byte score, and [`LEVEL_OVERHEAD`] (a bound measured with `MEMORY USAGE`, not an
+/// estimate of the members). The value-size limit checks this, and L1 weighs a side by it.
+pub(crate) fn stored_bytes(side: &BookSide) -> usize {
+    side.levels
+        .iter()
+        .map(|l| member_len(l) + 8 + LEVEL_OVERHEAD)
+        .fold(0, usize::saturating_add)
+}
+
+/// Checks a side before any I/O and returns its [`stored_bytes`]: first its size against
+/// `limit` (cheap, and it bounds the rest), then finite prices, finite non-negative
+/// quantities and no price twice (O(n log n)). Used by every write of a side, so the cache
+/// and write-through refuse the same sides.
+pub(crate) fn check(side: &BookSide, limit: usize) -> Result<usize> {
+    let size = stored_bytes(side);
+    if size > limit {
+        return Err(Error::ValueTooLarge { size, limit });
+    }
+    validate(side)?;
+    Ok(size)
+}
+
+/// Finite prices, finite non-negative quantities, no price twice.
+fn validate(side: &BookSide) -> Result<()> {
     for (i, l) in side.levels.iter().enumerate() {
         if !l.price.is_finite() || !l.qty.is_finite() || l.qty < 0.0 {
             return Err(Error::InvalidValue {
                 reason: format!("level {i}: price and qty must be finite and qty >= 0"),
             });
         }
-        if side.levels[..i].iter().any(|o| o.price == l.price) {
-            return Err(Error::InvalidValue {
-                reason: format!("level {i}: price {} appears twice", l.price),
-            });
-        }
+    }
+    // Sorted, equal prices are neighbours. No NaN is left to break the order, and
+    // `total_cmp` puts -0.0 right before 0.0, which `==` then finds equal (one Redis score).
+    let mut prices: Vec<f64> = side.levels.iter().map(|l| l.price).collect();
+    prices.sort_unstable_by(f64::total_cmp);
+    if let Some(w) = prices.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::InvalidValue {
+            reason: format!("price {} appears twice", w[0]),
+        });
     }
     Ok(())
 }
@@ -113,6 +214,49 @@ pub(crate) fn sort_best_first(levels: &mut [Level], side: BookSideKind) {
     match side {
         BookSideKind::Bid => levels.sort_by(|a, b| b.price.total_cmp(&a.price)),
         BookSideKind::Ask => levels.sort_by(|a, b| a.price.total_cmp(&b.price)),
+    }
+}
+
+/// The depth argument for the read script: `depth` levels, 0 (all) for any depth no sorted
+/// set can reach, so caller input never becomes an argument Redis refuses.
+fn redis_depth(depth: usize) -> usize {
+    if depth >= MAX_LEVELS { 0 } else { depth }
+}
+
+/// A side's stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    version: u64,
+    /// `None` for an earlier build's stamp (or a zero TTL, which no write uses).
+    written_ttl_ms: Option<u64>,
+    /// `None` for an earlier build's stamp.
+    levels: Option<u64>,
+}
+
+fn encode_stamp(version: u64, ttl_ms: u64, levels: usize) -> [u8; STAMP_LEN] {
+    let mut b = [0u8; STAMP_LEN];
+    b[..8].copy_from_slice(&version.to_be_bytes());
+    b[8..16].copy_from_slice(&ttl_ms.to_be_bytes());
+    b[16..].copy_from_slice(&(levels as u64).to_be_bytes());
+    b
+}
+
+fn decode_stamp(b: &[u8]) -> Option<Stamp> {
+    let word = |at: usize| -> Option<u64> {
+        Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
+    };
+    match b.len() {
+        STAMP_LEN => Some(Stamp {
+            version: word(0)?,
+            written_ttl_ms: Some(word(8)?).filter(|&t| t > 0),
+            levels: Some(word(16)?),
+        }),
+        STAMP_LEN_V1 => Some(Stamp {
+            version: word(0)?,
+            written_ttl_ms: None,
+            levels: None,
+        }),
+        _ => None,
     }
 }
 
@@ -128,12 +272,13 @@ impl RedisTier {
         let vkey = version_key(key);
         let vkey = vkey.as_str();
         let script = &self.book.replace;
+        let ttl_ms = ttl_ms(ttl);
+        let stamp = encode_stamp(version, ttl_ms, side.levels.len());
+        let stamp = &stamp[..];
         let stored: i64 = self
             .run("book_set", key, |mut c| async move {
                 let mut inv = script.key(key);
-                inv.key(vkey)
-                    .arg(&version.to_be_bytes()[..])
-                    .arg(ttl_ms(ttl));
+                inv.key(vkey).arg(stamp).arg(ttl_ms);
                 for l in &side.levels {
                     inv.arg(l.price).arg(member(l));
                 }
@@ -143,13 +288,13 @@ impl RedisTier {
         Ok(stored == 1)
     }
 
-    /// The best `depth` levels of a side (all when `depth` is 0), or `None` when not cached.
+    /// The best `depth` levels of a side (all when `depth` is 0, or more than any side holds).
     pub(crate) async fn book_top(
         &self,
         key: &str,
         side: BookSideKind,
         depth: usize,
-    ) -> Result<Option<FetchedBook>> {
+    ) -> Result<TopReply> {
         let vkey = version_key(key);
         let vkey = vkey.as_str();
         let script = &self.book.top;
@@ -157,6 +302,7 @@ impl RedisTier {
             BookSideKind::Bid => "bid",
             BookSideKind::Ask => "ask",
         };
+        let depth = redis_depth(depth);
         let reply: Value = self
             .run("book_get", key, |mut c| async move {
                 script
@@ -170,10 +316,44 @@ impl RedisTier {
             .await?;
         parse_top(key, reply)
     }
+
+    /// Deletes a side (and its stamp) that did not decode, unless its stamp changed since it
+    /// was read as `stamp` (a writer replaced it). True when deleted.
+    pub(crate) async fn book_unlink_if_stamp(&self, key: &str, stamp: &[u8]) -> Result<bool> {
+        let vkey = version_key(key);
+        let vkey = vkey.as_str();
+        let script = &self.book.unlink_if_stamp;
+        let deleted: i64 = self
+            .run("book_repair", key, |mut c| async move {
+                script
+                    .key(key)
+                    .key(vkey)
+                    .arg(stamp)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(deleted == 1)
+    }
 }
 
 fn member(l: &Level) -> String {
     format!("{}:{}", l.price, l.qty)
+}
+
+/// `member(l).len()`, without allocating.
+fn member_len(l: &Level) -> usize {
+    struct Count(usize);
+    impl std::fmt::Write for Count {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0 += s.len();
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing into a counter cannot fail.
+    let _ = write!(c, "{}:{}", l.price, l.qty);
+    c.0
 }
 
 fn parse_member(key: &str, m: &[u8]) -> Result<Level> {
@@ -192,48 +372,64 @@ fn parse_member(key: &str, m: &[u8]) -> Result<Level> {
     })
 }
 
-fn parse_top(key: &str, reply: Value) -> Result<Option<FetchedBook>> {
+fn parse_top(key: &str, reply: Value) -> Result<TopReply> {
     let bad = |what: &str| Error::Decode {
         key: key.to_owned(),
         reason: what.to_owned(),
     };
     let parts = match reply {
-        Value::Nil => return Ok(None),
-        Value::Array(parts) if parts.len() == 3 => parts,
+        Value::Nil => return Ok(TopReply::Missing),
+        Value::Array(parts) if parts.len() == 4 => parts,
         _ => return Err(bad("unexpected reply shape from the book script")),
     };
     let mut parts = parts.into_iter();
-    let (Some(ver), Some(pttl), Some(members)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(Value::BulkString(raw)), Some(pttl), Some(Value::Int(card)), Some(members)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(bad("unexpected reply shape from the book script"));
     };
-    let version = match ver {
-        Value::BulkString(b) if b.len() == 8 => {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b);
-            u64::from_be_bytes(a)
-        }
-        _ => return Err(bad("book version key does not hold 8 bytes")),
+    let Some(stamp) = decode_stamp(&raw) else {
+        let error = bad("book version key holds neither 8 nor 24 bytes");
+        return Ok(TopReply::Undecodable { stamp: raw, error });
     };
     let remaining = match pttl {
-        Value::Int(-2) => return Ok(None),
+        Value::Int(-2) => return Ok(TopReply::Missing),
         Value::Int(-1) => None,
         Value::Int(ms) => Some(Duration::from_millis(ms.max(0) as u64)),
         _ => return Err(bad("unexpected PTTL reply")),
     };
-    let levels = match members {
-        Value::Array(ms) => ms
-            .into_iter()
-            .map(|m| match m {
-                Value::BulkString(b) => parse_member(key, &b),
-                _ => Err(bad("book member is not a string")),
-            })
-            .collect::<Result<Vec<_>>>()?,
-        _ => return Err(bad("book members are not an array")),
+    let Value::Array(members) = members else {
+        return Err(bad("book members are not an array"));
     };
-    Ok(Some(FetchedBook {
-        version,
+    let mut bytes = 0usize;
+    let levels = members
+        .into_iter()
+        .map(|m| match m {
+            Value::BulkString(b) => {
+                bytes = bytes.saturating_add(b.len() + 8 + LEVEL_OVERHEAD);
+                parse_member(key, &b)
+            }
+            _ => Err(bad("book member is not a string")),
+        })
+        .collect::<Result<Vec<_>>>();
+    let levels = match levels {
+        Ok(levels) => levels,
+        Err(error) => return Ok(TopReply::Undecodable { stamp: raw, error }),
+    };
+    // A side whose set is gone or changed under its stamp is not the side that was written.
+    let whole = match stamp.levels {
+        Some(n) => u64::try_from(card).is_ok_and(|c| c == n),
+        None => card > 0,
+    };
+    if !whole {
+        return Ok(TopReply::Missing);
+    }
+    Ok(TopReply::Found(FetchedBook {
+        version: stamp.version,
+        written_ttl: stamp.written_ttl_ms.map(Duration::from_millis),
         remaining,
         side: BookSide { levels },
+        bytes,
     }))
 }
 
@@ -249,6 +445,159 @@ mod tests {
         };
         assert_eq!(parse_member("k", member(&l).as_bytes()).unwrap(), l);
         assert!(parse_member("k", b"garbage").is_err());
+        for (price, qty) in [(189.51, 300.25), (1e300, 0.0), (-0.0, 1e-300), (0.1, 7.0)] {
+            let l = Level { price, qty };
+            assert_eq!(member_len(&l), member(&l).len(), "{l:?}");
+        }
+    }
+
+    #[test]
+    fn the_size_is_what_redis_stores() {
+        // "1:2" is 3 bytes, plus the score and Redis's per-level overhead.
+        let one = BookSide {
+            levels: vec![Level {
+                price: 1.0,
+                qty: 2.0,
+            }],
+        };
+        assert_eq!(stored_bytes(&one), 3 + 8 + LEVEL_OVERHEAD);
+        // Rust prints 1e300 in full: 301 digits, not the 48 bytes an estimate would assume.
+        let wide = BookSide {
+            levels: vec![Level {
+                price: 1e300,
+                qty: 1.0,
+            }],
+        };
+        assert_eq!(stored_bytes(&wide), 301 + 2 + 8 + LEVEL_OVERHEAD);
+        assert!(check(&wide, 300).is_err());
+        assert_eq!(check(&wide, 1000).unwrap(), stored_bytes(&wide));
+    }
+
+    #[test]
+    fn the_duplicate_price_check_is_not_quadratic() {
+        // 200,000 levels: about 2·10^10 comparisons for a pairwise check (minutes in a debug
+        // build), a few hundred milliseconds sorted.
+        let n = 200_000;
+        let mut levels: Vec<Level> = (0..n)
+            .map(|i| Level {
+                price: i as f64 * 0.25,
+                qty: 1.0,
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        assert!(
+            check(
+                &BookSide {
+                    levels: levels.clone()
+                },
+                usize::MAX
+            )
+            .is_ok()
+        );
+        levels[n - 1].price = levels[0].price;
+        assert!(check(&BookSide { levels }, usize::MAX).is_err());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn stamps_round_trip_and_earlier_stamps_are_read() {
+        let b = encode_stamp(7, 10_000, 3);
+        assert_eq!(
+            decode_stamp(&b),
+            Some(Stamp {
+                version: 7,
+                written_ttl_ms: Some(10_000),
+                levels: Some(3),
+            })
+        );
+        assert_eq!(
+            decode_stamp(&7u64.to_be_bytes()),
+            Some(Stamp {
+                version: 7,
+                written_ttl_ms: None,
+                levels: None,
+            })
+        );
+        assert_eq!(decode_stamp(b"garbage"), None);
+    }
+
+    fn reply(stamp: &[u8], card: i64, members: &[&str]) -> Value {
+        Value::Array(vec![
+            Value::BulkString(stamp.to_vec()),
+            Value::Int(5_000),
+            Value::Int(card),
+            Value::Array(
+                members
+                    .iter()
+                    .map(|m| Value::BulkString(m.as_bytes().to_vec()))
+                    .collect(),
+            ),
+        ])
+    }
+
+    #[test]
+    fn a_side_whose_set_is_gone_under_its_stamp_is_missing() {
+        let parse = |v| parse_top("k", v).unwrap();
+        // Written with two levels, set gone (or one member removed): missing.
+        assert!(matches!(
+            parse(reply(&encode_stamp(3, 50, 2), 0, &[])),
+            TopReply::Missing
+        ));
+        assert!(matches!(
+            parse(reply(&encode_stamp(3, 50, 2), 1, &["1:1"])),
+            TopReply::Missing
+        ));
+        // An earlier build's stamp over no set: missing too (it cannot say it was empty).
+        assert!(matches!(
+            parse(reply(&3u64.to_be_bytes(), 0, &[])),
+            TopReply::Missing
+        ));
+        // Written empty: an empty side.
+        let TopReply::Found(f) = parse(reply(&encode_stamp(3, 50, 0), 0, &[])) else {
+            panic!("an empty side is cached");
+        };
+        assert_eq!((f.version, f.side.levels.len()), (3, 0));
+        // Whole: found, with the TTL its writer gave it.
+        let TopReply::Found(f) = parse(reply(&encode_stamp(4, 10_000, 2), 2, &["2:1"])) else {
+            panic!("a whole side is found");
+        };
+        assert_eq!(f.written_ttl, Some(Duration::from_secs(10)));
+        assert_eq!(f.bytes, stored_bytes(&f.side));
+        assert_eq!(f.remaining, Some(Duration::from_secs(5)));
+        let TopReply::Found(f) = parse(reply(&4u64.to_be_bytes(), 1, &["2:1"])) else {
+            panic!("an earlier build's side is found");
+        };
+        assert_eq!((f.version, f.written_ttl), (4, None));
+    }
+
+    #[test]
+    fn an_undecodable_side_comes_back_with_its_stamp_for_the_repair() {
+        let stamp = encode_stamp(9, 50, 2);
+        let TopReply::Undecodable { stamp: s, error } =
+            parse_top("k", reply(&stamp, 2, &["2:1", "garbage"])).unwrap()
+        else {
+            panic!("a member that does not parse is undecodable");
+        };
+        assert_eq!(
+            (s.as_slice(), error.kind()),
+            (&stamp[..], crate::ErrorKind::Decode)
+        );
+        let TopReply::Undecodable { stamp: s, .. } = parse_top("k", reply(b"xyz", 0, &[])).unwrap()
+        else {
+            panic!("a stamp that does not parse is undecodable");
+        };
+        assert_eq!(s, b"xyz");
+    }
+
+    #[test]
+    fn a_depth_no_side_can_reach_reads_every_level() {
+        assert_eq!(redis_depth(usize::MAX), 0);
+        assert_eq!(redis_depth(MAX_LEVELS), 0);
+        assert_eq!(redis_depth(10), 10);
     }
 
     #[test]
@@ -259,10 +608,14 @@ mod tests {
                 .map(|(price, qty)| Level { price, qty })
                 .collect(),
         };
-        assert!(validate(&side(vec![(1.0, 1.0), (2.0, 0.0)])).is_ok());
-        assert!(validate(&side(vec![(1.0, 1.0), (1.0, 2.0)])).is_err());
-        assert!(validate(&side(vec![(f64::NAN, 1.0)])).is_err());
-        assert!(validate(&side(vec![(1.0, -1.0)])).is_err());
+        let check = |s| check(&s, usize::MAX);
+        assert!(check(side(vec![(1.0, 1.0), (2.0, 0.0)])).is_ok());
+        assert!(check(side(vec![(1.0, 1.0), (1.0, 2.0)])).is_err());
+        assert!(check(side(vec![(0.0, 1.0), (-0.0, 2.0)])).is_err());
+        assert!(check(side(vec![(f64::NAN, 1.0)])).is_err());
+        assert!(check(side(vec![(2.0, 1.0), (f64::NAN, 1.0), (2.0, 1.0)])).is_err());
+        assert!(check(side(vec![(1.0, -1.0)])).is_err());
+        assert!(check(side(vec![(f64::INFINITY, 1.0)])).is_err());
     }
 
     #[test]

@@ -19,7 +19,10 @@ use crate::error::{Error, Result};
 
 /// Versioned write (DESIGN §4 rule 2): store the envelope unless the stored one carries a higher
 /// version. Versions are compared byte by byte on the envelope header (bytes 3..10 in Lua's
-/// 1-based indexing), exactly, without Lua's doubles. Returns 1 when stored, 0 when superseded.
+/// 1-based indexing), exactly, without Lua's doubles. Only an envelope this build reads has a
+/// version: magic `M` and format 1 (header 10 bytes) or 2 (header 18 bytes). Anything else
+/// (garbage, an unknown format) counts as absent and is replaced, so bytes that happen to
+/// carry a high "version" cannot pin the key. Returns 1 when stored, 0 when superseded.
 const SET_VERSIONED: &str = r#"
 local t = redis.call('TYPE', KEYS[1]).ok
 if t ~= 'string' and t ~= 'none' then
@@ -27,7 +30,12 @@ if t ~= 'string' and t ~= 'none' then
 end
 local cur = redis.call('GET', KEYS[1])
 local new = ARGV[1]
-if cur and string.len(cur) >= 10 and string.byte(cur, 1) == 77 and string.byte(cur, 2) == 1 then
+local versioned = false
+if cur and string.byte(cur, 1) == 77 then
+  local f, n = string.byte(cur, 2), string.len(cur)
+  versioned = (f == 1 and n >= 10) or (f == 2 and n >= 18)
+end
+if versioned then
   for i = 3, 10 do
     local a, b = string.byte(cur, i), string.byte(new, i)
     if a > b then return 0 end
@@ -35,6 +43,15 @@ if cur and string.len(cur) >= 10 and string.byte(cur, 1) == 77 and string.byte(c
   end
 end
 redis.call('SET', KEYS[1], new, 'PX', ARGV[2])
+return 1
+"#;
+
+/// Delete KEYS[1] only while it still holds ARGV[1] (a string key; any other type is left
+/// alone). Returns 1 when deleted, 0 otherwise.
+const UNLINK_IF_EQUALS: &str = r#"
+if redis.call('TYPE', KEYS[1]).ok ~= 'string' then return 0 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('UNLINK', KEYS[1])
 return 1
 "#;
 
@@ -134,13 +151,33 @@ impl bb8::ManageConnection for Manager {
 }
 
 /// Options for building a [`RedisTier`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct RedisOptions {
+    /// May hold a password: `Debug` shows it redacted.
     pub(crate) url: String,
     pub(crate) pool_size: u32,
     pub(crate) op_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) breaker: super::guard::BreakerConfig,
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let RedisOptions {
+            url,
+            pool_size,
+            op_timeout,
+            connect_timeout,
+            breaker,
+        } = self;
+        f.debug_struct("RedisOptions")
+            .field("url", &crate::config::redact_url(url))
+            .field("pool_size", pool_size)
+            .field("op_timeout", op_timeout)
+            .field("connect_timeout", connect_timeout)
+            .field("breaker", breaker)
+            .finish()
+    }
 }
 
 /// The Redis tier.
@@ -152,6 +189,7 @@ pub(crate) struct RedisTier {
     generation: Arc<AtomicU64>,
     pool_size: u32,
     set_script: Script,
+    unlink_if_equals_script: Script,
     pub(crate) book: super::book::BookScripts,
     pub(crate) breaker: super::guard::Breaker,
 }
@@ -169,8 +207,10 @@ impl RedisTier {
     /// Builds the pool without waiting for a connection: a cache must start (and serve L1 and
     /// errors quickly) even while Redis is down. Connections are opened in the background.
     pub(crate) fn new(opts: RedisOptions) -> Result<Self> {
-        let inner = RedisConnectionManager::new(opts.url.as_str())
-            .map_err(|e| Error::config("CACHE_REDIS_URL", e.to_string()))?;
+        let inner = RedisConnectionManager::new(opts.url.as_str()).map_err(|e| {
+            let reason = crate::config::redact_in(&e.to_string(), &opts.url);
+            Error::config("CACHE_REDIS_URL", reason)
+        })?;
         let last_error = LastError::default();
         let generation = Arc::new(AtomicU64::new(0));
         let manager = Manager {
@@ -197,6 +237,7 @@ impl RedisTier {
             generation,
             pool_size: opts.pool_size,
             set_script: Script::new(SET_VERSIONED),
+            unlink_if_equals_script: Script::new(UNLINK_IF_EQUALS),
             book: super::book::BookScripts::new(),
             breaker: super::guard::Breaker::new(opts.breaker),
         })
@@ -449,6 +490,19 @@ impl RedisTier {
         .await
     }
 
+    /// Deletes `key` if it still holds exactly `bytes` (for a value that failed to decode: it
+    /// goes, so a fill can replace it, unless someone wrote the key since it was read).
+    /// Guarded like every caller's operation. True when it was deleted.
+    pub(crate) async fn unlink_if_equals(&self, key: &str, bytes: &[u8]) -> Result<bool> {
+        let script = &self.unlink_if_equals_script;
+        let deleted: i64 = self
+            .run("unlink_if_equals", key, |mut c| async move {
+                script.key(key).arg(bytes).invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(deleted == 1)
+    }
+
     /// Remaining TTL: `Ok(None)` when the key does not exist, `Some(None)` when it has no expiry.
     pub(crate) async fn pttl(&self, key: &str) -> Result<Option<Option<Duration>>> {
         let pttl: i64 = self
@@ -572,5 +626,132 @@ fn malformed(key: &str) -> Error {
     Error::Decode {
         key: key.to_owned(),
         reason: "unexpected reply shape from redis".to_owned(),
+    }
+}
+
+// The integration tests' harness (a real redis-server on a free port, killed on drop),
+// shared rather than copied. A `#[path]` inside `mod tests` would resolve through a
+// directory that does not exist, hence here.
+#[cfg(test)]
+#[allow(unreachable_pub, missing_docs, missing_debug_implementations)]
+#[path = "../../tests/support/mod.rs"]
+mod test_support;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+    use crate::l2::guard::{BreakerConfig, BreakerState};
+
+    use super::test_support as support;
+
+    fn tier(server: &support::RedisServer) -> RedisTier {
+        RedisTier::new(RedisOptions {
+            url: server.url(),
+            pool_size: 2,
+            op_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            breaker: BreakerConfig::default(),
+        })
+        .unwrap()
+    }
+
+    async fn raw_set(server: &support::RedisServer, key: &str, bytes: &[u8]) {
+        let mut c = server.multiplexed().await;
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg(bytes)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+
+    async fn raw_get(server: &support::RedisServer, key: &str) -> Option<Vec<u8>> {
+        let mut c = server.multiplexed().await;
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut c)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn unlink_if_equals_deletes_only_the_value_it_was_given() {
+        let server = support::RedisServer::start();
+        let l2 = tier(&server);
+        raw_set(&server, "k", b"garbage").await;
+        // Changed since it was read: left alone.
+        assert!(!l2.unlink_if_equals("k", b"garbag").await.unwrap());
+        raw_set(&server, "k", b"rewritten").await;
+        assert!(!l2.unlink_if_equals("k", b"garbage").await.unwrap());
+        assert_eq!(
+            raw_get(&server, "k").await.as_deref(),
+            Some(&b"rewritten"[..])
+        );
+        // Unchanged: deleted.
+        assert!(l2.unlink_if_equals("k", b"rewritten").await.unwrap());
+        assert_eq!(raw_get(&server, "k").await, None);
+        // Absent, or another type: nothing to do, and not an error.
+        assert!(!l2.unlink_if_equals("k", b"rewritten").await.unwrap());
+        let mut c = server.multiplexed().await;
+        let () = redis::cmd("RPUSH")
+            .arg("list")
+            .arg("x")
+            .query_async::<i64>(&mut c)
+            .await
+            .map(|_| ())
+            .unwrap();
+        assert!(!l2.unlink_if_equals("list", b"x").await.unwrap());
+        assert_eq!(server.dbsize(), 1);
+    }
+
+    #[tokio::test]
+    async fn only_envelopes_of_formats_1_and_2_carry_a_version_for_the_compare_and_set() {
+        let server = support::RedisServer::start();
+        let l2 = tier(&server);
+        let ttl = Duration::from_secs(60);
+        let v5 = codec::encode(5, &1u32, 1024).unwrap();
+        // Format 2 at version 9 is a real version: version 5 is refused.
+        raw_set(&server, "f2", &codec::encode(9, &1u32, 1024).unwrap()).await;
+        assert!(!l2.set_versioned("f2", &v5, ttl).await.unwrap());
+        // Format 1 at version 9 likewise.
+        let mut f1 = vec![codec::MAGIC, codec::FORMAT_V1];
+        f1.extend_from_slice(&9u64.to_be_bytes());
+        f1.push(0x01);
+        raw_set(&server, "f1", &f1).await;
+        assert!(!l2.set_versioned("f1", &v5, ttl).await.unwrap());
+        // An unknown format, or a format-2 header cut short, with a huge "version": absent.
+        for (key, mut bytes) in [
+            ("f3", vec![codec::MAGIC, 3]),
+            ("short", vec![codec::MAGIC, codec::FORMAT]),
+        ] {
+            bytes.extend_from_slice(&[0xff; 8]);
+            raw_set(&server, key, &bytes).await;
+            assert!(l2.set_versioned(key, &v5, ttl).await.unwrap(), "{key}");
+            assert_eq!(raw_get(&server, key).await.as_deref(), Some(&v5[..]));
+        }
+    }
+
+    #[tokio::test]
+    async fn argument_errors_from_redis_do_not_trip_the_breaker() {
+        let server = support::RedisServer::start();
+        let l2 = tier(&server);
+        for _ in 0..10 {
+            let err = l2
+                .run("test", "z", |mut c| async move {
+                    redis::cmd("EVAL")
+                        .arg("return redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]))")
+                        .arg(1)
+                        .arg("z")
+                        .arg(u64::MAX)
+                        .query_async::<Value>(&mut c)
+                        .await
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidValue, "{err}");
+        }
+        let b = l2.breaker.snapshot();
+        assert_eq!((b.state, b.opened), (BreakerState::Closed, 0));
     }
 }

@@ -36,7 +36,9 @@ pub struct AsideOptions {
     /// `layered` backend); with the `redis` backend it has no effect.
     pub negative_ttl: Option<Duration>,
     /// Most background refreshes running at once; past it, refreshes are skipped (the key
-    /// then simply misses once at expiry).
+    /// then simply misses once at expiry). Refreshes have this budget of their own: they
+    /// never take one of the foreground load slots (`fallback.max_concurrent_loads`), so the
+    /// source sees at most the sum of the two.
     pub max_refreshes: usize,
     /// What reads do when Redis is unavailable.
     pub fallback: FallbackOptions,
@@ -48,9 +50,30 @@ impl Default for AsideOptions {
             source_timeout: DEFAULT_SOURCE_TIMEOUT,
             refresh_ahead: Vec::new(),
             negative_ttl: None,
-            max_refreshes: 64,
+            max_refreshes: 16,
             fallback: FallbackOptions::default(),
         }
+    }
+}
+
+impl AsideOptions {
+    /// Checks what [`CacheAsideBuilder::build`] refuses, with an [`Error::Config`] naming the
+    /// setting: a refresh-ahead fraction that is not strictly between 0 and 1 (`NaN`
+    /// included), and a negative-cache TTL or stale bound above [`MAX_TTL`](crate::MAX_TTL)
+    /// (7 days; deadlines are `now + duration`, which must not overflow).
+    pub fn validate(&self) -> Result<(), Error> {
+        for (kind, fraction) in &self.refresh_ahead {
+            if !(*fraction > 0.0 && *fraction < 1.0) {
+                return Err(Error::config(
+                    format!("refresh_ahead({kind})"),
+                    format!("the fraction {fraction} must be between 0 and 1, both excluded"),
+                ));
+            }
+        }
+        if let Some(ttl) = self.negative_ttl {
+            crate::config::at_most_max_ttl("negative_ttl", ttl)?;
+        }
+        self.fallback.validate()
     }
 }
 
@@ -79,7 +102,7 @@ impl Default for AsideOptions {
 /// let key = cache.key::<Position>("AAPL")?;
 /// db.write(&key, &Position { qty: 5.0, avg_price: 10.0, realized_pnl: 0.0, seq: 1 }).await?;
 ///
-/// let aside = CacheAside::builder(cache, db).build();
+/// let aside = CacheAside::builder(cache, db).build()?;
 /// assert_eq!(aside.get(&key).await?.unwrap().tier, Tier::Source); // loaded and filled
 /// assert_eq!(aside.get(&key).await?.unwrap().tier, Tier::L1);
 /// # Ok(()) }
@@ -141,21 +164,22 @@ impl<Src: Source> CacheAsideBuilder<Src> {
     }
 
     /// Refresh-ahead for `kind` (`price`, `book:bid`, …): a read that finds less than
-    /// `fraction` (0 < fraction < 1) of the TTL left starts a background reload.
+    /// `fraction` (0 < fraction < 1) of the TTL left starts a background reload. Any other
+    /// fraction makes [`build`](Self::build) fail.
     pub fn refresh_ahead(mut self, kind: &str, fraction: f64) -> Self {
-        self.opts
-            .refresh_ahead
-            .push((kind.to_owned(), fraction.clamp(0.0, 1.0)));
+        self.opts.refresh_ahead.push((kind.to_owned(), fraction));
         self
     }
 
-    /// Remembers "not found" for `ttl`.
+    /// Remembers "not found" for `ttl` (at most [`MAX_TTL`](crate::MAX_TTL), else
+    /// [`build`](Self::build) fails).
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.opts.negative_ttl = Some(ttl);
         self
     }
 
-    /// Most background refreshes at once (default 64).
+    /// Most background refreshes at once (default 16), a budget apart from the foreground
+    /// load limit.
     pub fn max_refreshes(mut self, n: usize) -> Self {
         self.opts.max_refreshes = n;
         self
@@ -175,7 +199,8 @@ impl<Src: Source> CacheAsideBuilder<Src> {
 
     /// Lets `kind` (a name like `price`, or a key prefix like `book`) be served up to `bound`
     /// past its TTL, marked `Stale`, when Redis and the source both fail. Defaults: `price`
-    /// and `book` 1 s; every other kind fails closed.
+    /// and `book` 1 s; every other kind fails closed. A bound above
+    /// [`MAX_TTL`](crate::MAX_TTL) makes [`build`](Self::build) fail.
     pub fn stale_bound(mut self, kind: &str, bound: Duration) -> Self {
         self.opts.fallback.stale_bounds.retain(|(k, _)| k != kind);
         self.opts
@@ -191,10 +216,13 @@ impl<Src: Source> CacheAsideBuilder<Src> {
         self
     }
 
-    /// Builds it.
-    pub fn build(self) -> CacheAside<Src> {
+    /// Checks the options ([`AsideOptions::validate`]) and builds it: an invalid setting is
+    /// an [`Error::Config`] naming it (`negative_ttl`, `stale_bound(price)`,
+    /// `refresh_ahead(price)`).
+    pub fn build(self) -> Result<CacheAside<Src>, Error> {
+        self.opts.validate()?;
         let stop = CancellationToken::new();
-        CacheAside {
+        Ok(CacheAside {
             inner: Arc::new(AsideInner {
                 cache: self.cache,
                 source: self.source,
@@ -207,7 +235,7 @@ impl<Src: Source> CacheAsideBuilder<Src> {
                 stop: stop.clone(),
             }),
             _stop: Arc::new(StopOnDrop(stop)),
-        }
+        })
     }
 }
 
@@ -261,7 +289,11 @@ impl<Src: Source> CacheAside<Src> {
         let fallback = match inner.cache.read(key).await {
             Ok(Some(r)) => {
                 self.maybe_refresh(key, r.ttl_remaining, |i, k| {
-                    Box::pin(async move { i.load_value(&k, false, true).await.map(|_| ()) })
+                    Box::pin(async move {
+                        i.load_value(&k, false, true, Budget::Refresh)
+                            .await
+                            .map(|_| ())
+                    })
                 });
                 return Ok(Some(r));
             }
@@ -272,12 +304,25 @@ impl<Src: Source> CacheAside<Src> {
         let started = std::time::Instant::now();
         // On the fallback path: no re-check of Redis and no fill of it, only of L1.
         let result = inner
-            .flights
-            .run(key.shared(), || {
-                inner.load_value(key, fallback.is_none(), fallback.is_none())
-            })
-            .await
-            .unwrap_or_else(|| Err(internal()));
+            .floor_checked(
+                key,
+                || async {
+                    inner
+                        .flights
+                        .run(key.shared(), || {
+                            inner.load_value(
+                                key,
+                                fallback.is_none(),
+                                fallback.is_none(),
+                                Budget::Foreground,
+                            )
+                        })
+                        .await
+                        .unwrap_or_else(|| Err(internal()))
+                },
+                || async { inner.cache.recheck(key).await.ok().flatten() },
+            )
+            .await;
         if let Some(reason) = fallback {
             inner.fallback.record(reason, started.elapsed());
         }
@@ -306,7 +351,11 @@ impl<Src: Source> CacheAside<Src> {
         let fallback = match inner.cache.get_book(key, depth).await {
             Ok(Some(r)) => {
                 self.maybe_refresh(key, r.ttl_remaining, |i, k| {
-                    Box::pin(async move { i.load_book(&k, 0, false, true).await.map(|_| ()) })
+                    Box::pin(async move {
+                        i.load_book(&k, 0, false, true, Budget::Refresh)
+                            .await
+                            .map(|_| ())
+                    })
                 });
                 return Ok(Some(r));
             }
@@ -317,12 +366,26 @@ impl<Src: Source> CacheAside<Src> {
         let started = std::time::Instant::now();
         // One flight per key loads the whole side; each caller cuts its own depth.
         let full = inner
-            .flights
-            .run(key.shared(), || {
-                inner.load_book(key, 0, fallback.is_none(), fallback.is_none())
-            })
-            .await
-            .unwrap_or_else(|| Err(internal()));
+            .floor_checked(
+                key,
+                || async {
+                    inner
+                        .flights
+                        .run(key.shared(), || {
+                            inner.load_book(
+                                key,
+                                0,
+                                fallback.is_none(),
+                                fallback.is_none(),
+                                Budget::Foreground,
+                            )
+                        })
+                        .await
+                        .unwrap_or_else(|| Err(internal()))
+                },
+                || async { inner.cache.recheck_book(key, 0).await.ok().flatten() },
+            )
+            .await;
         if let Some(reason) = fallback {
             inner.fallback.record(reason, started.elapsed());
         }
@@ -410,7 +473,68 @@ fn internal<E: std::error::Error + 'static>() -> LoadError<E> {
     ))
 }
 
+/// Whose load-slot budget a source load uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    /// A caller is waiting: the fallback handler's concurrency limit.
+    Foreground,
+    /// A refresh-ahead in the background: it already holds one of the (smaller) refresh
+    /// permits, and must not take a foreground slot, so refreshes never starve misses.
+    Refresh,
+}
+
 impl<Src: Source> AsideInner<Src> {
+    /// Runs `load` (a single-flight load) and never returns a result older than what L1
+    /// holds for the key — a version floor an acknowledged write left (DESIGN §4 rule 9),
+    /// or a newer value written meanwhile. A flight that read the source before that write
+    /// committed is not served: L1's value is, if it has one at the floor or above, else
+    /// one more flight is tried, and then the read fails with
+    /// [`LoadError::BehindFloor`].
+    async fn floor_checked<S, V, L, LF, R, RF>(
+        &self,
+        key: &Key<S>,
+        load: L,
+        l1_value: R,
+    ) -> Result<Option<Read<V>>, LoadError<Src::Error>>
+    where
+        S: KeySchema,
+        L: Fn() -> LF,
+        LF: std::future::Future<Output = Result<Option<Read<V>>, LoadError<Src::Error>>>,
+        R: Fn() -> RF,
+        RF: std::future::Future<Output = Option<Read<V>>>,
+    {
+        let mut tries = 0;
+        loop {
+            let result = load().await;
+            let loaded = match &result {
+                Ok(r) => r.as_ref().map(|r| r.version),
+                Err(_) => return result,
+            };
+            let Some(floor) = self
+                .cache
+                .l1_version(key)
+                .filter(|&held| loaded.unwrap_or(0) < held)
+            else {
+                return result;
+            };
+            if let Some(r) = l1_value().await
+                && r.version >= floor
+            {
+                return Ok(Some(r));
+            }
+            tries += 1;
+            if tries == 2 {
+                tracing::warn!(
+                    key = key.as_str(),
+                    floor,
+                    ?loaded,
+                    "source behind an acknowledged write"
+                );
+                return Err(LoadError::BehindFloor { floor, loaded });
+            }
+        }
+    }
+
     fn negative_hit<S: KeySchema>(&self, key: &Key<S>) -> bool {
         if self.opts.negative_ttl.is_some() && self.cache.negative_hit(key.as_str()) {
             self.cache.ks(key).negative_hits.inc();
@@ -423,9 +547,14 @@ impl<Src: Source> AsideInner<Src> {
     async fn load<S: KeySchema>(
         &self,
         key: &Key<S>,
+        budget: Budget,
     ) -> Result<Option<Loaded<S::Value>>, LoadError<Src::Error>> {
-        let Some(_permit) = self.fallback.permit().await else {
-            return Err(LoadError::Overloaded(self.opts.fallback.overload_wait));
+        let _permit = match budget {
+            Budget::Foreground => match self.fallback.permit().await {
+                Some(p) => Some(p),
+                None => return Err(LoadError::Overloaded(self.opts.fallback.overload_wait)),
+            },
+            Budget::Refresh => None,
         };
         let ks = self.cache.ks(key);
         ks.source_loads.inc();
@@ -453,16 +582,18 @@ impl<Src: Source> AsideInner<Src> {
         key: &Key<S>,
         recheck: bool,
         fill_l2: bool,
+        budget: Budget,
     ) -> Result<Option<Read<S::Value>>, LoadError<Src::Error>> {
         if recheck && let Ok(Some(r)) = self.cache.recheck(key).await {
             return Ok(Some(r));
         }
-        let Some(loaded) = self.load(key).await? else {
+        let Some(loaded) = self.load(key, budget).await? else {
             return Ok(None);
         };
         let value = Arc::new(loaded.value);
-        // `Evict`: a failed fill is not a new value to keep or to record dirty; the source's
-        // value goes to L1 below, as it always has.
+        let fill_l2 = self.may_fill_l2(key, fill_l2, loaded.version);
+        // `Fill`: a failed fill is not a new value to keep or to record dirty, and it never
+        // removes a newer L1 entry; the source's value goes to L1 below, under the version rule.
         let filled = if fill_l2 {
             self.cache
                 .set_with_policy(
@@ -470,7 +601,7 @@ impl<Src: Source> AsideInner<Src> {
                     Arc::clone(&value),
                     loaded.version,
                     SetOptions::default(),
-                    OnL2Failure::Evict,
+                    OnL2Failure::Fill,
                 )
                 .await
                 .inspect_err(|e| {
@@ -478,7 +609,8 @@ impl<Src: Source> AsideInner<Src> {
                 })
                 .is_ok()
         } else {
-            // The fallback path: Redis is failing (the reason was counted there).
+            // The fallback path (Redis is failing; the reason was counted there), or Redis is
+            // not to be filled now.
             false
         };
         if !filled {
@@ -487,6 +619,19 @@ impl<Src: Source> AsideInner<Src> {
                 .fill_l1(key, Arc::clone(&value), loaded.version, 0);
         }
         Ok(Some(from_source(key, value, loaded.version)))
+    }
+
+    /// Whether a load's value may go to Redis: not on the fallback path, not while the
+    /// breaker is not closed (the write would only fail or be refused), and not when L1 holds
+    /// a newer version or a floor above it — the load read the source before a write this
+    /// process acknowledged, and Redis must not get the older value (DESIGN §4 rule 9).
+    fn may_fill_l2<S: KeySchema>(&self, key: &Key<S>, fill_l2: bool, version: u64) -> bool {
+        fill_l2
+            && self.cache.l2_writable()
+            && self
+                .cache
+                .l1_version(key)
+                .is_none_or(|held| held <= version)
     }
 
     /// The fail-safe read (DESIGN §4 rule 7): a value past its TTL, within the kind's stale
@@ -513,15 +658,17 @@ impl<Src: Source> AsideInner<Src> {
         depth: usize,
         recheck: bool,
         fill_l2: bool,
+        budget: Budget,
     ) -> Result<Option<Read<BookSide>>, LoadError<Src::Error>> {
         if recheck && let Ok(Some(r)) = self.cache.recheck_book(key, depth).await {
             return Ok(Some(r));
         }
-        let Some(loaded) = self.load(key).await? else {
+        let Some(loaded) = self.load(key, budget).await? else {
             return Ok(None);
         };
         let mut side = loaded.value;
         crate::l2::book::sort_best_first(&mut side.levels, S::SIDE);
+        let fill_l2 = self.may_fill_l2(key, fill_l2, loaded.version);
         let filled = if fill_l2 {
             self.cache
                 .set_book_with_policy(
@@ -529,7 +676,7 @@ impl<Src: Source> AsideInner<Src> {
                     side.clone(),
                     loaded.version,
                     SetOptions::default(),
-                    OnL2Failure::Evict,
+                    OnL2Failure::Fill,
                 )
                 .await
                 .inspect_err(|e| {

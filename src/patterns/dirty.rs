@@ -1,6 +1,6 @@
 //! The dirty log: keys written while Redis could not be updated (write-through, or cache-only writes kept in L1), to be deleted from L2 before it is trusted again.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +14,10 @@ use std::sync::{Arc, Mutex};
 /// invalidating whole kinds (`SCAN` + `UNLINK` in the namespace) when the list is incomplete.
 ///
 /// While a key is recorded, reads do not trust its L2 copy (they treat it as a miss).
+///
+/// Every record (of a new key, of a key already present, or one dropped for lack of room)
+/// takes the next sequence number, so recovery forgets only what it deleted: a key recorded
+/// again, or an overflow, while a replay runs stays for the next replay.
 #[derive(Debug)]
 pub struct DirtyLog {
     // A std Mutex: record/take are short map operations, never held across an await.
@@ -25,9 +29,16 @@ pub struct DirtyLog {
 
 #[derive(Debug, Default)]
 struct DirtyInner {
-    keys: HashSet<Arc<str>>,
+    /// Each key with the sequence number of its latest record: [`DirtyLog::forget`] drops a
+    /// key only when nothing recorded it again after the snapshot it was given.
+    keys: HashMap<Arc<str>, u64>,
     kinds: BTreeSet<&'static str>,
     overflowed: bool,
+    /// The latest sequence number handed out (0 before any record).
+    seq: u64,
+    /// The sequence number of the latest record dropped for lack of room: an overflow after a
+    /// snapshot keeps `overflowed` set when that snapshot is forgotten.
+    overflow_seq: u64,
 }
 
 /// What [`DirtyLog::take`] hands to recovery.
@@ -40,6 +51,10 @@ pub struct DirtySnapshot {
     pub overflowed: bool,
     /// The key prefix (`price`, `book`, ...) of every recorded (or dropped) key.
     pub kinds: Vec<&'static str>,
+    /// The sequence number of each key's latest record, index for index with `keys`.
+    seqs: Vec<u64>,
+    /// The log's sequence number when the snapshot was taken.
+    seq: u64,
 }
 
 impl DirtyLog {
@@ -62,7 +77,11 @@ impl DirtyLog {
         let mut inner = self.lock();
         self.any.store(true, Ordering::Release);
         inner.kinds.insert(kind);
-        if inner.keys.contains(key) {
+        inner.seq += 1;
+        let seq = inner.seq;
+        if let Some(s) = inner.keys.get_mut(key) {
+            // Recorded again (perhaps while a replay deletes it): the replay must not forget it.
+            *s = seq;
             return;
         }
         if inner.keys.len() >= self.capacity {
@@ -73,15 +92,16 @@ impl DirtyLog {
                 );
             }
             inner.overflowed = true;
+            inner.overflow_seq = seq;
             return;
         }
-        inner.keys.insert(Arc::clone(key));
+        inner.keys.insert(Arc::clone(key), seq);
         metrics::counter!("mdcache_dirty_recorded_total", "kind" => kind).increment(1);
     }
 
     /// True when `key` is recorded.
     pub fn contains(&self, key: &str) -> bool {
-        self.lock().keys.contains(key)
+        self.lock().keys.contains_key(key)
     }
 
     /// True when L2's copy of `key` (key prefix `kind`) must not be trusted: the key is
@@ -92,29 +112,37 @@ impl DirtyLog {
             return false;
         }
         let inner = self.lock();
-        inner.keys.contains(key) || (inner.overflowed && inner.kinds.contains(kind))
+        inner.keys.contains_key(key) || (inner.overflowed && inner.kinds.contains(kind))
     }
 
     /// A copy of what the log holds, left in place (recovery forgets it only once the keys
     /// are gone from Redis, so reads keep distrusting them meanwhile).
     pub(crate) fn peek(&self) -> DirtySnapshot {
         let inner = self.lock();
+        let (keys, seqs) = inner.keys.iter().map(|(k, s)| (Arc::clone(k), *s)).unzip();
         DirtySnapshot {
-            keys: inner.keys.iter().cloned().collect(),
+            keys,
             overflowed: inner.overflowed,
             kinds: inner.kinds.iter().copied().collect(),
+            seqs,
+            seq: inner.seq,
         }
     }
 
-    /// Forgets what `snap` (from [`peek`](Self::peek)) held, after recovery deleted it; keys
-    /// recorded since stay.
+    /// Forgets what `snap` (from [`peek`](Self::peek)) held, after recovery deleted it. Only
+    /// what is unchanged since the snapshot goes: a key recorded again since (its sequence
+    /// number moved) stays, and so does an overflow that happened since, because the replay
+    /// may have deleted the key (or scanned the kind) before that record.
     pub(crate) fn forget(&self, snap: &DirtySnapshot) {
         let mut inner = self.lock();
-        for k in &snap.keys {
-            inner.keys.remove(k);
+        for (k, s) in snap.keys.iter().zip(&snap.seqs) {
+            if inner.keys.get(k) == Some(s) {
+                inner.keys.remove(k);
+            }
         }
-        if snap.overflowed {
-            // Every key of these kinds was invalidated, including any dropped for lack of room.
+        if snap.overflowed && inner.overflow_seq <= snap.seq {
+            // Every key of these kinds was invalidated, including any dropped for lack of
+            // room up to the snapshot; none was dropped since.
             inner.overflowed = false;
         }
         if inner.keys.is_empty() && !inner.overflowed {
@@ -142,12 +170,24 @@ impl DirtyLog {
     /// Empties the log and returns what it held.
     pub fn take(&self) -> DirtySnapshot {
         let mut inner = self.lock();
-        let taken = std::mem::take(&mut *inner);
+        // The sequence keeps counting across a take, so an older snapshot never matches a
+        // record made after it.
+        let seq = inner.seq;
+        let taken = std::mem::replace(
+            &mut *inner,
+            DirtyInner {
+                seq,
+                ..DirtyInner::default()
+            },
+        );
         self.any.store(false, Ordering::Release);
+        let (keys, seqs) = taken.keys.into_iter().unzip();
         DirtySnapshot {
-            keys: taken.keys.into_iter().collect(),
+            keys,
             overflowed: taken.overflowed,
             kinds: taken.kinds.into_iter().collect(),
+            seqs,
+            seq,
         }
     }
 }
@@ -185,5 +225,58 @@ mod tests {
         log.forget(&snap);
         assert!(!log.contains("a") && log.contains("b"));
         assert!(log.distrusts("b", "pos") && !log.distrusts("a", "pos"));
+    }
+
+    #[test]
+    fn a_key_recorded_again_during_a_replay_is_not_forgotten() {
+        let log = DirtyLog::new(10);
+        let k: Arc<str> = Arc::from("k");
+        log.record(&k, "pos");
+        let snap = log.peek();
+        // The replay deletes k from Redis; meanwhile another failed write records it again.
+        log.record(&k, "pos");
+        log.forget(&snap);
+        assert!(
+            log.contains("k"),
+            "the second record must survive the first replay"
+        );
+        assert!(log.distrusts("k", "pos"));
+        // The next replay, with nothing recorded meanwhile, forgets it.
+        let snap = log.peek();
+        log.forget(&snap);
+        assert!(log.is_empty() && !log.distrusts("k", "pos"));
+    }
+
+    #[test]
+    fn an_overflow_during_a_replay_is_not_forgotten() {
+        let log = DirtyLog::new(1);
+        log.record(&Arc::from("a"), "pos");
+        log.record(&Arc::from("b"), "pos");
+        let snap = log.peek();
+        assert!(snap.overflowed);
+        // The replay scans the kind; meanwhile a key of another kind is dropped for lack of room.
+        log.record(&Arc::from("c"), "ord");
+        log.forget(&snap);
+        assert!(
+            log.overflowed(),
+            "the overflow after the snapshot must survive"
+        );
+        assert!(log.distrusts("c", "ord"));
+        let snap = log.peek();
+        assert!(snap.kinds.contains(&"ord"));
+        log.forget(&snap);
+        assert!(!log.overflowed() && log.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_taken_before_a_take_forgets_nothing_recorded_after_it() {
+        let log = DirtyLog::new(10);
+        let k: Arc<str> = Arc::from("k");
+        log.record(&k, "pos");
+        let old = log.peek();
+        let _ = log.take();
+        log.record(&k, "pos");
+        log.forget(&old);
+        assert!(log.contains("k"));
     }
 }

@@ -29,6 +29,19 @@ pub enum LoadError<E: std::error::Error + 'static> {
     /// cache does not stampede the database.
     #[error("source overloaded: no load slot within {0:?}")]
     Overloaded(Duration),
+    /// The source returned an older version (or no value) than one this process acknowledged
+    /// for the key (a write-through whose cache write failed left a version floor, DESIGN §4
+    /// rule 9), twice. The older value is not served; a replica lagging behind the primary is
+    /// the usual cause. Retrying later may succeed.
+    #[error(
+        "source is behind an acknowledged write: loaded {loaded:?}, acknowledged version {floor}"
+    )]
+    BehindFloor {
+        /// The version this process acknowledged.
+        floor: u64,
+        /// The version the source returned (`None`: not found).
+        loaded: Option<u64>,
+    },
 }
 
 impl<E: std::error::Error + 'static> Clone for LoadError<E> {
@@ -38,6 +51,10 @@ impl<E: std::error::Error + 'static> Clone for LoadError<E> {
             LoadError::SourceTimeout(d) => LoadError::SourceTimeout(*d),
             LoadError::Cache(e) => LoadError::Cache(e.clone()),
             LoadError::Overloaded(d) => LoadError::Overloaded(*d),
+            LoadError::BehindFloor { floor, loaded } => LoadError::BehindFloor {
+                floor: *floor,
+                loaded: *loaded,
+            },
         }
     }
 }
@@ -48,7 +65,9 @@ impl<E: std::error::Error + 'static> LoadError<E> {
         match self {
             LoadError::SourceTimeout(_) => true,
             LoadError::Cache(e) => e.is_timeout(),
-            LoadError::Source(_) | LoadError::Overloaded(_) => false,
+            LoadError::Source(_) | LoadError::Overloaded(_) | LoadError::BehindFloor { .. } => {
+                false
+            }
         }
     }
 

@@ -23,8 +23,9 @@ pub const DEFAULT_DIRTY_CAPACITY: usize = 100_000;
 pub struct WriteAck {
     /// The version the database gave the value.
     pub version: u64,
-    /// What the cache did with it; `None` when the cache write failed (the key is then in the
-    /// dirty log, and evicted from L1).
+    /// What the cache did with it; `None` when the cache write failed (L1 then holds a
+    /// version floor at `version`, so no older value can be read back from it, and the key is
+    /// in the dirty log when Redis was unhealthy).
     pub cached: Option<WriteOutcome>,
 }
 
@@ -37,8 +38,12 @@ pub struct WriteAck {
 ///    the previous value is gone, so the next read loads what the database holds.
 /// 3. The cache gets the value with the database's version, so concurrent writers can never
 ///    leave an older value cached. If that cache write fails, the write is still acknowledged
-///    (the database has it): the key is evicted from L1 and recorded in the bounded
+///    (the database has it): L1 keeps a version floor at that version (DESIGN §4 rule 9; no
+///    in-flight load can put the older value back), and the key is recorded in the bounded
 ///    [`DirtyLog`], to be deleted from L2 before L2 is trusted again.
+/// 4. Cancel-safe: if the caller drops the future after the database write started (a
+///    timeout, a `select!`), the key is floored (or evicted, when the database's answer never
+///    arrived) and recorded dirty all the same.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -110,8 +115,20 @@ impl<Src: SourceWriter> WriteThrough<Src> {
         // Refuse what the cache would refuse, before the database sees it.
         codec::encode(0, &*value, self.cache.config().max_value_bytes.get())
             .map_err(WriteError::Invalid)?;
-        let version = self.write_source(key, &value).await?;
-        // Evict, not keep locally, on a failed cache write: rule 3 wants the key out of L1.
+        // From here the database may hold a new version: if this future is dropped (the
+        // caller's timeout, a `select!`) before the cache is settled, the guard distrusts the
+        // key instead of leaving the older cached value in place.
+        let mut guard = Unsettled::new(&self.cache, key);
+        let version = match self.write_source(key, &value).await {
+            Ok(v) => v,
+            Err(e) => {
+                // Refused: write_source already invalidated the key (or recorded it dirty).
+                guard.settled();
+                return Err(e);
+            }
+        };
+        guard.version = Some(version);
+        // On a failed cache write, L1 keeps a floor at this version (rule 9), not the value.
         let cached = self
             .cache
             .set_with_policy(
@@ -119,9 +136,10 @@ impl<Src: SourceWriter> WriteThrough<Src> {
                 value,
                 version,
                 SetOptions::default(),
-                OnL2Failure::Evict,
+                OnL2Failure::Floor,
             )
             .await;
+        guard.settled();
         Ok(self.finish(key, version, cached))
     }
 
@@ -131,8 +149,19 @@ impl<Src: SourceWriter> WriteThrough<Src> {
         key: &Key<S>,
         side: BookSide,
     ) -> Result<WriteAck, WriteError<Src::Error>> {
-        crate::l2::book::validate(&side).map_err(WriteError::Invalid)?;
-        let version = self.write_source(key, &side).await?;
+        // Refuse what the cache would refuse (size, then book rules), before the database sees it.
+        crate::l2::book::check(&side, self.cache.config().max_value_bytes.get())
+            .map_err(WriteError::Invalid)?;
+        let mut guard = Unsettled::new(&self.cache, key);
+        let version = match self.write_source(key, &side).await {
+            Ok(v) => v,
+            Err(e) => {
+                // Refused: write_source already invalidated the key (or recorded it dirty).
+                guard.settled();
+                return Err(e);
+            }
+        };
+        guard.version = Some(version);
         let cached = self
             .cache
             .set_book_with_policy(
@@ -140,9 +169,10 @@ impl<Src: SourceWriter> WriteThrough<Src> {
                 side,
                 version,
                 SetOptions::default(),
-                OnL2Failure::Evict,
+                OnL2Failure::Floor,
             )
             .await;
+        guard.settled();
         Ok(self.finish(key, version, cached))
     }
 
@@ -181,14 +211,69 @@ impl<Src: SourceWriter> WriteThrough<Src> {
                 cached: Some(outcome),
             },
             Err(e) => {
-                // The cache write (policy `Evict`) already evicted L1; L2 may or may not hold it.
-                tracing::warn!(key = key.as_str(), error = %e, "cache write after a database write failed; key recorded as dirty");
-                self.cache.record_dirty(key);
+                // The cache write (policy `Floor`) left a version floor in L1. When Redis was
+                // unhealthy, it may or may not hold the value: distrust its copy until
+                // recovery deletes it. When Redis is healthy and refused (the key holds
+                // another Redis type), the key is not ours: recovery must not delete it.
+                if e.trips_breaker() || e.kind() == crate::ErrorKind::BreakerOpen {
+                    tracing::warn!(key = key.as_str(), error = %e, "cache write after a database write failed; key recorded as dirty");
+                    self.cache.record_dirty(key);
+                } else {
+                    tracing::warn!(key = key.as_str(), error = %e, "cache write after a database write refused by redis; L1 floored");
+                }
                 WriteAck {
                     version,
                     cached: None,
                 }
             }
         }
+    }
+}
+
+/// The cancel-safety guard of a write-through (DESIGN §4 rule 9): armed from the moment the
+/// source write starts until the cache is settled. Dropped armed (the caller's future was
+/// dropped), it distrusts the key: with the database's version known, L1 keeps a floor at it;
+/// with the source write itself interrupted (committed or not, nobody knows), L1 drops the
+/// key. Either way the key goes to the dirty log, so Redis's copy is deleted before it is
+/// trusted again.
+struct Unsettled<'a, S: KeySchema> {
+    cache: &'a Cache,
+    key: &'a Key<S>,
+    /// The version the database gave the value, once known.
+    version: Option<u64>,
+    armed: bool,
+}
+
+impl<'a, S: KeySchema> Unsettled<'a, S> {
+    fn new(cache: &'a Cache, key: &'a Key<S>) -> Self {
+        Unsettled {
+            cache,
+            key,
+            version: None,
+            armed: true,
+        }
+    }
+
+    /// The write finished (acknowledged or refused): nothing for the guard to do.
+    fn settled(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl<S: KeySchema> Drop for Unsettled<'_, S> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        match self.version {
+            Some(v) => self.cache.floor(self.key, v),
+            None => self.cache.evict_l1(self.key),
+        }
+        self.cache.record_dirty(self.key);
+        tracing::debug!(
+            key = self.key.as_str(),
+            version = ?self.version,
+            "write-through dropped before the cache was settled; key distrusted"
+        );
     }
 }

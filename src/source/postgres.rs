@@ -184,7 +184,7 @@ fn table(kind: &str) -> String {
 
 impl PostgresSource {
     /// Connects to `url` (e.g. `postgres://user@host:5432/db`) and creates the schema for the
-    /// built-in kinds if it is missing.
+    /// built-in kinds if it is missing. Errors and `Debug` output never show the URL's password.
     pub async fn connect(url: &str) -> Result<Self, PostgresSourceError> {
         Self::connect_with(url, PostgresOptions::default()).await
     }
@@ -194,8 +194,11 @@ impl PostgresSource {
         url: &str,
         opts: PostgresOptions,
     ) -> Result<Self, PostgresSourceError> {
-        let mut config = Config::from_str(url)
-            .map_err(|e| PostgresSourceError::Config(format!("DATABASE_URL: {e}")))?;
+        // The parser's message may quote the part of the URL it choked on: never a password.
+        let mut config = Config::from_str(url).map_err(|e| {
+            let reason = crate::config::redact_in(&e.to_string(), url);
+            PostgresSourceError::Config(format!("DATABASE_URL: {reason}"))
+        })?;
         config.connect_timeout(opts.connect_timeout);
         let manager = PostgresConnectionManager::new(config, NoTls);
         let failures = ConnectFailures::default();

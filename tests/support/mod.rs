@@ -294,3 +294,13 @@ fn read_log(dir: &TempDir) -> String {
     }
     log
 }
+
+/// Polls `cond` every 10 ms until it holds; panics after 30 s (a generous bound: the
+/// conditions waited for take milliseconds on a healthy machine).
+pub async fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < give_up, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

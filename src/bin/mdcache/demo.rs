@@ -325,16 +325,31 @@ pub(crate) fn fmt_nanos(ns: u64) -> String {
     }
 }
 
-/// The URL with any user and password replaced by `***`, for printing.
+/// The URL with any user and password replaced by `***`, for printing. The user info runs to
+/// the last `@` (a password may hold an unencoded `@` or `/`); a query that may carry a
+/// password (`?pass=`, `?password=`) is hidden whole; in a libpq `key=value` string,
+/// everything from `password=` on is hidden.
 pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        return match find_ignore_case(url, "password") {
+            Some(at) => format!("{}password=***", &url[..at]),
+            None => url.to_owned(),
+        };
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_owned(),
-    }
+    let (userinfo, host) = match rest.rfind('@') {
+        Some(at) => ("***@", &rest[at + 1..]),
+        None => ("", rest),
+    };
+    let host = match host.split_once('?') {
+        Some((path, query)) if find_ignore_case(query, "pass").is_some() => format!("{path}?***"),
+        _ => host.to_owned(),
+    };
+    format!("{scheme}://{userinfo}{host}")
+}
+
+/// Where `needle` (ASCII) first occurs in `s`, ignoring ASCII case.
+fn find_ignore_case(s: &str, needle: &str) -> Option<usize> {
+    s.to_ascii_lowercase().find(needle)
 }
 
 #[cfg(test)]
@@ -350,6 +365,19 @@ mod tests {
         );
         assert_eq!(redact("redis://:secret@h/"), "redis://***@h/");
         assert_eq!(redact("not a url"), "not a url");
+        assert_eq!(redact("redis://u:pa/ss@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(
+            redact("redis+unix:///r.sock?db=1&pass=pw"),
+            "redis+unix:///r.sock?***"
+        );
+        assert_eq!(
+            redact("redis://h/0?protocol=resp3"),
+            "redis://h/0?protocol=resp3"
+        );
+        assert_eq!(
+            redact("host=db user=u password='p w' dbname=x"),
+            "host=db user=u password=***"
+        );
     }
 
     #[test]

@@ -139,12 +139,22 @@ impl Ctx {
 /// refused input never opens a connection), and under the pattern's source deadline (so a
 /// refused connection is a failed write, with the invalidation that follows, exactly as for a
 /// long-running process whose database went away).
-#[derive(Debug)]
 pub(crate) struct LazyPostgres {
+    /// May hold a password: `Debug` shows it redacted.
     url: String,
     /// Budget for connecting and creating the schema; past it, `NoConnection`.
     connect_timeout: Duration,
     source: tokio::sync::OnceCell<PostgresSource>,
+}
+
+impl std::fmt::Debug for LazyPostgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyPostgres")
+            .field("url", &crate::demo::redact(&self.url))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("connected", &self.source.initialized())
+            .finish()
+    }
 }
 
 impl LazyPostgres {
@@ -493,7 +503,7 @@ impl KindOp for Get<'_> {
         if let Some(db) = &self.ctx.database {
             let cache = self.ctx.cache(true)?;
             let key = cache.key::<S>(self.id)?;
-            return match aside(cache, db).get(&key).await {
+            return match aside(cache, db)?.get(&key).await {
                 Ok(Some(read)) => print_read(&key, &read),
                 Ok(None) => Err(not_found_anywhere(&key)),
                 Err(e) => Err(load_failure(&key, e)),
@@ -518,7 +528,7 @@ impl KindOp for Get<'_> {
         if let Some(db) = &self.ctx.database {
             let cache = self.ctx.cache(true)?;
             let key = cache.key::<S>(self.id)?;
-            return match aside(cache, db).get_book(&key, 0).await {
+            return match aside(cache, db)?.get_book(&key, 0).await {
                 Ok(Some(read)) => print_read(&key, &read),
                 Ok(None) => Err(not_found_anywhere(&key)),
                 Err(e) => Err(load_failure(&key, e)),
@@ -533,10 +543,11 @@ impl KindOp for Get<'_> {
     }
 }
 
-fn aside(cache: Cache, db: &Database) -> CacheAside<LazyPostgres> {
-    CacheAside::builder(cache, Arc::clone(&db.source))
+fn aside(cache: Cache, db: &Database) -> Result<CacheAside<LazyPostgres>, Failure> {
+    let aside = CacheAside::builder(cache, Arc::clone(&db.source))
         .source_timeout(db.op_timeout)
-        .build()
+        .build()?;
+    Ok(aside)
 }
 
 struct Del<'a> {

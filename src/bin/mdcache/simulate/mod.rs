@@ -329,7 +329,7 @@ async fn simulate<Src: SourceWriter>(
         args.verify,
     ));
 
-    let aside = CacheAside::builder(cache.clone(), Arc::clone(&source)).build();
+    let aside = CacheAside::builder(cache.clone(), Arc::clone(&source)).build()?;
     let writer = WriteThrough::new(cache.clone(), Arc::clone(&source));
     let mut progress = Progress::new(args.duration, args.quiet);
     let run_id = SystemTime::now()
