@@ -396,13 +396,16 @@ async fn undecodable_bytes_never_pin_a_key() {
 }
 
 /// Item 9: Redis keeps whole milliseconds; L1 must never hold a value past Redis's expiry.
+/// With a mock clock (frozen for L1), the L1 deadline of a 10.9 ms write is read exactly.
 #[tokio::test]
 async fn l1_never_outlives_redis_with_sub_millisecond_ttls() {
     let redis = RedisServer::start();
+    let (clock, _mock) = mdcache::Clock::mock();
     let cache = Cache::builder()
         .redis_url(redis.url())
         .backend(Backend::Layered)
         .op_timeout(TEST_OP_TIMEOUT)
+        .clock(clock)
         .build()
         .unwrap();
     let key = cache.key::<Price>("SUBMS").unwrap();
@@ -411,15 +414,14 @@ async fn l1_never_outlives_redis_with_sub_millisecond_ttls() {
         .set_with(&key, price(1), 1, SetOptions::default().ttl(ttl))
         .await
         .unwrap();
-    let r = cache.read(&key).await.unwrap();
-    if let Some(r) = r {
-        // Redis got `PX 10`: the L1 deadline is at most 10 ms after the write began.
-        assert!(
-            r.ttl_remaining.unwrap() <= Duration::from_millis(10),
-            "L1 holds {:?} left against Redis's 10 ms",
-            r.ttl_remaining
-        );
-    }
+    let r = cache.read(&key).await.unwrap().expect("in L1");
+    assert_eq!(r.tier, Tier::L1);
+    // Redis got `PX 10`: the L1 deadline is at most 10 ms after the write began.
+    assert!(
+        r.ttl_remaining.unwrap() <= Duration::from_millis(10),
+        "L1 holds {:?} left against Redis's 10 ms",
+        r.ttl_remaining
+    );
 }
 
 /// Item 10: a value written with a per-write TTL reports its real age when read from Redis.
