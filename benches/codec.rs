@@ -1,7 +1,7 @@
 //! The value envelope: `mdcache::codec` encode + decode of a `Price` against bare rmp-serde.
 //!
 //! Floor: `rmp_serde::to_vec_named` + `rmp_serde::from_slice` of the same `Price` (the same
-//! MessagePack, without the 10-byte header). Also, as references for where the time goes:
+//! MessagePack, without the 18-byte header). Also, as references for where the time goes:
 //! encode and decode alone, DESIGN §9's "encoding into a reused buffer", and the envelope
 //! written into a buffer presized for a whole `Price` (ours starts at 64 bytes).
 

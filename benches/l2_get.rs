@@ -151,7 +151,7 @@ fn setup() -> Setup {
             .await
             .expect("GET");
         println!(
-            "l2_get: value `{name}` is {} bytes (10-byte envelope header + MessagePack Price)",
+            "l2_get: value `{name}` is {} bytes (18-byte envelope header + MessagePack Price)",
             bytes.len()
         );
         let mut contenders = vec![

@@ -13,8 +13,8 @@ use crate::l1::{InsertOutcome, L1};
 use crate::l2::book;
 use crate::l2::guard::{BreakerSnapshot, BreakerState};
 use crate::l2::redis::{Fetched, RedisOptions, RedisTier, ttl_ms};
+use crate::patterns::dirty::DEFAULT_DIRTY_CAPACITY;
 use crate::patterns::dirty::DirtyLog;
-use crate::patterns::write::DEFAULT_DIRTY_CAPACITY;
 use crate::schema::BookSide;
 use crate::stats::{KindStats, Stats, StatsSnapshot};
 
@@ -301,7 +301,10 @@ impl Cache {
             self.ks(key).l1_hits.inc();
             return Ok(Some(hit.value));
         }
-        Ok(self.read_below_l1(key).await?.map(|r| r.value))
+        // Boxed: the L2 path's future is large (deadline, retries, repair), and kept inline it
+        // would make every L1 hit's future that large too — moved and initialised per call.
+        // One allocation per L1 miss is noise next to a Redis round trip.
+        Ok(Box::pin(self.read_below_l1(key)).await?.map(|r| r.value))
     }
 
     /// Like [`get`](Self::get), with provenance: tier, version, age and remaining TTL.
@@ -312,7 +315,8 @@ impl Cache {
             self.ks(key).l1_hits.inc();
             return Ok(Some(self.l1_read(hit)));
         }
-        self.read_below_l1(key).await
+        // Boxed for the same reason as in `get`.
+        Box::pin(self.read_below_l1(key)).await
     }
 
     fn l1_read<V>(&self, hit: crate::l1::L1Hit<V>) -> Read<V> {

@@ -120,8 +120,8 @@ pub use fallback::{FallbackHandler, FallbackOptions, FallbackReason, FallbackSna
 pub use key::{BookSchema, Key, KeySchema, MAX_ID_LEN, Storage, ValueSchema, validate_id};
 pub use l2::guard::{BreakerConfig, BreakerPolicy, BreakerSnapshot, BreakerState};
 pub use patterns::aside::{AsideOptions, CacheAside, CacheAsideBuilder, DEFAULT_SOURCE_TIMEOUT};
-pub use patterns::dirty::{DirtyLog, DirtySnapshot};
-pub use patterns::write::{DEFAULT_DIRTY_CAPACITY, DEFAULT_WRITE_TIMEOUT, WriteAck, WriteThrough};
+pub use patterns::dirty::{DEFAULT_DIRTY_CAPACITY, DirtyLog, DirtySnapshot};
+pub use patterns::write::{DEFAULT_WRITE_TIMEOUT, WriteAck, WriteThrough};
 pub use patterns::{LoadError, WriteError};
 pub use schema::{
     BookAsk, BookBid, BookSide, BookSideKind, Kind, Level, Order, OrderStatus, Position, Price,

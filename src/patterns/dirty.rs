@@ -4,6 +4,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// Default bound of the dirty log (keys).
+pub const DEFAULT_DIRTY_CAPACITY: usize = 100_000;
+
 /// Keys whose L2 copy may be stale because a database write succeeded (or failed) while the
 /// cache write or invalidation did not reach Redis (DESIGN §4 rule 3), or because a cache-only
 /// write ([`Cache::set`](crate::Cache::set), [`Cache::set_book`](crate::Cache::set_book)) failed in

@@ -14,9 +14,6 @@ use crate::source::SourceWriter;
 /// Default deadline for one source write.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_millis(1000);
 
-/// Default bound of the dirty log.
-pub const DEFAULT_DIRTY_CAPACITY: usize = 100_000;
-
 /// What an acknowledged write did.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
