@@ -34,8 +34,9 @@ deps:
 		if [ -z "$$initdb" ]; then echo "no initdb found after installing postgresql" >&2; exit 1; fi; \
 		"$$initdb" --version
 
+# The `mdcache` binary needs the `cli` feature (its own dependencies stay out of the library).
 build:
-	$(CARGO) build --release --bins --locked
+	$(CARGO) build --release --bins --locked --features cli
 
 # The embedded trading workload for 10 s: in-process L1 and source, no servers needed (so no
 # `deps`). Extra flags through SIMULATE_ARGS, e.g. make run SIMULATE_ARGS="--report sim.json".
@@ -43,23 +44,28 @@ SIMULATE_ARGS ?=
 run: build
 	./target/release/mdcache simulate --duration 10s $(SIMULATE_ARGS)
 
-# Not --all-targets: that would also run the criterion benches.
+# Not --all-targets: that would also run the criterion benches. `--features cli` builds the
+# binary that tests/cli.rs, simulate.rs and faults*.rs run (with the default features).
 test: deps
-	$(CARGO) test --locked
+	$(CARGO) test --locked --features cli
 
+# Every feature together, then the slim library (no PostgreSQL, no Prometheus exporter, no CLI)
+# so that it keeps compiling, warning-free.
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --locked -- -D warnings
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked
+	$(CARGO) clippy --all-targets --all-features --locked -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --all-features --locked
+	$(CARGO) clippy --no-default-features --lib --locked -- -D warnings
 
 # The fault-injection run: every fault scenario under the `mdcache simulate` workload (the
-# `simulate_*` tests of tests/faults.rs, release build, one at a time; each fails if a
-# correctness figure is not 0), then docs/faults.md and docs/faults.json from simulate's
-# reports. Each scenario's stdout and stderr are kept in target/faults/*.log.
+# `simulate_*` tests of tests/faults_simulate.rs, release build, one at a time; each fails if
+# a correctness figure is not 0), then docs/faults.md and docs/faults.json from simulate's
+# reports (examples/faults_report.rs). Each scenario's stdout and stderr are kept in
+# target/faults/*.log.
 faults: deps
 	rm -rf target/faults && mkdir -p target/faults
-	MDCACHE_FAULTS_OUT=$(CURDIR)/target/faults $(CARGO) test --release --locked --test faults -- --include-ignored --test-threads=1 simulate_
-	MDCACHE_FAULTS_OUT=$(CURDIR)/target/faults $(CARGO) test --release --locked --test faults -- --ignored write_faults_report
+	MDCACHE_FAULTS_OUT=$(CURDIR)/target/faults $(CARGO) test --release --locked --features cli --test faults_simulate -- --include-ignored --test-threads=1 simulate_
+	MDCACHE_FAULTS_OUT=$(CURDIR)/target/faults $(CARGO) run --release --locked --example faults_report
 
 bench: deps
 	$(CARGO) bench --locked

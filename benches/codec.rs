@@ -5,24 +5,15 @@
 //! encode and decode alone, DESIGN §9's "encoding into a reused buffer", and the envelope
 //! written into a buffer presized for a whole `Price` (ours starts at 64 bytes).
 
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 
+use common::price;
 use criterion::{Criterion, criterion_group, criterion_main};
 use mdcache::Price;
 use mdcache::codec::{self, DEFAULT_MAX_VALUE_BYTES, FORMAT, MAGIC};
-
-fn price() -> Price {
-    Price {
-        bid: 189.51,
-        ask: 189.53,
-        bid_size: 300.0,
-        ask_size: 200.0,
-        last: 189.52,
-        seq: 42,
-        exchange_ts_ns: 1_763_700_000_000_000_000,
-    }
-}
 
 /// The same bytes as `codec::encode`, into a buffer with room for the whole value.
 fn encode_presized(version: u64, value: &Price) -> Vec<u8> {
@@ -36,7 +27,7 @@ fn encode_presized(version: u64, value: &Price) -> Vec<u8> {
 }
 
 fn bench_codec(c: &mut Criterion) {
-    let px = price();
+    let px = price(42);
     let envelope = codec::encode(42, &px, DEFAULT_MAX_VALUE_BYTES).expect("encode");
     let plain = rmp_serde::to_vec_named(&px).expect("encode");
     assert_eq!(&envelope[codec::HEADER_LEN..], &plain[..]);
@@ -88,10 +79,7 @@ fn bench_codec(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(50);
+    config = common::criterion(Duration::from_secs(3), 50);
     targets = bench_codec
 }
 criterion_main!(benches);

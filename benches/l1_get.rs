@@ -13,6 +13,8 @@
 //! - `l1_get_2threads/*`: two threads, each hammering its own key in the same map; the time
 //!   reported is per operation per thread (the slower thread's total / iterations).
 
+mod common;
+
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::pin::pin;
@@ -20,6 +22,7 @@ use std::sync::{Arc, Barrier};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use common::price;
 use criterion::{Criterion, criterion_group, criterion_main};
 use mdcache::{Cache, Key, Price};
 
@@ -29,18 +32,6 @@ const SYMBOLS: [&str; 2] = ["AAPL", "MSFT"];
 const FILLER: usize = 1_000;
 /// Capacity of every map (mdcache's default `CACHE_L1_MAX_ENTRIES`).
 const CAPACITY: usize = 100_000;
-
-fn price(seq: u64) -> Price {
-    Price {
-        bid: 189.51,
-        ask: 189.53,
-        bid_size: 300.0,
-        ask_size: 200.0,
-        last: 189.52,
-        seq,
-        exchange_ts_ns: 1_763_700_000_000_000_000,
-    }
-}
 
 /// Polls the future `$fut` once, pinned where it is built (as `.await` does, so the bench
 /// does not time a move of the future), and returns its output: every L1 path completes on
@@ -70,7 +61,7 @@ impl Maps {
     fn new() -> Maps {
         // Price's TTL is 100 ms; an hour keeps the entry a hit for the whole run.
         let cache = Cache::builder()
-            .ttl("price", Duration::from_secs(3600))
+            .ttl_kind("price", Duration::from_secs(3600))
             .build()
             .expect("memory cache");
         let quick = quick_cache::sync::Cache::new(CAPACITY);
@@ -190,10 +181,7 @@ fn l1_get(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(50);
+    config = common::criterion(Duration::from_secs(3), 50);
     targets = l1_get
 }
 criterion_main!(benches);

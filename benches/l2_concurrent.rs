@@ -19,110 +19,22 @@
 //! After the criterion group, `l2_concurrent/latency` prints throughput and per-read
 //! p50/p99/p99.9 for each contender, contenders interleaved in rounds.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
+use common::{
+    Contender, GET_PTTL_SCRIPT, Via, latency_samples, micros, percentile, price, redis_reader,
+    two_worker_runtime,
+};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use mdcache::{Backend, Cache, Key, Price};
-use redis::aio::MultiplexedConnection;
 use tokio::runtime::Runtime;
 
 /// Concurrent tasks, as in DESIGN §9.
 const TASKS: usize = 64;
-
-/// Reads the key and its remaining TTL in one script call.
-const GET_PTTL_SCRIPT: &str = "return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}";
-
-fn price() -> Price {
-    Price {
-        bid: 189.51,
-        ask: 189.53,
-        bid_size: 300.0,
-        ask_size: 200.0,
-        last: 189.52,
-        seq: 42,
-        exchange_ts_ns: 1_763_700_000_000_000_000,
-    }
-}
-
-/// One way of reading the key; each task holds its own clone.
-#[derive(Clone)]
-enum Contender {
-    Ours(&'static str, Cache, Key<Price>),
-    RawGet(MultiplexedConnection, String),
-    RawMulti(MultiplexedConnection, String),
-    RawPipe(MultiplexedConnection, String),
-    RawScript(MultiplexedConnection, String, redis::Script),
-    /// Task `i` reads with `GET` on connection `i % len`.
-    RawGetSpread(Vec<MultiplexedConnection>, String),
-}
-
-impl Contender {
-    fn name(&self) -> &'static str {
-        match self {
-            Contender::Ours(name, ..) => name,
-            Contender::RawGet(..) => "raw_get_shared_mux",
-            Contender::RawMulti(..) => "raw_multi_get_pttl_shared_mux",
-            Contender::RawPipe(..) => "raw_pipe_get_pttl_shared_mux",
-            Contender::RawScript(..) => "raw_evalsha_get_pttl_shared_mux",
-            Contender::RawGetSpread(..) => "raw_get_16_mux",
-        }
-    }
-
-    /// One read; panics unless it is a hit.
-    async fn read(&mut self) {
-        let hit = match self {
-            Contender::Ours(_, cache, key) => cache.get(key).await.expect("mdcache get").is_some(),
-            Contender::RawGet(c, key) => {
-                let v: Option<Vec<u8>> = redis::cmd("GET").arg(&*key).query_async(c).await.unwrap();
-                black_box(v).is_some()
-            }
-            Contender::RawMulti(c, key) => {
-                let (v, ttl): (Option<Vec<u8>>, i64) = redis::pipe()
-                    .atomic()
-                    .get(&*key)
-                    .pttl(&*key)
-                    .query_async(c)
-                    .await
-                    .unwrap();
-                black_box(ttl);
-                black_box(v).is_some()
-            }
-            Contender::RawPipe(c, key) => {
-                let (v, ttl): (Option<Vec<u8>>, i64) = redis::pipe()
-                    .get(&*key)
-                    .pttl(&*key)
-                    .query_async(c)
-                    .await
-                    .unwrap();
-                black_box(ttl);
-                black_box(v).is_some()
-            }
-            Contender::RawScript(c, key, script) => {
-                let (v, ttl): (Option<Vec<u8>>, i64) =
-                    script.key(&*key).invoke_async(c).await.unwrap();
-                black_box(ttl);
-                black_box(v).is_some()
-            }
-            Contender::RawGetSpread(..) => unreachable!("replaced by `for_task`"),
-        };
-        assert!(hit, "{} missed", self.name());
-    }
-
-    /// The contender as task `i` runs it.
-    fn for_task(&self, i: usize) -> Contender {
-        match self {
-            Contender::RawGetSpread(conns, key) => {
-                Contender::RawGet(conns[i % conns.len()].clone(), key.clone())
-            }
-            other => other.clone(),
-        }
-    }
-}
 
 struct Setup {
     rt: Runtime,
@@ -133,48 +45,51 @@ struct Setup {
 
 fn setup() -> Setup {
     let server = support::RedisServer::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = two_worker_runtime();
     let contenders = rt.block_on(async {
         let ours = |name: &'static str, pool: u32| {
-            let cache = Cache::builder()
-                .backend(Backend::Redis)
-                .redis_url(server.url())
-                .pool_size(NonZeroU32::new(pool).expect("non-zero pool"))
-                .op_timeout(Duration::from_secs(1))
-                // Price's TTL is 100 ms; an hour keeps the key a hit for the whole run.
-                .ttl("price", Duration::from_secs(3600))
-                .build()
-                .expect("redis cache");
-            let key = cache.key::<Price>("AAPL").expect("valid key");
-            Contender::Ours(name, cache, key)
+            let pool = NonZeroU32::new(pool).expect("non-zero pool");
+            let (cache, key) = redis_reader(server.url(), Some(pool));
+            Contender::new(name, Via::Cache(cache, key))
         };
         let mut contenders = vec![
             ours("mdcache_pool16", 16),
             ours("mdcache_pool4", 4),
             ours("mdcache_pool1", 1),
         ];
-        if let Contender::Ours(_, cache, key) = &contenders[0] {
-            cache.set(key, price(), 42).await.expect("set");
+        if let Via::Cache(cache, key) = &contenders[0].via {
+            cache.set(key, price(42), 42).await.expect("set");
         }
         let conn = server.multiplexed().await;
         let name = contenders[0].key_name();
-        contenders.push(Contender::RawGet(conn.clone(), name.clone()));
-        contenders.push(Contender::RawMulti(conn.clone(), name.clone()));
-        contenders.push(Contender::RawScript(
-            conn.clone(),
-            name.clone(),
-            redis::Script::new(GET_PTTL_SCRIPT),
+        contenders.push(Contender::new(
+            "raw_get_shared_mux",
+            Via::RawGet(conn.clone(), name.clone()),
         ));
-        contenders.push(Contender::RawPipe(conn, name.clone()));
+        contenders.push(Contender::new(
+            "raw_multi_get_pttl_shared_mux",
+            Via::RawMulti(conn.clone(), name.clone()),
+        ));
+        contenders.push(Contender::new(
+            "raw_evalsha_get_pttl_shared_mux",
+            Via::RawScript(
+                conn.clone(),
+                name.clone(),
+                redis::Script::new(GET_PTTL_SCRIPT),
+            ),
+        ));
+        contenders.push(Contender::new(
+            "raw_pipe_get_pttl_shared_mux",
+            Via::RawPipe(conn, name.clone()),
+        ));
         let mut spread = Vec::new();
         for _ in 0..16 {
             spread.push(server.multiplexed().await);
         }
-        contenders.push(Contender::RawGetSpread(spread, name));
+        contenders.push(Contender::new(
+            "raw_get_16_mux",
+            Via::RawGetSpread(spread, name),
+        ));
         // Opens every pool's connections before anything is timed.
         for c in &contenders {
             run_tasks(c, 50, false).await;
@@ -185,19 +100,6 @@ fn setup() -> Setup {
         rt,
         contenders,
         _server: server,
-    }
-}
-
-impl Contender {
-    fn key_name(&self) -> String {
-        match self {
-            Contender::Ours(_, _, key) => key.as_str().to_owned(),
-            Contender::RawGet(_, key)
-            | Contender::RawMulti(_, key)
-            | Contender::RawPipe(_, key)
-            | Contender::RawScript(_, key, _)
-            | Contender::RawGetSpread(_, key) => key.clone(),
-        }
     }
 }
 
@@ -232,7 +134,7 @@ fn throughput(c: &mut Criterion, s: &Setup) {
     let mut group = c.benchmark_group("l2_concurrent");
     group.throughput(Throughput::Elements(TASKS as u64));
     for contender in &s.contenders {
-        group.bench_function(contender.name(), |b| {
+        group.bench_function(contender.name, |b| {
             b.to_async(&s.rt)
                 .iter_custom(|iters| async move { run_tasks(contender, iters, false).await.0 })
         });
@@ -240,36 +142,11 @@ fn throughput(c: &mut Criterion, s: &Setup) {
     group.finish();
 }
 
-/// How many rounds the latency report takes: full under `cargo bench`, a smoke run under
-/// `cargo test --benches`, none for `--list` or a filter that excludes it.
-fn latency_rounds() -> usize {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let filtered_out = args
-        .iter()
-        .any(|a| !a.starts_with('-') && !"l2_concurrent/latency".contains(a.as_str()));
-    if filtered_out || args.iter().any(|a| a == "--list") {
-        0
-    } else if args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test") {
-        12
-    } else {
-        1
-    }
-}
-
 /// Reads per task per round of the latency report.
 const ROUND: u64 = 100;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
 fn latency(_: &mut Criterion, s: &Setup) {
-    let rounds = latency_rounds();
+    let rounds = latency_samples("l2_concurrent", 12, 1);
     if rounds == 0 {
         return;
     }
@@ -291,7 +168,7 @@ fn latency(_: &mut Criterion, s: &Setup) {
     let raw = s
         .contenders
         .iter()
-        .position(|c| matches!(c, Contender::RawGet(..)))
+        .position(|c| matches!(c.via, Via::RawGet(..)))
         .map(|i| ops_per_s[i]);
     println!(
         "\nl2_concurrent/latency: {TASKS} tasks × {} reads per contender in {rounds} interleaved rounds",
@@ -307,7 +184,7 @@ fn latency(_: &mut Criterion, s: &Setup) {
         let ratio = raw.map_or(String::from("-"), |r| format!("{:.3}", ops_per_s[i] / r));
         println!(
             "{:<30} {:>10.1} {:>11} {:>9.1} {:>9.1} {:>9.1}",
-            contender.name(),
+            contender.name,
             ops_per_s[i] / 1e3,
             ratio,
             micros(percentile(t, 0.50)),
@@ -326,10 +203,7 @@ fn l2_concurrent(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
-        .sample_size(20);
+    config = common::criterion(Duration::from_secs(4), 20);
     targets = l2_concurrent
 }
 criterion_main!(benches);

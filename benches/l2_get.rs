@@ -23,93 +23,19 @@
 //! per-operation `Instant` timings, taken in one task that reads with each contender in turn
 //! (one read each, round after round), so a disturbance on the machine hits all of them alike.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
+use common::{
+    Contender, GET_PTTL_SCRIPT, Via, latency_samples, micros, percentile, price, redis_reader,
+    two_worker_runtime,
+};
 use criterion::{Criterion, criterion_group, criterion_main};
-use mdcache::{Backend, Cache, Key, Price};
-use redis::aio::MultiplexedConnection;
 use tokio::runtime::Runtime;
-
-/// Reads the key and its remaining TTL in one script call.
-const GET_PTTL_SCRIPT: &str = "return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}";
-
-fn price() -> Price {
-    Price {
-        bid: 189.51,
-        ask: 189.53,
-        bid_size: 300.0,
-        ask_size: 200.0,
-        last: 189.52,
-        seq: 42,
-        exchange_ts_ns: 1_763_700_000_000_000_000,
-    }
-}
-
-/// One way of reading the key; each task holds its own clone.
-#[derive(Clone)]
-enum Contender {
-    Ours(&'static str, Cache, Key<Price>),
-    RawGet(MultiplexedConnection, String),
-    RawMulti(MultiplexedConnection, String),
-    RawPipe(MultiplexedConnection, String),
-    RawScript(MultiplexedConnection, String, redis::Script),
-}
-
-impl Contender {
-    fn name(&self) -> &'static str {
-        match self {
-            Contender::Ours(name, ..) => name,
-            Contender::RawGet(..) => "raw_get",
-            Contender::RawMulti(..) => "raw_multi_get_pttl",
-            Contender::RawPipe(..) => "raw_pipe_get_pttl",
-            Contender::RawScript(..) => "raw_evalsha_get_pttl",
-        }
-    }
-
-    /// One read; panics unless it is a hit.
-    async fn read(&mut self) {
-        let hit = match self {
-            Contender::Ours(_, cache, key) => cache.get(key).await.expect("mdcache get").is_some(),
-            Contender::RawGet(c, key) => {
-                let v: Option<Vec<u8>> = redis::cmd("GET").arg(&*key).query_async(c).await.unwrap();
-                black_box(v).is_some()
-            }
-            Contender::RawMulti(c, key) => {
-                let (v, ttl): (Option<Vec<u8>>, i64) = redis::pipe()
-                    .atomic()
-                    .get(&*key)
-                    .pttl(&*key)
-                    .query_async(c)
-                    .await
-                    .unwrap();
-                black_box(ttl);
-                black_box(v).is_some()
-            }
-            Contender::RawPipe(c, key) => {
-                let (v, ttl): (Option<Vec<u8>>, i64) = redis::pipe()
-                    .get(&*key)
-                    .pttl(&*key)
-                    .query_async(c)
-                    .await
-                    .unwrap();
-                black_box(ttl);
-                black_box(v).is_some()
-            }
-            Contender::RawScript(c, key, script) => {
-                let (v, ttl): (Option<Vec<u8>>, i64) =
-                    script.key(&*key).invoke_async(c).await.unwrap();
-                black_box(ttl);
-                black_box(v).is_some()
-            }
-        };
-        assert!(hit, "{} missed", self.name());
-    }
-}
 
 struct Setup {
     rt: Runtime,
@@ -120,29 +46,11 @@ struct Setup {
 
 fn setup() -> Setup {
     let server = support::RedisServer::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = two_worker_runtime();
     let contenders = rt.block_on(async {
-        let build = |pool: Option<u32>| {
-            let mut builder = Cache::builder()
-                .backend(Backend::Redis)
-                .redis_url(server.url())
-                .op_timeout(Duration::from_secs(1))
-                // Price's TTL is 100 ms; an hour keeps the key a hit for the whole run.
-                .ttl("price", Duration::from_secs(3600));
-            if let Some(n) = pool.and_then(NonZeroU32::new) {
-                builder = builder.pool_size(n);
-            }
-            let cache = builder.build().expect("redis cache");
-            let key = cache.key::<Price>("AAPL").expect("valid key");
-            (cache, key)
-        };
-        let (cache, key) = build(None);
-        let (cache1, key1) = build(Some(1));
-        cache.set(&key, price(), 42).await.expect("set");
+        let (cache, key) = redis_reader(server.url(), None);
+        let (cache1, key1) = redis_reader(server.url(), NonZeroU32::new(1));
+        cache.set(&key, price(42), 42).await.expect("set");
         let conn = server.multiplexed().await;
         let name = key.as_str().to_owned();
         let bytes: Vec<u8> = redis::cmd("GET")
@@ -155,12 +63,21 @@ fn setup() -> Setup {
             bytes.len()
         );
         let mut contenders = vec![
-            Contender::Ours("mdcache_get", cache, key),
-            Contender::Ours("mdcache_get_pool1", cache1, key1),
-            Contender::RawGet(conn.clone(), name.clone()),
-            Contender::RawMulti(conn.clone(), name.clone()),
-            Contender::RawPipe(conn.clone(), name.clone()),
-            Contender::RawScript(conn, name, redis::Script::new(GET_PTTL_SCRIPT)),
+            Contender::new("mdcache_get", Via::Cache(cache, key)),
+            Contender::new("mdcache_get_pool1", Via::Cache(cache1, key1)),
+            Contender::new("raw_get", Via::RawGet(conn.clone(), name.clone())),
+            Contender::new(
+                "raw_multi_get_pttl",
+                Via::RawMulti(conn.clone(), name.clone()),
+            ),
+            Contender::new(
+                "raw_pipe_get_pttl",
+                Via::RawPipe(conn.clone(), name.clone()),
+            ),
+            Contender::new(
+                "raw_evalsha_get_pttl",
+                Via::RawScript(conn, name, redis::Script::new(GET_PTTL_SCRIPT)),
+            ),
         ];
         // Opens the pool's connections and loads the script before anything is timed.
         for c in &mut contenders {
@@ -194,7 +111,7 @@ async fn timed_loop(rt: &Runtime, contender: &Contender, iters: u64) -> Duration
 fn throughput(c: &mut Criterion, s: &Setup) {
     let mut group = c.benchmark_group("l2_get");
     for contender in &s.contenders {
-        group.bench_function(contender.name(), |b| {
+        group.bench_function(contender.name, |b| {
             b.to_async(&s.rt)
                 .iter_custom(|iters| timed_loop(&s.rt, contender, iters))
         });
@@ -202,34 +119,9 @@ fn throughput(c: &mut Criterion, s: &Setup) {
     group.finish();
 }
 
-/// How many reads per contender the latency report takes: full under
-/// `cargo bench`, a smoke run under `cargo test --benches`, none for `--list` or a filter
-/// that excludes `l2_get/latency`.
-fn latency_reads() -> usize {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let filtered_out = args
-        .iter()
-        .any(|a| !a.starts_with('-') && !"l2_get/latency".contains(a.as_str()));
-    if filtered_out || args.iter().any(|a| a == "--list") {
-        0
-    } else if args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test") {
-        40_000
-    } else {
-        100
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
 fn latency(_: &mut Criterion, s: &Setup) {
-    let reads = latency_reads();
+    // Reads per contender.
+    let reads = latency_samples("l2_get", 40_000, 100);
     if reads == 0 {
         return;
     }
@@ -260,7 +152,7 @@ fn latency(_: &mut Criterion, s: &Setup) {
     let raw_p50 = s
         .contenders
         .iter()
-        .position(|c| matches!(c, Contender::RawGet(..)))
+        .position(|c| matches!(c.via, Via::RawGet(..)))
         .map(|i| percentile(&samples[i], 0.50));
     for (contender, t) in s.contenders.iter().zip(samples) {
         let p50 = percentile(&t, 0.50);
@@ -270,7 +162,7 @@ fn latency(_: &mut Criterion, s: &Setup) {
         });
         println!(
             "{:<22} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}  {:>14}",
-            contender.name(),
+            contender.name,
             micros(p50),
             micros(percentile(&t, 0.90)),
             micros(percentile(&t, 0.99)),
@@ -290,10 +182,7 @@ fn l2_get(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
-        .sample_size(30);
+    config = common::criterion(Duration::from_secs(4), 30);
     targets = l2_get
 }
 criterion_main!(benches);

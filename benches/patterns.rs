@@ -50,7 +50,7 @@ fn patterns(c: &mut Criterion) {
             .backend(Backend::Layered)
             .op_timeout(Duration::from_secs(1))
             // Long enough that the warm key stays warm for the whole group (pos is 1 s).
-            .ttl("pos", Duration::from_secs(3600))
+            .ttl_kind("pos", Duration::from_secs(3600))
             .build()
             .expect("cache");
         let src = Arc::new(PostgresSource::connect(&pg.url()).await.expect("postgres"));

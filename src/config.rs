@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use crate::codec::DEFAULT_MAX_VALUE_BYTES;
 use crate::error::{Error, Result};
+use crate::fallback::FallbackOptions;
+use crate::resilience::{BreakerConfig, BreakerPolicy, RetryConfig};
 
 /// Default deadline for one L2 operation. A few milliseconds: a loopback round trip is
 /// ~25 µs here, so 5 ms means the server is in trouble, and a hung Redis costs a caller 5 ms.
@@ -15,6 +17,9 @@ pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(5);
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default deadline for establishing a Redis connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// The failure-rate window when `CACHE_BREAKER_FAILURE_RATE` is set without
+/// `CACHE_BREAKER_WINDOW_MS`.
+const DEFAULT_BREAKER_WINDOW: Duration = Duration::from_secs(30);
 
 /// Which tiers a [`Cache`](crate::Cache) uses.
 #[non_exhaustive]
@@ -85,20 +90,17 @@ pub struct CacheConfig {
     pub ttl_overrides: Vec<(String, Duration)>,
     /// Largest encoded value accepted.
     pub max_value_bytes: NonZeroUsize,
-    /// Consecutive failures that open the circuit breaker (`CACHE_BREAKER_FAILURES`).
-    pub breaker_failures: NonZeroU32,
-    /// How long the breaker stays open before probing (`CACHE_BREAKER_OPEN_MS`).
-    pub breaker_open: Duration,
-    /// Open on a failure rate instead of consecutive failures (`CACHE_BREAKER_FAILURE_RATE`,
-    /// e.g. `0.5`; measured over `CACHE_BREAKER_WINDOW_MS`, at least 1 s, once
-    /// `CACHE_BREAKER_FAILURES` requests were seen in the window).
-    pub breaker_failure_rate: Option<f64>,
-    /// The window of the failure-rate policy (`CACHE_BREAKER_WINDOW_MS`).
-    pub breaker_window: Duration,
-    /// Deadline of the breaker's probe and recovery steps (`CACHE_PROBE_TIMEOUT_MS`).
-    pub probe_timeout: Duration,
-    /// Tries per L2 operation, retries only inside its deadline (`CACHE_RETRY_MAX_TRIES`).
-    pub retry_max_tries: NonZeroU32,
+    /// The circuit breaker and its probe: when it opens (`CACHE_BREAKER_FAILURES`, or
+    /// `CACHE_BREAKER_FAILURE_RATE` over `CACHE_BREAKER_WINDOW_MS`, at least 1 s, once
+    /// `CACHE_BREAKER_FAILURES` requests were seen in the window), how long it stays open
+    /// (`CACHE_BREAKER_OPEN_MS`), the probe's deadline (`CACHE_PROBE_TIMEOUT_MS`).
+    pub breaker: BreakerConfig,
+    /// Retries of an L2 operation, only inside its deadline (`CACHE_RETRY_MAX_TRIES`,
+    /// `CACHE_RETRY_BACKOFF_US`, `CACHE_RETRY_BACKOFF_CAP_US`).
+    pub retry: RetryConfig,
+    /// The fallback path shared by every `CacheAside` over the cache: the source-load limit
+    /// and its wait, and the per-kind stale bounds (builder setters only).
+    pub fallback: FallbackOptions,
     /// PostgreSQL source of record (`DATABASE_URL`); `None` means the in-memory source.
     pub database_url: Option<String>,
 }
@@ -117,12 +119,9 @@ impl Default for CacheConfig {
             ttl_overrides: Vec::new(),
             max_value_bytes: NonZeroUsize::new(DEFAULT_MAX_VALUE_BYTES)
                 .unwrap_or(NonZeroUsize::MIN),
-            breaker_failures: NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN),
-            breaker_open: Duration::from_secs(30),
-            breaker_failure_rate: None,
-            breaker_window: Duration::from_secs(30),
-            probe_timeout: Duration::from_millis(50),
-            retry_max_tries: NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN),
+            breaker: BreakerConfig::default(),
+            retry: RetryConfig::default(),
+            fallback: FallbackOptions::default(),
             database_url: None,
         }
     }
@@ -144,12 +143,9 @@ impl std::fmt::Debug for CacheConfig {
             l1_max_bytes,
             ttl_overrides,
             max_value_bytes,
-            breaker_failures,
-            breaker_open,
-            breaker_failure_rate,
-            breaker_window,
-            probe_timeout,
-            retry_max_tries,
+            breaker,
+            retry,
+            fallback,
             database_url,
         } = self;
         f.debug_struct("CacheConfig")
@@ -163,12 +159,9 @@ impl std::fmt::Debug for CacheConfig {
             .field("l1_max_bytes", l1_max_bytes)
             .field("ttl_overrides", ttl_overrides)
             .field("max_value_bytes", max_value_bytes)
-            .field("breaker_failures", breaker_failures)
-            .field("breaker_open", breaker_open)
-            .field("breaker_failure_rate", breaker_failure_rate)
-            .field("breaker_window", breaker_window)
-            .field("probe_timeout", probe_timeout)
-            .field("retry_max_tries", retry_max_tries)
+            .field("breaker", breaker)
+            .field("retry", retry)
+            .field("fallback", fallback)
             .field("database_url", &database_url.as_deref().map(redact_url))
             .finish()
     }
@@ -211,6 +204,8 @@ impl CacheConfig {
     {
         let mut cfg = CacheConfig::default();
         let (mut address, mut port, mut password) = (None, None, None);
+        // The breaker's policy is assembled after the loop: these three may come in any order.
+        let (mut failures, mut failure_rate, mut window) = (None, None, None);
         for (name, value) in vars {
             let (name, value) = (name.as_ref(), value.as_ref());
             match name {
@@ -230,10 +225,10 @@ impl CacheConfig {
                         .checked_mul(NonZeroUsize::new(1 << 20).unwrap_or(NonZeroUsize::MIN))
                         .ok_or_else(|| Error::config(name, "too large"))?;
                 }
-                "CACHE_BREAKER_FAILURES" => cfg.breaker_failures = nonzero_u32(name, value)?,
-                "CACHE_BREAKER_OPEN_MS" => cfg.breaker_open = millis(name, value)?,
+                "CACHE_BREAKER_FAILURES" => failures = Some(nonzero_u32(name, value)?),
+                "CACHE_BREAKER_OPEN_MS" => cfg.breaker.open_for = millis(name, value)?,
                 "CACHE_BREAKER_FAILURE_RATE" => match value.trim().parse::<f64>() {
-                    Ok(r) if r > 0.0 && r < 1.0 => cfg.breaker_failure_rate = Some(r),
+                    Ok(r) if r > 0.0 && r < 1.0 => failure_rate = Some(r),
                     _ => {
                         return Err(Error::config(
                             name,
@@ -246,10 +241,12 @@ impl CacheConfig {
                     if w < Duration::from_secs(1) {
                         return Err(Error::config(name, "must be at least 1000"));
                     }
-                    cfg.breaker_window = w;
+                    window = Some(w);
                 }
-                "CACHE_PROBE_TIMEOUT_MS" => cfg.probe_timeout = millis(name, value)?,
-                "CACHE_RETRY_MAX_TRIES" => cfg.retry_max_tries = nonzero_u32(name, value)?,
+                "CACHE_PROBE_TIMEOUT_MS" => cfg.breaker.probe_timeout = millis(name, value)?,
+                "CACHE_RETRY_MAX_TRIES" => cfg.retry.max_tries = nonzero_u32(name, value)?,
+                "CACHE_RETRY_BACKOFF_US" => cfg.retry.backoff = micros(name, value)?,
+                "CACHE_RETRY_BACKOFF_CAP_US" => cfg.retry.backoff_cap = Some(micros(name, value)?),
                 "DATABASE_URL" => cfg.database_url = non_empty(name, value)?,
                 _ => {
                     if let Some(kind) = name
@@ -263,6 +260,15 @@ impl CacheConfig {
                 }
             }
         }
+        let failures = failures.map_or(cfg.breaker.policy.failures(), NonZeroU32::get);
+        cfg.breaker.policy = match failure_rate {
+            Some(max_failure_rate) => BreakerPolicy::FailureRate {
+                max_failure_rate,
+                min_requests: failures,
+                window: window.unwrap_or(DEFAULT_BREAKER_WINDOW),
+            },
+            None => cfg.breaker.policy.with_failures(failures),
+        };
         if cfg.redis_url.is_none()
             && let Some(address) = address
         {
@@ -297,25 +303,6 @@ impl CacheConfig {
         })
     }
 
-    /// The circuit breaker and retry settings.
-    pub fn breaker_config(&self) -> crate::BreakerConfig {
-        let policy = match self.breaker_failure_rate {
-            Some(rate) => crate::BreakerPolicy::FailureRate {
-                max_failure_rate: rate,
-                min_requests: self.breaker_failures.get(),
-                window: self.breaker_window,
-            },
-            None => crate::BreakerPolicy::ConsecutiveFailures(self.breaker_failures.get()),
-        };
-        crate::BreakerConfig {
-            policy,
-            open_for: self.breaker_open,
-            probe_timeout: self.probe_timeout,
-            max_tries: self.retry_max_tries.get(),
-            ..crate::BreakerConfig::default()
-        }
-    }
-
     /// Checks the settings that cannot be expressed in the types; errors name the variable.
     ///
     /// Every duration (TTL overrides, operation, connect and probe deadlines, the breaker's
@@ -326,19 +313,21 @@ impl CacheConfig {
     /// use std::time::Duration;
     /// use mdcache::Cache;
     /// let err = Cache::builder()
-    ///     .ttl("price", Duration::from_millis(u64::MAX))
+    ///     .ttl_kind("price", Duration::from_millis(u64::MAX))
     ///     .build()
     ///     .unwrap_err();
     /// assert!(err.to_string().contains("CACHE_TTL_PRICE_MS"), "{err}");
     /// ```
     pub fn validate(&self) -> Result<()> {
         crate::key::validate_namespace(&self.namespace)?;
+        self.fallback.validate()?;
         for (name, d) in [
             ("CACHE_OP_TIMEOUT_MS", self.op_timeout),
             ("CACHE_CONNECT_TIMEOUT_MS", self.connect_timeout),
-            ("CACHE_PROBE_TIMEOUT_MS", self.probe_timeout),
-            ("CACHE_BREAKER_OPEN_MS", self.breaker_open),
-            ("CACHE_BREAKER_WINDOW_MS", self.breaker_window),
+            ("CACHE_PROBE_TIMEOUT_MS", self.breaker.probe_timeout),
+            ("CACHE_BREAKER_OPEN_MS", self.breaker.open_for),
+            ("CACHE_RETRY_BACKOFF_US", self.retry.backoff),
+            ("CACHE_RETRY_BACKOFF_CAP_US", self.retry.cap()),
         ] {
             at_most_max_ttl(name, d)?;
         }
@@ -348,7 +337,7 @@ impl CacheConfig {
                 "must be greater than 0",
             ));
         }
-        if self.probe_timeout.is_zero() {
+        if self.breaker.probe_timeout.is_zero() {
             return Err(Error::config(
                 "CACHE_PROBE_TIMEOUT_MS",
                 "must be greater than 0",
@@ -360,18 +349,40 @@ impl CacheConfig {
                 "must be greater than 0",
             ));
         }
-        if let Some(rate) = self.breaker_failure_rate
-            && !(rate > 0.0 && rate < 1.0)
-        {
+        if self.breaker.policy.failures() == 0 {
             return Err(Error::config(
-                "CACHE_BREAKER_FAILURE_RATE",
-                "must be between 0 and 1",
+                "CACHE_BREAKER_FAILURES",
+                "must be greater than 0",
             ));
         }
-        if self.breaker_window < Duration::from_secs(1) {
+        if let BreakerPolicy::FailureRate {
+            max_failure_rate,
+            window,
+            ..
+        } = self.breaker.policy
+        {
+            if !(max_failure_rate > 0.0 && max_failure_rate < 1.0) {
+                return Err(Error::config(
+                    "CACHE_BREAKER_FAILURE_RATE",
+                    "must be between 0 and 1",
+                ));
+            }
+            at_most_max_ttl("CACHE_BREAKER_WINDOW_MS", window)?;
+            if window < Duration::from_secs(1) {
+                return Err(Error::config(
+                    "CACHE_BREAKER_WINDOW_MS",
+                    "must be at least 1000",
+                ));
+            }
+        }
+        if self
+            .retry
+            .backoff_cap
+            .is_some_and(|cap| cap < self.retry.backoff)
+        {
             return Err(Error::config(
-                "CACHE_BREAKER_WINDOW_MS",
-                "must be at least 1000",
+                "CACHE_RETRY_BACKOFF_CAP_US",
+                "must be at least CACHE_RETRY_BACKOFF_US",
             ));
         }
         for (kind, ttl) in &self.ttl_overrides {
@@ -429,6 +440,13 @@ fn parse_num<T: std::str::FromStr + PartialOrd + From<u8>>(
 /// that is not a `u64`) is an error naming the variable, never a panic or an overflow later.
 fn millis(name: &str, value: &str) -> Result<Duration> {
     let d = Duration::from_millis(parse_num::<u64>(name, value, 1)?);
+    at_most_max_ttl(name, d)?;
+    Ok(d)
+}
+
+/// Microseconds, 0 allowed (no wait), at most [`MAX_TTL`].
+fn micros(name: &str, value: &str) -> Result<Duration> {
+    let d = Duration::from_micros(parse_num::<u64>(name, value, 0)?);
     at_most_max_ttl(name, d)?;
     Ok(d)
 }
@@ -670,8 +688,11 @@ mod tests {
         assert_eq!(c.pool_size.get(), 16);
         assert_eq!(c.l1_max_entries.get(), 100_000);
         assert_eq!(c.l1_max_bytes.get(), 100 << 20);
-        assert_eq!(c.breaker_failures.get(), 5);
-        assert_eq!(c.breaker_open, Duration::from_secs(30));
+        assert_eq!(c.breaker.policy, BreakerPolicy::ConsecutiveFailures(5));
+        assert_eq!(c.breaker.open_for, Duration::from_secs(30));
+        assert_eq!(c.breaker.probe_timeout, Duration::from_millis(50));
+        assert_eq!(c.retry.max_tries.get(), 3);
+        assert_eq!(c.retry.cap(), Duration::from_micros(1600));
         c.validate().unwrap();
     }
 
@@ -710,10 +731,62 @@ mod tests {
         assert_eq!(c.ttl_for("book:ask", "book", d), Duration::from_millis(80));
         assert_eq!(c.ttl_for("book:bid", "book", d), Duration::from_millis(70));
         assert_eq!(c.ttl_for("price", "price", d), d);
-        assert_eq!(c.breaker_failures.get(), 7);
-        assert_eq!(c.breaker_open, Duration::from_millis(1500));
+        assert_eq!(c.breaker.policy, BreakerPolicy::ConsecutiveFailures(7));
+        assert_eq!(c.breaker.open_for, Duration::from_millis(1500));
         assert_eq!(c.database_url.as_deref(), Some("postgres://localhost/x"));
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn breaker_and_retry_variables_fill_one_struct_each_in_any_order() {
+        let rate_first = CacheConfig::from_vars([
+            ("CACHE_BREAKER_FAILURE_RATE", "0.25"),
+            ("CACHE_BREAKER_FAILURES", "9"),
+            ("CACHE_PROBE_TIMEOUT_MS", "70"),
+        ])
+        .unwrap();
+        let rate_last = CacheConfig::from_vars([
+            ("CACHE_BREAKER_FAILURES", "9"),
+            ("CACHE_PROBE_TIMEOUT_MS", "70"),
+            ("CACHE_BREAKER_FAILURE_RATE", "0.25"),
+        ])
+        .unwrap();
+        assert_eq!(rate_first, rate_last);
+        assert_eq!(
+            rate_first.breaker.policy,
+            BreakerPolicy::FailureRate {
+                max_failure_rate: 0.25,
+                min_requests: 9,
+                window: DEFAULT_BREAKER_WINDOW,
+            }
+        );
+        assert_eq!(rate_first.breaker.probe_timeout, Duration::from_millis(70));
+        let c = CacheConfig::from_vars([
+            ("CACHE_BREAKER_WINDOW_MS", "2000"),
+            ("CACHE_BREAKER_FAILURE_RATE", "0.5"),
+            ("CACHE_RETRY_MAX_TRIES", "1"),
+            ("CACHE_RETRY_BACKOFF_US", "50"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.breaker.policy,
+            BreakerPolicy::FailureRate {
+                max_failure_rate: 0.5,
+                min_requests: 5,
+                window: Duration::from_secs(2),
+            }
+        );
+        assert_eq!(c.retry.max_tries.get(), 1);
+        assert_eq!(c.retry.backoff, Duration::from_micros(50));
+        assert_eq!(c.retry.cap(), Duration::from_micros(400));
+        c.validate().unwrap();
+        let c = CacheConfig::from_vars([
+            ("CACHE_RETRY_BACKOFF_US", "500"),
+            ("CACHE_RETRY_BACKOFF_CAP_US", "100"),
+        ])
+        .unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("CACHE_RETRY_BACKOFF_CAP_US"), "{err}");
     }
 
     #[test]
@@ -729,6 +802,9 @@ mod tests {
             ("CACHE_TTL_PRICE_MS", "0"),
             ("CACHE_BREAKER_FAILURES", ""),
             ("CACHE_BREAKER_OPEN_MS", "1.5"),
+            ("CACHE_RETRY_MAX_TRIES", "0"),
+            ("CACHE_RETRY_BACKOFF_US", "-1"),
+            ("CACHE_RETRY_BACKOFF_CAP_US", "soon"),
             ("CACHE_REDIS_URL", " "),
         ] {
             let err = CacheConfig::from_vars([(var, value)]).unwrap_err();
@@ -921,9 +997,15 @@ mod tests {
         let settings: [(&str, Set); 5] = [
             ("CACHE_OP_TIMEOUT_MS", |c, d| c.op_timeout = d),
             ("CACHE_CONNECT_TIMEOUT_MS", |c, d| c.connect_timeout = d),
-            ("CACHE_PROBE_TIMEOUT_MS", |c, d| c.probe_timeout = d),
-            ("CACHE_BREAKER_OPEN_MS", |c, d| c.breaker_open = d),
-            ("CACHE_BREAKER_WINDOW_MS", |c, d| c.breaker_window = d),
+            ("CACHE_PROBE_TIMEOUT_MS", |c, d| c.breaker.probe_timeout = d),
+            ("CACHE_BREAKER_OPEN_MS", |c, d| c.breaker.open_for = d),
+            ("CACHE_BREAKER_WINDOW_MS", |c, d| {
+                c.breaker.policy = BreakerPolicy::FailureRate {
+                    max_failure_rate: 0.5,
+                    min_requests: 5,
+                    window: d,
+                }
+            }),
         ];
         for (var, set) in settings {
             for d in [huge, above, Duration::MAX] {

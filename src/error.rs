@@ -178,6 +178,13 @@ impl Error {
         )
     }
 
+    /// True when the circuit breaker is open: Redis was not contacted. Reads can go to the
+    /// source (as [`CacheAside`](crate::CacheAside) does); waiting for recovery
+    /// ([`Cache::breaker`](crate::Cache::breaker)) is the other choice.
+    pub fn is_breaker_open(&self) -> bool {
+        self.kind() == ErrorKind::BreakerOpen
+    }
+
     /// True when the caller's input was refused: a bad key or value, before any I/O, or an
     /// argument Redis replied was malformed.
     pub fn is_invalid_input(&self) -> bool {

@@ -5,26 +5,34 @@
 //!
 //! # Layout
 //!
-//! A read flows L1 → L2 and fills L1 on the way back; a write goes to L2 first, then L1.
+//! A read flows L1 → L2 → source and fills the tiers on the way back; a write goes to the
+//! source of record first (write-through), then L2, then L1. The public [`Cache`] is a facade:
+//! each method is a one-line delegation to a crate-internal engine, which the patterns
+//! ([`CacheAside`], [`WriteThrough`]) use directly. `docs/architecture.md` draws the flows.
 //!
 //! | module | job |
 //! |---|---|
-//! | [`cache`](Cache) | the facade: typed `get`/`read`/`set`/`delete`/`ttl`, batches, books; the builder |
-//! | `l1` | in-process tier (quick_cache): entry and byte bounds, per-entry deadlines, version rule |
-//! | `l2::redis` | Redis tier: bb8 pool of multiplexed connections, versioned `SET PX` script, `GET`+`PTTL`, batches, deadlines |
-//! | `l2::book` | book sides as sorted sets: atomic replace with version and expiry, top-N read |
-//! | `l2::guard` | the circuit breaker (failsafe) and retry backoff around every Redis operation |
-//! | `patterns` | [`CacheAside`] (single-flight, refresh-ahead, negative caching) and [`WriteThrough`] (database first, [`DirtyLog`]) |
-//! | `fallback` | [`FallbackHandler`]: source-load limit, per-kind stale policy, fallback counts |
-//! | `recovery` | the supervisor: probe while open, replay the dirty log, then close |
+//! | [`cache`](Cache) | the facade: typed `get`/`read`/`set`/`delete`/`ttl`, batches, books — delegations to the engine |
+//! | `builder` | [`CacheBuilder`]: every setting as a by-value setter, `build()` validates and starts the engine |
+//! | `outcome` | what reads and writes return and take: [`Tier`], [`Read`], [`WriteOutcome`], [`KeyTtl`], [`SetOptions`] |
+//! | `engine` | the engine: L1, L2, dirty log, stats, clock; the write policy, version floors (rule 9), fills, stale reads, negative entries |
+//! | `engine::values`, `engine::books`, `engine::local` | value reads and writes; book sides; the L1-only operations the patterns use |
+//! | `engine::dirty` | [`DirtyLog`]: keys whose Redis copy is distrusted until recovery deletes them |
+//! | `engine::flight` | single-flight loads, shared by every [`CacheAside`] over one cache |
+//! | `l1` | in-process tier (quick_cache): entry and byte bounds, per-entry deadlines, version rule, floors |
+//! | `l2` | the L2 boundary (`L2` trait, `L2Tier` the engine holds) and its implementation on one Redis server (bb8 pool); the value and book-side scripts and replies |
+//! | `resilience` | [`CircuitBreaker`](BreakerConfig), full-jitter backoff, [`RetryConfig`], and the guard applying admission + deadline + retries to every L2 operation |
+//! | `patterns` | [`CacheAside`] (single-flight, refresh-ahead, negative caching, floor checks) and [`WriteThrough`] (database first, cancel-safe) |
+//! | `fallback` | [`FallbackHandler`]: source-load limit, per-kind stale policy, fallback counts — one per cache, shared by every [`CacheAside`] over it |
+//! | `recovery` | the supervisor: probe (`PING`) while open, replay the dirty log, then close; [`Cache::recovered`] waits for it |
 //! | [`source`] | the source of record: [`Source`]/[`SourceWriter`], [`PostgresSource`], [`MemorySource`] |
 //! | [`key`](KeySchema) | typed keys, identifier validation, namespace and `{ID}` hash tags |
 //! | [`schema`](Kind) | the built-in kinds and their value types and TTLs |
-//! | [`codec`] | the value envelope: header with the version, MessagePack payload |
-//! | [`config`](CacheConfig) | every setting, `from_env()` |
+//! | [`codec`] | the value envelope: header with the version and written TTL, MessagePack payload |
+//! | [`config`](CacheConfig) | every setting, `from_env()`, secrets redacted in `Debug` |
 //! | [`stats`](StatsSnapshot) | counters behind a snapshot, mirrored to the `metrics` facade |
 //! | [`metrics`] | the metric names, and a one-call Prometheus exporter |
-//! | [`clock`](Clock) | the injected clock (system or mock) |
+//! | [`clock`](Clock) | the injected clock (system or mock), overflow-safe deadlines |
 //! | [`error`](Error) | the error type and its decision methods |
 //!
 //! # Consistency and failure
@@ -96,41 +104,47 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod builder;
 mod cache;
 pub mod clock;
 pub mod codec;
 mod config;
+mod engine;
 mod error;
 mod fallback;
 mod key;
 mod l1;
 mod l2;
 pub mod metrics;
+mod outcome;
 mod patterns;
 mod recovery;
+mod resilience;
 mod schema;
 pub mod source;
 mod stats;
 
-pub use cache::{Cache, CacheBuilder, FLOOR_HOLD, KeyTtl, Read, SetOptions, Tier, WriteOutcome};
+pub use builder::CacheBuilder;
+pub use cache::Cache;
 pub use clock::{Clock, MockClock};
 pub use config::{Backend, CacheConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT, MAX_TTL};
+pub use engine::FLOOR_HOLD;
+pub use engine::dirty::{DEFAULT_DIRTY_CAPACITY, DirtyLog, DirtySnapshot};
 pub use error::{Error, ErrorKind, Result};
 pub use fallback::{FallbackHandler, FallbackOptions, FallbackReason, FallbackSnapshot};
 pub use key::{BookSchema, Key, KeySchema, MAX_ID_LEN, Storage, ValueSchema, validate_id};
-pub use l2::guard::{BreakerConfig, BreakerPolicy, BreakerSnapshot, BreakerState};
+pub use outcome::{KeyTtl, Read, SetOptions, Tier, WriteOutcome};
 pub use patterns::aside::{AsideOptions, CacheAside, CacheAsideBuilder, DEFAULT_SOURCE_TIMEOUT};
-pub use patterns::dirty::{DEFAULT_DIRTY_CAPACITY, DirtyLog, DirtySnapshot};
-pub use patterns::write::{DEFAULT_WRITE_TIMEOUT, WriteAck, WriteThrough};
+pub use patterns::write::{DEFAULT_WRITE_TIMEOUT, WriteAck, WriteThrough, WriteThroughBuilder};
 pub use patterns::{LoadError, WriteError};
+pub use resilience::{BreakerConfig, BreakerPolicy, BreakerSnapshot, BreakerState, RetryConfig};
 pub use schema::{
     BookAsk, BookBid, BookSide, BookSideKind, Kind, Level, Order, OrderStatus, Position, Price,
     Risk, Side, StrategyState,
 };
-pub use source::{
-    Counted, Loaded, MemorySource, MemorySourceError, PostgresOptions, PostgresSource,
-    PostgresSourceError, Source, SourceWriter,
-};
+pub use source::{Counted, Loaded, MemorySource, MemorySourceError, Source, SourceWriter};
+#[cfg(feature = "postgres")]
+pub use source::{PostgresOptions, PostgresSource, PostgresSourceError};
 pub use stats::{KindSnapshot, StatsSnapshot};
 
 /// The README's code blocks, compiled and run as doctests so the quick start stays true.

@@ -1,9 +1,15 @@
 //! One-call Prometheus export of mdcache's metrics, for engines that link the library.
+//!
+//! The metric names and [`describe`] work with any `metrics` recorder; the exporter,
+//! [`install_prometheus`], needs the `prometheus` feature (on by default).
 
+#[cfg(feature = "prometheus")]
 use std::net::SocketAddr;
 
+#[cfg(feature = "prometheus")]
 use ::metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+#[cfg(feature = "prometheus")]
 use crate::error::{Error, Result};
 
 /// Every metric mdcache records, with its description (also in `docs/metrics.md`).
@@ -115,6 +121,7 @@ pub fn describe() {
 /// installed at that moment.
 ///
 /// Returns the handle, which can also render the exposition text directly.
+#[cfg(feature = "prometheus")]
 pub fn install_prometheus(addr: SocketAddr) -> Result<PrometheusHandle> {
     let fail = |e: &dyn std::fmt::Display| Error::config("metrics address", e.to_string());
     let rt = tokio::runtime::Handle::try_current()

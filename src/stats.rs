@@ -23,8 +23,8 @@
 //! | `mdcache_negative_hits_total` | reads answered "not found" from the negative cache |
 
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use metrics::Counter;
 
@@ -159,15 +159,23 @@ impl KindStats {
 pub(crate) struct Stats {
     /// Unique per registry (per cache instance).
     pub(crate) id: u64,
-    // A std Mutex: taken only when a key is built (not per read), never across an await.
+    /// The first kinds registered, each slot set once: a key built by another cache finds
+    /// this cache's counters with atomic loads, no lock ([`Stats::find`]).
+    fast: [OnceLock<Arc<KindStats>>; FAST_KINDS],
+    // A std Mutex: taken only to register a kind (when a key is built, not per read), never
+    // across an await.
     kinds: Mutex<Vec<Arc<KindStats>>>,
 }
+
+/// Kinds whose counters are found without a lock; the built-in kinds are 7.
+const FAST_KINDS: usize = 16;
 
 impl Default for Stats {
     fn default() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Stats {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
+            fast: std::array::from_fn(|_| OnceLock::new()),
             kinds: Mutex::default(),
         }
     }
@@ -176,13 +184,34 @@ impl Default for Stats {
 impl Stats {
     /// The counters of `kind`, registering them on first use.
     pub(crate) fn kind(&self, kind: &'static str) -> Arc<KindStats> {
+        if let Some(k) = self.find(kind) {
+            return Arc::clone(k);
+        }
         let mut kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(k) = kinds.iter().find(|k| k.kind == kind) {
             return Arc::clone(k);
         }
         let k = Arc::new(KindStats::new(self.id, kind));
         kinds.push(Arc::clone(&k));
+        // Published under the lock, in registration order, so `find` stops at the first
+        // empty slot without missing a kind.
+        if let Some(slot) = self.fast.get(kinds.len() - 1) {
+            let _ = slot.set(Arc::clone(&k));
+        }
         k
+    }
+
+    /// The counters of `kind` if registered among the first [`FAST_KINDS`], without a lock:
+    /// a few atomic loads and pointer (or short string) comparisons.
+    #[inline]
+    pub(crate) fn find(&self, kind: &str) -> Option<&Arc<KindStats>> {
+        for slot in &self.fast {
+            let k = slot.get()?;
+            if std::ptr::eq(k.kind, kind) || k.kind == kind {
+                return Some(k);
+            }
+        }
+        None
     }
 
     pub(crate) fn snapshot(&self, l1_entries: u64, l1_bytes: u64) -> StatsSnapshot {
@@ -285,5 +314,32 @@ impl StatsSnapshot {
     /// The counters of one kind, if it has been used.
     pub fn kind(&self, kind: &str) -> Option<&KindSnapshot> {
         self.kinds.iter().find(|k| k.kind == kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_found_without_a_lock_and_registered_once() {
+        let stats = Stats::default();
+        let names: Vec<&'static str> = (0..20)
+            .map(|i| &*Box::leak(format!("kind{i}").into_boxed_str()))
+            .collect();
+        for n in &names {
+            let a = stats.kind(n);
+            assert!(Arc::ptr_eq(&a, &stats.kind(n)), "registered once");
+        }
+        for (i, n) in names.iter().enumerate() {
+            // Found by content too, not only by the same `&'static str`.
+            let copy = String::from(*n);
+            let found = stats.find(copy.as_str()).map(Arc::clone);
+            assert_eq!(found.is_some(), i < FAST_KINDS, "{n}");
+            if let Some(f) = found {
+                assert!(Arc::ptr_eq(&f, &stats.kind(n)));
+            }
+        }
+        assert_eq!(stats.snapshot(0, 0).kinds.len(), 20);
     }
 }

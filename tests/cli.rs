@@ -2,14 +2,19 @@
 
 mod support;
 
+#[path = "support/fixtures.rs"]
+mod fixtures;
+
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fixtures::uid;
 use serde_json::Value;
 use support::RedisServer;
+use support::cli::mdcache;
 use support::pg::{self, PgServer};
 
 const KINDS: [&str; 7] = [
@@ -65,22 +70,6 @@ impl Out {
         assert!(lines[0].starts_with("mdcache: "), "{self:?}");
         assert!(lines[0].contains(needle), "expected {needle:?}: {self:?}");
     }
-}
-
-/// The binary with a clean environment: no `CACHE_*`, `DATABASE_URL` or `RUST_LOG` from the
-/// host can leak in, and stdin is empty.
-fn mdcache() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mdcache"));
-    for (name, _) in std::env::vars_os() {
-        let ours = name
-            .to_str()
-            .is_some_and(|n| n.starts_with("CACHE_") || n == "DATABASE_URL" || n == "RUST_LOG");
-        if ours {
-            cmd.env_remove(name);
-        }
-    }
-    cmd.stdin(Stdio::null());
-    cmd
 }
 
 #[track_caller]
@@ -682,16 +671,6 @@ fn demo_runs_embedded_and_layered() {
 /// Deadline for healthy-path database tests: generous, so a loaded machine never turns a
 /// healthy call into a failure (it only bounds how long a broken run hangs).
 const HEALTHY_TIMEOUT_MS: &str = "10000";
-
-/// Identifiers unique across tests and runs, so tests sharing a `DATABASE_URL` never collide.
-fn uid(prefix: &str) -> String {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
-}
 
 /// `mdcache --database DB [--redis URL] --timeout-ms 10000 ARGS…` with long TTLs.
 #[track_caller]

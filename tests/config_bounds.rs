@@ -2,26 +2,18 @@
 //! every duration a builder or the environment accepts is at most `MAX_TTL`, and anything
 //! larger is an error naming the setting at `build()`, never a panic on first use.
 
+#[path = "support/fixtures.rs"]
+mod fixtures;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use fixtures::price;
 use mdcache::{
     AsideOptions, Cache, CacheAside, CacheConfig, ErrorKind, MAX_TTL, MemorySource, Position, Price,
 };
 
 const HUGE: Duration = Duration::from_millis(u64::MAX);
-
-fn price() -> Price {
-    Price {
-        bid: 1.0,
-        ask: 2.0,
-        bid_size: 1.0,
-        ask_size: 1.0,
-        last: 1.5,
-        seq: 1,
-        exchange_ts_ns: 0,
-    }
-}
 
 #[track_caller]
 fn assert_config_error(err: mdcache::Error, setting: &str) {
@@ -38,16 +30,16 @@ async fn a_ttl_of_u64_max_ms_fails_at_build_naming_the_variable() {
     ] {
         for ttl in [HUGE, MAX_TTL + Duration::from_millis(1), Duration::MAX] {
             let err = Cache::builder()
-                .ttl(kind, ttl)
+                .ttl_kind(kind, ttl)
                 .build()
                 .expect_err("a TTL above MAX_TTL must not build");
             assert_config_error(err, var);
         }
     }
     // The largest allowed TTL builds and writes without panicking.
-    let cache = Cache::builder().ttl("price", MAX_TTL).build().unwrap();
+    let cache = Cache::builder().ttl_kind("price", MAX_TTL).build().unwrap();
     let key = cache.key::<Price>("ES").unwrap();
-    cache.set(&key, price(), 1).await.unwrap();
+    cache.set(&key, price(1), 1).await.unwrap();
     assert!(cache.get(&key).await.unwrap().is_some());
 }
 
@@ -68,7 +60,7 @@ fn every_duration_setting_above_max_ttl_fails_at_build_naming_it() {
         ("CACHE_BREAKER_WINDOW_MS", |d| {
             Cache::builder().breaker_failure_rate(0.5, d)
         }),
-        ("CACHE_TTL_POS_MS", |d| Cache::builder().ttl("pos", d)),
+        ("CACHE_TTL_POS_MS", |d| Cache::builder().ttl_kind("pos", d)),
     ];
     for (var, builder) in cases {
         for d in [HUGE, MAX_TTL + Duration::from_nanos(1)] {
@@ -121,19 +113,29 @@ fn aside_builder() -> mdcache::CacheAsideBuilder<MemorySource> {
 }
 
 #[tokio::test]
-async fn cache_aside_refuses_a_negative_ttl_or_stale_bound_above_max_ttl() {
+async fn a_negative_ttl_or_stale_bound_above_max_ttl_is_refused_naming_it() {
     for d in [HUGE, MAX_TTL + Duration::from_nanos(1), Duration::MAX] {
         let err = aside_builder().negative_ttl(d).build().unwrap_err();
         assert_config_error(err, "negative_ttl");
-        let err = aside_builder().stale_bound("price", d).build().unwrap_err();
+        // Stale bounds belong to the cache: every `CacheAside` over it shares the fallback.
+        let err = Cache::builder()
+            .stale_bound_kind("price", d)
+            .build()
+            .unwrap_err();
         assert_config_error(err, "stale_bound(price)");
-        let err = aside_builder().stale_bound("pos", d).build().unwrap_err();
+        let err = Cache::builder()
+            .stale_bound_kind("pos", d)
+            .build()
+            .unwrap_err();
         assert_config_error(err, "stale_bound(pos)");
     }
     // At the maximum it builds, and a not-found read is remembered without panicking.
-    let aside = aside_builder()
+    let cache = Cache::builder()
+        .stale_bound_kind("price", MAX_TTL)
+        .build()
+        .unwrap();
+    let aside = CacheAside::builder(cache, Arc::new(MemorySource::default()))
         .negative_ttl(MAX_TTL)
-        .stale_bound("price", MAX_TTL)
         .build()
         .unwrap();
     let key = aside.cache().key::<Position>("GHOST").unwrap();
@@ -156,14 +158,14 @@ fn cache_aside_refuses_a_refresh_ahead_fraction_outside_zero_to_one() {
         f64::NEG_INFINITY,
     ] {
         let err = aside_builder()
-            .refresh_ahead("price", fraction)
+            .refresh_ahead_kind("price", fraction)
             .build()
             .unwrap_err();
         assert_config_error(err, "refresh_ahead(price)");
     }
     for fraction in [f64::MIN_POSITIVE, 0.2, 0.999] {
         aside_builder()
-            .refresh_ahead("price", fraction)
+            .refresh_ahead_kind("price", fraction)
             .build()
             .unwrap();
     }

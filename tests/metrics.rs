@@ -1,31 +1,19 @@
 //! The Prometheus export: every documented metric name appears on the HTTP endpoint after use.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+mod support;
+
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use mdcache::{BookBid, BookSide, Cache, CacheAside, Level, MemorySource, Position, WriteThrough};
+use support::http::{free_addr, scrape};
 
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    l.local_addr().expect("addr")
-}
-
-fn scrape(addr: SocketAddr) -> String {
-    // The listener starts on the runtime; give it generous time to come up.
+/// The endpoint's answer; the listener starts on the runtime, so it gets generous time to
+/// come up.
+fn scrape_when_up(addr: SocketAddr) -> String {
     for _ in 0..100 {
-        if let Ok(mut s) = TcpStream::connect(addr) {
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            write!(
-                s,
-                "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            )
-            .unwrap();
-            let mut body = String::new();
-            let _ = s.read_to_string(&mut body);
-            if body.contains("200 OK") {
-                return body;
-            }
+        if let Some(body) = scrape(addr) {
+            return body;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -38,14 +26,14 @@ async fn the_documented_metrics_are_exported() {
     let handle = mdcache::metrics::install_prometheus(addr).expect("install");
     // A 10 s TTL and a refresh below 99 % of it left: a hit 150 ms after the write refreshes.
     let cache = Cache::builder()
-        .ttl("pos", Duration::from_secs(10))
+        .ttl_kind("pos", Duration::from_secs(10))
         .build()
         .unwrap();
     let db = std::sync::Arc::new(MemorySource::default());
     let writer = WriteThrough::new(cache.clone(), db.clone());
     let aside = CacheAside::builder(cache.clone(), db)
         .negative_ttl(Duration::from_secs(1))
-        .refresh_ahead("pos", 0.99)
+        .refresh_ahead_kind("pos", 0.99)
         .build()
         .unwrap();
     let key = cache.key::<Position>("AAPL").unwrap();
@@ -87,7 +75,7 @@ async fn the_documented_metrics_are_exported() {
     let stats = cache.stats();
     assert!(stats.total.l1_hits >= 1 && stats.total.negative_hits == 1);
 
-    let body = scrape(addr);
+    let body = scrape_when_up(addr);
     for name in [
         "mdcache_hits_total",
         "mdcache_misses_total",

@@ -2,33 +2,40 @@
 
 mod support;
 
+#[path = "support/fixtures.rs"]
+mod fixtures;
+
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use fixtures::{pos, price};
 use mdcache::{
     Backend, BreakerState, Cache, CacheAside, Counted, Key, KeySchema, Loaded, MemorySource,
     Position, Price, SetOptions, Source, SourceWriter, StrategyState, Tier, WriteOutcome,
     WriteThrough, codec,
 };
 use redis::AsyncCommands;
-use support::RedisServer;
+use support::{RedisServer, TEST_OP_TIMEOUT};
 use tokio::sync::{Notify, Semaphore};
-
-/// Generous: a loaded 2-core CI machine must never turn a healthy call into a timeout.
-const TEST_OP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A layered cache whose breaker opens on the first failure and stays open for the test.
 fn layered(server: &RedisServer) -> Cache {
+    layered_on(server, mdcache::Clock::system())
+}
+
+/// [`layered`] with TTL deadlines read from `clock` (a mock makes refresh-ahead deterministic).
+fn layered_on(server: &RedisServer, clock: mdcache::Clock) -> Cache {
     Cache::builder()
+        .clock(clock)
         .redis_url(server.url())
         .backend(Backend::Layered)
         .op_timeout(TEST_OP_TIMEOUT)
         .breaker_failures(NonZeroU32::new(1).unwrap())
         .breaker_open(Duration::from_secs(600))
-        .ttl("price", Duration::from_secs(30))
-        .ttl("pos", Duration::from_secs(30))
+        .ttl_kind("price", Duration::from_secs(30))
+        .ttl_kind("pos", Duration::from_secs(30))
         .build()
         .expect("cache builds")
 }
@@ -42,27 +49,6 @@ async fn open_breaker(cache: &Cache, server: &mut RedisServer) {
         "a read of a dead redis fails"
     );
     assert_eq!(cache.breaker().unwrap().state, BreakerState::Open);
-}
-
-fn pos(qty: f64) -> Position {
-    Position {
-        qty,
-        avg_price: 10.0,
-        realized_pnl: 0.0,
-        seq: 1,
-    }
-}
-
-fn price(seq: u64) -> Price {
-    Price {
-        bid: 100.0,
-        ask: 100.5,
-        bid_size: 1.0,
-        ask_size: 1.0,
-        last: 100.25,
-        seq,
-        exchange_ts_ns: seq,
-    }
 }
 
 /// A source whose loads can be held after they read the row: the way a database read that
@@ -210,12 +196,13 @@ async fn an_acknowledged_create_is_never_read_back_as_not_found() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_ahead_never_moves_l1_backwards_while_redis_fails() {
     let mut redis = RedisServer::start();
-    let cache = layered(&redis);
+    let (clock, mock) = mdcache::Clock::mock();
+    let cache = layered_on(&redis, clock);
     let src = Arc::new(Counted::new(MemorySource::default()));
     let key = cache.key::<Price>("ES").unwrap();
     src.inner().write(&key, &price(1)).await.unwrap();
     let aside = CacheAside::builder(cache.clone(), Arc::clone(&src))
-        .refresh_ahead("price", 0.999_999) // every read refreshes
+        .refresh_ahead_kind("price", 0.5)
         .build()
         .expect("aside");
     open_breaker(&cache, &mut redis).await;
@@ -223,6 +210,8 @@ async fn refresh_ahead_never_moves_l1_backwards_while_redis_fails() {
         cache.set(&key, price(100), 100).await.unwrap(),
         WriteOutcome::LocalOnly
     );
+    // 20 s of the 30 s TTL gone: under half left, so the next read starts a refresh.
+    mock.advance(Duration::from_secs(20));
     let r = aside.get(&key).await.unwrap().unwrap();
     assert_eq!((r.version, r.tier), (100, Tier::L1));
     support::wait_for("the refresh to load", || src.loads() >= 1).await;
@@ -241,7 +230,7 @@ async fn a_cancelled_write_through_never_leaves_the_older_value_cached() {
         .redis_url(redis.url())
         .backend(Backend::Layered)
         .op_timeout(Duration::from_secs(5))
-        .ttl("pos", Duration::from_secs(30))
+        .ttl_kind("pos", Duration::from_secs(30))
         .build()
         .unwrap();
     let src = Arc::new(MemorySource::default());
@@ -283,7 +272,7 @@ async fn the_l1_byte_bound_holds_when_values_grow_in_place() {
     let bound = 1 << 20;
     let cache = Cache::builder()
         .l1_max_bytes(NonZeroUsize::new(bound).unwrap())
-        .ttl("strat", Duration::from_secs(60))
+        .ttl_kind("strat", Duration::from_secs(60))
         .build()
         .unwrap();
     let strat = |n: usize| StrategyState {
@@ -362,7 +351,7 @@ async fn undecodable_bytes_never_pin_a_key() {
         .redis_url(redis.url())
         .backend(Backend::Layered)
         .op_timeout(TEST_OP_TIMEOUT)
-        .ttl("pos", Duration::from_secs(30))
+        .ttl_kind("pos", Duration::from_secs(30))
         .build()
         .unwrap();
     let key = cache.key::<Position>("PINNED").unwrap();
@@ -488,8 +477,12 @@ async fn dirty_records_only_keys_redis_may_hold_wrongly() {
 /// Item 12: background refreshes never take the load slots foreground misses need.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refreshes_never_starve_foreground_loads() {
+    let (clock, mock) = mdcache::Clock::mock();
     let cache = Cache::builder()
-        .ttl("price", Duration::from_secs(30))
+        .clock(clock)
+        .ttl_kind("price", Duration::from_secs(30))
+        .max_concurrent_loads(1)
+        .overload_wait(Duration::from_millis(100))
         .build()
         .unwrap();
     let src = Arc::new(Counted::new(MemorySource::default()));
@@ -498,14 +491,13 @@ async fn refreshes_never_starve_foreground_loads() {
     src.inner().write(&hot, &price(1)).await.unwrap();
     src.inner().write(&cold, &price(2)).await.unwrap();
     let aside = CacheAside::builder(cache.clone(), Arc::clone(&src))
-        .refresh_ahead("price", 0.999_999)
-        .max_concurrent_loads(1)
-        .overload_wait(Duration::from_millis(100))
+        .refresh_ahead_kind("price", 0.5)
         .source_timeout(Duration::from_secs(20))
         .build()
         .unwrap();
     aside.get(&hot).await.unwrap().unwrap(); // loaded: 1
     src.inner().set_latency(Duration::from_secs(2));
+    mock.advance(Duration::from_secs(20)); // under half the TTL left
     aside.get(&hot).await.unwrap().unwrap(); // an L1 hit that starts a 2 s refresh
     support::wait_for("the refresh to start loading", || src.loads() >= 2).await;
     let r = aside.get(&cold).await;

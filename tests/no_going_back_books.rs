@@ -2,19 +2,20 @@
 
 mod support;
 
+#[path = "support/fixtures.rs"]
+mod fixtures;
+
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fixtures::book;
 use mdcache::{
-    Backend, BookBid, BookSide, BreakerState, Cache, CacheAside, Error, ErrorKind, Level,
-    MemorySource, SetOptions, Tier, WriteError, WriteThrough,
+    Backend, BookBid, BookSide, BreakerState, Cache, CacheAside, Error, ErrorKind, MemorySource,
+    SetOptions, Tier, WriteError, WriteThrough,
 };
 use redis::AsyncCommands;
-use support::RedisServer;
-
-/// Generous: a loaded 2-core CI machine must never turn a healthy call into a timeout.
-const TEST_OP_TIMEOUT: Duration = Duration::from_secs(2);
+use support::{RedisServer, TEST_OP_TIMEOUT};
 
 /// Books default to a 50 ms TTL; the tests that are not about expiry need them to stay put.
 const LONG_TTL: Duration = Duration::from_secs(60);
@@ -28,18 +29,9 @@ fn builder(server: &RedisServer, backend: Backend) -> mdcache::CacheBuilder {
 
 fn cache(server: &RedisServer, backend: Backend) -> Cache {
     builder(server, backend)
-        .ttl("book", LONG_TTL)
+        .ttl_kind("book", LONG_TTL)
         .build()
         .expect("cache builds")
-}
-
-fn book(levels: impl IntoIterator<Item = (f64, f64)>) -> BookSide {
-    BookSide {
-        levels: levels
-            .into_iter()
-            .map(|(price, qty)| Level { price, qty })
-            .collect(),
-    }
 }
 
 /// A side whose members are as long as real prices and sizes print (~25 bytes).
@@ -86,7 +78,7 @@ async fn the_size_limit_bounds_what_redis_really_stores() {
     let server = RedisServer::start();
     let limit = 256 * 1024;
     let cache = builder(&server, Backend::Redis)
-        .ttl("book", LONG_TTL)
+        .ttl_kind("book", LONG_TTL)
         .max_value_bytes(NonZeroUsize::new(limit).unwrap())
         .build()
         .unwrap();

@@ -2,19 +2,20 @@
 
 mod support;
 
+#[path = "support/fixtures.rs"]
+mod fixtures;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fixtures::{price, uid};
 use mdcache::{
     Backend, BookBid, BookSide, Cache, CacheAside, Counted, Level, MemorySource, Order,
     OrderStatus, PostgresSource, Price, Side, Source, Tier, WriteError, WriteOutcome, WriteThrough,
 };
 use redis::AsyncCommands;
-use support::RedisServer;
 use support::pg::{self, PgServer};
-
-/// Generous: a loaded 2-core CI machine must never turn a healthy call into a timeout.
-const TEST_OP_TIMEOUT: Duration = Duration::from_secs(2);
+use support::{RedisServer, TEST_OP_TIMEOUT};
 
 fn layered(server: &RedisServer) -> Cache {
     Cache::builder()
@@ -33,16 +34,6 @@ async fn postgres(url: &str) -> Counted<PostgresSource> {
     )
 }
 
-/// Identifiers unique across tests, so tests sharing a `DATABASE_URL` never collide.
-fn uid(prefix: &str) -> String {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
-}
-
 fn order(id: &str, qty: f64) -> Order {
     Order {
         id: id.to_owned(),
@@ -53,18 +44,6 @@ fn order(id: &str, qty: f64) -> Order {
         filled: 0.0,
         status: OrderStatus::New,
         seq: 1,
-    }
-}
-
-fn price(seq: u64) -> Price {
-    Price {
-        bid: 100.0,
-        ask: 100.5,
-        bid_size: 1.0,
-        ask_size: 1.0,
-        last: 100.25,
-        seq,
-        exchange_ts_ns: seq,
     }
 }
 
@@ -135,14 +114,14 @@ async fn refresh_ahead_keeps_a_hot_key_from_missing_for_twenty_ttls() {
         .redis_url(redis.url())
         .backend(Backend::Layered)
         .op_timeout(TEST_OP_TIMEOUT)
-        .ttl("price", ttl)
+        .ttl_kind("price", ttl)
         .build()
         .unwrap();
     let id = uid("HOT");
     let key = cache.key::<Price>(&id).unwrap();
     src.inner().write_through_test_seed(&key, &price(1)).await;
     let aside = CacheAside::builder(cache.clone(), Arc::new(src.clone()))
-        .refresh_ahead("price", 0.5)
+        .refresh_ahead_kind("price", 0.5)
         .build()
         .unwrap();
     let first = aside.get(&key).await.unwrap().unwrap();
@@ -393,7 +372,7 @@ async fn books_go_through_both_patterns() {
         .redis_url(redis.url())
         .backend(Backend::Layered)
         .op_timeout(TEST_OP_TIMEOUT)
-        .ttl("book", Duration::from_secs(30))
+        .ttl_kind("book", Duration::from_secs(30))
         .build()
         .unwrap();
     let id = uid("BK");
@@ -457,7 +436,7 @@ async fn a_zipf_workload_over_a_thousand_symbols_hits_at_least_90_percent() {
         .redis_url(redis.url())
         .backend(Backend::Layered)
         .op_timeout(TEST_OP_TIMEOUT)
-        .ttl("price", Duration::from_secs(300))
+        .ttl_kind("price", Duration::from_secs(300))
         .build()
         .unwrap();
     let run = uid("z");

@@ -3,8 +3,12 @@
 //! No server is needed: every address here refuses connections (port 1), so the cache and the
 //! source are built, tried and fail without ever sending a password anywhere.
 
+#[path = "support/fixtures.rs"]
+mod fixtures;
+
 use std::time::Duration;
 
+use fixtures::price;
 use mdcache::{Backend, Cache, CacheConfig, PostgresOptions, PostgresSource, Price};
 
 const SECRET: &str = "s3cr3t-pw";
@@ -22,18 +26,6 @@ fn assert_no_secret(what: &str, text: &str) {
     }
 }
 
-fn price() -> Price {
-    Price {
-        bid: 1.0,
-        ask: 2.0,
-        bid_size: 1.0,
-        ask_size: 1.0,
-        last: 1.5,
-        seq: 1,
-        exchange_ts_ns: 0,
-    }
-}
-
 /// Every operation of a cache whose Redis refuses connections: the errors must not carry the
 /// password either.
 async fn failing_operations(cache: &Cache) -> Vec<String> {
@@ -48,7 +40,7 @@ async fn failing_operations(cache: &Cache) -> Vec<String> {
     if let Err(e) = cache.delete(&key).await {
         errors.push(format!("{e} / {e:?}"));
     }
-    if let Err(e) = cache.set(&key, price(), 1).await {
+    if let Err(e) = cache.set(&key, price(1), 1).await {
         errors.push(format!("{e} / {e:?}"));
     }
     errors

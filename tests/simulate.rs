@@ -2,16 +2,17 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 use support::RedisServer;
+use support::cli::mdcache;
+use support::http::{free_addr, scrape};
 
 const READ_OPS: [&str; 4] = ["read_price", "read_book", "read_pos", "read_risk"];
 const WRITE_OPS: [&str; 4] = ["write_price", "write_book", "write_order", "write_pos"];
@@ -29,22 +30,6 @@ const SMALL: [&str; 10] = [
     "--orders-per-s",
     "100",
 ];
-
-/// The binary with a clean environment: no `CACHE_*`, `DATABASE_URL` or `RUST_LOG` from the
-/// host can leak in, and stdin is empty.
-fn mdcache() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mdcache"));
-    for (name, _) in std::env::vars_os() {
-        let ours = name
-            .to_str()
-            .is_some_and(|n| n.starts_with("CACHE_") || n == "DATABASE_URL" || n == "RUST_LOG");
-        if ours {
-            cmd.env_remove(name);
-        }
-    }
-    cmd.stdin(Stdio::null());
-    cmd
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -318,25 +303,6 @@ fn layered_run_against_redis_and_postgres() {
     if u(&r["breaker"], "opened") == 0 {
         assert!(redis.dbsize() > 0);
     }
-}
-
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    l.local_addr().expect("addr")
-}
-
-/// One HTTP GET over raw TCP; `None` if the endpoint is not up (yet).
-fn scrape(addr: SocketAddr) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.contains("200 OK").then_some(body)
 }
 
 /// Kills the child if the test fails half-way, so no 60 s run outlives it.

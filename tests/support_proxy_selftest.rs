@@ -3,7 +3,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use redis::AsyncConnectionConfig;
@@ -17,15 +17,11 @@ const GENEROUS: Duration = Duration::from_secs(5);
 /// The timeout a test expects a black-holed command to run into.
 const SHORT: Duration = Duration::from_millis(300);
 
-fn upstream(server: &RedisServer) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], server.port()))
-}
-
 /// A proxy in front of a fresh server. The server is returned too: it must
 /// outlive the proxy's connections to it.
 fn proxied_server() -> (RedisServer, FaultProxy) {
     let server = RedisServer::start();
-    let proxy = FaultProxy::start(upstream(&server));
+    let proxy = FaultProxy::start(server.addr());
     (server, proxy)
 }
 
@@ -80,7 +76,7 @@ fn wait_for_connections(proxy: &FaultProxy, expected: usize) {
 fn relays_commands_from_a_sync_test() {
     let (server, proxy) = proxied_server();
     assert_ne!(proxy.addr().port(), server.port());
-    assert_eq!(proxy.upstream(), upstream(&server));
+    assert_eq!(proxy.upstream(), server.addr());
     assert_eq!(
         proxy.url_for_redis(),
         format!("redis://127.0.0.1:{}/", proxy.addr().port())

@@ -1,4 +1,4 @@
-//! Order-book sides on Redis: a sorted set (score = price) replaced atomically with its stamp (version, written TTL, level count) and expiry, read top-N.
+//! Order-book sides on Redis: the layout (a sorted set scored by price beside its stamp: version, written TTL, level count), the replace, top-N and repair scripts, and their replies.
 //!
 //! A side `mdc:book:{SYM}:bid` is a sorted set whose members are `"<price>:<qty>"` (Rust's
 //! shortest round-trip float formatting) scored by price. Its *stamp* lives beside it in
@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use redis::{Script, Value};
 
-use super::redis::{RedisTier, ttl_ms};
+use super::boundary::FetchedBook;
+// Re-exported: the engine matches on the read's reply as `book::TopReply`.
+pub(crate) use super::boundary::TopReply;
 use crate::error::{Error, Result};
 use crate::schema::{BookSide, BookSideKind, Level};
 
@@ -121,9 +123,9 @@ return 1
 /// The book scripts, hashed once.
 #[derive(Debug)]
 pub(crate) struct BookScripts {
-    replace: Script,
-    top: Script,
-    unlink_if_stamp: Script,
+    pub(crate) replace: Script,
+    pub(crate) top: Script,
+    pub(crate) unlink_if_stamp: Script,
 }
 
 impl BookScripts {
@@ -134,30 +136,6 @@ impl BookScripts {
             unlink_if_stamp: Script::new(UNLINK_IF_STAMP),
         }
     }
-}
-
-/// A side read back from Redis.
-#[derive(Debug)]
-pub(crate) struct FetchedBook {
-    pub(crate) version: u64,
-    /// The TTL its writer gave it; `None` for a stamp of an earlier build.
-    pub(crate) written_ttl: Option<Duration>,
-    pub(crate) remaining: Option<Duration>,
-    pub(crate) side: BookSide,
-    /// [`stored_bytes`] of `side`, from the members' lengths as read (no formatting again).
-    pub(crate) bytes: usize,
-}
-
-/// What a top-N read found.
-#[derive(Debug)]
-pub(crate) enum TopReply {
-    /// No stamp, or a stamp whose sorted set is gone or incomplete: not cached.
-    Missing,
-    /// A whole side (cut to the depth asked).
-    Found(FetchedBook),
-    /// The stamp or a member did not decode. `stamp` is the stamp read with them, for
-    /// [`RedisTier::book_unlink_if_stamp`].
-    Undecodable { stamp: Vec<u8>, error: Error },
 }
 
 /// The key holding a side's stamp.
@@ -219,8 +197,16 @@ pub(crate) fn sort_best_first(levels: &mut [Level], side: BookSideKind) {
 
 /// The depth argument for the read script: `depth` levels, 0 (all) for any depth no sorted
 /// set can reach, so caller input never becomes an argument Redis refuses.
-fn redis_depth(depth: usize) -> usize {
+pub(crate) fn redis_depth(depth: usize) -> usize {
     if depth >= MAX_LEVELS { 0 } else { depth }
+}
+
+/// The read script's direction argument: `bid` reads highest first, `ask` lowest first.
+pub(crate) fn direction(side: BookSideKind) -> &'static str {
+    match side {
+        BookSideKind::Bid => "bid",
+        BookSideKind::Ask => "ask",
+    }
 }
 
 /// A side's stamp.
@@ -233,7 +219,8 @@ struct Stamp {
     levels: Option<u64>,
 }
 
-fn encode_stamp(version: u64, ttl_ms: u64, levels: usize) -> [u8; STAMP_LEN] {
+/// A side's stamp as this build writes it: version, written TTL in ms, level count.
+pub(crate) fn encode_stamp(version: u64, ttl_ms: u64, levels: usize) -> [u8; STAMP_LEN] {
     let mut b = [0u8; STAMP_LEN];
     b[..8].copy_from_slice(&version.to_be_bytes());
     b[8..16].copy_from_slice(&ttl_ms.to_be_bytes());
@@ -260,84 +247,8 @@ fn decode_stamp(b: &[u8]) -> Option<Stamp> {
     }
 }
 
-impl RedisTier {
-    /// Replaces a side with `side`'s levels at `version`, expiring after `ttl`.
-    pub(crate) async fn book_replace(
-        &self,
-        key: &str,
-        side: &BookSide,
-        version: u64,
-        ttl: Duration,
-    ) -> Result<bool> {
-        let vkey = version_key(key);
-        let vkey = vkey.as_str();
-        let script = &self.book.replace;
-        let ttl_ms = ttl_ms(ttl);
-        let stamp = encode_stamp(version, ttl_ms, side.levels.len());
-        let stamp = &stamp[..];
-        let stored: i64 = self
-            .run("book_set", key, |mut c| async move {
-                let mut inv = script.key(key);
-                inv.key(vkey).arg(stamp).arg(ttl_ms);
-                for l in &side.levels {
-                    inv.arg(l.price).arg(member(l));
-                }
-                inv.invoke_async(&mut c).await
-            })
-            .await?;
-        Ok(stored == 1)
-    }
-
-    /// The best `depth` levels of a side (all when `depth` is 0, or more than any side holds).
-    pub(crate) async fn book_top(
-        &self,
-        key: &str,
-        side: BookSideKind,
-        depth: usize,
-    ) -> Result<TopReply> {
-        let vkey = version_key(key);
-        let vkey = vkey.as_str();
-        let script = &self.book.top;
-        let dir = match side {
-            BookSideKind::Bid => "bid",
-            BookSideKind::Ask => "ask",
-        };
-        let depth = redis_depth(depth);
-        let reply: Value = self
-            .run("book_get", key, |mut c| async move {
-                script
-                    .key(key)
-                    .key(vkey)
-                    .arg(dir)
-                    .arg(depth)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
-        parse_top(key, reply)
-    }
-
-    /// Deletes a side (and its stamp) that did not decode, unless its stamp changed since it
-    /// was read as `stamp` (a writer replaced it). True when deleted.
-    pub(crate) async fn book_unlink_if_stamp(&self, key: &str, stamp: &[u8]) -> Result<bool> {
-        let vkey = version_key(key);
-        let vkey = vkey.as_str();
-        let script = &self.book.unlink_if_stamp;
-        let deleted: i64 = self
-            .run("book_repair", key, |mut c| async move {
-                script
-                    .key(key)
-                    .key(vkey)
-                    .arg(stamp)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
-        Ok(deleted == 1)
-    }
-}
-
-fn member(l: &Level) -> String {
+/// A level as a sorted-set member: `"<price>:<qty>"`.
+pub(crate) fn member(l: &Level) -> String {
     format!("{}:{}", l.price, l.qty)
 }
 
@@ -372,7 +283,8 @@ fn parse_member(key: &str, m: &[u8]) -> Result<Level> {
     })
 }
 
-fn parse_top(key: &str, reply: Value) -> Result<TopReply> {
+/// The read script's reply for the side at `key`.
+pub(crate) fn parse_top(key: &str, reply: Value) -> Result<TopReply> {
     let bad = |what: &str| Error::Decode {
         key: key.to_owned(),
         reason: what.to_owned(),

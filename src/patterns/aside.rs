@@ -8,20 +8,18 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::flight::Flights;
 use super::{LoadError, is_caller_error};
-use crate::cache::{Cache, OnL2Failure, Read, SetOptions, Tier};
+use crate::cache::Cache;
+use crate::engine::{Engine, OnL2Failure};
 use crate::error::Error;
-use crate::fallback::{FallbackHandler, FallbackOptions, FallbackReason, FallbackSnapshot};
+use crate::fallback::{FallbackReason, FallbackSnapshot};
 use crate::key::{BookSchema, Key, KeySchema, ValueSchema};
+use crate::outcome::{Read, SetOptions, Tier};
 use crate::schema::BookSide;
 use crate::source::{Loaded, Source};
 
 /// Default deadline for one source load.
 pub const DEFAULT_SOURCE_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// Most keys loading at once that still share their loads (beyond it, loads run unshared).
-const MAX_FLIGHTS: usize = 65_536;
 
 /// Options of a [`CacheAside`]; see [`CacheAsideBuilder`].
 #[non_exhaustive]
@@ -37,11 +35,10 @@ pub struct AsideOptions {
     pub negative_ttl: Option<Duration>,
     /// Most background refreshes running at once; past it, refreshes are skipped (the key
     /// then simply misses once at expiry). Refreshes have this budget of their own: they
-    /// never take one of the foreground load slots (`fallback.max_concurrent_loads`), so the
-    /// source sees at most the sum of the two.
+    /// never take one of the foreground load slots (the cache's
+    /// [`max_concurrent_loads`](crate::CacheBuilder::max_concurrent_loads)), so the source
+    /// sees at most the sum of the two per handle.
     pub max_refreshes: usize,
-    /// What reads do when Redis is unavailable.
-    pub fallback: FallbackOptions,
 }
 
 impl Default for AsideOptions {
@@ -51,7 +48,6 @@ impl Default for AsideOptions {
             refresh_ahead: Vec::new(),
             negative_ttl: None,
             max_refreshes: 16,
-            fallback: FallbackOptions::default(),
         }
     }
 }
@@ -59,8 +55,8 @@ impl Default for AsideOptions {
 impl AsideOptions {
     /// Checks what [`CacheAsideBuilder::build`] refuses, with an [`Error::Config`] naming the
     /// setting: a refresh-ahead fraction that is not strictly between 0 and 1 (`NaN`
-    /// included), and a negative-cache TTL or stale bound above [`MAX_TTL`](crate::MAX_TTL)
-    /// (7 days; deadlines are `now + duration`, which must not overflow).
+    /// included), and a negative-cache TTL above [`MAX_TTL`](crate::MAX_TTL) (7 days;
+    /// deadlines are `now + duration`, which must not overflow).
     pub fn validate(&self) -> Result<(), Error> {
         for (kind, fraction) in &self.refresh_ahead {
             if !(*fraction > 0.0 && *fraction < 1.0) {
@@ -73,14 +69,16 @@ impl AsideOptions {
         if let Some(ttl) = self.negative_ttl {
             crate::config::at_most_max_ttl("negative_ttl", ttl)?;
         }
-        self.fallback.validate()
+        Ok(())
     }
 }
 
 /// Cache-aside reads (DESIGN §4 rule 4): L1, then L2, then the source, filling the tiers on
 /// the way back with the kind's TTL and the source's version.
 ///
-/// - **Single-flight**: any number of concurrent misses of one key call the source once.
+/// - **Single-flight**: any number of concurrent misses of one key call the source once —
+///   across every `CacheAside` over the same [`Cache`] (and the same source type), since the
+///   loads in flight belong to the cache, not to a handle.
 /// - **Refresh-ahead** (per kind, optional): a hit with less than the configured fraction of
 ///   its TTL left starts one background reload and returns at once, so hot keys do not miss.
 /// - **Negative caching** (optional): "not found" is remembered for a short TTL.
@@ -136,7 +134,6 @@ impl Drop for StopOnDrop {
 struct AsideInner<Src> {
     cache: Cache,
     source: Arc<Src>,
-    flights: Flights,
     opts: AsideOptions,
     /// Keys with a background refresh running, so a hot key starts one refresh, not one per
     /// read. Bounded by `max_refreshes` (an entry exists only while its permit is held).
@@ -144,7 +141,6 @@ struct AsideInner<Src> {
     refresh_permits: Arc<Semaphore>,
     tasks: TaskTracker,
     stop: CancellationToken,
-    fallback: FallbackHandler,
 }
 
 /// Builds a [`CacheAside`].
@@ -163,10 +159,16 @@ impl<Src: Source> CacheAsideBuilder<Src> {
         self
     }
 
-    /// Refresh-ahead for `kind` (`price`, `book:bid`, …): a read that finds less than
-    /// `fraction` (0 < fraction < 1) of the TTL left starts a background reload. Any other
-    /// fraction makes [`build`](Self::build) fail.
-    pub fn refresh_ahead(mut self, kind: &str, fraction: f64) -> Self {
+    /// Refresh-ahead for the kind `S` (`.refresh_ahead::<Price>(0.2)`): a read that finds
+    /// less than `fraction` (0 < fraction < 1) of the TTL left starts a background reload.
+    /// Any other fraction makes [`build`](Self::build) fail.
+    pub fn refresh_ahead<S: KeySchema>(self, fraction: f64) -> Self {
+        self.refresh_ahead_kind(S::KIND, fraction)
+    }
+
+    /// [`refresh_ahead`](Self::refresh_ahead) by kind name (`price`, `book:bid`, …; the exact
+    /// kind, not a prefix), for names known only at run time.
+    pub fn refresh_ahead_kind(mut self, kind: &str, fraction: f64) -> Self {
         self.opts.refresh_ahead.push((kind.to_owned(), fraction));
         self
     }
@@ -185,40 +187,8 @@ impl<Src: Source> CacheAsideBuilder<Src> {
         self
     }
 
-    /// Most source loads at once (default 64), so a dead cache cannot stampede the database.
-    pub fn max_concurrent_loads(mut self, n: usize) -> Self {
-        self.opts.fallback.max_concurrent_loads = n;
-        self
-    }
-
-    /// How long a load waits for a slot before failing with `Overloaded` (default 50 ms).
-    pub fn overload_wait(mut self, d: Duration) -> Self {
-        self.opts.fallback.overload_wait = d;
-        self
-    }
-
-    /// Lets `kind` (a name like `price`, or a key prefix like `book`) be served up to `bound`
-    /// past its TTL, marked `Stale`, when Redis and the source both fail. Defaults: `price`
-    /// and `book` 1 s; every other kind fails closed. A bound above
-    /// [`MAX_TTL`](crate::MAX_TTL) makes [`build`](Self::build) fail.
-    pub fn stale_bound(mut self, kind: &str, bound: Duration) -> Self {
-        self.opts.fallback.stale_bounds.retain(|(k, _)| k != kind);
-        self.opts
-            .fallback
-            .stale_bounds
-            .push((kind.to_owned(), bound));
-        self
-    }
-
-    /// No kind may be served stale (every kind fails closed).
-    pub fn no_stale(mut self) -> Self {
-        self.opts.fallback.stale_bounds.clear();
-        self
-    }
-
     /// Checks the options ([`AsideOptions::validate`]) and builds it: an invalid setting is
-    /// an [`Error::Config`] naming it (`negative_ttl`, `stale_bound(price)`,
-    /// `refresh_ahead(price)`).
+    /// an [`Error::Config`] naming it (`negative_ttl`, `refresh_ahead(price)`).
     pub fn build(self) -> Result<CacheAside<Src>, Error> {
         self.opts.validate()?;
         let stop = CancellationToken::new();
@@ -226,10 +196,8 @@ impl<Src: Source> CacheAsideBuilder<Src> {
             inner: Arc::new(AsideInner {
                 cache: self.cache,
                 source: self.source,
-                flights: Flights::new(MAX_FLIGHTS),
                 refreshing: Mutex::new(HashSet::new()),
                 refresh_permits: Arc::new(Semaphore::new(self.opts.max_refreshes)),
-                fallback: FallbackHandler::new(self.opts.fallback.clone()),
                 opts: self.opts,
                 tasks: TaskTracker::new(),
                 stop: stop.clone(),
@@ -264,9 +232,10 @@ impl<Src: Source> CacheAside<Src> {
         &self.inner.opts
     }
 
-    /// What the fallback path has done so far.
+    /// What the fallback path has done so far — the cache's figures, shared by every
+    /// `CacheAside` over it (the same as [`Cache::fallback_stats`]).
     pub fn fallback_stats(&self) -> FallbackSnapshot {
-        self.inner.fallback.snapshot()
+        self.inner.cache.fallback_stats()
     }
 
     /// Stops background refreshes and waits for running ones to finish.
@@ -286,7 +255,7 @@ impl<Src: Source> CacheAside<Src> {
         if inner.negative_hit(key) {
             return Ok(None);
         }
-        let fallback = match inner.cache.read(key).await {
+        let fallback = match inner.cache.engine().read(key).await {
             Ok(Some(r)) => {
                 self.maybe_refresh(key, r.ttl_remaining, |i, k| {
                     Box::pin(async move {
@@ -308,7 +277,9 @@ impl<Src: Source> CacheAside<Src> {
                 key,
                 || async {
                     inner
-                        .flights
+                        .cache
+                        .engine()
+                        .flights()
                         .run(key.shared(), || {
                             inner.load_value(
                                 key,
@@ -320,11 +291,15 @@ impl<Src: Source> CacheAside<Src> {
                         .await
                         .unwrap_or_else(|| Err(internal()))
                 },
-                || async { inner.cache.recheck(key).await.ok().flatten() },
+                || async { inner.cache.engine().recheck(key).await.ok().flatten() },
             )
             .await;
         if let Some(reason) = fallback {
-            inner.fallback.record(reason, started.elapsed());
+            inner
+                .cache
+                .engine()
+                .fallback()
+                .record(reason, started.elapsed());
         }
         match result {
             Err(e) if !matches!(&e, LoadError::Cache(c) if is_caller_error(c)) => {
@@ -348,7 +323,7 @@ impl<Src: Source> CacheAside<Src> {
         if inner.negative_hit(key) {
             return Ok(None);
         }
-        let fallback = match inner.cache.get_book(key, depth).await {
+        let fallback = match inner.cache.engine().get_book(key, depth).await {
             Ok(Some(r)) => {
                 self.maybe_refresh(key, r.ttl_remaining, |i, k| {
                     Box::pin(async move {
@@ -370,7 +345,9 @@ impl<Src: Source> CacheAside<Src> {
                 key,
                 || async {
                     inner
-                        .flights
+                        .cache
+                        .engine()
+                        .flights()
                         .run(key.shared(), || {
                             inner.load_book(
                                 key,
@@ -383,15 +360,27 @@ impl<Src: Source> CacheAside<Src> {
                         .await
                         .unwrap_or_else(|| Err(internal()))
                 },
-                || async { inner.cache.recheck_book(key, 0).await.ok().flatten() },
+                || async {
+                    inner
+                        .cache
+                        .engine()
+                        .recheck_book(key, 0)
+                        .await
+                        .ok()
+                        .flatten()
+                },
             )
             .await;
         if let Some(reason) = fallback {
-            inner.fallback.record(reason, started.elapsed());
+            inner
+                .cache
+                .engine()
+                .fallback()
+                .record(reason, started.elapsed());
         }
         match full {
             Ok(full) => Ok(full.map(|r| Read {
-                value: crate::cache::top(&r.value, depth),
+                value: crate::engine::top(&r.value, depth),
                 ..r
             })),
             Err(e) if !matches!(&e, LoadError::Cache(c) if is_caller_error(c)) => {
@@ -435,7 +424,7 @@ impl<Src: Source> CacheAside<Src> {
                 return;
             }
         }
-        inner.cache.ks(key).refreshes.inc();
+        inner.cache.engine().ks(key).refreshes.inc();
         let (task_inner, key) = (Arc::clone(inner), key.clone());
         let stop = inner.stop.clone();
         inner.tasks.spawn(async move {
@@ -446,7 +435,12 @@ impl<Src: Source> CacheAside<Src> {
                 async move {
                     let i2 = Arc::clone(&i);
                     // One refresh per key at a time, even across clones of this handle.
-                    let _ = i.flights.run(&flight_key, move || reload(i2, key)).await;
+                    let _ = i
+                        .cache
+                        .engine()
+                        .flights()
+                        .run(&flight_key, move || reload(i2, key))
+                        .await;
                 }
             };
             tokio::select! {
@@ -512,6 +506,7 @@ impl<Src: Source> AsideInner<Src> {
             };
             let Some(floor) = self
                 .cache
+                .engine()
                 .l1_version(key)
                 .filter(|&held| loaded.unwrap_or(0) < held)
             else {
@@ -536,8 +531,8 @@ impl<Src: Source> AsideInner<Src> {
     }
 
     fn negative_hit<S: KeySchema>(&self, key: &Key<S>) -> bool {
-        if self.opts.negative_ttl.is_some() && self.cache.negative_hit(key.as_str()) {
-            self.cache.ks(key).negative_hits.inc();
+        if self.opts.negative_ttl.is_some() && self.cache.engine().negative_hit(key.as_str()) {
+            self.cache.engine().ks(key).negative_hits.inc();
             return true;
         }
         false
@@ -550,13 +545,17 @@ impl<Src: Source> AsideInner<Src> {
         budget: Budget,
     ) -> Result<Option<Loaded<S::Value>>, LoadError<Src::Error>> {
         let _permit = match budget {
-            Budget::Foreground => match self.fallback.permit().await {
+            Budget::Foreground => match self.cache.engine().fallback().permit().await {
                 Some(p) => Some(p),
-                None => return Err(LoadError::Overloaded(self.opts.fallback.overload_wait)),
+                None => {
+                    return Err(LoadError::Overloaded(
+                        self.cache.engine().fallback().options().overload_wait,
+                    ));
+                }
             },
             Budget::Refresh => None,
         };
-        let ks = self.cache.ks(key);
+        let ks = self.cache.engine().ks(key);
         ks.source_loads.inc();
         let result =
             match tokio::time::timeout(self.opts.source_timeout, self.source.load(key)).await {
@@ -570,7 +569,7 @@ impl<Src: Source> AsideInner<Src> {
         if let Ok(None) = result
             && let Some(ttl) = self.opts.negative_ttl
         {
-            self.cache.put_negative(key.shared(), ttl);
+            self.cache.engine().put_negative(key.shared(), ttl);
         }
         result
     }
@@ -584,7 +583,7 @@ impl<Src: Source> AsideInner<Src> {
         fill_l2: bool,
         budget: Budget,
     ) -> Result<Option<Read<S::Value>>, LoadError<Src::Error>> {
-        if recheck && let Ok(Some(r)) = self.cache.recheck(key).await {
+        if recheck && let Ok(Some(r)) = self.cache.engine().recheck(key).await {
             return Ok(Some(r));
         }
         let Some(loaded) = self.load(key, budget).await? else {
@@ -596,6 +595,7 @@ impl<Src: Source> AsideInner<Src> {
         // removes a newer L1 entry; the source's value goes to L1 below, under the version rule.
         let filled = if fill_l2 {
             self.cache
+                .engine()
                 .set_with_policy(
                     key,
                     Arc::clone(&value),
@@ -616,6 +616,7 @@ impl<Src: Source> AsideInner<Src> {
         if !filled {
             // The value is fresh from the source, so L1 may hold it.
             self.cache
+                .engine()
                 .fill_l1(key, Arc::clone(&value), loaded.version, 0);
         }
         Ok(Some(from_source(key, value, loaded.version)))
@@ -627,9 +628,10 @@ impl<Src: Source> AsideInner<Src> {
     /// process acknowledged, and Redis must not get the older value (DESIGN §4 rule 9).
     fn may_fill_l2<S: KeySchema>(&self, key: &Key<S>, fill_l2: bool, version: u64) -> bool {
         fill_l2
-            && self.cache.l2_writable()
+            && self.cache.engine().l2_writable()
             && self
                 .cache
+                .engine()
                 .l1_version(key)
                 .is_none_or(|held| held <= version)
     }
@@ -639,12 +641,13 @@ impl<Src: Source> AsideInner<Src> {
     fn stale<S: KeySchema, V>(
         &self,
         key: &Key<S>,
-        lookup: impl FnOnce(&Cache, &str, Duration) -> Option<Read<V>>,
+        lookup: impl FnOnce(&Engine, &str, Duration) -> Option<Read<V>>,
     ) -> Option<Read<V>> {
-        let bound = self.fallback.stale_bound(S::KIND, S::KEY_PREFIX)?;
-        let r = lookup(&self.cache, key.as_str(), bound)?;
-        self.fallback.stale_served();
-        self.cache.ks(key).stale_served.inc();
+        let fallback = self.cache.engine().fallback();
+        let bound = fallback.stale_bound(S::KIND, S::KEY_PREFIX)?;
+        let r = lookup(self.cache.engine(), key.as_str(), bound)?;
+        fallback.stale_served();
+        self.cache.engine().ks(key).stale_served.inc();
         Some(Read {
             tier: Tier::Stale,
             ..r
@@ -660,7 +663,7 @@ impl<Src: Source> AsideInner<Src> {
         fill_l2: bool,
         budget: Budget,
     ) -> Result<Option<Read<BookSide>>, LoadError<Src::Error>> {
-        if recheck && let Ok(Some(r)) = self.cache.recheck_book(key, depth).await {
+        if recheck && let Ok(Some(r)) = self.cache.engine().recheck_book(key, depth).await {
             return Ok(Some(r));
         }
         let Some(loaded) = self.load(key, budget).await? else {
@@ -671,6 +674,7 @@ impl<Src: Source> AsideInner<Src> {
         let fill_l2 = self.may_fill_l2(key, fill_l2, loaded.version);
         let filled = if fill_l2 {
             self.cache
+                .engine()
                 .set_book_with_policy(
                     key,
                     side.clone(),
@@ -687,7 +691,9 @@ impl<Src: Source> AsideInner<Src> {
             false
         };
         if !filled {
-            self.cache.fill_l1_book(key, side.clone(), loaded.version);
+            self.cache
+                .engine()
+                .fill_l1_book(key, side.clone(), loaded.version);
         }
         Ok(Some(from_source(key, Arc::new(side), loaded.version)))
     }

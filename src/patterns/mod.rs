@@ -1,8 +1,6 @@
 //! The read and write patterns over the cache and the source of record: cache-aside and write-through.
 
 pub(crate) mod aside;
-pub(crate) mod dirty;
-pub(crate) mod flight;
 pub(crate) mod write;
 
 use std::sync::Arc;
@@ -78,6 +76,28 @@ impl<E: std::error::Error + 'static> LoadError<E> {
             _ => None,
         }
     }
+
+    /// True when trying the same read again may succeed: a missed deadline, an overloaded
+    /// source, a source behind an acknowledged write, or a retryable cache error.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            LoadError::SourceTimeout(_)
+            | LoadError::Overloaded(_)
+            | LoadError::BehindFloor { .. } => true,
+            LoadError::Cache(e) => e.is_retryable(),
+            LoadError::Source(_) => false,
+        }
+    }
+
+    /// True when the caller's input (key or value) was refused before any I/O.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(self, LoadError::Cache(e) if e.is_invalid_input())
+    }
+
+    /// True when the cache refused because its circuit breaker is open (Redis not contacted).
+    pub fn is_breaker_open(&self) -> bool {
+        matches!(self, LoadError::Cache(e) if e.is_breaker_open())
+    }
 }
 
 /// Why a write-through write failed. Whatever the variant, no cache tier holds the value.
@@ -109,9 +129,56 @@ impl<E: std::error::Error + 'static> WriteError<E> {
     pub fn is_invalid_input(&self) -> bool {
         matches!(self, WriteError::Invalid(e) if e.is_invalid_input())
     }
+
+    /// True when the database missed its deadline (the write may still commit).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, WriteError::SourceTimeout(_))
+    }
+
+    /// True when trying the same write again may succeed: the database timed out. A refused
+    /// write or refused input will be refused again.
+    pub fn is_retryable(&self) -> bool {
+        self.is_timeout()
+    }
+
+    /// Always false: a write-through never fails because the circuit breaker is open (the
+    /// database comes first, and a cache write that cannot happen still acknowledges). Here
+    /// so every mdcache error answers the same questions.
+    pub fn is_breaker_open(&self) -> bool {
+        false
+    }
 }
 
 /// Cache errors a source load cannot make up for: the caller's own mistakes.
 pub(crate) fn is_caller_error(e: &Error) -> bool {
     matches!(e.kind(), ErrorKind::InvalidKey | ErrorKind::InvalidValue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("db")]
+    struct Db;
+
+    #[test]
+    fn every_error_type_answers_the_same_questions() {
+        let open: LoadError<Db> = LoadError::Cache(Error::BreakerOpen);
+        assert!(open.is_breaker_open() && !open.is_invalid_input() && !open.is_timeout());
+        let behind: LoadError<Db> = LoadError::BehindFloor {
+            floor: 2,
+            loaded: Some(1),
+        };
+        assert!(behind.is_retryable() && !behind.is_breaker_open());
+        let refused: LoadError<Db> = LoadError::Source(Arc::new(Db));
+        assert!(!refused.is_retryable());
+        let timed_out: WriteError<Db> = WriteError::SourceTimeout(Duration::from_secs(1));
+        assert!(timed_out.is_timeout() && timed_out.is_retryable() && !timed_out.is_breaker_open());
+        let invalid: WriteError<Db> =
+            WriteError::Invalid(Error::InvalidValue { reason: "x".into() });
+        assert!(invalid.is_invalid_input() && !invalid.is_retryable());
+        assert!(Error::BreakerOpen.is_breaker_open());
+        assert!(!Error::BreakerOpen.trips_breaker());
+    }
 }

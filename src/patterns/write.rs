@@ -4,10 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::WriteError;
-use super::dirty::DirtyLog;
-use crate::cache::{Cache, OnL2Failure, SetOptions, WriteOutcome};
+use crate::cache::Cache;
 use crate::codec;
+use crate::engine::dirty::DirtyLog;
+use crate::engine::{Engine, OnL2Failure};
 use crate::key::{BookSchema, Key, KeySchema, ValueSchema};
+use crate::outcome::{SetOptions, WriteOutcome};
 use crate::schema::BookSide;
 use crate::source::SourceWriter;
 
@@ -73,6 +75,38 @@ impl<Src> Clone for WriteThrough<Src> {
     }
 }
 
+/// Builds a [`WriteThrough`]; [`build`](Self::build) validates.
+#[derive(Debug)]
+#[must_use]
+pub struct WriteThroughBuilder<Src> {
+    cache: Cache,
+    source: Arc<Src>,
+    source_timeout: Duration,
+}
+
+impl<Src: SourceWriter> WriteThroughBuilder<Src> {
+    /// Deadline for one source write (default 1 s); at most [`MAX_TTL`](crate::MAX_TTL).
+    pub fn source_timeout(mut self, d: Duration) -> Self {
+        self.source_timeout = d;
+        self
+    }
+
+    /// Checks the settings (an error names the setting) and builds the write-through.
+    pub fn build(self) -> Result<WriteThrough<Src>, crate::Error> {
+        if self.source_timeout.is_zero() || self.source_timeout > crate::config::MAX_TTL {
+            return Err(crate::Error::config(
+                "source_timeout",
+                format!(
+                    "must be greater than 0 and at most {:?}, not {:?}",
+                    crate::config::MAX_TTL,
+                    self.source_timeout
+                ),
+            ));
+        }
+        Ok(WriteThrough::new(self.cache, self.source).with_source_timeout(self.source_timeout))
+    }
+}
+
 impl<Src: SourceWriter> WriteThrough<Src> {
     /// Write-through over `cache` and `source`, recording into the cache's dirty log (which
     /// the cache's recovery replays before Redis is trusted again).
@@ -85,7 +119,33 @@ impl<Src: SourceWriter> WriteThrough<Src> {
         }
     }
 
-    /// Deadline for one source write (default 1 s).
+    /// A builder over `cache` and `source` whose [`build`](WriteThroughBuilder::build)
+    /// validates the settings.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::{sync::Arc, time::Duration};
+    /// use mdcache::{Cache, MemorySource, WriteThrough};
+    ///
+    /// let cache = Cache::builder().build()?;
+    /// let src = Arc::new(MemorySource::default());
+    /// let writes = WriteThrough::builder(cache.clone(), Arc::clone(&src))
+    ///     .source_timeout(Duration::from_millis(200))
+    ///     .build()?;
+    /// assert!(WriteThrough::builder(cache, src).source_timeout(Duration::ZERO).build().is_err());
+    /// # drop(writes); Ok(()) }
+    /// ```
+    pub fn builder(cache: Cache, source: Arc<Src>) -> WriteThroughBuilder<Src> {
+        WriteThroughBuilder {
+            cache,
+            source,
+            source_timeout: DEFAULT_WRITE_TIMEOUT,
+        }
+    }
+
+    /// Deadline for one source write (default 1 s). Not validated: prefer
+    /// [`builder`](Self::builder), whose `build()` refuses a zero or over-long deadline.
     #[must_use]
     pub fn with_source_timeout(mut self, d: Duration) -> Self {
         self.source_timeout = d;
@@ -110,12 +170,16 @@ impl<Src: SourceWriter> WriteThrough<Src> {
     ) -> Result<WriteAck, WriteError<Src::Error>> {
         let value = value.into();
         // Refuse what the cache would refuse, before the database sees it.
-        codec::encode(0, &*value, self.cache.config().max_value_bytes.get())
-            .map_err(WriteError::Invalid)?;
+        codec::encode(
+            0,
+            &*value,
+            self.cache.engine().config().max_value_bytes.get(),
+        )
+        .map_err(WriteError::Invalid)?;
         // From here the database may hold a new version: if this future is dropped (the
         // caller's timeout, a `select!`) before the cache is settled, the guard distrusts the
         // key instead of leaving the older cached value in place.
-        let mut guard = Unsettled::new(&self.cache, key);
+        let mut guard = Unsettled::new(self.cache.engine(), key);
         let version = match self.write_source(key, &value).await {
             Ok(v) => v,
             Err(e) => {
@@ -128,6 +192,7 @@ impl<Src: SourceWriter> WriteThrough<Src> {
         // On a failed cache write, L1 keeps a floor at this version (rule 9), not the value.
         let cached = self
             .cache
+            .engine()
             .set_with_policy(
                 key,
                 value,
@@ -147,9 +212,9 @@ impl<Src: SourceWriter> WriteThrough<Src> {
         side: BookSide,
     ) -> Result<WriteAck, WriteError<Src::Error>> {
         // Refuse what the cache would refuse (size, then book rules), before the database sees it.
-        crate::l2::book::check(&side, self.cache.config().max_value_bytes.get())
+        crate::l2::book::check(&side, self.cache.engine().config().max_value_bytes.get())
             .map_err(WriteError::Invalid)?;
-        let mut guard = Unsettled::new(&self.cache, key);
+        let mut guard = Unsettled::new(self.cache.engine(), key);
         let version = match self.write_source(key, &side).await {
             Ok(v) => v,
             Err(e) => {
@@ -161,6 +226,7 @@ impl<Src: SourceWriter> WriteThrough<Src> {
         guard.version = Some(version);
         let cached = self
             .cache
+            .engine()
             .set_book_with_policy(
                 key,
                 side,
@@ -178,7 +244,7 @@ impl<Src: SourceWriter> WriteThrough<Src> {
         key: &Key<S>,
         value: &S::Value,
     ) -> Result<u64, WriteError<Src::Error>> {
-        let ks = self.cache.ks(key);
+        let ks = self.cache.engine().ks(key);
         ks.source_writes.inc();
         let result = tokio::time::timeout(self.source_timeout, self.source.write(key, value)).await;
         let err = match result {
@@ -189,9 +255,9 @@ impl<Src: SourceWriter> WriteThrough<Src> {
         ks.source_errors.inc();
         // Whatever was cached may no longer match the database (or the write may still
         // commit after a timeout): drop it from both tiers so the next read loads.
-        if let Err(e) = self.cache.delete(key).await {
+        if let Err(e) = self.cache.engine().delete(key).await {
             tracing::warn!(key = key.as_str(), error = %e, "invalidation after a refused write failed; key recorded as dirty");
-            self.cache.record_dirty(key);
+            self.cache.engine().record_dirty(key);
         }
         Err(err)
     }
@@ -212,9 +278,9 @@ impl<Src: SourceWriter> WriteThrough<Src> {
                 // unhealthy, it may or may not hold the value: distrust its copy until
                 // recovery deletes it. When Redis is healthy and refused (the key holds
                 // another Redis type), the key is not ours: recovery must not delete it.
-                if e.trips_breaker() || e.kind() == crate::ErrorKind::BreakerOpen {
+                if e.trips_breaker() || e.is_breaker_open() {
                     tracing::warn!(key = key.as_str(), error = %e, "cache write after a database write failed; key recorded as dirty");
-                    self.cache.record_dirty(key);
+                    self.cache.engine().record_dirty(key);
                 } else {
                     tracing::warn!(key = key.as_str(), error = %e, "cache write after a database write refused by redis; L1 floored");
                 }
@@ -234,7 +300,7 @@ impl<Src: SourceWriter> WriteThrough<Src> {
 /// key. Either way the key goes to the dirty log, so Redis's copy is deleted before it is
 /// trusted again.
 struct Unsettled<'a, S: KeySchema> {
-    cache: &'a Cache,
+    engine: &'a Engine,
     key: &'a Key<S>,
     /// The version the database gave the value, once known.
     version: Option<u64>,
@@ -242,9 +308,9 @@ struct Unsettled<'a, S: KeySchema> {
 }
 
 impl<'a, S: KeySchema> Unsettled<'a, S> {
-    fn new(cache: &'a Cache, key: &'a Key<S>) -> Self {
+    fn new(engine: &'a Engine, key: &'a Key<S>) -> Self {
         Unsettled {
-            cache,
+            engine,
             key,
             version: None,
             armed: true,
@@ -263,10 +329,10 @@ impl<S: KeySchema> Drop for Unsettled<'_, S> {
             return;
         }
         match self.version {
-            Some(v) => self.cache.floor(self.key, v),
-            None => self.cache.evict_l1(self.key),
+            Some(v) => self.engine.floor(self.key, v),
+            None => self.engine.evict_l1(self.key),
         }
-        self.cache.record_dirty(self.key);
+        self.engine.record_dirty(self.key);
         tracing::debug!(
             key = self.key.as_str(),
             version = ?self.version,

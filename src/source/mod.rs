@@ -3,10 +3,12 @@
 //! A source holds the authoritative value of every key and a version per key that increases on
 //! every write, in commit order; the cache stores values with that version, so concurrent
 //! writers can never leave an older value cached. Two implementations ship:
-//! [`PostgresSource`] (tokio-postgres, one table per kind) and [`MemorySource`] (in-process,
-//! the embedded default, with the same semantics plus fault injection for tests).
+//! [`PostgresSource`] (tokio-postgres, one table per kind; the `postgres` feature, on by
+//! default) and [`MemorySource`] (in-process, the embedded default, with the same semantics
+//! plus fault injection for tests).
 
 mod memory;
+#[cfg(feature = "postgres")]
 mod postgres;
 
 use std::future::Future;
@@ -14,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use memory::{MemorySource, MemorySourceError};
+#[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresSource, PostgresSourceError};
 
 use crate::key::{Key, KeySchema};

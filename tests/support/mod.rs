@@ -9,15 +9,27 @@
 //! The binary is `$MDCACHE_REDIS_SERVER` if set, else `redis-server` from
 //! `PATH`. There is deliberately no "skip if missing": a test run without a
 //! server should fail loudly (`make deps` installs one).
+//!
+//! The submodules hold the rest of what more than one test file needs: [`pg`]
+//! (PostgreSQL), [`proxy`] (the fault-injecting TCP proxy), [`faults`] (the
+//! fault scenarios' machinery), [`http`] (the Prometheus endpoint from outside)
+//! and [`cli`] (the `mdcache` binary with a clean environment).
+//!
+//! The library's own unit tests include this file too (`src/l2/redis.rs`), so
+//! nothing declared here may name `mdcache::`: the typed test values live in
+//! `fixtures.rs` next to it, which each test file includes with `#[path]`.
 
 // Every test binary includes this module with `mod support;`, and none uses all of it.
 #![allow(dead_code)]
 
+pub mod cli;
+pub mod faults;
+pub mod http;
 pub mod pg;
 pub mod proxy;
 
 use std::fs::{self, File};
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -30,6 +42,10 @@ use tempfile::TempDir;
 /// How long a freshly spawned server gets to answer PING. Generous because CI
 /// machines can be slow; a healthy server answers in a few milliseconds.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The L2 deadline of the tests' caches where a deadline is not what they test. Generous: a
+/// loaded 2-core CI machine must never turn a healthy call into a timeout.
+pub const TEST_OP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How many fresh ports [`RedisServer::start`] tries. Another process can grab
 /// the port between our probe listener closing and redis binding it.
@@ -82,6 +98,11 @@ impl RedisServer {
     /// The TCP port the server listens on (stable across [`RedisServer::restart`]).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The server's address, `127.0.0.1:PORT`: what a [`proxy::FaultProxy`] relays to.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
     }
 
     /// A client for this server (connecting is lazy, so this never fails).

@@ -1,35 +1,33 @@
-//! The `mdcache` command-line tool: the `simulate` workload, key commands against Redis and optionally PostgreSQL (`put`, `get`, `del`, `ttl`), `example` values, and the `demo`.
+//! The `mdcache` command-line tool: the `simulate` workload (and `demo`, its short preset), key commands against Redis and optionally PostgreSQL (`put`, `get`, `del`, `ttl`), and `example` values.
+//!
+//! Built with the `cli` feature (`cargo build --features cli`), which brings in the tool's
+//! own dependencies (clap, indicatif, plotters, hdrhistogram, tracing-subscriber); the library
+//! alone compiles none of them.
 //!
 //! # Layout
 //!
 //! | module | job |
 //! |---|---|
-//! | `main` | the command line (clap), logging, the runtime, the exit status |
-//! | `simulate` | the synthetic trading workload: live line, summary, JSON report, plot, Prometheus |
-//! | `kv` | the key commands, generic over the kind's schema |
-//! | `demo` | the embedded / layered demo (a 2 s sketch; `make run` runs `simulate`) |
-//! | `histogram` | the demo's bounded latency histogram |
-//! | `exit` | exit statuses and the one-line `mdcache: …` error report |
+//! | `main` | the command line (clap), logging, the runtime, dispatch to a command |
+//! | `cmd` | the key commands and `example`, one file each (`cmd/put.rs`, `cmd/get.rs`, …) |
+//! | `simulate` | the synthetic trading workload: live line, summary, JSON report, plot, Prometheus; `demo` is its preset |
+//! | `output` | what every command shares to show results and end: printing, formatting, exit statuses |
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
-mod demo;
-mod exit;
-mod histogram;
-mod kv;
+mod cmd;
+mod output;
 mod simulate;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
-use mdcache::Kind;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
-use crate::exit::Failure;
+use crate::output::Failure;
 
 /// Inspect and write mdcache keys in Redis (through PostgreSQL with --database), or run the
 /// simulate workload or the demo.
@@ -69,33 +67,25 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     #[command(flatten)]
-    Key(kv::KeyCommand),
+    Key(cmd::KeyCommand),
     /// Print a valid example value of KIND as JSON.
-    Example {
-        /// The kind of value.
-        #[arg(value_parser = kind_parser())]
-        kind: Kind,
-    },
-    /// A short demo: one writer and several readers for ~2 s, then reads/s, hit rate and read
-    /// latency. Embedded (in-process L1 only) unless a Redis address is given (layered).
-    Demo(demo::DemoArgs),
+    Example(cmd::example::ExampleArgs),
+    /// A short demo: the simulate workload for 2 s over 50 symbols with 4 readers and no
+    /// database, then its summary (reads/s, hit rate, read latency). Embedded (in-process L1
+    /// only) unless a Redis address is given (layered).
+    Demo(simulate::DemoArgs),
     /// Run a synthetic trading workload: a Zipf market-data feed, scalp readers (cache-aside)
     /// and an order flow (write-through), with a live line, a summary and an optional JSON
     /// report, SVG plot and Prometheus endpoint. Embedded unless --redis / --database.
     Simulate(simulate::SimulateArgs),
 }
 
-/// Accepts exactly the kind names (listed in `--help` and in the error), parsed by the library.
-pub(crate) fn kind_parser() -> impl TypedValueParser<Value = Kind> {
-    PossibleValuesParser::new(Kind::ALL.map(Kind::name)).try_map(|s| s.parse::<Kind>())
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return exit::clap_error(e),
+        Err(e) => return output::clap_error(e),
     };
-    let quiet_library = matches!(cli.command, Command::Simulate(_));
+    let quiet_library = matches!(cli.command, Command::Simulate(_) | Command::Demo(_));
     init_tracing(quiet_library);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,28 +100,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
         timeout_ms,
         command,
     } = cli;
-    match command {
-        Command::Example { kind } => kv::example(kind),
-        Command::Demo(_) if database.is_some() => Err(Failure::invalid(
-            "--database is not supported by the demo (it runs without a source of record)",
-        )),
-        Command::Demo(args) => block_on(
-            tokio::runtime::Builder::new_multi_thread(),
-            demo::run(args, redis, timeout_ms),
-        )?,
-        Command::Simulate(args) => block_on(
-            simulate::runtime(&args, redis.as_deref()),
-            simulate::run(args, redis, database, timeout_ms),
-        )?,
+    let args = match command {
+        Command::Example(args) => return cmd::example::run(args),
         Command::Key(command) => {
-            let ctx = kv::Ctx::new(redis, database, timeout_ms)?;
+            let ctx = cmd::Ctx::new(redis, database, timeout_ms)?;
             // One request at a time: a single-threaded runtime is all a key command needs.
-            block_on(
+            return block_on(
                 tokio::runtime::Builder::new_current_thread(),
-                kv::run(&ctx, command),
-            )?
+                cmd::run(&ctx, command),
+            )?;
         }
-    }
+        Command::Demo(demo) => demo.simulate_args()?,
+        Command::Simulate(args) => args,
+    };
+    block_on(
+        simulate::runtime(&args, redis.as_deref()),
+        simulate::run(args, redis, database, timeout_ms),
+    )?
 }
 
 /// Runs `fut` to completion on a runtime from `builder`, then abandons whatever is left.

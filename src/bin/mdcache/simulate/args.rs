@@ -77,6 +77,21 @@ pub(crate) struct SimulateArgs {
     /// No live progress line (it is also off when stderr is not a terminal).
     #[arg(long, short)]
     pub(crate) quiet: bool,
+
+    /// Which command asked for the run (not a flag: `mdcache demo` sets it).
+    #[arg(skip)]
+    pub(crate) preset: Preset,
+}
+
+/// The command a run stands for: `simulate` itself, or a preset of it with its own first line
+/// and rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Preset {
+    /// `mdcache simulate`, with the flags given.
+    #[default]
+    Simulate,
+    /// `mdcache demo` (see `preset.rs`): no database, not even `DATABASE_URL`'s.
+    Demo,
 }
 
 impl SimulateArgs {

@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mdcache::Cache;
 
 use super::record::latency_histogram;
+use crate::output::{fmt_nanos, ratio, thousands};
 
 /// How often a reader offers its recent latencies to the progress task (checked at its
 /// yields only, so never on the read path itself).
@@ -138,19 +139,19 @@ impl Progress {
             let p99 = if window.is_empty() {
                 "-".to_owned()
             } else {
-                crate::demo::fmt_nanos(window.value_at_quantile(0.99))
+                fmt_nanos(window.value_at_quantile(0.99))
             };
             let t = cache.stats().total;
             let hits = t.l1_hits + t.l2_hits;
-            let hit_rate = super::report::ratio(hits, hits + t.source_loads) * 100.0;
+            let hit_rate = ratio(hits, hits + t.source_loads) * 100.0;
             let breaker = cache.breaker().map_or("n/a", |b| b.state.as_str());
             self.bar.set_position(
                 u64::try_from(now.duration_since(start).as_millis()).unwrap_or(u64::MAX),
             );
             self.bar.set_message(format!(
                 "{} reads/s  hit {hit_rate:.2}%  p99 {p99}  breaker {breaker}  fallbacks {}",
-                super::report::thousands(reads_per_s.round() as u64),
-                super::report::thousands(fallbacks())
+                thousands(reads_per_s.round() as u64),
+                thousands(fallbacks())
             ));
         }
         self.bar.finish_and_clear();

@@ -14,6 +14,7 @@
 //! | module | job |
 //! |---|---|
 //! | `args` | the options and their parsers |
+//! | `preset` | `mdcache demo`: a short run with a few flags set, and its first line |
 //! | `fault` | the fault window (`--fault-window`) and the recovery wait |
 //! | `verify` | the post-run checks against the source (`--verify`) |
 //! | `workload` | seeding, the feed, the readers, the order flow |
@@ -27,6 +28,7 @@ mod args;
 mod fault;
 mod live;
 mod plot;
+mod preset;
 mod record;
 mod report;
 mod verify;
@@ -41,6 +43,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use args::Preset;
 pub(crate) use args::SimulateArgs;
 use mdcache::{
     Backend, Cache, CacheAside, CacheConfig, MemorySource, PostgresSource, PostgresSourceError,
@@ -48,9 +51,9 @@ use mdcache::{
 };
 use tokio::task::JoinHandle;
 
-use crate::demo::redact;
-use crate::exit::{Failure, Status, print_line};
+use crate::output::{Failure, Status, print_line, redact};
 use live::Progress;
+pub(crate) use preset::DemoArgs;
 use record::TaskRecord;
 use report::{Measured, Report, Setup, Workload};
 use tokio_util::sync::CancellationToken;
@@ -139,6 +142,11 @@ pub(crate) async fn run(
     database: Option<String>,
     timeout_ms: Option<u64>,
 ) -> Result<(), Failure> {
+    if args.preset == Preset::Demo && database.is_some() {
+        return Err(Failure::invalid(
+            "--database is not supported by the demo (it runs without a database)",
+        ));
+    }
     if let Some(w) = args.fault_window
         && w.end > args.duration
     {
@@ -161,6 +169,8 @@ pub(crate) async fn run(
     }
     let database_from_flag = database.is_some();
     let database = database.or_else(|| config.database_url.take());
+    // The demo is a sketch that needs no servers: `DATABASE_URL` does not apply to it.
+    let database = database.filter(|_| args.preset != Preset::Demo);
     if let Some(url) = &database
         && let Err(e) = tokio_postgres::Config::from_str(url)
     {
@@ -311,11 +321,14 @@ async fn simulate<Src: SourceWriter>(
             hot_read_share: zipf.mass_of_top(keys.hot),
         },
     };
-    print_line(&format!(
-        "mdcache simulate: {}, {} s",
-        describe(&cache, postgres),
-        args.duration.as_secs_f64()
-    ))?;
+    print_line(&match args.preset {
+        Preset::Demo => preset::title(&cache),
+        Preset::Simulate => format!(
+            "mdcache simulate: {}, {} s",
+            describe(&cache, postgres),
+            args.duration.as_secs_f64()
+        ),
+    })?;
 
     let keys = Arc::new(keys);
     let version_base = workload::seed(Arc::clone(&source), Arc::clone(&keys))

@@ -7,6 +7,8 @@
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
 
+use crate::output::fmt_nanos;
+
 /// Plot size in pixels.
 const SIZE: (u32, u32) = (1000, 620);
 /// Deepest percentile drawn: 99.999 % (x = 5), or less when there are fewer samples.
@@ -109,9 +111,9 @@ fn draw<DB: DrawingBackend>(
             .draw_series(LineSeries::new(points, color.stroke_width(2)))?
             .label(format!(
                 "{name} (p50 {}, p99 {}, max {})",
-                crate::demo::fmt_nanos(h.value_at_quantile(0.5)),
-                crate::demo::fmt_nanos(h.value_at_quantile(0.99)),
-                crate::demo::fmt_nanos(h.max())
+                fmt_nanos(h.value_at_quantile(0.5)),
+                fmt_nanos(h.value_at_quantile(0.99)),
+                fmt_nanos(h.max())
             ))
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))

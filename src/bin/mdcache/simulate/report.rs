@@ -11,7 +11,7 @@ use super::args::Window;
 use super::fault::Timeline;
 use super::record::{Acked, Op, OpStats, ReadFailure, Recorder};
 use super::verify::Verification;
-use crate::demo::fmt_nanos;
+use crate::output::{fmt_nanos, ratio, thousands};
 
 /// How the run was set up (for the report; see [`Report::workload`]).
 #[derive(Debug, Clone, Serialize)]
@@ -407,15 +407,6 @@ pub(crate) struct Flow {
     pub(crate) dropped: u64,
 }
 
-/// `part / whole`, 0 when `whole` is 0.
-pub(crate) fn ratio(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 / whole as f64
-    }
-}
-
 fn us(ns: u64) -> f64 {
     ns as f64 / 1_000.0
 }
@@ -680,19 +671,6 @@ impl Report {
     }
 }
 
-/// `1234567` → `1,234,567`.
-pub(crate) fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// The read operations' merged histograms, for the plot.
 pub(crate) fn read_histograms(all: &Recorder) -> Vec<(&'static str, Histogram<u64>)> {
     Op::ALL
@@ -708,14 +686,6 @@ mod tests {
     use super::*;
     use crate::simulate::record::{ReadOutcome, WriteOutcome};
     use mdcache::Tier;
-
-    #[test]
-    fn thousands_separators() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1_000), "1,000");
-        assert_eq!(thousands(1_234_567), "1,234,567");
-    }
 
     #[test]
     fn the_report_adds_up() {

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::record::Acked;
 use super::workload::Keys;
-use crate::exit::Failure;
+use crate::output::Failure;
 
 /// Tries per Redis read (a deadline missed on a busy machine is not a finding).
 const READ_TRIES: u32 = 3;

@@ -44,7 +44,7 @@ struct DirtyInner {
     overflow_seq: u64,
 }
 
-/// What [`DirtyLog::take`] hands to recovery.
+/// What the dirty log hands to recovery: a copy of the keys to delete, and what to invalidate wholesale.
 #[non_exhaustive]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DirtySnapshot {
@@ -62,7 +62,7 @@ pub struct DirtySnapshot {
 
 impl DirtyLog {
     /// An empty log holding at most `capacity` keys.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         DirtyLog {
             inner: Mutex::default(),
             any: AtomicBool::new(false),
@@ -76,7 +76,7 @@ impl DirtyLog {
     }
 
     /// Records `key` (whose kind has the key prefix `kind`, e.g. `book`) as possibly stale in L2.
-    pub fn record(&self, key: &Arc<str>, kind: &'static str) {
+    pub(crate) fn record(&self, key: &Arc<str>, kind: &'static str) {
         let mut inner = self.lock();
         self.any.store(true, Ordering::Release);
         inner.kinds.insert(kind);
@@ -171,7 +171,8 @@ impl DirtyLog {
     }
 
     /// Empties the log and returns what it held.
-    pub fn take(&self) -> DirtySnapshot {
+    #[cfg(test)]
+    pub(crate) fn take(&self) -> DirtySnapshot {
         let mut inner = self.lock();
         // The sequence keeps counting across a take, so an older snapshot never matches a
         // record made after it.

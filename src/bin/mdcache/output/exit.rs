@@ -101,19 +101,8 @@ impl From<mdcache::Error> for Failure {
 
 /// Writes one line to stderr. `eprintln!` would panic if stderr is closed; we never panic over
 /// where our diagnostics go.
-pub(crate) fn eprint_line(line: &str) {
+fn eprint_line(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
-}
-
-/// Writes one line to stdout. A closed pipe (`mdcache get … | head -c0`) means the reader wants
-/// nothing more, which is not an error; any other write failure is.
-pub(crate) fn print_line(line: &str) -> Result<(), Failure> {
-    let mut out = std::io::stdout().lock();
-    match writeln!(out, "{line}").and_then(|()| out.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Failure::unavailable(format!("cannot write to stdout: {e}"))),
-    }
 }
 
 /// Reports a command-line parsing error. `--help` and `--version` print to stdout and exit 0;

@@ -1,4 +1,4 @@
-//! The circuit breaker (failsafe) and retry policy around every Redis operation: L2 fails fast, the patterns decide where to go.
+//! `CircuitBreaker` over failsafe: when L2 is used at all, the probe's admission and outcome, counts and a watch of the state.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -7,7 +7,7 @@ use std::time::Duration;
 use failsafe::backoff::{self, Constant};
 use failsafe::failure_policy::{ConsecutiveFailures, SuccessRateOverTimeWindow};
 use failsafe::{FailurePolicy, Instrument, StateMachine};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 /// When the breaker opens.
 #[non_exhaustive]
@@ -27,20 +27,47 @@ pub enum BreakerPolicy {
     },
 }
 
-/// Settings of the circuit breaker and retries.
+impl BreakerPolicy {
+    /// The count `CACHE_BREAKER_FAILURES` sets: the consecutive failures that open, or the
+    /// requests a failure-rate window needs.
+    pub(crate) fn failures(&self) -> u32 {
+        match *self {
+            BreakerPolicy::ConsecutiveFailures(n) => n,
+            BreakerPolicy::FailureRate { min_requests, .. } => min_requests,
+        }
+    }
+
+    /// The same policy with that count replaced (so the count and the choice of policy can
+    /// be set in either order).
+    pub(crate) fn with_failures(self, n: u32) -> Self {
+        match self {
+            BreakerPolicy::ConsecutiveFailures(_) => BreakerPolicy::ConsecutiveFailures(n),
+            BreakerPolicy::FailureRate {
+                max_failure_rate,
+                window,
+                ..
+            } => BreakerPolicy::FailureRate {
+                max_failure_rate,
+                min_requests: n,
+                window,
+            },
+        }
+    }
+}
+
+/// Settings of the circuit breaker and of its probe. Retries are
+/// [`RetryConfig`](crate::RetryConfig)'s.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct BreakerConfig {
-    /// When to open.
+    /// When to open (`CACHE_BREAKER_FAILURES`, `CACHE_BREAKER_FAILURE_RATE`,
+    /// `CACHE_BREAKER_WINDOW_MS`).
     pub policy: BreakerPolicy,
-    /// How long it stays open before probing.
+    /// How long it stays open before probing (`CACHE_BREAKER_OPEN_MS`).
     pub open_for: Duration,
-    /// Deadline of one probe (`PING`), and of each step of the recovery replay.
+    /// Deadline of one probe's connection, and of each step of the recovery replay
+    /// (`CACHE_PROBE_TIMEOUT_MS`).
     pub probe_timeout: Duration,
-    /// Tries per operation (1 = no retry). Retries happen only inside the operation's deadline.
-    pub max_tries: u32,
-    /// First retry backoff (full jitter: a random wait in `[0, backoff)`, doubling per try).
-    pub retry_backoff: Duration,
 }
 
 impl Default for BreakerConfig {
@@ -49,8 +76,6 @@ impl Default for BreakerConfig {
             policy: BreakerPolicy::ConsecutiveFailures(5),
             open_for: Duration::from_secs(30),
             probe_timeout: Duration::from_millis(50),
-            max_tries: 3,
-            retry_backoff: Duration::from_micros(200),
         }
     }
 }
@@ -137,8 +162,8 @@ impl FailurePolicy for Policy {
     }
 }
 
-/// Mirrors failsafe's transitions into an atomic (so the hot path reads one byte), counts and
-/// logs them, and wakes the prober when the breaker opens.
+/// Mirrors failsafe's transitions into an atomic (so the hot path reads one byte) and a watch
+/// channel (so the prober and `Cache::recovered` wait instead of polling), counts and logs them.
 #[derive(Debug, Clone)]
 struct Mirror(Arc<MirrorInner>);
 
@@ -149,7 +174,9 @@ struct MirrorInner {
     closed: AtomicU64,
     rejected: AtomicU64,
     probes: AtomicU64,
-    wake: Notify,
+    /// Sent after the atomic is stored, on transitions only (never on the hot path). failsafe
+    /// calls the instrument under its own lock, so sends arrive in transition order.
+    watch: watch::Sender<BreakerState>,
 }
 
 impl Instrument for Mirror {
@@ -167,7 +194,7 @@ impl Instrument for Mirror {
         } else {
             tracing::debug!("breaker probe failed; open again");
         }
-        m.wake.notify_one();
+        m.watch.send_replace(BreakerState::Open);
     }
 
     fn on_half_open(&self) {
@@ -176,6 +203,7 @@ impl Instrument for Mirror {
         metrics::counter!("mdcache_breaker_transitions_total", "to" => "half_open").increment(1);
         metrics::gauge!("mdcache_breaker_state").set(f64::from(HALF_OPEN));
         tracing::info!("circuit breaker half-open: probing Redis");
+        m.watch.send_replace(BreakerState::HalfOpen);
     }
 
     fn on_closed(&self) {
@@ -185,21 +213,26 @@ impl Instrument for Mirror {
             m.closed.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("mdcache_breaker_transitions_total", "to" => "closed").increment(1);
             tracing::info!("circuit breaker closed: Redis trusted again");
+            m.watch.send_replace(BreakerState::Closed);
         }
         metrics::gauge!("mdcache_breaker_state").set(f64::from(CLOSED));
     }
 }
 
-/// The circuit breaker around the Redis tier.
+/// The circuit breaker around one L2 (DESIGN §5): closed, callers' operations go through and
+/// their outcomes count; open, none does; half-open, only mdcache's own probe runs.
 #[derive(Debug)]
-pub(crate) struct Breaker {
+pub(crate) struct CircuitBreaker {
     machine: StateMachine<Policy, Mirror>,
     mirror: Mirror,
-    pub(crate) config: BreakerConfig,
+    /// How long it stays open before the probe; read by the recovery supervisor.
+    open_for: Duration,
+    /// The probe's connection deadline and each recovery step's.
+    probe_timeout: Duration,
 }
 
-impl Breaker {
-    pub(crate) fn new(config: BreakerConfig) -> Self {
+impl CircuitBreaker {
+    pub(crate) fn new(config: &BreakerConfig) -> Self {
         let open = backoff::constant(config.open_for);
         let policy = match config.policy {
             BreakerPolicy::ConsecutiveFailures(n) => Policy::Consecutive(
@@ -222,12 +255,13 @@ impl Breaker {
             closed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             probes: AtomicU64::new(0),
-            wake: Notify::new(),
+            watch: watch::Sender::new(BreakerState::Closed),
         }));
-        Breaker {
+        CircuitBreaker {
             machine: StateMachine::new(policy, mirror.clone()),
             mirror,
-            config,
+            open_for: config.open_for,
+            probe_timeout: config.probe_timeout,
         }
     }
 
@@ -235,6 +269,21 @@ impl Breaker {
     #[inline]
     pub(crate) fn state(&self) -> BreakerState {
         BreakerState::from_u8(self.mirror.0.state.load(Ordering::Acquire))
+    }
+
+    /// The state now, and every change after it.
+    pub(crate) fn watch(&self) -> watch::Receiver<BreakerState> {
+        self.mirror.0.watch.subscribe()
+    }
+
+    /// How long the breaker stays open before a probe is admitted.
+    pub(crate) fn open_for(&self) -> Duration {
+        self.open_for
+    }
+
+    /// Deadline of the probe's connection and of each recovery step.
+    pub(crate) fn probe_timeout(&self) -> Duration {
+        self.probe_timeout
     }
 
     /// Whether a caller's operation may use Redis now. Only `Closed` admits callers: the
@@ -260,15 +309,11 @@ impl Breaker {
         self.machine.on_error();
     }
 
-    /// Waits until the breaker opens (returns at once if it is not closed).
+    /// Waits until the breaker is not closed (returns at once if it is not).
     pub(crate) async fn opened(&self) {
-        loop {
-            let notified = self.mirror.0.wake.notified();
-            if self.state() != BreakerState::Closed {
-                return;
-            }
-            notified.await;
-        }
+        let mut watch = self.watch();
+        // The sender lives in `self`, which outlives this borrow: the wait cannot fail.
+        let _ = watch.wait_for(|s| *s != BreakerState::Closed).await;
     }
 
     /// Starts a probe once the open period is over: moves failsafe to half-open. Returns
@@ -305,60 +350,14 @@ impl Breaker {
             probes: m.probes.load(Ordering::Relaxed),
         }
     }
-
-    /// Backoff waits between tries: full jitter, doubling from `retry_backoff`.
-    pub(crate) fn retry_waits(&self) -> FullJitter {
-        FullJitter::new(self.config.retry_backoff)
-    }
-}
-
-/// Full-jitter exponential backoff: the n-th wait is uniform in `[0, base · 2ⁿ)`, capped at
-/// `base · 8`. Written here because failsafe's `full_jittered` refuses starts under one
-/// second, and our retries live inside a few-millisecond deadline.
-#[derive(Debug)]
-pub(crate) struct FullJitter {
-    base_ns: u64,
-    step: u32,
-    rng: u64,
-}
-
-impl FullJitter {
-    fn new(base: Duration) -> Self {
-        // Seed from the clock and a per-process counter: jitter needs spread, not secrecy.
-        static SEQ: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos() as u64);
-        let seed = SEQ.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed) ^ t;
-        FullJitter {
-            base_ns: u64::try_from(base.as_nanos()).unwrap_or(u64::MAX).max(1),
-            step: 0,
-            rng: seed | 1,
-        }
-    }
-}
-
-impl Iterator for FullJitter {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let cap = self.base_ns.saturating_mul(1 << self.step.min(3));
-        self.step += 1;
-        // xorshift64*
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        let r = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        Some(Duration::from_nanos(r % cap))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn breaker(open_for: Duration) -> Breaker {
-        Breaker::new(BreakerConfig {
+    fn breaker(open_for: Duration) -> CircuitBreaker {
+        CircuitBreaker::new(&BreakerConfig {
             policy: BreakerPolicy::ConsecutiveFailures(3),
             open_for,
             ..BreakerConfig::default()
@@ -405,21 +404,62 @@ mod tests {
     }
 
     #[test]
-    fn full_jitter_stays_under_its_doubling_cap() {
-        let waits: Vec<Duration> = FullJitter::new(Duration::from_micros(100))
-            .take(6)
-            .collect();
-        for (i, w) in waits.iter().enumerate() {
-            let cap = Duration::from_micros(100) * (1 << i.min(3));
-            assert!(*w < cap, "wait {i}: {w:?} >= {cap:?}");
+    fn the_watch_sees_every_transition() {
+        let b = breaker(Duration::ZERO);
+        let mut w = b.watch();
+        assert_eq!(*w.borrow_and_update(), BreakerState::Closed);
+        for _ in 0..3 {
+            b.failure();
         }
-        assert!(waits.iter().any(|w| !w.is_zero()));
+        assert!(w.has_changed().unwrap());
+        assert_eq!(*w.borrow_and_update(), BreakerState::Open);
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(b.begin_probe());
+        assert_eq!(*w.borrow_and_update(), BreakerState::HalfOpen);
+        b.probe_succeeded();
+        assert_eq!(*w.borrow_and_update(), BreakerState::Closed);
+        // Successes while closed are not transitions.
+        b.success();
+        assert!(!w.has_changed().unwrap());
+    }
+
+    #[tokio::test]
+    async fn opened_waits_for_the_breaker_to_open() {
+        let b = Arc::new(breaker(Duration::from_secs(60)));
+        let waiter = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { b.opened().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        for _ in 0..3 {
+            b.failure();
+        }
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken when the breaker opens")
+            .unwrap();
+        // Not closed: returns at once.
+        b.opened().await;
+    }
+
+    #[test]
+    fn the_failure_count_survives_a_change_of_policy() {
+        let p = BreakerPolicy::ConsecutiveFailures(7);
+        assert_eq!(p.failures(), 7);
+        let rate = BreakerPolicy::FailureRate {
+            max_failure_rate: 0.5,
+            min_requests: 2,
+            window: Duration::from_secs(1),
+        };
+        assert_eq!(rate.with_failures(9).failures(), 9);
+        assert_eq!(p.with_failures(1), BreakerPolicy::ConsecutiveFailures(1));
     }
 
     #[test]
     fn the_failure_rate_policy_opens_too() {
         // failsafe measures the rate only once a whole window (whole seconds) has passed.
-        let b = Breaker::new(BreakerConfig {
+        let b = CircuitBreaker::new(&BreakerConfig {
             policy: BreakerPolicy::FailureRate {
                 max_failure_rate: 0.5,
                 min_requests: 4,

@@ -1,0 +1,236 @@
+//! `CacheBuilder`: every setting of a `Cache` as a `#[must_use]` by-value setter, validated by `build()`.
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::Duration;
+
+use crate::cache::Cache;
+use crate::clock::Clock;
+use crate::config::{Backend, CacheConfig};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::key::KeySchema;
+
+/// Builds a [`Cache`]. Setters take and return the builder; [`build`](Self::build) validates.
+///
+/// ```
+/// use std::time::Duration;
+/// use mdcache::{Backend, Cache};
+///
+/// let err = Cache::builder().backend(Backend::Redis).build().unwrap_err();
+/// assert!(err.to_string().contains("CACHE_REDIS_URL"));
+/// let cache = Cache::builder()
+///     .namespace("sim")
+///     .ttl::<mdcache::Price>(Duration::from_millis(250))
+///     .build()
+///     .unwrap();
+/// assert_eq!(cache.key::<mdcache::Price>("ES").unwrap().as_str(), "sim:price:{ES}");
+/// ```
+#[derive(Debug, Default)]
+#[must_use]
+pub struct CacheBuilder {
+    config: CacheConfig,
+    /// The first error met while reading the environment, reported by `build()`.
+    error: Option<Error>,
+    clock: Option<Clock>,
+}
+
+impl CacheBuilder {
+    /// Replaces every setting with `config`.
+    pub fn config(mut self, config: CacheConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Reads every setting from the environment (DESIGN §6); an invalid variable makes
+    /// [`build`](Self::build) fail, naming it.
+    pub fn from_env(mut self) -> Self {
+        match CacheConfig::from_env() {
+            Ok(c) => self.config = c,
+            Err(e) => self.error = Some(e),
+        }
+        self
+    }
+
+    /// Which tiers to use.
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.config.backend = Some(backend);
+        self
+    }
+
+    /// Redis URL (`redis://` or `rediss://`).
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.config.redis_url = Some(url.into());
+        self
+    }
+
+    /// Key prefix.
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.config.namespace = ns.into();
+        self
+    }
+
+    /// Multiplexed connections in the pool.
+    pub fn pool_size(mut self, n: NonZeroU32) -> Self {
+        self.config.pool_size = n;
+        self
+    }
+
+    /// Deadline for one L2 operation (including getting its connection).
+    pub fn op_timeout(mut self, d: Duration) -> Self {
+        self.config.op_timeout = d;
+        self
+    }
+
+    /// Deadline for establishing a connection.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.config.connect_timeout = d;
+        self
+    }
+
+    /// L1 entry bound.
+    pub fn l1_max_entries(mut self, n: NonZeroUsize) -> Self {
+        self.config.l1_max_entries = n;
+        self
+    }
+
+    /// L1 byte bound.
+    pub fn l1_max_bytes(mut self, n: NonZeroUsize) -> Self {
+        self.config.l1_max_bytes = n;
+        self
+    }
+
+    /// TTL override for the kind `S`: `.ttl::<Price>(Duration::from_millis(250))`. Typed,
+    /// so a misspelt kind is a compile error instead of a setting that silently does nothing.
+    pub fn ttl<S: KeySchema>(self, ttl: Duration) -> Self {
+        self.ttl_kind(S::KIND, ttl)
+    }
+
+    /// TTL override by kind name, for names known only at run time (`price`, `book:bid`, or
+    /// `book` for both sides, as `CACHE_TTL_<KIND>_MS` does). Prefer [`ttl`](Self::ttl).
+    pub fn ttl_kind(mut self, kind: &str, ttl: Duration) -> Self {
+        self.config.ttl_overrides.push((kind.to_owned(), ttl));
+        self
+    }
+
+    /// Largest encoded value accepted.
+    pub fn max_value_bytes(mut self, n: NonZeroUsize) -> Self {
+        self.config.max_value_bytes = n;
+        self
+    }
+
+    /// Consecutive failures that open the circuit breaker (with
+    /// [`breaker_failure_rate`](Self::breaker_failure_rate): the requests its window needs).
+    pub fn breaker_failures(mut self, n: NonZeroU32) -> Self {
+        self.config.breaker.policy = self.config.breaker.policy.with_failures(n.get());
+        self
+    }
+
+    /// How long the breaker stays open before the probe.
+    pub fn breaker_open(mut self, d: Duration) -> Self {
+        self.config.breaker.open_for = d;
+        self
+    }
+
+    /// Open on a failure rate (0..1) over `window` (whole seconds, at least 1) instead of on
+    /// consecutive failures; `breaker_failures` is then the minimum of requests in the window.
+    pub fn breaker_failure_rate(mut self, rate: f64, window: Duration) -> Self {
+        self.config.breaker.policy = crate::BreakerPolicy::FailureRate {
+            max_failure_rate: rate,
+            min_requests: self.config.breaker.policy.failures(),
+            window,
+        };
+        self
+    }
+
+    /// Deadline of the breaker's probe and of each recovery step.
+    pub fn probe_timeout(mut self, d: Duration) -> Self {
+        self.config.breaker.probe_timeout = d;
+        self
+    }
+
+    /// Tries per L2 operation (1 = no retries); retries stay inside the operation's deadline.
+    pub fn retry_max_tries(mut self, n: NonZeroU32) -> Self {
+        self.config.retry.max_tries = n;
+        self
+    }
+
+    /// The waits between tries: full jitter, a random wait under a bound that starts at
+    /// `base` and doubles per try up to `cap` (default 200 µs and 1.6 ms). Waits never
+    /// stretch an operation past its deadline; `build()` refuses a `cap` under `base`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mdcache::Cache;
+    /// let cache = Cache::builder()
+    ///     .retry_backoff(Duration::from_micros(100), Duration::from_millis(1))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(cache.config().retry.backoff, Duration::from_micros(100));
+    /// ```
+    pub fn retry_backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.config.retry.backoff = base;
+        self.config.retry.backoff_cap = Some(cap);
+        self
+    }
+
+    /// Most source loads at once (default 64), across every
+    /// [`CacheAside`](crate::CacheAside) over this cache, so a dead cache cannot stampede the
+    /// database. Background refreshes have their own budget
+    /// ([`max_refreshes`](crate::CacheAsideBuilder::max_refreshes)).
+    pub fn max_concurrent_loads(mut self, n: usize) -> Self {
+        self.config.fallback.max_concurrent_loads = n;
+        self
+    }
+
+    /// How long a load waits for a slot before failing with `Overloaded` (default 50 ms).
+    pub fn overload_wait(mut self, d: Duration) -> Self {
+        self.config.fallback.overload_wait = d;
+        self
+    }
+
+    /// Lets the kind `S` be served up to `bound` past its TTL, marked `Stale`, when Redis and
+    /// the source both fail (see [`stale_bound_kind`](Self::stale_bound_kind)).
+    pub fn stale_bound<S: KeySchema>(self, bound: Duration) -> Self {
+        self.stale_bound_kind(S::KIND, bound)
+    }
+
+    /// Lets `kind` (a name like `price`, or a key prefix like `book`) be served up to `bound`
+    /// past its TTL, marked `Stale`, when Redis and the source both fail. Defaults: `price`
+    /// and `book` 1 s; every other kind fails closed. A bound above
+    /// [`MAX_TTL`](crate::MAX_TTL) makes [`build`](Self::build) fail, naming
+    /// `stale_bound(<kind>)`.
+    pub fn stale_bound_kind(mut self, kind: &str, bound: Duration) -> Self {
+        let bounds = &mut self.config.fallback.stale_bounds;
+        bounds.retain(|(k, _)| k != kind);
+        bounds.push((kind.to_owned(), bound));
+        self
+    }
+
+    /// No kind may be served stale (every kind fails closed).
+    pub fn no_stale(mut self) -> Self {
+        self.config.fallback.stale_bounds.clear();
+        self
+    }
+
+    /// The clock TTL deadlines are read from (a mock in tests).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Validates the settings and builds the cache. Backends with Redis need a Tokio runtime
+    /// (the pool opens its connections in the background) but do not wait for Redis: a cache
+    /// built while Redis is down starts, and its L2 operations fail fast until Redis is back.
+    ///
+    /// The recovery supervisor (probe, dirty-log replay, closing the breaker) is spawned on
+    /// the current runtime: build the cache on a runtime that lives as long as the cache. If
+    /// that runtime shuts down first, an open breaker can never close again.
+    pub fn build(self) -> Result<Cache> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let config = self.config;
+        config.validate()?;
+        Engine::start(config, self.clock.unwrap_or_default()).map(Cache::from_engine)
+    }
+}

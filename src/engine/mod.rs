@@ -1,0 +1,436 @@
+//! The engine behind the `Cache` facade: L1, L2, the dirty log, stats and the clock, with the read path, the write policy, fills, version floors, stale reads and negative entries.
+//!
+//! Split by concern: this file holds the engine's state, its construction and what every path
+//! shares; `values.rs` the value reads and writes, `books.rs` the book sides, `local.rs` the
+//! L1-only operations the patterns use (fills from the source, stale reads, negative entries).
+
+mod books;
+pub(crate) mod dirty;
+pub(crate) mod flight;
+mod local;
+mod values;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, Instant, deadline_after};
+use crate::codec;
+use crate::config::{Backend, CacheConfig, MAX_TTL};
+use crate::error::{Error, Result};
+use crate::fallback::FallbackHandler;
+use crate::key::{BookSchema, Key, KeySchema, Storage, ValueSchema, validate_kind};
+use crate::l1::{InsertOutcome, L1};
+use crate::l2::book;
+use crate::l2::{Fetched, L2Tier, RedisOptions, ttl_ms};
+use crate::outcome::{KeyTtl, Read, SetOptions, Tier, WriteOutcome};
+use crate::recovery::Supervisor;
+use crate::resilience::{BreakerSnapshot, BreakerState};
+use crate::schema::BookSide;
+use crate::stats::{KindStats, Stats, StatsSnapshot};
+use dirty::{DEFAULT_DIRTY_CAPACITY, DirtyLog};
+use flight::Flights;
+
+/// Most keys loading at once that still share their loads (beyond it, loads run unshared).
+const MAX_FLIGHTS: usize = 65_536;
+
+/// The state every `Cache` clone shares, and the behaviour behind its methods.
+#[derive(Debug)]
+pub(crate) struct Engine {
+    config: CacheConfig,
+    backend: Backend,
+    l1: Option<L1>,
+    /// Shared with the recovery supervisor task.
+    l2: Option<Arc<L2Tier>>,
+    clock: Clock,
+    stats: Stats,
+    /// Keys whose L2 copy is untrusted until recovery deletes them (DESIGN §4 rule 3).
+    dirty: Arc<DirtyLog>,
+    /// The loads in flight, shared by every `CacheAside` over this cache, so two handles
+    /// never load one key twice at once.
+    flights: Flights,
+    /// The fallback path's limit on source loads, stale policy and counts, shared by every
+    /// `CacheAside` over this cache, so together they never exceed the database's budget.
+    fallback: FallbackHandler,
+    /// The recovery supervisor, stopped when the last clone of the cache is dropped.
+    supervisor: Option<Supervisor>,
+}
+
+impl Engine {
+    /// Builds the tiers for a validated `config` and starts the recovery supervisor (on the
+    /// current Tokio runtime) when there is a Redis tier.
+    pub(crate) fn start(config: CacheConfig, clock: Clock) -> Result<Engine> {
+        let backend = config.effective_backend();
+        let l1 = match backend {
+            Backend::Memory | Backend::Layered => Some(L1::new(
+                config.l1_max_entries,
+                config.l1_max_bytes,
+                clock.clone(),
+            )),
+            Backend::Redis => None,
+        };
+        let l2 = match (backend, &config.redis_url) {
+            (Backend::Redis | Backend::Layered, Some(url)) => {
+                if tokio::runtime::Handle::try_current().is_err() {
+                    return Err(Error::config(
+                        "CACHE_BACKEND",
+                        "the redis and layered backends must be built inside a Tokio runtime",
+                    ));
+                }
+                Some(Arc::new(L2Tier::redis(RedisOptions {
+                    url: url.clone(),
+                    pool_size: config.pool_size.get(),
+                    op_timeout: config.op_timeout,
+                    connect_timeout: config.connect_timeout,
+                    breaker: config.breaker.clone(),
+                    retry: config.retry.clone(),
+                })?))
+            }
+            _ => None,
+        };
+        let dirty = Arc::new(DirtyLog::new(DEFAULT_DIRTY_CAPACITY));
+        // The recovery supervisor lives as long as the cache: its handle stops it on drop.
+        let supervisor = l2.as_ref().map(|l2| {
+            Supervisor::start(Arc::clone(l2), Arc::clone(&dirty), config.namespace.clone())
+        });
+        let fallback = FallbackHandler::new(config.fallback.clone());
+        Ok(Engine {
+            config,
+            backend,
+            l1,
+            l2,
+            clock,
+            stats: Stats::default(),
+            dirty,
+            flights: Flights::new(MAX_FLIGHTS),
+            fallback,
+            supervisor,
+        })
+    }
+}
+
+/// What a write does when its Redis write fails (see [`Cache::set`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnL2Failure {
+    /// A cache-aside fill: drop an *older* L1 copy (never a newer one: rule 9, no tier goes
+    /// backwards) and return the error. Nothing is recorded: a fill is not a new value, and
+    /// the caller puts the source's value in L1 itself, under the version rule.
+    Fill,
+    /// Write-through (DESIGN §4 rules 3 and 9): the database acknowledged this version, so
+    /// L1 keeps a version floor at it — no in-flight fill, refresh or negative entry with an
+    /// older version can land — and the error is returned; `WriteThrough` records the key
+    /// dirty when Redis was unhealthy.
+    Floor,
+    /// Record the key dirty and keep the value in L1 under the version rule
+    /// ([`WriteOutcome::LocalOnly`]); without an L1, record it dirty and return the error.
+    /// For the cache-only writes `set` and `set_book`.
+    KeepLocal,
+}
+
+/// A write's value on its way to L1, with what the version rule and the deadline need.
+struct LocalWrite<V> {
+    value: Arc<V>,
+    version: u64,
+    /// Taken before the Redis request, so the L1 deadline `t0 + ttl` is never after the Redis
+    /// key's expiry.
+    t0: Instant,
+    ttl: Duration,
+    /// Encoded size, for L1's byte bound.
+    bytes: usize,
+}
+
+impl<V: Send + Sync + 'static> LocalWrite<V> {
+    fn insert_into<S: KeySchema>(self, l1: &L1, key: &Key<S>) -> InsertOutcome {
+        l1.insert_versioned(
+            key.shared(),
+            self.value,
+            self.version,
+            deadline_after(self.t0, self.ttl),
+            self.t0,
+            self.bytes,
+        )
+    }
+}
+
+/// How long a version floor (DESIGN §4 rule 9) is held at least: longer than any source load
+/// that may be in flight when it is set (cache-aside's default source deadline is 500 ms),
+/// so a load that read the older row before the write committed cannot fill L1 after it.
+/// A key's floor is held for the longer of this and the key's TTL.
+pub const FLOOR_HOLD: Duration = Duration::from_secs(10);
+
+/// What became of a value fetched from Redis.
+pub(crate) enum Fetch<V> {
+    /// Served.
+    Hit(Read<V>),
+    /// Not servable: gone, or older than what L1 holds (a version floor).
+    Miss,
+    /// The bytes did not decode; counted, and to be removed from Redis if unchanged.
+    Undecodable(Vec<u8>),
+}
+
+/// The L1 marker for "the source has no such key" (negative caching).
+#[derive(Debug)]
+struct NotFound;
+
+/// A book side as held in L1: sorted best first, and whether it holds every level or only
+/// the top levels a depth-limited read fetched.
+#[derive(Debug)]
+pub(crate) struct BookEntry {
+    side: Arc<BookSide>,
+    complete: bool,
+}
+
+impl Engine {
+    /// The single-flight loads of this cache.
+    #[inline]
+    pub(crate) fn flights(&self) -> &Flights {
+        &self.flights
+    }
+
+    /// The fallback path's limiter, stale policy and counts.
+    #[inline]
+    pub(crate) fn fallback(&self) -> &FallbackHandler {
+        &self.fallback
+    }
+}
+
+impl Engine {
+    /// See [`Cache::key`](crate::Cache::key).
+    pub(crate) fn key<S: KeySchema>(&self, id: &str) -> Result<Key<S>> {
+        validate_kind(S::KIND)?;
+        let ttl = self.config.ttl_for(S::KIND, S::KEY_PREFIX, S::DEFAULT_TTL);
+        Key::new(&self.config.namespace, id, ttl, self.stats.kind(S::KIND))
+    }
+
+    #[inline]
+    pub(crate) fn ks<'a, S: KeySchema>(&'a self, key: &'a Key<S>) -> KindRef<'a> {
+        if key.stats.owner == self.stats.id {
+            KindRef::Borrowed(&key.stats)
+        } else if let Some(k) = self.stats.find(S::KIND) {
+            // A key built by another cache: this cache's counters, found without a lock.
+            KindRef::Borrowed(k)
+        } else {
+            KindRef::Owned(self.stats.kind(S::KIND))
+        }
+    }
+
+    /// See [`Cache::backend`](crate::Cache::backend).
+    pub(crate) fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// See [`Cache::config`](crate::Cache::config).
+    pub(crate) fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    /// See [`Cache::stats`](crate::Cache::stats).
+    pub(crate) fn stats(&self) -> StatsSnapshot {
+        let (entries, bytes) = self
+            .l1
+            .as_ref()
+            .map_or((0, 0), |l1| (l1.len(), l1.weight()));
+        self.stats.snapshot(entries, bytes)
+    }
+
+    pub(super) fn l1_read<V>(&self, hit: crate::l1::L1Hit<V>) -> Read<V> {
+        let now = hit.now;
+        Read {
+            value: hit.value,
+            version: hit.version,
+            tier: Tier::L1,
+            age: now.saturating_duration_since(hit.stored_at),
+            ttl_remaining: Some(hit.deadline.saturating_duration_since(now)),
+        }
+    }
+
+    /// Sets a version floor at `key` (DESIGN §4 rule 9): for the longer of the key's TTL and
+    /// [`FLOOR_HOLD`], nothing older than `version` lands in L1 and reads of the key skip L1
+    /// until a value at `version` or newer fills it. A no-op without an L1.
+    pub(crate) fn floor<S: KeySchema>(&self, key: &Key<S>, version: u64) {
+        if let Some(l1) = &self.l1 {
+            let hold = key.ttl().max(FLOOR_HOLD);
+            l1.set_floor(
+                key.shared(),
+                version,
+                deadline_after(self.clock.now(), hold),
+            );
+        }
+    }
+
+    /// Drops `key` from L1 (whatever version it holds).
+    pub(crate) fn evict_l1<S: KeySchema>(&self, key: &Key<S>) {
+        if let Some(l1) = &self.l1 {
+            l1.remove(key.as_str());
+        }
+    }
+
+    /// The version L1 holds at `key` (a value, a negative entry or a floor), if live. A read
+    /// that found an older version elsewhere must not serve it.
+    pub(crate) fn l1_version<S: KeySchema>(&self, key: &Key<S>) -> Option<u64> {
+        self.l1.as_ref()?.live_version(key.as_str())
+    }
+
+    /// True when Redis is there and its breaker closed: a fill or refresh may write to it.
+    pub(crate) fn l2_writable(&self) -> bool {
+        self.l2
+            .as_ref()
+            .is_some_and(|l2| l2.breaker().state() == BreakerState::Closed)
+    }
+
+    /// See [`Cache::delete`](crate::Cache::delete).
+    pub(crate) async fn delete<S: KeySchema>(&self, key: &Key<S>) -> Result<bool> {
+        let existed_l1 = self
+            .l1
+            .as_ref()
+            .is_some_and(|l1| l1.deadline(key.as_str()).is_some());
+        let result = match &self.l2 {
+            None => Ok(existed_l1),
+            Some(l2) => match S::STORAGE {
+                Storage::Book => {
+                    let vkey = book::version_key(key.as_str());
+                    l2.unlink(&[key.as_str(), vkey.as_str()]).await
+                }
+                _ => l2.unlink(&[key.as_str()]).await,
+            }
+            .map(|n| n > 0),
+        };
+        if let Some(l1) = &self.l1 {
+            l1.remove(key.as_str());
+        }
+        match &result {
+            Ok(_) => self.ks(key).deletes.inc(),
+            Err(e) => {
+                self.ks(key).error(e);
+                // The key may still be in Redis: distrust it until recovery deletes it.
+                if is_l2_outage(e) {
+                    self.record_dirty(key);
+                }
+            }
+        }
+        result
+    }
+
+    /// See [`Cache::ttl`](crate::Cache::ttl).
+    pub(crate) async fn ttl<S: KeySchema>(&self, key: &Key<S>) -> Result<KeyTtl> {
+        let Some(l2) = &self.l2 else {
+            let now = self.clock.now();
+            return Ok(self
+                .l1
+                .as_ref()
+                .and_then(|l1| l1.deadline(key.as_str()))
+                .filter(|d| *d > now)
+                .map_or(KeyTtl::Missing, |d| KeyTtl::Expires(d - now)));
+        };
+        let pttl = match S::STORAGE {
+            Storage::Book => l2.pttl(&book::version_key(key.as_str())).await,
+            _ => l2.pttl(key.as_str()).await,
+        }
+        .inspect_err(|e| self.ks(key).error(e))?;
+        Ok(match pttl {
+            None => KeyTtl::Missing,
+            Some(None) => KeyTtl::Persistent,
+            Some(Some(d)) => KeyTtl::Expires(d),
+        })
+    }
+
+    /// See [`Cache::ping`](crate::Cache::ping).
+    pub(crate) async fn ping(&self) -> Result<()> {
+        match &self.l2 {
+            Some(l2) => l2.ping().await,
+            None => Ok(()),
+        }
+    }
+
+    /// See [`Cache::breaker`](crate::Cache::breaker).
+    pub(crate) fn breaker(&self) -> Option<BreakerSnapshot> {
+        self.l2.as_ref().map(|l2| l2.breaker().snapshot())
+    }
+
+    /// See [`Cache::recovered`](crate::Cache::recovered).
+    pub(crate) async fn recovered(&self) {
+        if let Some(supervisor) = &self.supervisor {
+            supervisor.recovered().await;
+        }
+    }
+
+    /// See [`Cache::dirty_log`](crate::Cache::dirty_log).
+    pub(crate) fn dirty_log(&self) -> &Arc<DirtyLog> {
+        &self.dirty
+    }
+
+    /// Records `key` in the dirty log. For a book side its version key goes in too, so
+    /// recovery deletes both: a version key left behind would make the side read back, from
+    /// any process, as an empty book at the old version.
+    pub(crate) fn record_dirty<S: KeySchema>(&self, key: &Key<S>) {
+        self.dirty.record(key.shared(), S::KEY_PREFIX);
+        if S::STORAGE == Storage::Book {
+            let vkey: Arc<str> = Arc::from(book::version_key(key.as_str()));
+            self.dirty.record(&vkey, S::KEY_PREFIX);
+        }
+    }
+
+    /// See [`Cache::clear_l1`](crate::Cache::clear_l1).
+    pub(crate) fn clear_l1(&self) {
+        if let Some(l1) = &self.l1 {
+            l1.clear();
+        }
+    }
+}
+
+/// A key's counters in *this* cache: the ones the key carries when this cache built it,
+/// else (a key built by another instance) this cache's counters for the kind.
+pub(crate) enum KindRef<'a> {
+    Borrowed(&'a KindStats),
+    Owned(Arc<KindStats>),
+}
+
+impl std::ops::Deref for KindRef<'_> {
+    type Target = KindStats;
+
+    #[inline]
+    fn deref(&self) -> &KindStats {
+        match self {
+            KindRef::Borrowed(k) => k,
+            KindRef::Owned(k) => k,
+        }
+    }
+}
+
+/// The first `depth` levels (all when 0), sharing the `Arc` when nothing is cut.
+pub(crate) fn top(side: &Arc<BookSide>, depth: usize) -> Arc<BookSide> {
+    if depth == 0 || side.levels.len() <= depth {
+        Arc::clone(side)
+    } else {
+        Arc::new(BookSide {
+            levels: side.levels[..depth].to_vec(),
+        })
+    }
+}
+
+/// True when a Redis write failed because Redis was not healthy: a timeout, a broken or
+/// refused connection, an error reply, or the circuit breaker open (no I/O at all). The write
+/// may or may not have landed, and Redis may keep an older copy. False for refused input
+/// (never sent) and for a key holding another Redis type: Redis is healthy then, and the key
+/// is not ours, so recovery must not delete it.
+fn is_l2_outage(e: &Error) -> bool {
+    e.trips_breaker() || e.is_breaker_open()
+}
+
+/// The TTL a write uses: the override or the key's, in whole milliseconds. Redis keeps
+/// whole milliseconds (`PX`, truncated), so L1 uses the same: with the L1 deadline taken
+/// before the request, L1 never outlives the Redis key (DESIGN §4 rule 1). A TTL under
+/// 1 ms becomes 1 ms in both tiers.
+fn write_ttl<S: KeySchema>(key: &Key<S>, opts: SetOptions) -> Result<Duration> {
+    let ttl = opts.ttl.unwrap_or(key.ttl());
+    if ttl.is_zero() {
+        return Err(Error::InvalidValue {
+            reason: "a write's TTL must be greater than zero".to_owned(),
+        });
+    }
+    if ttl > MAX_TTL {
+        return Err(Error::InvalidValue {
+            reason: format!("a write's TTL must be at most {MAX_TTL:?}, not {ttl:?}"),
+        });
+    }
+    Ok(Duration::from_millis(ttl_ms(ttl)))
+}

@@ -1,0 +1,115 @@
+//! String values on Redis: the versioned-write and compare-and-delete scripts, and the `GET`+`PTTL` replies, shared by every Redis implementation.
+
+use std::time::Duration;
+
+use redis::{Script, Value};
+
+use super::boundary::Fetched;
+use crate::error::{Error, Result};
+
+/// Versioned write (DESIGN §4 rule 2): store the envelope unless the stored one carries a higher
+/// version. Versions are compared byte by byte on the envelope header (bytes 3..10 in Lua's
+/// 1-based indexing), exactly, without Lua's doubles. Only an envelope this build reads has a
+/// version: magic `M` and format 1 (header 10 bytes) or 2 (header 18 bytes). Anything else
+/// (garbage, an unknown format) counts as absent and is replaced, so bytes that happen to
+/// carry a high "version" cannot pin the key. Returns 1 when stored, 0 when superseded.
+const SET_VERSIONED: &str = r#"
+local t = redis.call('TYPE', KEYS[1]).ok
+if t ~= 'string' and t ~= 'none' then
+  return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value')
+end
+local cur = redis.call('GET', KEYS[1])
+local new = ARGV[1]
+local versioned = false
+if cur and string.byte(cur, 1) == 77 then
+  local f, n = string.byte(cur, 2), string.len(cur)
+  versioned = (f == 1 and n >= 10) or (f == 2 and n >= 18)
+end
+if versioned then
+  for i = 3, 10 do
+    local a, b = string.byte(cur, i), string.byte(new, i)
+    if a > b then return 0 end
+    if a < b then break end
+  end
+end
+redis.call('SET', KEYS[1], new, 'PX', ARGV[2])
+return 1
+"#;
+
+/// Delete KEYS[1] only while it still holds ARGV[1] (a string key; any other type is left
+/// alone). Returns 1 when deleted, 0 otherwise.
+const UNLINK_IF_EQUALS: &str = r#"
+if redis.call('TYPE', KEYS[1]).ok ~= 'string' then return 0 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('UNLINK', KEYS[1])
+return 1
+"#;
+
+/// The value scripts, hashed once.
+#[derive(Debug)]
+pub(crate) struct ValueScripts {
+    pub(crate) set_versioned: Script,
+    pub(crate) unlink_if_equals: Script,
+}
+
+impl ValueScripts {
+    pub(crate) fn new() -> Self {
+        ValueScripts {
+            set_versioned: Script::new(SET_VERSIONED),
+            unlink_if_equals: Script::new(UNLINK_IF_EQUALS),
+        }
+    }
+}
+
+/// A `GET` reply and its key's `PTTL` as a read result.
+pub(crate) fn fetched(bytes: Vec<u8>, pttl: i64) -> Option<Fetched> {
+    match pttl {
+        // Gone between GET and PTTL cannot happen inside MULTI, but never serve it if it does.
+        -2 => None,
+        -1 => Some(Fetched {
+            bytes,
+            remaining: None,
+        }),
+        ms => Some(Fetched {
+            bytes,
+            remaining: Some(Duration::from_millis(ms.max(0) as u64)),
+        }),
+    }
+}
+
+/// The reply of `MULTI`, `MGET keys`, a `PTTL` per key, `EXEC`: one read result per key.
+/// `first` names the batch in errors.
+pub(crate) fn parse_get_many(first: &str, values: Vec<Value>) -> Result<Vec<Option<Fetched>>> {
+    let mut it = values.into_iter();
+    let blobs: Vec<Option<Vec<u8>>> = match it.next() {
+        Some(v) => redis::from_redis_value(v).map_err(|e| Error::from_redis(e.into(), first))?,
+        None => return Err(malformed(first)),
+    };
+    let mut out = Vec::with_capacity(blobs.len());
+    for blob in blobs {
+        let pttl: i64 = match it.next() {
+            Some(v) => {
+                redis::from_redis_value(v).map_err(|e| Error::from_redis(e.into(), first))?
+            }
+            None => return Err(malformed(first)),
+        };
+        out.push(blob.and_then(|b| fetched(b, pttl)));
+    }
+    Ok(out)
+}
+
+/// A `PTTL` reply: `None` when the key does not exist, `Some(None)` when it has no expiry.
+pub(crate) fn remaining(pttl: i64) -> Option<Option<Duration>> {
+    match pttl {
+        -2 => None,
+        -1 => Some(None),
+        ms => Some(Some(Duration::from_millis(ms.max(0) as u64))),
+    }
+}
+
+fn malformed(key: &str) -> Error {
+    Error::Decode {
+        key: key.to_owned(),
+        reason: "unexpected reply shape from redis".to_owned(),
+    }
+}

@@ -1,0 +1,128 @@
+//! The fault scenarios' machinery: the faults, the servers they hit, and how each is injected, kept up and healed.
+//!
+//! Both kinds of scenario use it: the in-process load of `tests/faults.rs` and the
+//! `mdcache simulate` runs of `tests/faults_simulate.rs`, so a fault means the same in both.
+
+// Every test binary includes this module through `mod support;`, and none uses all of it.
+#![allow(dead_code)]
+
+pub mod settings;
+
+use std::time::Duration;
+
+use super::RedisServer;
+use super::pg::PgServer;
+use super::proxy::FaultProxy;
+
+/// No call may take longer than this (generous: the point is "bounded", not "fast").
+pub const NO_HANG: Duration = Duration::from_secs(1);
+
+/// What a fault scenario expects.
+#[derive(Clone, Copy)]
+pub struct Expect {
+    /// Redis is faulted: the breaker must open during the fault.
+    pub breaker_opens: bool,
+    /// The database is faulted: reads it would have served may fail (closed), writes fail.
+    pub source_down: bool,
+}
+
+/// The faults, each injected, kept up and healed the same way by both kinds of scenario.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    RedisKilled,
+    RedisHung,
+    RedisSlow,
+    ConnectionResets,
+    PostgresStopped,
+    BothDown,
+}
+
+impl Fault {
+    /// The scenario's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::RedisKilled => "redis killed",
+            Fault::RedisHung => "redis hung",
+            Fault::RedisSlow => "+20 ms latency",
+            Fault::ConnectionResets => "connection resets",
+            Fault::PostgresStopped => "postgres stopped",
+            Fault::BothDown => "both down",
+        }
+    }
+
+    /// The client talks to Redis through the fault proxy.
+    pub fn through_proxy(self) -> bool {
+        matches!(self, Fault::RedisSlow | Fault::ConnectionResets)
+    }
+
+    pub fn expect(self) -> Expect {
+        Expect {
+            // Resets are absorbed by per-operation retries as often as not.
+            breaker_opens: !matches!(self, Fault::ConnectionResets | Fault::PostgresStopped),
+            source_down: matches!(self, Fault::PostgresStopped | Fault::BothDown),
+        }
+    }
+
+    fn proxy(env: &Env) -> &FaultProxy {
+        env.proxy.as_ref().expect("a proxy scenario has a proxy")
+    }
+
+    pub fn inject(self, env: &mut Env) {
+        match self {
+            Fault::RedisKilled => env.redis.kill(),
+            Fault::RedisHung => env.redis.pause(),
+            Fault::RedisSlow => Self::proxy(env).set_latency(Duration::from_millis(20)),
+            Fault::ConnectionResets => Self::proxy(env).reset_all(),
+            Fault::PostgresStopped => env.pg.stop(),
+            Fault::BothDown => {
+                env.redis.kill();
+                env.pg.stop();
+            }
+        }
+    }
+
+    /// Called every 50 ms while the fault is on.
+    pub fn during(self, env: &Env) {
+        if let Fault::ConnectionResets = self {
+            Self::proxy(env).reset_all();
+        }
+    }
+
+    pub fn heal(self, env: &mut Env) {
+        match self {
+            Fault::RedisKilled => env.redis.restart(),
+            Fault::RedisHung => env.redis.resume(),
+            Fault::RedisSlow => Self::proxy(env).set_latency(Duration::ZERO),
+            Fault::ConnectionResets => {}
+            Fault::PostgresStopped => env.pg.start_again(),
+            Fault::BothDown => {
+                env.pg.start_again();
+                env.redis.restart();
+            }
+        }
+    }
+}
+
+/// The servers a scenario faults.
+pub struct Env {
+    pub redis: RedisServer,
+    pub pg: PgServer,
+    pub proxy: Option<FaultProxy>,
+}
+
+impl Env {
+    /// Starts the servers (and the proxy in front of Redis).
+    pub fn start(through_proxy: bool) -> Env {
+        let redis = RedisServer::start();
+        let pg = PgServer::start();
+        let proxy = through_proxy.then(|| FaultProxy::start(redis.addr()));
+        Env { redis, pg, proxy }
+    }
+
+    /// The Redis URL clients use: the proxy's, if there is one.
+    pub fn redis_url(&self) -> String {
+        self.proxy
+            .as_ref()
+            .map_or_else(|| self.redis.url(), |p| p.url_for_redis())
+    }
+}
