@@ -1,16 +1,14 @@
-//! `CacheBuilder`: every setting of a `Cache` as a `#[must_use]` by-value setter, validated by `build()`.
+//! `CacheBuilder`: every setting of a `Cache` as a `#[must_use]` by-value setter (its `build()` lives with `Cache`, which it creates).
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
-use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::config::{Backend, CacheConfig};
-use crate::engine::Engine;
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::key::KeySchema;
 
-/// Builds a [`Cache`]. Setters take and return the builder; [`build`](Self::build) validates.
+/// Builds a [`Cache`](crate::Cache). Setters take and return the builder; [`build`](Self::build) validates.
 ///
 /// ```
 /// use std::time::Duration;
@@ -28,10 +26,10 @@ use crate::key::KeySchema;
 #[derive(Debug, Default)]
 #[must_use]
 pub struct CacheBuilder {
-    config: CacheConfig,
+    pub(crate) config: CacheConfig,
     /// The first error met while reading the environment, reported by `build()`.
-    error: Option<Error>,
-    clock: Option<Clock>,
+    pub(crate) error: Option<Error>,
+    pub(crate) clock: Option<Clock>,
 }
 
 impl CacheBuilder {
@@ -216,21 +214,5 @@ impl CacheBuilder {
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = Some(clock);
         self
-    }
-
-    /// Validates the settings and builds the cache. Backends with Redis need a Tokio runtime
-    /// (the pool opens its connections in the background) but do not wait for Redis: a cache
-    /// built while Redis is down starts, and its L2 operations fail fast until Redis is back.
-    ///
-    /// The recovery supervisor (probe, dirty-log replay, closing the breaker) is spawned on
-    /// the current runtime: build the cache on a runtime that lives as long as the cache. If
-    /// that runtime shuts down first, an open breaker can never close again.
-    pub fn build(self) -> Result<Cache> {
-        if let Some(e) = self.error {
-            return Err(e);
-        }
-        let config = self.config;
-        config.validate()?;
-        Engine::start(config, self.clock.unwrap_or_default()).map(Cache::from_engine)
     }
 }

@@ -268,6 +268,24 @@ impl Cache {
     }
 }
 
+impl CacheBuilder {
+    /// Validates the settings and builds the cache. Backends with Redis need a Tokio runtime
+    /// (the pool opens its connections in the background) but do not wait for Redis: a cache
+    /// built while Redis is down starts, and its L2 operations fail fast until Redis is back.
+    ///
+    /// The recovery supervisor (probe, dirty-log replay, closing the breaker) is spawned on
+    /// the current runtime: build the cache on a runtime that lives as long as the cache. If
+    /// that runtime shuts down first, an open breaker can never close again.
+    pub fn build(self) -> Result<Cache> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let config = self.config;
+        config.validate()?;
+        Engine::start(config, self.clock.unwrap_or_default()).map(Cache::from_engine)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

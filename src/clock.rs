@@ -45,13 +45,31 @@ impl Clock {
     }
 }
 
-/// `now + after`, never panicking: `after` is capped at [`MAX_TTL`](crate::config::MAX_TTL)
+/// Longest TTL, negative-cache TTL or stale bound any setting or write may ask for (7 days).
+/// Deadlines are instants on a monotonic clock; a bound keeps `now + ttl` far from overflow,
+/// and no hot trading state should live longer than this without being rewritten.
+pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Refuses a duration setting above [`MAX_TTL`], naming it.
+pub(crate) fn at_most_max_ttl(name: &str, d: Duration) -> crate::error::Result<()> {
+    if d > MAX_TTL {
+        return Err(crate::error::Error::config(
+            name,
+            format!(
+                "{d:?} is above the maximum of {} ms (7 days)",
+                MAX_TTL.as_millis()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `now + after`, never panicking: `after` is capped at [`MAX_TTL`](MAX_TTL)
 /// (a TTL read from Redis can be anything another program wrote), and on overflow the
 /// deadline is `now` — already expired, the safe direction for a cache deadline.
 #[inline]
 pub(crate) fn deadline_after(now: Instant, after: Duration) -> Instant {
-    now.checked_add(after.min(crate::config::MAX_TTL))
-        .unwrap_or(now)
+    now.checked_add(after.min(MAX_TTL)).unwrap_or(now)
 }
 
 impl Default for Clock {
@@ -76,11 +94,8 @@ mod tests {
         let (clock, _mock) = Clock::mock();
         let now = clock.now();
         let far = deadline_after(now, Duration::from_millis(100_000_000_000_000_000));
-        assert_eq!(far - now, crate::config::MAX_TTL);
-        assert_eq!(
-            deadline_after(now, Duration::MAX) - now,
-            crate::config::MAX_TTL
-        );
+        assert_eq!(far - now, MAX_TTL);
+        assert_eq!(deadline_after(now, Duration::MAX) - now, MAX_TTL);
         assert_eq!(
             deadline_after(now, Duration::from_millis(5)) - now,
             Duration::from_millis(5)

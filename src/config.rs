@@ -11,10 +11,7 @@ use crate::resilience::{BreakerConfig, BreakerPolicy, RetryConfig};
 /// Default deadline for one L2 operation. A few milliseconds: a loopback round trip is
 /// ~25 µs here, so 5 ms means the server is in trouble, and a hung Redis costs a caller 5 ms.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(5);
-/// Longest TTL, negative-cache TTL or stale bound any setting or write may ask for (7 days).
-/// Deadlines are instants on a monotonic clock; a bound keeps `now + ttl` far from overflow,
-/// and no hot trading state should live longer than this without being rewritten.
-pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub use crate::clock::MAX_TTL;
 /// Default deadline for establishing a Redis connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// The failure-rate window when `CACHE_BREAKER_FAILURE_RATE` is set without
@@ -451,19 +448,7 @@ fn micros(name: &str, value: &str) -> Result<Duration> {
     Ok(d)
 }
 
-/// Refuses a duration setting above [`MAX_TTL`], naming it.
-pub(crate) fn at_most_max_ttl(name: &str, d: Duration) -> Result<()> {
-    if d > MAX_TTL {
-        return Err(Error::config(
-            name,
-            format!(
-                "{d:?} is above the maximum of {} ms (7 days)",
-                MAX_TTL.as_millis()
-            ),
-        ));
-    }
-    Ok(())
-}
+pub(crate) use crate::clock::at_most_max_ttl;
 
 fn nonzero_u32(name: &str, value: &str) -> Result<NonZeroU32> {
     parse_num::<u32>(name, value, 1).map(|n| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))

@@ -82,7 +82,7 @@ impl FallbackOptions {
     /// stale deadline is the value's expiry plus the bound and must not overflow.
     pub fn validate(&self) -> Result<(), Error> {
         for (kind, bound) in &self.stale_bounds {
-            crate::config::at_most_max_ttl(&format!("stale_bound({kind})"), *bound)?;
+            crate::clock::at_most_max_ttl(&format!("stale_bound({kind})"), *bound)?;
         }
         Ok(())
     }
@@ -162,7 +162,7 @@ impl FallbackHandler {
                 .stale_bounds
                 .iter()
                 .find(|(k, _)| k == name)
-                .map(|(_, d)| (*d).min(crate::config::MAX_TTL))
+                .map(|(_, d)| (*d).min(crate::clock::MAX_TTL))
         };
         find(kind).or_else(|| find(key_prefix))
     }
@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn stale_bounds_above_max_ttl_are_refused_naming_the_kind() {
-        let max = crate::config::MAX_TTL;
+        let max = crate::clock::MAX_TTL;
         for bound in [max + Duration::from_nanos(1), Duration::MAX] {
             let opts = FallbackOptions {
                 stale_bounds: vec![("price".to_owned(), bound)],

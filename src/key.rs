@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::book::{BookSide, BookSideKind};
 use crate::error::{Error, Result};
-use crate::schema::BookSide;
 use crate::stats::KindStats;
 
 /// Longest identifier accepted, in bytes (DESIGN §2).
@@ -69,7 +69,7 @@ pub trait ValueSchema: KeySchema {}
 /// A kind stored as a Redis sorted set of price levels (score = price).
 pub trait BookSchema: KeySchema<Value = BookSide> {
     /// Which side of the book, deciding the order of a top-N read.
-    const SIDE: crate::schema::BookSideKind;
+    const SIDE: BookSideKind;
 }
 
 /// A validated key of kind `S`: the full Redis key string, the kind's TTL and its counters.

@@ -219,9 +219,11 @@ impl L1 {
     }
 
     /// Stores `new` at `key` unless a fresh current entry satisfies `keep`. The version check
-    /// and the replacement happen under the map's per-key guard, and a replacement goes
-    /// through the guard's insert, so the byte bound is enforced as for a new key (mutating
-    /// the entry in place would change its weight without evicting anything).
+    /// and the replacement happen under the map's per-key lock. A replacement that does not
+    /// grow the entry is made in place (the common case: the same kind of value again, and
+    /// no placeholder for concurrent inserts of the key to wait on); one that grows it goes
+    /// through a placeholder guard's insert, so the byte bound is enforced as for a new key
+    /// (growing an entry in place changes its weight without evicting anything).
     fn put(
         &self,
         key: &Arc<str>,
@@ -229,15 +231,25 @@ impl L1 {
         now: Instant,
         keep: impl FnOnce(&Entry) -> bool,
     ) -> InsertOutcome {
+        let mut slot = Some(new);
         let result = self.map.entry(key, Some(INSERT_WAIT), |_, cur| {
             if cur.deadline > now && keep(cur) {
-                EntryAction::Retain(())
-            } else {
-                EntryAction::ReplaceWithGuard
+                return EntryAction::Retain(false);
+            }
+            match slot.take() {
+                Some(new) if new.weight <= cur.weight => {
+                    *cur = new;
+                    EntryAction::Retain(true)
+                }
+                other => {
+                    slot = other;
+                    EntryAction::ReplaceWithGuard
+                }
             }
         });
         let guard = match result {
-            EntryResult::Retained(()) => return InsertOutcome::HigherVersionHeld,
+            EntryResult::Retained(true) => return InsertOutcome::Stored,
+            EntryResult::Retained(false) => return InsertOutcome::HigherVersionHeld,
             EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => guard,
             // Not produced by this callback.
             EntryResult::Removed(_, _) => return InsertOutcome::NotStored,
@@ -248,9 +260,9 @@ impl L1 {
                 return InsertOutcome::NotStored;
             }
         };
-        match guard.insert(new) {
-            Ok(()) => InsertOutcome::Stored,
-            Err(_) => InsertOutcome::NotStored,
+        match slot.take().map(|new| guard.insert(new)) {
+            Some(Ok(())) => InsertOutcome::Stored,
+            _ => InsertOutcome::NotStored,
         }
     }
 

@@ -19,6 +19,7 @@
 //! | `engine::values`, `engine::books`, `engine::local` | value reads and writes; book sides; the L1-only operations the patterns use |
 //! | `engine::dirty` | [`DirtyLog`]: keys whose Redis copy is distrusted until recovery deletes them |
 //! | `engine::flight` | single-flight loads, shared by every [`CacheAside`] over one cache |
+//! | `book` | book rules: [`BookSide`], [`Level`], [`BookSideKind`], validation, best-first order |
 //! | `l1` | in-process tier (quick_cache): entry and byte bounds, per-entry deadlines, version rule, floors |
 //! | `l2` | the L2 boundary (`L2` trait, `L2Tier` the engine holds) and its implementation on one Redis server (bb8 pool); the value and book-side scripts and replies |
 //! | `resilience` | [`CircuitBreaker`](BreakerConfig), full-jitter backoff, [`RetryConfig`], and the guard applying admission + deadline + retries to every L2 operation |
@@ -104,6 +105,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod book;
 mod builder;
 mod cache;
 pub mod clock;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::book::{BookSide, BookSideKind, Level};
 use crate::error::{Error, Result};
 use crate::key::{BookSchema, KeySchema, Storage, ValueSchema};
 
@@ -46,25 +47,6 @@ pub struct Position {
     pub realized_pnl: f64,
     /// Sequence number of the last fill applied.
     pub seq: u64,
-}
-
-/// One price level of a book side.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Level {
-    /// Price of the level (the sorted-set score).
-    pub price: f64,
-    /// Quantity resting at that price.
-    pub qty: f64,
-}
-
-/// One side of an order book: price levels, best first once read back.
-/// Keys `mdc:book:{SYMBOL}:bid` / `:ask`, TTL 50 ms, stored as a Redis sorted set.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct BookSide {
-    /// The levels. On write, any order; on read, best first (highest bid, lowest ask).
-    pub levels: Vec<Level>,
 }
 
 /// Account risk. Key `mdc:risk:{ACCOUNT}`, TTL 5 s.
@@ -156,16 +138,6 @@ pub struct BookBid;
 /// Marker for the ask side of a book (`book:ask`).
 #[derive(Debug, Clone, Copy)]
 pub struct BookAsk;
-
-/// Which side a [`BookSchema`] is, deciding what "best" means in a top-N read.
-#[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BookSideKind {
-    /// Best = highest price.
-    Bid,
-    /// Best = lowest price.
-    Ask,
-}
 
 macro_rules! value_kind {
     ($ty:ty, $kind:literal, $ttl_ms:literal) => {

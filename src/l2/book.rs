@@ -27,8 +27,9 @@ use redis::{Script, Value};
 use super::boundary::FetchedBook;
 // Re-exported: the engine matches on the read's reply as `book::TopReply`.
 pub(crate) use super::boundary::TopReply;
+use crate::book::{BookSide, BookSideKind, Level};
+pub(crate) use crate::book::{sort_best_first, validate};
 use crate::error::{Error, Result};
-use crate::schema::{BookSide, BookSideKind, Level};
 
 /// Length of a stamp written by this build.
 const STAMP_LEN: usize = 24;
@@ -164,35 +165,6 @@ pub(crate) fn check(side: &BookSide, limit: usize) -> Result<usize> {
     }
     validate(side)?;
     Ok(size)
-}
-
-/// Finite prices, finite non-negative quantities, no price twice.
-fn validate(side: &BookSide) -> Result<()> {
-    for (i, l) in side.levels.iter().enumerate() {
-        if !l.price.is_finite() || !l.qty.is_finite() || l.qty < 0.0 {
-            return Err(Error::InvalidValue {
-                reason: format!("level {i}: price and qty must be finite and qty >= 0"),
-            });
-        }
-    }
-    // Sorted, equal prices are neighbours. No NaN is left to break the order, and
-    // `total_cmp` puts -0.0 right before 0.0, which `==` then finds equal (one Redis score).
-    let mut prices: Vec<f64> = side.levels.iter().map(|l| l.price).collect();
-    prices.sort_unstable_by(f64::total_cmp);
-    if let Some(w) = prices.windows(2).find(|w| w[0] == w[1]) {
-        return Err(Error::InvalidValue {
-            reason: format!("price {} appears twice", w[0]),
-        });
-    }
-    Ok(())
-}
-
-/// Sorts levels best first for `side`.
-pub(crate) fn sort_best_first(levels: &mut [Level], side: BookSideKind) {
-    match side {
-        BookSideKind::Bid => levels.sort_by(|a, b| b.price.total_cmp(&a.price)),
-        BookSideKind::Ask => levels.sort_by(|a, b| a.price.total_cmp(&b.price)),
-    }
 }
 
 /// The depth argument for the read script: `depth` levels, 0 (all) for any depth no sorted

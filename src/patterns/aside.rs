@@ -67,7 +67,7 @@ impl AsideOptions {
             }
         }
         if let Some(ttl) = self.negative_ttl {
-            crate::config::at_most_max_ttl("negative_ttl", ttl)?;
+            crate::clock::at_most_max_ttl("negative_ttl", ttl)?;
         }
         Ok(())
     }
@@ -670,7 +670,7 @@ impl<Src: Source> AsideInner<Src> {
             return Ok(None);
         };
         let mut side = loaded.value;
-        crate::l2::book::sort_best_first(&mut side.levels, S::SIDE);
+        crate::book::sort_best_first(&mut side.levels, S::SIDE);
         let fill_l2 = self.may_fill_l2(key, fill_l2, loaded.version);
         let filled = if fill_l2 {
             self.cache

@@ -93,12 +93,12 @@ impl<Src: SourceWriter> WriteThroughBuilder<Src> {
 
     /// Checks the settings (an error names the setting) and builds the write-through.
     pub fn build(self) -> Result<WriteThrough<Src>, crate::Error> {
-        if self.source_timeout.is_zero() || self.source_timeout > crate::config::MAX_TTL {
+        if self.source_timeout.is_zero() || self.source_timeout > crate::clock::MAX_TTL {
             return Err(crate::Error::config(
                 "source_timeout",
                 format!(
                     "must be greater than 0 and at most {:?}, not {:?}",
-                    crate::config::MAX_TTL,
+                    crate::clock::MAX_TTL,
                     self.source_timeout
                 ),
             ));
