@@ -67,14 +67,24 @@ impl Cache {
     ///
     /// An L1 hit costs one map lookup, one clock read and an `Arc` clone. A value in Redis that
     /// does not decode is counted in `decode_errors` and returned as a miss, never served.
+    ///
+    /// (Written as a function returning the engine's future rather than an `async fn`, so the
+    /// hit path is one future, not a future wrapping another: `cache.get(&key).await` as usual.)
     #[inline]
-    pub async fn get<S: ValueSchema>(&self, key: &Key<S>) -> Result<Option<Arc<S::Value>>> {
-        self.inner.get(key).await
+    pub fn get<'a, S: ValueSchema>(
+        &'a self,
+        key: &'a Key<S>,
+    ) -> impl Future<Output = Result<Option<Arc<S::Value>>>> + Send + 'a {
+        self.inner.get(key)
     }
 
     /// Like [`get`](Self::get), with provenance: tier, version, age and remaining TTL.
-    pub async fn read<S: ValueSchema>(&self, key: &Key<S>) -> Result<Option<Read<S::Value>>> {
-        self.inner.read(key).await
+    #[inline]
+    pub fn read<'a, S: ValueSchema>(
+        &'a self,
+        key: &'a Key<S>,
+    ) -> impl Future<Output = Result<Option<Read<S::Value>>>> + Send + 'a {
+        self.inner.read(key)
     }
 
     /// Writes `value` at `version` with the key's TTL. A lower version never replaces a higher
