@@ -205,11 +205,19 @@ impl Engine {
     pub(crate) fn ks<'a, S: KeySchema>(&'a self, key: &'a Key<S>) -> KindRef<'a> {
         if key.stats.owner == self.stats.id {
             KindRef::Borrowed(&key.stats)
-        } else if let Some(k) = self.stats.find(S::KIND) {
-            // A key built by another cache: this cache's counters, found without a lock.
-            KindRef::Borrowed(k)
         } else {
-            KindRef::Owned(self.stats.kind(S::KIND))
+            self.foreign_ks(S::KIND)
+        }
+    }
+
+    /// A key built by another cache: this cache's counters for the kind, found without a lock
+    /// (the first kinds registered). Out of line, so the common path above stays small.
+    #[cold]
+    #[inline(never)]
+    fn foreign_ks(&self, kind: &'static str) -> KindRef<'_> {
+        match self.stats.find(kind) {
+            Some(k) => KindRef::Borrowed(k),
+            None => KindRef::Owned(self.stats.kind(kind)),
         }
     }
 
