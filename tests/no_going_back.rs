@@ -40,6 +40,14 @@ fn layered_on(server: &RedisServer, clock: mdcache::Clock) -> Cache {
         .expect("cache builds")
 }
 
+/// A builder for a layered cache on `server` with the default breaker; tests add the rest.
+fn on(server: &RedisServer) -> mdcache::CacheBuilder {
+    Cache::builder()
+        .redis_url(server.url())
+        .backend(Backend::Layered)
+        .op_timeout(TEST_OP_TIMEOUT)
+}
+
 /// Kills Redis and makes one failing call, so the breaker is open.
 async fn open_breaker(cache: &Cache, server: &mut RedisServer) {
     server.kill();
@@ -304,12 +312,7 @@ async fn the_l1_byte_bound_holds_when_values_grow_in_place() {
 #[tokio::test]
 async fn a_huge_ttl_never_panics() {
     let redis = RedisServer::start();
-    let cache = Cache::builder()
-        .redis_url(redis.url())
-        .backend(Backend::Layered)
-        .op_timeout(TEST_OP_TIMEOUT)
-        .build()
-        .unwrap();
+    let cache = on(&redis).build().unwrap();
     let key = cache.key::<Price>("HUGE").unwrap();
     let bytes = codec::encode(3, &price(3), 1 << 20).unwrap();
     let mut c = redis.multiplexed().await;
@@ -347,10 +350,7 @@ async fn a_huge_ttl_never_panics() {
 #[tokio::test]
 async fn undecodable_bytes_never_pin_a_key() {
     let redis = RedisServer::start();
-    let cache = Cache::builder()
-        .redis_url(redis.url())
-        .backend(Backend::Layered)
-        .op_timeout(TEST_OP_TIMEOUT)
+    let cache = on(&redis)
         .ttl_kind("pos", Duration::from_secs(30))
         .build()
         .unwrap();
@@ -374,12 +374,7 @@ async fn undecodable_bytes_never_pin_a_key() {
     let k = cache.stats();
     assert_eq!(k.kind("pos").unwrap().decode_errors, 1);
     // Another instance (no L1 of ours) now reads the repaired value from Redis.
-    let other = Cache::builder()
-        .redis_url(redis.url())
-        .backend(Backend::Layered)
-        .op_timeout(TEST_OP_TIMEOUT)
-        .build()
-        .unwrap();
+    let other = on(&redis).build().unwrap();
     let r = other.read(&key).await.unwrap().expect("repaired");
     assert_eq!((r.version, r.tier), (v, Tier::L2));
 }
@@ -390,13 +385,7 @@ async fn undecodable_bytes_never_pin_a_key() {
 async fn l1_never_outlives_redis_with_sub_millisecond_ttls() {
     let redis = RedisServer::start();
     let (clock, _mock) = mdcache::Clock::mock();
-    let cache = Cache::builder()
-        .redis_url(redis.url())
-        .backend(Backend::Layered)
-        .op_timeout(TEST_OP_TIMEOUT)
-        .clock(clock)
-        .build()
-        .unwrap();
+    let cache = on(&redis).clock(clock).build().unwrap();
     let key = cache.key::<Price>("SUBMS").unwrap();
     let ttl = Duration::from_micros(10_900);
     cache
@@ -417,14 +406,7 @@ async fn l1_never_outlives_redis_with_sub_millisecond_ttls() {
 #[tokio::test]
 async fn read_age_counts_from_the_ttl_the_writer_used() {
     let redis = RedisServer::start();
-    let build = || {
-        Cache::builder()
-            .redis_url(redis.url())
-            .backend(Backend::Layered)
-            .op_timeout(TEST_OP_TIMEOUT)
-            .build()
-            .unwrap()
-    };
+    let build = || on(&redis).build().unwrap();
     let (writer, reader) = (build(), build());
     let key = writer.key::<Price>("AGED").unwrap();
     writer
