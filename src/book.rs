@@ -61,3 +61,40 @@ pub(crate) fn sort_best_first(levels: &mut [Level], side: BookSideKind) {
         BookSideKind::Ask => levels.sort_by(|a, b| a.price.total_cmp(&b.price)),
     }
 }
+
+/// True when `levels` are already best first for `side` (so sorting would change nothing).
+pub(crate) fn is_best_first(levels: &[Level], side: BookSideKind) -> bool {
+    match side {
+        BookSideKind::Bid => levels.is_sorted_by(|a, b| b.price.total_cmp(&a.price).is_le()),
+        BookSideKind::Ask => levels.is_sorted_by(|a, b| a.price.total_cmp(&b.price).is_le()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_first() {
+        let mut l = vec![
+            Level {
+                price: 1.0,
+                qty: 1.0,
+            },
+            Level {
+                price: 3.0,
+                qty: 1.0,
+            },
+            Level {
+                price: 2.0,
+                qty: 1.0,
+            },
+        ];
+        sort_best_first(&mut l, BookSideKind::Bid);
+        assert_eq!(l[0].price, 3.0);
+        assert!(is_best_first(&l, BookSideKind::Bid) && !is_best_first(&l, BookSideKind::Ask));
+        sort_best_first(&mut l, BookSideKind::Ask);
+        assert_eq!(l[0].price, 1.0);
+        assert!(is_best_first(&l, BookSideKind::Ask) && !is_best_first(&l, BookSideKind::Bid));
+    }
+}

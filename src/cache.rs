@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::builder::CacheBuilder;
 use crate::config::{Backend, CacheConfig};
 use crate::engine::dirty::DirtyLog;
-use crate::engine::{Engine, OnL2Failure};
+use crate::engine::{Books, Engine, OnL2Failure, Values};
 use crate::error::Result;
 use crate::key::{BookSchema, Key, KeySchema, ValueSchema};
 use crate::outcome::{KeyTtl, Read, SetOptions, WriteOutcome};
@@ -136,7 +136,7 @@ impl Cache {
         opts: SetOptions,
     ) -> Result<WriteOutcome> {
         self.inner
-            .set_with_policy(key, value.into(), version, opts, OnL2Failure::KeepLocal)
+            .store::<S, Values>(key, value.into(), version, opts, OnL2Failure::KeepLocal)
             .await
     }
 
@@ -204,18 +204,46 @@ impl Cache {
         opts: SetOptions,
     ) -> Result<WriteOutcome> {
         self.inner
-            .set_book_with_policy(key, side, version, opts, OnL2Failure::KeepLocal)
+            .store::<S, Books>(key, Arc::new(side), version, opts, OnL2Failure::KeepLocal)
             .await
     }
 
-    /// The best `depth` levels of a book side (best first: highest bid, lowest ask), with
-    /// provenance. `depth == 0` reads every level.
+    /// The best `depth` levels of a book side (best first: highest bid, lowest ask), from the
+    /// nearest tier that has them fresh. `depth == 0` reads every level.
     pub async fn get_book<S: BookSchema>(
         &self,
         key: &Key<S>,
         depth: usize,
+    ) -> Result<Option<Arc<BookSide>>> {
+        Ok(self
+            .inner
+            .read_with(key, Books::depth(depth))
+            .await?
+            .map(|r| r.value))
+    }
+
+    /// Like [`get_book`](Self::get_book), with provenance: tier, version, age and remaining
+    /// TTL.
+    pub async fn read_book<S: BookSchema>(
+        &self,
+        key: &Key<S>,
+        depth: usize,
     ) -> Result<Option<Read<BookSide>>> {
-        self.inner.get_book(key, depth).await
+        self.inner.read_with(key, Books::depth(depth)).await
+    }
+
+    /// Waits until every market-data write queued before this call (each
+    /// [`WriteOutcome::Queued`]) has reached Redis: flushed now, without waiting for the flush
+    /// interval. `Ok(())` when Redis took each of them or held a higher version; an error when
+    /// some of them could not be written (Redis failing, or the breaker open) — those keys are
+    /// then in this process's L1 and the [dirty log](Self::dirty_log), like a failed `set`.
+    /// (The error is conservative: a failed flush of a key queued after the call reports it
+    /// too.) `Ok(())` at once when nothing is queued, or without a Redis tier.
+    ///
+    /// Until a queued write is flushed, this process reads it from L1 (or from the queue, if
+    /// L1 dropped it), and other processes read the older value Redis still holds.
+    pub async fn flush(&self) -> Result<()> {
+        self.inner.flush().await
     }
 
     /// Round trip to Redis under the operation deadline; `Ok` for a memory-only cache.
@@ -250,9 +278,11 @@ impl Cache {
 
     /// Wraps a started engine.
     pub(crate) fn from_engine(engine: Engine) -> Cache {
-        Cache {
-            inner: Arc::new(engine),
-        }
+        let inner = Arc::new(engine);
+        // Background tasks that need the engine hold it weakly, so dropping the last `Cache`
+        // still drops it (and stops them).
+        inner.spawn_tasks(&inner);
+        Cache { inner }
     }
 
     /// The engine, for the patterns (cache-aside, write-through) built over this cache.
@@ -361,12 +391,12 @@ mod tests {
             .map(|(price, qty)| Level { price, qty })
             .collect();
         cache.set_book(&key, BookSide { levels }, 1).await.unwrap();
-        let r = cache.get_book(&key, 2).await.unwrap().unwrap();
+        let r = cache.read_book(&key, 2).await.unwrap().unwrap();
         let prices: Vec<f64> = r.value.levels.iter().map(|l| l.price).collect();
         assert_eq!(prices, vec![12.0, 11.0]);
         assert_eq!(
             cache
-                .get_book(&key, 0)
+                .read_book(&key, 0)
                 .await
                 .unwrap()
                 .unwrap()

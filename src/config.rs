@@ -100,6 +100,79 @@ pub struct CacheConfig {
     pub fallback: FallbackOptions,
     /// PostgreSQL source of record (`DATABASE_URL`); `None` means the in-memory source.
     pub database_url: Option<String>,
+    /// The conflating market-data writer (DESIGN §4 rule 8): which kinds conflate
+    /// (`CACHE_CONFLATE_KINDS`), how often it flushes (`CACHE_FLUSH_INTERVAL_US`), the
+    /// largest batch (`CACHE_FLUSH_MAX_KEYS`) and the pending bound (`CACHE_FLUSH_MAX_PENDING`).
+    pub writer: WriterOptions,
+}
+
+/// Settings of the conflating market-data writer (DESIGN §4 rule 8). Used only with a Redis
+/// tier; a memory-only cache writes L1 directly.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriterOptions {
+    /// Kinds whose cache writes (`set`, `set_book`) conflate, by exact kind name
+    /// (`CACHE_CONFLATE_KINDS`, comma-separated; empty or `none` for none). Default: `price`,
+    /// `book:bid`, `book:ask`. Orders, positions, risk and strategy state should not be here:
+    /// their writes go through write-through, which never conflates.
+    pub conflate: Vec<String>,
+    /// How long the writer gathers writes after the first one before it flushes
+    /// (`CACHE_FLUSH_INTERVAL_US`, default 1000 µs, at most 1 s). Tokio's timers tick in whole
+    /// milliseconds, so a shorter interval flushes on the next tick.
+    pub flush_interval: Duration,
+    /// Largest batch (one pipeline) and the pending count that makes the writer flush before
+    /// its interval (`CACHE_FLUSH_MAX_KEYS`, default 256, at most 100 000).
+    pub flush_max_keys: NonZeroUsize,
+    /// Most keys pending at once (`CACHE_FLUSH_MAX_PENDING`, default 65 536). A write of a
+    /// new key beyond it is not queued: it goes to L1 alone and the key is recorded dirty
+    /// (`WriteOutcome::LocalOnly`), as when Redis fails.
+    pub max_pending: NonZeroUsize,
+}
+
+/// Most keys in one writer batch.
+const MAX_FLUSH_KEYS: usize = 100_000;
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            conflate: Vec::new(),
+            flush_interval: Duration::from_micros(1000),
+            flush_max_keys: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
+            max_pending: NonZeroUsize::new(65_536).unwrap_or(NonZeroUsize::MIN),
+        }
+    }
+}
+
+impl WriterOptions {
+    /// Checks the bounds, with an [`Error::Config`] naming the variable.
+    pub fn validate(&self) -> Result<()> {
+        if self.flush_interval.is_zero() || self.flush_interval > Duration::from_secs(1) {
+            return Err(Error::config(
+                "CACHE_FLUSH_INTERVAL_US",
+                format!(
+                    "must be between 1 µs and 1 s, not {:?}",
+                    self.flush_interval
+                ),
+            ));
+        }
+        if self.flush_max_keys.get() > MAX_FLUSH_KEYS {
+            return Err(Error::config(
+                "CACHE_FLUSH_MAX_KEYS",
+                format!("must be at most {MAX_FLUSH_KEYS}"),
+            ));
+        }
+        if self.max_pending < self.flush_max_keys {
+            return Err(Error::config(
+                "CACHE_FLUSH_MAX_PENDING",
+                "must be at least CACHE_FLUSH_MAX_KEYS",
+            ));
+        }
+        for kind in &self.conflate {
+            crate::key::validate_kind(kind)
+                .map_err(|e| Error::config("CACHE_CONFLATE_KINDS", format!("{kind:?}: {e}")))?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for CacheConfig {
@@ -120,6 +193,7 @@ impl Default for CacheConfig {
             retry: RetryConfig::default(),
             fallback: FallbackOptions::default(),
             database_url: None,
+            writer: WriterOptions::default(),
         }
     }
 }
@@ -144,6 +218,7 @@ impl std::fmt::Debug for CacheConfig {
             retry,
             fallback,
             database_url,
+            writer,
         } = self;
         f.debug_struct("CacheConfig")
             .field("backend", backend)
@@ -160,6 +235,7 @@ impl std::fmt::Debug for CacheConfig {
             .field("retry", retry)
             .field("fallback", fallback)
             .field("database_url", &database_url.as_deref().map(redact_url))
+            .field("writer", writer)
             .finish()
     }
 }
@@ -243,6 +319,14 @@ impl CacheConfig {
                 "CACHE_PROBE_TIMEOUT_MS" => cfg.breaker.probe_timeout = millis(name, value)?,
                 "CACHE_RETRY_MAX_TRIES" => cfg.retry.max_tries = nonzero_u32(name, value)?,
                 "CACHE_RETRY_BACKOFF_US" => cfg.retry.backoff = micros(name, value)?,
+                "CACHE_CONFLATE_KINDS" => cfg.writer.conflate = kind_list(value),
+                "CACHE_FLUSH_INTERVAL_US" => cfg.writer.flush_interval = micros(name, value)?,
+                "CACHE_FLUSH_MAX_KEYS" => {
+                    cfg.writer.flush_max_keys = nonzero_usize(name, value)?;
+                }
+                "CACHE_FLUSH_MAX_PENDING" => {
+                    cfg.writer.max_pending = nonzero_usize(name, value)?;
+                }
                 "CACHE_RETRY_BACKOFF_CAP_US" => cfg.retry.backoff_cap = Some(micros(name, value)?),
                 "DATABASE_URL" => cfg.database_url = non_empty(name, value)?,
                 _ => {
@@ -318,6 +402,7 @@ impl CacheConfig {
     pub fn validate(&self) -> Result<()> {
         crate::key::validate_namespace(&self.namespace)?;
         self.fallback.validate()?;
+        self.writer.validate()?;
         for (name, d) in [
             ("CACHE_OP_TIMEOUT_MS", self.op_timeout),
             ("CACHE_CONNECT_TIMEOUT_MS", self.connect_timeout),
@@ -449,6 +534,16 @@ fn micros(name: &str, value: &str) -> Result<Duration> {
 }
 
 pub(crate) use crate::clock::at_most_max_ttl;
+
+/// A comma-separated list of kind names; empty or `none` for none (each is checked by
+/// validation, so a bad name is an error naming the variable).
+fn kind_list(value: &str) -> Vec<String> {
+    let v = value.trim();
+    if v.is_empty() || v.eq_ignore_ascii_case("none") {
+        return Vec::new();
+    }
+    v.split(',').map(|k| k.trim().to_owned()).collect()
+}
 
 fn nonzero_u32(name: &str, value: &str) -> Result<NonZeroU32> {
     parse_num::<u32>(name, value, 1).map(|n| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))

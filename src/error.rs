@@ -105,9 +105,11 @@ pub enum Error {
         /// The full Redis key.
         key: String,
     },
-    /// An error from Redis or the connection to it.
+    /// An error from Redis or the connection to it. [`Error::kind`] says which kind
+    /// ([`Timeout`](ErrorKind::Timeout), [`Unavailable`](ErrorKind::Unavailable),
+    /// [`InvalidValue`](ErrorKind::InvalidValue), [`Backend`](ErrorKind::Backend), ...).
     #[error("redis: {0}")]
-    Redis(#[source] redis::RedisError),
+    Redis(#[source] BackendError),
     /// Invalid configuration; `name` is the environment variable or builder setting.
     #[error("invalid configuration {name}: {reason}")]
     Config {
@@ -139,23 +141,7 @@ impl Error {
             Error::Config { .. } => ErrorKind::Config,
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::BreakerOpen => ErrorKind::BreakerOpen,
-            Error::Redis(e) => {
-                if e.is_timeout() {
-                    ErrorKind::Timeout
-                } else if e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_unrecoverable_error()
-                {
-                    ErrorKind::Unavailable
-                } else if is_wrongtype(e) {
-                    ErrorKind::WrongType
-                } else if is_argument_error(e) {
-                    ErrorKind::InvalidValue
-                } else {
-                    ErrorKind::Backend
-                }
-            }
+            Error::Redis(e) => e.kind(),
         }
     }
 
@@ -198,6 +184,11 @@ impl Error {
         }
     }
 
+    /// Wraps a Redis error as [`Error::Redis`], keeping the client's type out of the API.
+    pub(crate) fn redis(e: redis::RedisError) -> Self {
+        Error::Redis(BackendError(e))
+    }
+
     /// Maps a Redis error for `key`, turning `WRONGTYPE` replies into [`Error::WrongType`].
     pub(crate) fn from_redis(e: redis::RedisError, key: &str) -> Self {
         if is_wrongtype(&e) {
@@ -205,8 +196,74 @@ impl Error {
                 key: key.to_owned(),
             }
         } else {
-            Error::Redis(e)
+            Error::redis(e)
         }
+    }
+}
+
+/// An error from Redis (or Valkey) or the connection to it, as carried by [`Error::Redis`].
+///
+/// Opaque on purpose: the Redis client library is an implementation detail, so upgrading or
+/// replacing it is not a breaking change for callers. Decide with [`Error::kind`] and the
+/// decision methods; [`code`](Self::code) and [`detail`](Self::detail) are for logs and for
+/// the rare caller that must tell one Redis reply from another. `Display` is the client's
+/// full message and [`source`](std::error::Error::source) continues the chain below it (an
+/// I/O error, a server reply).
+// No `#[non_exhaustive]` (house rule 5): the private field already keeps callers from
+// constructing or destructuring it.
+#[derive(Debug, Clone)]
+pub struct BackendError(redis::RedisError);
+
+impl BackendError {
+    /// The code Redis put first in its error reply, such as `ERR`, `WRONGTYPE`, `READONLY`,
+    /// `MOVED`, `NOSCRIPT` or `BUSY` (for a pipeline, the first failed command's, when the
+    /// client knows that code); `None` when Redis did not reply with an error: the connection
+    /// failed or timed out, or the reply could not be parsed.
+    pub fn code(&self) -> Option<&str> {
+        self.0.code()
+    }
+
+    /// The message after the code in Redis's error reply (e.g. `value is not an integer or
+    /// out of range`), or what the client found wrong with a reply it could not use; `None`
+    /// when there is no such text (a connection failure, a pipeline failure), in which case
+    /// `Display` carries the whole story.
+    pub fn detail(&self) -> Option<&str> {
+        self.0.detail()
+    }
+
+    /// The category [`Error::kind`] reports for this error.
+    fn kind(&self) -> ErrorKind {
+        let e = &self.0;
+        if e.is_timeout() {
+            ErrorKind::Timeout
+        } else if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_unrecoverable_error()
+        {
+            ErrorKind::Unavailable
+        } else if is_wrongtype(e) {
+            ErrorKind::WrongType
+        } else if is_argument_error(e) {
+            ErrorKind::InvalidValue
+        } else {
+            ErrorKind::Backend
+        }
+    }
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for BackendError {
+    // The client's own source, not the client's error: this type already shows the client's
+    // message, so returning the client's error would print it twice. The chain reads as it
+    // did before the wrapper: `Error` → this → the cause (an I/O error, a server reply).
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }
 
@@ -268,7 +325,7 @@ mod tests {
     #[test]
     fn redis_argument_errors_are_invalid_input_and_never_trip_the_breaker() {
         let reply = |detail: &str| {
-            Error::Redis(redis::RedisError::from((
+            Error::redis(redis::RedisError::from((
                 redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
                 "An error was signalled by the server",
                 detail.to_owned(),
@@ -287,8 +344,40 @@ mod tests {
     #[test]
     fn io_errors_are_unavailable() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        let e = Error::Redis(redis::RedisError::from(io));
+        let e = Error::redis(redis::RedisError::from(io));
         assert_eq!(e.kind(), ErrorKind::Unavailable);
         assert!(e.trips_breaker());
+    }
+
+    #[test]
+    fn backend_errors_show_the_reply_code_and_detail_and_keep_the_chain() {
+        let reply = Error::redis(redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+            "An error was signalled by the server",
+            "You can't write against a read only replica.".to_owned(),
+        )));
+        let Error::Redis(b) = &reply else {
+            panic!("not a redis error: {reply:?}");
+        };
+        assert_eq!(b.code(), Some("READONLY"));
+        assert_eq!(
+            b.detail(),
+            Some("You can't write against a read only replica.")
+        );
+        assert_eq!(reply.kind(), ErrorKind::Backend);
+        assert!(reply.to_string().starts_with("redis: "));
+        assert!(reply.to_string().contains("read only replica"));
+
+        // A connection failure has no reply: no code, and the I/O error is the next link.
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let down = Error::redis(redis::RedisError::from(io));
+        let Error::Redis(b) = &down else {
+            panic!("not a redis error: {down:?}");
+        };
+        assert_eq!(b.code(), None);
+        let link = std::error::Error::source(&down).expect("the backend error");
+        assert!(link.downcast_ref::<BackendError>().is_some());
+        let below = link.source().expect("the I/O error below it");
+        assert_eq!(below.to_string(), "refused");
     }
 }

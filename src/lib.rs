@@ -129,10 +129,12 @@ mod stats;
 pub use builder::CacheBuilder;
 pub use cache::Cache;
 pub use clock::{Clock, MockClock};
-pub use config::{Backend, CacheConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT, MAX_TTL};
+pub use config::{
+    Backend, CacheConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT, MAX_TTL, WriterOptions,
+};
 pub use engine::FLOOR_HOLD;
 pub use engine::dirty::{DEFAULT_DIRTY_CAPACITY, DirtyLog, DirtySnapshot};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{BackendError, Error, ErrorKind, Result};
 pub use fallback::{FallbackHandler, FallbackOptions, FallbackReason, FallbackSnapshot};
 pub use key::{BookSchema, Key, KeySchema, MAX_ID_LEN, Storage, ValueSchema, validate_id};
 pub use outcome::{KeyTtl, Read, SetOptions, Tier, WriteOutcome};
@@ -147,7 +149,7 @@ pub use schema::{
 pub use source::{Counted, Loaded, MemorySource, MemorySourceError, Source, SourceWriter};
 #[cfg(feature = "postgres")]
 pub use source::{PostgresOptions, PostgresSource, PostgresSourceError};
-pub use stats::{KindSnapshot, StatsSnapshot};
+pub use stats::{KindSnapshot, StatsSnapshot, WriterSnapshot};
 
 /// The README's code blocks, compiled and run as doctests so the quick start stays true.
 #[cfg(doctest)]

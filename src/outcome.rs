@@ -83,6 +83,12 @@ pub enum WriteOutcome {
     /// Returned only by the cache-only writes ([`Cache::set`](crate::Cache::set), [`Cache::set_book`](crate::Cache::set_book) and their
     /// `_with` forms) of a cache with an L1 (the layered backend); see [`Cache::set`](crate::Cache::set).
     LocalOnly,
+    /// A market-data write (a kind the conflating writer handles, DESIGN §4 rule 8): the
+    /// value is in this process's L1 now and queued for Redis, where the writer puts it (or a
+    /// higher version of the key) within about the flush interval, through the same versioned
+    /// compare-and-set. Other processes see it once it is there.
+    /// [`Cache::flush`](crate::Cache::flush) waits until it is.
+    Queued,
 }
 
 /// A key's remaining lifetime.

@@ -75,6 +75,9 @@ pub(crate) struct KindStats {
     /// Cache-only writes whose Redis write failed and that went to L1 alone
     /// ([`WriteOutcome::LocalOnly`](crate::WriteOutcome::LocalOnly)).
     pub(crate) writes_local_only: Count,
+    /// Market-data writes queued for the conflating writer
+    /// ([`WriteOutcome::Queued`](crate::WriteOutcome::Queued)).
+    pub(crate) writes_queued: Count,
     pub(crate) deletes: Count,
     pub(crate) errors: Count,
     pub(crate) timeouts: Count,
@@ -109,6 +112,9 @@ impl KindStats {
             writes_local_only: Count::new(
                 metrics::counter!("mdcache_writes_total", "kind" => kind, "outcome" => "local_only"),
             ),
+            writes_queued: Count::new(
+                metrics::counter!("mdcache_writes_total", "kind" => kind, "outcome" => "queued"),
+            ),
             deletes: plain("mdcache_deletes_total"),
             errors: plain("mdcache_errors_total"),
             timeouts: plain("mdcache_timeouts_total"),
@@ -140,6 +146,7 @@ impl KindStats {
             writes: self.writes.get(),
             writes_superseded: self.writes_superseded.get(),
             writes_local_only: self.writes_local_only.get(),
+            writes_queued: self.writes_queued.get(),
             deletes: self.deletes.get(),
             errors: self.errors.get(),
             timeouts: self.timeouts.get(),
@@ -214,7 +221,12 @@ impl Stats {
         None
     }
 
-    pub(crate) fn snapshot(&self, l1_entries: u64, l1_bytes: u64) -> StatsSnapshot {
+    pub(crate) fn snapshot(
+        &self,
+        l1_entries: u64,
+        l1_bytes: u64,
+        writer: Option<WriterSnapshot>,
+    ) -> StatsSnapshot {
         let kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
         let per_kind: Vec<KindSnapshot> = kinds.iter().map(|k| k.snapshot()).collect();
         let mut total = KindSnapshot {
@@ -229,6 +241,7 @@ impl Stats {
             total.writes += k.writes;
             total.writes_superseded += k.writes_superseded;
             total.writes_local_only += k.writes_local_only;
+            total.writes_queued += k.writes_queued;
             total.deletes += k.deletes;
             total.errors += k.errors;
             total.timeouts += k.timeouts;
@@ -247,6 +260,7 @@ impl Stats {
             kinds: per_kind,
             l1_entries,
             l1_bytes,
+            writer,
         }
     }
 }
@@ -273,6 +287,10 @@ pub struct KindSnapshot {
     /// whose Redis write failed and that are held by this process's L1 alone
     /// ([`WriteOutcome::LocalOnly`](crate::WriteOutcome::LocalOnly)). Not in `writes`.
     pub writes_local_only: u64,
+    /// Market-data writes queued for the conflating writer
+    /// ([`WriteOutcome::Queued`](crate::WriteOutcome::Queued)); not in `writes` (the writer's
+    /// own figures, in [`StatsSnapshot::writer`], say what became of them).
+    pub writes_queued: u64,
     /// Deletes.
     pub deletes: u64,
     /// Operations that returned an error, and the failed Redis writes behind local-only
@@ -308,6 +326,8 @@ pub struct StatsSnapshot {
     pub l1_entries: u64,
     /// Weighted bytes currently held by L1.
     pub l1_bytes: u64,
+    /// The conflating market-data writer's figures (`None` without a Redis tier).
+    pub writer: Option<WriterSnapshot>,
 }
 
 impl StatsSnapshot {
@@ -317,9 +337,180 @@ impl StatsSnapshot {
     }
 }
 
+/// What the writer has done so far, in [`StatsSnapshot::writer`](crate::StatsSnapshot::writer).
+#[non_exhaustive]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriterSnapshot {
+    /// Writes queued (each `set`/`set_book` of a conflating kind that was not refused).
+    pub enqueued: u64,
+    /// Pending writes replaced by a higher version of the same key before they were flushed
+    /// (latest wins: conflated, not lost).
+    pub conflated: u64,
+    /// Writes dropped because a higher version of the key was already pending.
+    pub dropped_older: u64,
+    /// Writes not queued because `max_pending` keys were pending: kept in L1 alone and the key
+    /// recorded dirty ([`WriteOutcome::LocalOnly`](crate::WriteOutcome::LocalOnly)).
+    pub overflow: u64,
+    /// Keys Redis took.
+    pub flushed: u64,
+    /// Keys Redis refused because it held a higher version.
+    pub superseded: u64,
+    /// Keys whose flush failed (or met an open breaker): recorded dirty, kept in L1.
+    pub failed: u64,
+    /// Batches sent (one pipeline each).
+    pub batches: u64,
+    /// Largest batch sent, in keys.
+    pub batch_max: u64,
+    /// Keys pending now.
+    pub pending: u64,
+    /// Enqueue → acknowledged by Redis, per key flushed (µs): p50, p99, max.
+    pub lag_p50_us: u64,
+    /// See `lag_p50_us`.
+    pub lag_p99_us: u64,
+    /// See `lag_p50_us`.
+    pub lag_max_us: u64,
+    /// One batch's round trip (µs): p50, p99, max.
+    pub flush_p50_us: u64,
+    /// See `flush_p50_us`.
+    pub flush_p99_us: u64,
+    /// See `flush_p50_us`.
+    pub flush_max_us: u64,
+}
+
+/// A latency histogram in atomics, for figures recorded off the hot path (the writer's lag
+/// and batch times): log-linear buckets (16 per power of two, so within 6.25 %) from 1 µs to
+/// about 2^40 µs, fixed size, lock-free. Percentiles come out as a bucket's upper bound.
+#[derive(Debug)]
+pub(crate) struct LatencyHistogram {
+    buckets: Box<[AtomicU64]>,
+    max: AtomicU64,
+}
+
+/// Sub-buckets per power of two.
+const SUB: u64 = 16;
+/// Powers of two covered above the linear range.
+const POWERS: u64 = 40;
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            buckets: (0..(SUB + POWERS * SUB))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            max: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Percentiles of a [`LatencyHistogram`], in µs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct LatencySummary {
+    pub(crate) p50: u64,
+    pub(crate) p99: u64,
+    pub(crate) max: u64,
+}
+
+impl LatencyHistogram {
+    fn index(us: u64) -> usize {
+        if us < SUB {
+            return us as usize;
+        }
+        let power = 63 - u64::from(us.leading_zeros()); // >= 4
+        let sub = (us >> (power - 4)) & (SUB - 1);
+        let i = SUB + (power - 4) * SUB + sub;
+        i.min(SUB + POWERS * SUB - 1) as usize
+    }
+
+    /// The largest value bucket `i` holds.
+    fn upper(i: usize) -> u64 {
+        let i = i as u64;
+        if i < SUB {
+            return i;
+        }
+        let power = (i - SUB) / SUB + 4;
+        let sub = (i - SUB) % SUB;
+        ((SUB + sub + 1) << (power - 4)) - 1
+    }
+
+    pub(crate) fn record(&self, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.buckets[Self::index(us)].fetch_add(1, Ordering::Relaxed);
+        self.max.fetch_max(us, Ordering::Relaxed);
+    }
+
+    pub(crate) fn summary(&self) -> LatencySummary {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        let max = self.max.load(Ordering::Relaxed);
+        let at = |q: f64| -> u64 {
+            if total == 0 {
+                return 0;
+            }
+            let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    return Self::upper(i).min(max);
+                }
+            }
+            max
+        };
+        LatencySummary {
+            p50: at(0.50),
+            p99: at(0.99),
+            max,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_buckets_cover_every_value_within_their_precision() {
+        for us in [
+            0u64,
+            1,
+            15,
+            16,
+            17,
+            31,
+            32,
+            100,
+            999,
+            1000,
+            1_000_000,
+            123_456_789,
+        ] {
+            let i = LatencyHistogram::index(us);
+            let hi = LatencyHistogram::upper(i);
+            assert!(hi >= us, "{us} above its bucket's upper bound {hi}");
+            assert!(
+                hi - us <= us / 16,
+                "{us}: bucket upper bound {hi} too loose"
+            );
+            if i > 0 {
+                assert!(
+                    LatencyHistogram::upper(i - 1) < us,
+                    "{us} belongs to an earlier bucket"
+                );
+            }
+        }
+        let h = LatencyHistogram::default();
+        for us in 1..=100u64 {
+            h.record(std::time::Duration::from_micros(us));
+        }
+        let s = h.summary();
+        assert_eq!(s.max, 100);
+        assert!((50..=53).contains(&s.p50), "{s:?}");
+        assert!((99..=100).contains(&s.p99), "{s:?}");
+    }
 
     #[test]
     fn kinds_are_found_without_a_lock_and_registered_once() {
@@ -340,6 +531,6 @@ mod tests {
                 assert!(Arc::ptr_eq(&f, &stats.kind(n)));
             }
         }
-        assert_eq!(stats.snapshot(0, 0).kinds.len(), 20);
+        assert_eq!(stats.snapshot(0, 0, None).kinds.len(), 20);
     }
 }

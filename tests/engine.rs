@@ -32,7 +32,7 @@ async fn two_cache_aside_handles_over_one_cache_share_one_load() {
     let mut readers = Vec::new();
     for i in 0..50 {
         let (aside, key) = (if i % 2 == 0 { a.clone() } else { b.clone() }, key.clone());
-        readers.push(tokio::spawn(async move { aside.get(&key).await }));
+        readers.push(tokio::spawn(async move { aside.read(&key).await }));
     }
     for r in readers {
         let read = r.await.unwrap().unwrap().unwrap();

@@ -169,11 +169,11 @@ fn spawn_load(
             while !stop.load(Ordering::Relaxed) {
                 let k = &load.pos[i % SYMBOLS];
                 let t = Instant::now();
-                let res = load.aside.get(k).await;
+                let res = load.aside.read(k).await;
                 note_read(&figures, k, t.elapsed(), &res);
                 let k = &load.px[i % SYMBOLS];
                 let t = Instant::now();
-                let res = load.aside.get(k).await;
+                let res = load.aside.read(k).await;
                 note_read(&figures, k, t.elapsed(), &res);
                 i += 7;
                 tokio::time::sleep(Duration::from_millis(1)).await;

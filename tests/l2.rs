@@ -139,8 +139,8 @@ async fn every_kind_gets_its_ttl_in_milliseconds_and_expires() {
     assert!(cache.get(&risk).await.unwrap().is_none());
     assert!(cache.get(&ord).await.unwrap().is_none());
     assert!(cache.get(&strat).await.unwrap().is_none());
-    assert!(cache.get_book(&bid, 0).await.unwrap().is_none());
-    assert!(cache.get_book(&ask, 0).await.unwrap().is_none());
+    assert!(cache.read_book(&bid, 0).await.unwrap().is_none());
+    assert!(cache.read_book(&ask, 0).await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -256,7 +256,7 @@ async fn a_lower_version_never_replaces_a_higher_one_in_either_tier() {
         WriteOutcome::Superseded
     );
     let fresh = self::cache(&server, Backend::Redis);
-    let r = fresh.get_book(&bk2, 0).await.unwrap().unwrap();
+    let r = fresh.read_book(&bk2, 0).await.unwrap().unwrap();
     assert_eq!((r.version, r.value.levels[0].price), (5, 10.0));
 }
 
@@ -337,7 +337,7 @@ async fn a_key_of_the_wrong_redis_type_is_a_typed_error() {
 
     let bk = cache.key::<BookBid>("STR").unwrap();
     let _: () = c.set(bk.as_str(), "not a zset").await.unwrap();
-    let err = cache.get_book(&bk, 5).await.unwrap_err();
+    let err = cache.read_book(&bk, 5).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::WrongType, "{err}");
     let err = cache
         .set_book(&bk, book([(1.0, 1.0)]), 1)
@@ -499,19 +499,19 @@ async fn books_are_sorted_sets_read_top_n_best_first() {
     let fresh = self::cache(&server, Backend::Layered);
     let fb = fresh.key::<BookBid>("ES").unwrap();
     let fa = fresh.key::<BookAsk>("ES").unwrap();
-    let top2 = fresh.get_book(&fb, 2).await.unwrap().unwrap();
+    let top2 = fresh.read_book(&fb, 2).await.unwrap().unwrap();
     assert_eq!(top2.tier, Tier::L2);
     let prices: Vec<f64> = top2.value.levels.iter().map(|l| l.price).collect();
     assert_eq!(prices, vec![5000.75, 5000.5]);
     // Top 1 is served from the promoted top 2; the full side needs Redis again.
     assert_eq!(
-        fresh.get_book(&fb, 1).await.unwrap().unwrap().tier,
+        fresh.read_book(&fb, 1).await.unwrap().unwrap().tier,
         Tier::L1
     );
-    let all = fresh.get_book(&fb, 0).await.unwrap().unwrap();
+    let all = fresh.read_book(&fb, 0).await.unwrap().unwrap();
     assert_eq!(all.tier, Tier::L2);
     assert_eq!(all.value.levels.len(), 4);
-    let asks = fresh.get_book(&fa, 3).await.unwrap().unwrap();
+    let asks = fresh.read_book(&fa, 3).await.unwrap().unwrap();
     let prices: Vec<f64> = asks.value.levels.iter().map(|l| l.price).collect();
     assert_eq!(prices, vec![4999.0, 5000.25, 5000.5]);
     assert_eq!(asks.value.levels[0].qty, 9.0);
@@ -520,15 +520,15 @@ async fn books_are_sorted_sets_read_top_n_best_first() {
     cache.set_book(&bid, book([(1.0, 1.0)]), 2).await.unwrap();
     let other = self::cache(&server, Backend::Redis);
     let ob = other.key::<BookBid>("ES").unwrap();
-    let r = other.get_book(&ob, 0).await.unwrap().unwrap();
+    let r = other.read_book(&ob, 0).await.unwrap().unwrap();
     assert_eq!((r.version, r.value.levels.len()), (2, 1));
     // An empty side is cached as empty, not as missing.
     cache.set_book(&bid, BookSide::default(), 3).await.unwrap();
-    let r = other.get_book(&ob, 0).await.unwrap().unwrap();
+    let r = other.read_book(&ob, 0).await.unwrap().unwrap();
     assert_eq!((r.version, r.value.levels.len()), (3, 0));
     // Delete removes the side and its version key.
     cache.delete(&bid).await.unwrap();
-    assert!(other.get_book(&ob, 0).await.unwrap().is_none());
+    assert!(other.read_book(&ob, 0).await.unwrap().is_none());
     assert!(!exists(&server, &format!("{}:v", bid.as_str())).await);
 }
 
@@ -785,7 +785,7 @@ async fn scripts_are_reloaded_after_the_server_forgets_them() {
             .query_async(&mut c)
             .await
             .unwrap();
-        assert!(cache.get_book(&bk, 1).await.unwrap().is_some());
+        assert!(cache.read_book(&bk, 1).await.unwrap().is_some());
     }
     assert_eq!(cache.read(&key).await.unwrap().unwrap().version, 3);
 }
@@ -964,7 +964,7 @@ async fn writes_while_the_breaker_is_open_stay_local_and_recovery_deletes_redis_
     let r = cache.read(&px).await.unwrap().expect("served from L1");
     assert_eq!((r.tier, r.version, r.value.seq), (Tier::L1, 2, 2));
     let b = cache
-        .get_book(&bid, 0)
+        .read_book(&bid, 0)
         .await
         .unwrap()
         .expect("served from L1");
@@ -974,7 +974,7 @@ async fn writes_while_the_breaker_is_open_stay_local_and_recovery_deletes_redis_
         cache.set_book(&bid, book([(9.0, 1.0)]), 1).await.unwrap(),
         WriteOutcome::Superseded
     );
-    assert_eq!(cache.get_book(&bid, 0).await.unwrap().unwrap().version, 2);
+    assert_eq!(cache.read_book(&bid, 0).await.unwrap().unwrap().version, 2);
     assert!(cache.dirty_log().contains(px.as_str()));
     assert!(cache.dirty_log().contains(bid.as_str()));
     assert_eq!(cache.stats().total.writes_local_only, 2);
@@ -988,7 +988,7 @@ async fn writes_while_the_breaker_is_open_stay_local_and_recovery_deletes_redis_
     }
     // Until L1 lets them go, this process keeps reading its own writes.
     assert_eq!(cache.read(&px).await.unwrap().unwrap().version, 2);
-    assert_eq!(cache.get_book(&bid, 0).await.unwrap().unwrap().version, 2);
+    assert_eq!(cache.read_book(&bid, 0).await.unwrap().unwrap().version, 2);
 }
 
 #[tokio::test]

@@ -151,7 +151,7 @@ async fn an_acknowledged_write_through_is_never_read_back_older() {
     assert!(in_flight.is_some());
 
     for _ in 0..3 {
-        let r = aside.get(&key).await.expect("read").expect("found");
+        let r = aside.read(&key).await.expect("read").expect("found");
         assert!(
             r.version >= ack.version,
             "read version {} from {:?} after version {} was acknowledged",
@@ -194,7 +194,7 @@ async fn an_acknowledged_create_is_never_read_back_as_not_found() {
     let ack = writes.write(&key, pos(7.0)).await.expect("acknowledged");
     src.release();
     let _ = reader.await.unwrap();
-    let r = aside.get(&key).await.expect("read");
+    let r = aside.read(&key).await.expect("read");
     let r = r.expect("an acknowledged create is found");
     assert!(r.version >= ack.version);
 }
@@ -220,7 +220,7 @@ async fn refresh_ahead_never_moves_l1_backwards_while_redis_fails() {
     );
     // 20 s of the 30 s TTL gone: under half left, so the next read starts a refresh.
     mock.advance(Duration::from_secs(20));
-    let r = aside.get(&key).await.unwrap().unwrap();
+    let r = aside.read(&key).await.unwrap().unwrap();
     assert_eq!((r.version, r.tier), (100, Tier::L1));
     support::wait_for("the refresh to load", || src.loads() >= 1).await;
     // The refresh's fill runs right after its load; give it ample time to land (or not).
@@ -271,7 +271,7 @@ async fn a_cancelled_write_through_never_leaves_the_older_value_cached() {
         "the key is distrusted"
     );
     let aside = CacheAside::builder(cache.clone(), src).build().unwrap();
-    assert!(aside.get(&key).await.unwrap().unwrap().version >= in_db);
+    assert!(aside.read(&key).await.unwrap().unwrap().version >= in_db);
 }
 
 /// Item 4, through the public API: values growing in place never push L1 past its byte bound.
@@ -368,7 +368,7 @@ async fn undecodable_bytes_never_pin_a_key() {
         .build()
         .unwrap();
     for _ in 0..5 {
-        assert_eq!(aside.get(&key).await.unwrap().unwrap().version, v);
+        assert_eq!(aside.read(&key).await.unwrap().unwrap().version, v);
     }
     assert_eq!(src.loads(), 1, "one load, then the repaired cache serves");
     let k = cache.stats();

@@ -143,7 +143,7 @@ async fn a_depth_no_side_can_reach_reads_every_level_and_never_trips_the_breaker
         .await
         .unwrap();
     for _ in 0..10 {
-        let r = cache.get_book(&key, usize::MAX).await.unwrap().unwrap();
+        let r = cache.read_book(&key, usize::MAX).await.unwrap().unwrap();
         assert_eq!(prices(&r.value), vec![3.0, 2.0, 1.0]);
     }
     let b = cache.breaker().unwrap();
@@ -165,7 +165,7 @@ async fn a_side_whose_sorted_set_is_gone_is_a_miss_not_an_empty_book() {
     let () = c.del(key.as_str()).await.unwrap();
     let reader = cache(&server, Backend::Layered);
     let rkey = reader.key::<BookBid>("GONE").unwrap();
-    let r = reader.get_book(&rkey, 0).await.unwrap();
+    let r = reader.read_book(&rkey, 0).await.unwrap();
     assert!(r.is_none(), "served {:?}", r.map(|r| (r.version, r.value)));
     // The same under a version key of an earlier build (8 bytes, the version alone).
     let old = reader.key::<BookBid>("OLD").unwrap();
@@ -173,7 +173,7 @@ async fn a_side_whose_sorted_set_is_gone_is_a_miss_not_an_empty_book() {
         .set(format!("{}:v", old.as_str()), &7u64.to_be_bytes()[..])
         .await
         .unwrap();
-    assert!(reader.get_book(&old, 0).await.unwrap().is_none());
+    assert!(reader.read_book(&old, 0).await.unwrap().is_none());
     let s = reader.stats().total;
     assert_eq!((s.l2_misses, s.l2_hits), (2, 0));
 }
@@ -202,13 +202,13 @@ async fn an_orphan_version_key_cannot_refuse_the_reload() {
     let aside = CacheAside::builder(reader.clone(), Arc::clone(&src))
         .build()
         .unwrap();
-    let r = aside.get_book(&rkey, 0).await.unwrap().unwrap();
+    let r = aside.read_book(&rkey, 0).await.unwrap().unwrap();
     assert_eq!((r.tier, r.version), (Tier::Source, ack.version));
     assert_eq!(prices(&r.value), vec![11.0, 10.0]);
     // The reload reached Redis: another instance reads the source's side, not an empty one.
     let other = self::cache(&server, Backend::Redis);
     let okey = other.key::<BookBid>("ORPHAN").unwrap();
-    let r = other.get_book(&okey, 0).await.unwrap().unwrap();
+    let r = other.read_book(&okey, 0).await.unwrap().unwrap();
     assert_eq!((r.tier, r.version), (Tier::L2, ack.version));
     assert_eq!(prices(&r.value), vec![11.0, 10.0]);
 }
@@ -233,12 +233,12 @@ async fn an_undecodable_side_is_a_counted_miss_reloaded_and_repaired() {
     let aside = CacheAside::builder(reader.clone(), Arc::clone(&src))
         .build()
         .unwrap();
-    let r = aside.get_book(&rkey, 0).await.unwrap().unwrap();
+    let r = aside.read_book(&rkey, 0).await.unwrap().unwrap();
     assert_eq!((r.tier, r.version), (Tier::Source, ack.version));
     assert_eq!(prices(&r.value), vec![11.0, 10.0]);
     let s = reader.stats().total;
     assert_eq!((s.decode_errors, s.source_loads), (1, 1));
-    let r = aside.get_book(&rkey, 0).await.unwrap().unwrap();
+    let r = aside.read_book(&rkey, 0).await.unwrap().unwrap();
     assert!(matches!(r.tier, Tier::L1 | Tier::L2), "{:?}", r.tier);
     assert_eq!(reader.stats().total.source_loads, 1);
     // Repaired in Redis: the garbage is gone and the side reads back whole elsewhere.
@@ -249,7 +249,7 @@ async fn an_undecodable_side_is_a_counted_miss_reloaded_and_repaired() {
     );
     let other = self::cache(&server, Backend::Redis);
     let okey = other.key::<BookBid>("BAD").unwrap();
-    let r = other.get_book(&okey, 0).await.unwrap().unwrap();
+    let r = other.read_book(&okey, 0).await.unwrap().unwrap();
     assert_eq!((r.tier, r.version), (Tier::L2, ack.version));
     assert_eq!(prices(&r.value), vec![11.0, 10.0]);
 }
@@ -272,7 +272,7 @@ async fn a_side_written_with_its_own_ttl_reports_its_true_age_from_l2() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let reader = builder(&server, Backend::Layered).build().unwrap();
     let rkey = reader.key::<BookBid>("AGE").unwrap();
-    let r = reader.get_book(&rkey, 0).await.unwrap().unwrap();
+    let r = reader.read_book(&rkey, 0).await.unwrap().unwrap();
     assert_eq!(r.tier, Tier::L2);
     assert!(
         r.age >= Duration::from_secs(1) && r.age < Duration::from_secs(10),

@@ -71,7 +71,7 @@ async fn a_thousand_concurrent_readers_of_a_cold_key_load_it_once() {
             let (aside, key, barrier) = (aside.clone(), key.clone(), barrier.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                aside.get(&key).await
+                aside.read(&key).await
             })
         })
         .collect();
@@ -124,12 +124,12 @@ async fn refresh_ahead_keeps_a_hot_key_from_missing_for_twenty_ttls() {
         .refresh_ahead_kind("price", 0.5)
         .build()
         .unwrap();
-    let first = aside.get(&key).await.unwrap().unwrap();
+    let first = aside.read(&key).await.unwrap().unwrap();
     assert_eq!(first.tier, Tier::Source);
     let until = Instant::now() + ttl * 20;
     let mut reads = 0u64;
     while Instant::now() < until {
-        let r = aside.get(&key).await.unwrap().expect("hot key vanished");
+        let r = aside.read(&key).await.unwrap().expect("hot key vanished");
         assert_ne!(r.tier, Tier::Source, "hot key missed after {reads} reads");
         reads += 1;
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -177,7 +177,7 @@ async fn negative_caching_remembers_not_found_only_when_enabled() {
     // A write replaces the remembered "not found".
     let writer = WriteThrough::new(cache.clone(), Arc::new(src.clone()));
     writer.write(&key, order(&id, 1.0)).await.unwrap();
-    let r = neg.get(&key).await.unwrap().expect("written");
+    let r = neg.read(&key).await.unwrap().expect("written");
     assert_eq!(r.value.qty, 1.0);
 }
 
@@ -215,7 +215,7 @@ async fn a_constraint_violation_returns_the_error_and_clears_both_tiers() {
     let aside = CacheAside::builder(cache.clone(), Arc::new(src.clone()))
         .build()
         .unwrap();
-    let r = aside.get(&key).await.unwrap().unwrap();
+    let r = aside.read(&key).await.unwrap().unwrap();
     assert_eq!(
         (r.tier, r.version, r.value.qty),
         (Tier::Source, ack.version, 5.0)
@@ -286,7 +286,7 @@ async fn a_stopped_database_fails_the_write_and_leaves_nothing_cached() {
         .unwrap();
     let give_up = Instant::now() + Duration::from_secs(20);
     let r = loop {
-        match aside.get(&key).await {
+        match aside.read(&key).await {
             Ok(r) => break r.unwrap(),
             Err(e) => {
                 assert!(Instant::now() < give_up, "database never came back: {e}");
@@ -402,7 +402,7 @@ async fn books_go_through_both_patterns() {
     let aside = CacheAside::builder(cache.clone(), Arc::new(src.clone()))
         .build()
         .unwrap();
-    let r = aside.get_book(&key, 1).await.unwrap().unwrap();
+    let r = aside.read_book(&key, 1).await.unwrap().unwrap();
     assert_eq!((r.tier, r.version), (Tier::Source, ack.version));
     assert_eq!(
         r.value.levels,
@@ -411,7 +411,7 @@ async fn books_go_through_both_patterns() {
             qty: 2.0
         }]
     );
-    let r = aside.get_book(&key, 0).await.unwrap().unwrap();
+    let r = aside.read_book(&key, 0).await.unwrap().unwrap();
     assert_eq!((r.tier, r.value.levels.len()), (Tier::L1, 2));
 }
 
@@ -501,7 +501,7 @@ async fn a_write_through_whose_cache_write_fails_keeps_nothing_in_l1() {
     assert_eq!(ack.cached, None, "the cache write cannot have succeeded");
     assert!(writer.dirty_log().contains(key.as_str()));
     assert!(
-        !matches!(cache.get_book(&key, 0).await, Ok(Some(_))),
+        !matches!(cache.read_book(&key, 0).await, Ok(Some(_))),
         "a value was served after a failed write-through cache write"
     );
     assert_eq!(cache.stats().total.writes_local_only, 0);

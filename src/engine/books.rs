@@ -1,89 +1,144 @@
-//! Book sides: replace a whole side at a version, read the top N levels, fill and stale reads of sides.
+//! Book sides: the `Books` layout — a side replaced whole at a version (a sorted set and its stamp in Redis), read as its best `depth` levels.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::layout::{Layout, Promoted};
+use super::writer::Payload;
 use super::*;
+use crate::book::BookSideKind;
 
-impl Engine {
-    /// [`set_book_with`](Self::set_book_with), with what to do when the Redis write fails.
-    pub(crate) async fn set_book_with_policy<S: BookSchema>(
-        &self,
-        key: &Key<S>,
-        side: BookSide,
-        version: u64,
-        opts: SetOptions,
-        on_failure: OnL2Failure,
-    ) -> Result<WriteOutcome> {
-        let mut side = side;
-        let ttl = write_ttl(key, opts).inspect_err(|e| self.ks(key).error(e))?;
+/// The layout of book sides. A read asks for the best `depth` levels (0: every level).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Books {
+    depth: usize,
+}
+
+impl Books {
+    /// A read of the best `depth` levels (0: all).
+    #[inline]
+    pub(crate) fn depth(depth: usize) -> Self {
+        Books { depth }
+    }
+}
+
+/// A book side as held in L1: sorted best first, and whether it holds every level or only
+/// the top levels a depth-limited read fetched.
+#[derive(Debug)]
+pub(crate) struct BookEntry {
+    side: Arc<BookSide>,
+    complete: bool,
+}
+
+impl<S: BookSchema> Layout<S> for Books {
+    type Entry = BookEntry;
+    type Payload = Arc<BookSide>;
+
+    #[inline]
+    fn whole() -> Self {
+        Books { depth: 0 }
+    }
+
+    fn check(side: &BookSide, limit: usize) -> Result<()> {
+        book::check(side, limit).map(|_| ())
+    }
+
+    fn normalise(mut side: BookSide) -> BookSide {
+        crate::book::sort_best_first(&mut side.levels, S::SIDE);
+        side
+    }
+
+    fn prepare(
+        side: Arc<BookSide>,
+        _version: u64,
+        _ttl: Duration,
+        limit: usize,
+    ) -> Result<(Arc<BookEntry>, usize, Arc<BookSide>)> {
         // What Redis will hold, against the value limit; then the book rules.
-        let bytes = book::check(&side, self.config.max_value_bytes.get())
-            .inspect_err(|e| self.ks(key).error(e))?;
-        book::sort_best_first(&mut side.levels, S::SIDE);
-        let side = Arc::new(side);
-        let t0 = self.clock.now();
-        let result = match &self.l2 {
-            None => None,
-            Some(l2) => Some(l2.book_replace(key.as_str(), &side, version, ttl).await),
-        };
-        let local = LocalWrite {
-            value: Arc::new(BookEntry {
-                side,
-                complete: true,
-            }),
-            version,
-            t0,
-            ttl,
-            bytes,
-        };
-        match result {
-            None => Ok(self.finish_write(key, local, None)),
-            Some(Ok(stored)) => Ok(self.finish_write(key, local, Some(stored))),
-            Some(Err(e)) => self.after_failed_write(key, e, on_failure, local),
+        let bytes = book::check(&side, limit)?;
+        let side = best_first(side, S::SIDE);
+        let entry = Arc::new(BookEntry {
+            side: Arc::clone(&side),
+            complete: true,
+        });
+        Ok((entry, bytes, side))
+    }
+
+    fn entry(side: Arc<BookSide>) -> (Arc<BookEntry>, usize) {
+        let bytes = book::stored_bytes(&side);
+        let entry = Arc::new(BookEntry {
+            side,
+            complete: true,
+        });
+        (entry, bytes)
+    }
+
+    #[inline]
+    fn view(self, entry: Arc<BookEntry>) -> Option<Arc<BookSide>> {
+        let have = entry.side.levels.len();
+        if !(entry.complete || (self.depth != 0 && have >= self.depth)) {
+            return None;
+        }
+        Some(top(&entry.side, self.depth))
+    }
+
+    fn view_stale(self, entry: Arc<BookEntry>) -> Arc<BookSide> {
+        top(&entry.side, self.depth)
+    }
+
+    fn cut(self, whole: Arc<BookSide>) -> Arc<BookSide> {
+        top(&whole, self.depth)
+    }
+
+    fn into_pending(side: Arc<BookSide>) -> Payload {
+        Payload::Book(side)
+    }
+
+    fn read_pending(self, payload: &Payload) -> Option<Arc<BookSide>> {
+        match payload {
+            Payload::Book(side) => Some(top(side, self.depth)),
+            Payload::Value(_) => None,
         }
     }
 
-    /// See [`Cache::get_book`](crate::Cache::get_book).
-    pub(crate) async fn get_book<S: BookSchema>(
-        &self,
+    fn l2_write<'a>(
+        l2: &'a L2Tier,
+        key: &'a str,
+        side: &'a Arc<BookSide>,
+        version: u64,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool>> + Send + 'a {
+        l2.book_replace(key, side, version, ttl)
+    }
+
+    async fn l2_read(
+        self,
+        engine: &Engine,
+        l2: &L2Tier,
         key: &Key<S>,
-        depth: usize,
+        t0: Instant,
     ) -> Result<Option<Read<BookSide>>> {
-        if let Some(l1) = &self.l1 {
-            if let Some(read) = self.l1_book(l1, key, depth) {
-                return Ok(Some(read));
-            }
-            self.ks(key).l1_misses.inc();
-        }
-        let Some(l2) = &self.l2 else {
-            return Ok(None);
-        };
-        if self.dirty.distrusts(key.as_str(), S::KEY_PREFIX) {
-            self.ks(key).l2_misses.inc();
-            return Ok(None);
-        }
-        let t0 = self.clock.now();
         let fetched = l2
-            .book_top(key.as_str(), S::SIDE, depth)
+            .book_top(key.as_str(), S::SIDE, self.depth)
             .await
             .inspect_err(|e| {
                 if e.kind() == crate::ErrorKind::Decode {
-                    self.ks(key).decode_errors.inc();
+                    engine.ks(key).decode_errors.inc();
                 }
-                self.ks(key).error(e)
+                engine.ks(key).error(e)
             })?;
         let f = match fetched {
             book::TopReply::Found(f) => f,
             book::TopReply::Missing => {
-                self.ks(key).l2_misses.inc();
+                engine.ks(key).l2_misses.inc();
                 return Ok(None);
             }
             book::TopReply::Undecodable { stamp, error } => {
-                // A miss, like an undecodable value; and removed (unless a writer replaced
-                // it meanwhile), so the reload that follows can fill it again.
-                self.ks(key).decode_errors.inc();
-                self.ks(key).l2_misses.inc();
+                // A miss, like an undecodable value; and removed (unless a writer
+                // replaced it meanwhile), so the reload that follows can fill it again.
+                engine.ks(key).decode_errors.inc();
+                engine.ks(key).l2_misses.inc();
                 tracing::warn!(key = key.as_str(), %error, "undecodable book side treated as a miss");
                 if let Err(e) = l2.book_unlink_if_stamp(key.as_str(), &stamp).await {
                     tracing::debug!(key = key.as_str(), error = %e, "removing an undecodable book side failed");
@@ -95,112 +150,39 @@ impl Engine {
         // Redis's clock; the kind's TTL stands in for a side written by an earlier build.
         let written_ttl = f.written_ttl.unwrap_or(key.ttl());
         let remaining = f.remaining.unwrap_or(written_ttl);
-        let age = written_ttl.saturating_sub(remaining);
-        let complete = depth == 0 || f.side.levels.len() < depth;
-        let bytes = f.bytes;
         let side = Arc::new(f.side);
-        if let Some(l1) = &self.l1 {
-            let entry = Arc::new(BookEntry {
+        let promoted = Promoted {
+            entry: Arc::new(BookEntry {
                 side: Arc::clone(&side),
-                complete,
-            });
-            let written = t0.checked_sub(age).unwrap_or(t0);
-            let outcome = l1.insert_versioned(
-                key.shared(),
-                entry,
-                f.version,
-                deadline_after(t0, remaining),
-                written,
-                bytes,
-            );
-            if outcome == InsertOutcome::HigherVersionHeld {
-                // L1 holds a newer side or a version floor: Redis's older side is not served.
-                return Ok(match self.l1_book(l1, key, depth) {
-                    Some(r) if r.version >= f.version => Some(r),
-                    _ => {
-                        self.ks(key).l2_misses.inc();
-                        None
-                    }
-                });
-            }
-        }
-        self.ks(key).l2_hits.inc();
-        Ok(Some(Read {
+                complete: self.depth == 0 || side.levels.len() < self.depth,
+            }),
             value: side,
             version: f.version,
-            tier: Tier::L2,
-            age,
+            t0,
             ttl_remaining: f.remaining,
-        }))
+            remaining,
+            age: written_ttl.saturating_sub(remaining),
+            bytes: f.bytes,
+        };
+        Ok(engine.promote(key, self, promoted))
     }
+}
 
-    /// The top `depth` levels of a book side from L1, if it holds them fresh (counted as an
-    /// L1 hit; a miss is not counted here).
-    #[inline]
-    pub(super) fn l1_book<S: BookSchema>(
-        &self,
-        l1: &L1,
-        key: &Key<S>,
-        depth: usize,
-    ) -> Option<Read<BookSide>> {
-        let hit = l1.get::<BookEntry>(key.as_str())?;
-        let have = hit.value.side.levels.len();
-        if !(hit.value.complete || (depth != 0 && have >= depth)) {
-            return None;
-        }
-        self.ks(key).l1_hits.inc();
-        let side = top(&hit.value.side, depth);
-        let read = self.l1_read(hit);
-        Some(Read {
-            value: side,
-            version: read.version,
-            tier: read.tier,
-            age: read.age,
-            ttl_remaining: read.ttl_remaining,
-        })
+/// `side` sorted best first, sorting (and copying, when shared) only when it is not already.
+fn best_first(mut side: Arc<BookSide>, kind: BookSideKind) -> Arc<BookSide> {
+    if !crate::book::is_best_first(&side.levels, kind) {
+        crate::book::sort_best_first(&mut Arc::make_mut(&mut side).levels, kind);
     }
+    side
+}
 
-    /// [`recheck`](Self::recheck) for a book side.
-    pub(crate) async fn recheck_book<S: BookSchema>(
-        &self,
-        key: &Key<S>,
-        depth: usize,
-    ) -> Result<Option<Read<BookSide>>> {
-        match &self.l1 {
-            Some(l1) => Ok(self.l1_book(l1, key, depth)),
-            None => self.get_book(key, depth).await,
-        }
-    }
-
-    /// Puts a book side loaded from the source into L1 only (sorted best first by the caller).
-    pub(crate) fn fill_l1_book<S: BookSchema>(
-        &self,
-        key: &Key<S>,
-        side: BookSide,
-        version: u64,
-    ) -> InsertOutcome {
-        let bytes = book::stored_bytes(&side);
-        let entry = Arc::new(BookEntry {
-            side: Arc::new(side),
-            complete: true,
-        });
-        self.fill_l1(key, entry, version, bytes)
-    }
-
-    /// A stale book side (see [`l1_stale`](Self::l1_stale)), cut to `depth`.
-    pub(crate) fn l1_stale_book(
-        &self,
-        key: &str,
-        bound: Duration,
-        depth: usize,
-    ) -> Option<Read<BookSide>> {
-        let r = self.l1_stale::<BookEntry>(key, bound)?;
-        Some(Read {
-            value: top(&r.value.side, depth),
-            version: r.version,
-            tier: r.tier,
-            age: r.age,
-            ttl_remaining: r.ttl_remaining,
+/// The first `depth` levels (all when 0), sharing the `Arc` when nothing is cut.
+fn top(side: &Arc<BookSide>, depth: usize) -> Arc<BookSide> {
+    if depth == 0 || side.levels.len() <= depth {
+        Arc::clone(side)
+    } else {
+        Arc::new(BookSide {
+            levels: side.levels[..depth].to_vec(),
         })
     }
 }

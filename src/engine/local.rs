@@ -1,4 +1,4 @@
-//! L1-only operations for the patterns: fills from the source, stale reads (DESIGN §4 rule 7), negative entries.
+//! L1-only operations: the raw fill under the version rule, and negative entries ("the source has no such key").
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use super::*;
 impl Engine {
     /// Puts a value loaded from the source into L1 only (used while Redis is unavailable),
     /// under the version rule: refused when L1 holds a newer version or a floor above it.
-    pub(crate) fn fill_l1<S: KeySchema, V: Send + Sync + 'static>(
+    pub(super) fn fill_l1<S: KeySchema, V: Send + Sync + 'static>(
         &self,
         key: &Key<S>,
         value: Arc<V>,
@@ -30,25 +30,6 @@ impl Engine {
             }
             None => InsertOutcome::NotStored,
         }
-    }
-
-    /// A value past its deadline by at most `bound`, for the fail-safe read of DESIGN §4
-    /// rule 7 (always reported as [`Tier::Stale`]).
-    pub(crate) fn l1_stale<V: Send + Sync + 'static>(
-        &self,
-        key: &str,
-        bound: Duration,
-    ) -> Option<Read<V>> {
-        let l1 = self.l1.as_ref()?;
-        let hit = l1.get_stale::<V>(key, bound)?;
-        let now = hit.now;
-        Some(Read {
-            value: hit.value,
-            version: hit.version,
-            tier: Tier::Stale,
-            age: now.saturating_duration_since(hit.stored_at),
-            ttl_remaining: Some(Duration::ZERO),
-        })
     }
 
     /// True when L1 remembers that the source has no value at `key` (negative caching).

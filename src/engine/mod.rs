@@ -1,14 +1,22 @@
 //! The engine behind the `Cache` facade: L1, L2, the dirty log, stats and the clock, with the read path, the write policy, fills, version floors, stale reads and negative entries.
 //!
-//! Split by concern: this file holds the engine's state, its construction and what every path
-//! shares; `values.rs` the value reads and writes, `books.rs` the book sides, `local.rs` the
-//! L1-only operations the patterns use (fills from the source, stale reads, negative entries).
+//! Split by concern: this file holds the engine's state, its construction and the key-level
+//! operations (delete, TTL, floors, the dirty log); `layout.rs` the one storage path that
+//! values and book sides share (reads, writes and the write policy, fills, re-checks, stale
+//! reads), written against the `Layout` trait; `values.rs` and `books.rs` the two layouts
+//! (and the value-only batches); `local.rs` the raw L1 fill and negative entries.
 
 mod books;
 pub(crate) mod dirty;
 pub(crate) mod flight;
+mod layout;
 mod local;
 mod values;
+pub(crate) mod writer;
+
+pub(crate) use books::Books;
+pub(crate) use layout::Layout;
+pub(crate) use values::Values;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +37,7 @@ use crate::schema::BookSide;
 use crate::stats::{KindStats, Stats, StatsSnapshot};
 use dirty::{DEFAULT_DIRTY_CAPACITY, DirtyLog};
 use flight::Flights;
+use writer::WriterHandle;
 
 /// Most keys loading at once that still share their loads (beyond it, loads run unshared).
 const MAX_FLIGHTS: usize = 65_536;
@@ -53,6 +62,9 @@ pub(crate) struct Engine {
     fallback: FallbackHandler,
     /// The recovery supervisor, stopped when the last clone of the cache is dropped.
     supervisor: Option<Supervisor>,
+    /// The conflating market-data writer (DESIGN §4 rule 8), with a Redis tier and at least
+    /// one conflating kind; stopped when the last clone of the cache is dropped.
+    writer: Option<WriterHandle>,
 }
 
 impl Engine {
@@ -93,6 +105,10 @@ impl Engine {
             Supervisor::start(Arc::clone(l2), Arc::clone(&dirty), config.namespace.clone())
         });
         let fallback = FallbackHandler::new(config.fallback.clone());
+        let writer = l2
+            .as_ref()
+            .filter(|_| !config.writer.conflate.is_empty())
+            .map(|l2| WriterHandle::new(config.writer.clone(), Arc::clone(l2)));
         Ok(Engine {
             config,
             backend,
@@ -104,7 +120,25 @@ impl Engine {
             flights: Flights::new(MAX_FLIGHTS),
             fallback,
             supervisor,
+            writer,
         })
+    }
+
+    /// Starts the tasks that need the engine itself (the market-data writer's flush task),
+    /// once it is shared: they hold it weakly.
+    pub(crate) fn spawn_tasks(&self, this: &Arc<Engine>) {
+        if let Some(w) = &self.writer {
+            w.spawn(Arc::downgrade(this));
+        }
+    }
+
+    /// The market-data writer, when `kind` conflates.
+    #[inline]
+    fn conflating(&self, kind: &str) -> Option<&writer::Writer> {
+        self.writer
+            .as_ref()
+            .map(|w| &*w.writer)
+            .filter(|w| w.conflates(kind))
     }
 }
 
@@ -157,27 +191,9 @@ impl<V: Send + Sync + 'static> LocalWrite<V> {
 /// A key's floor is held for the longer of this and the key's TTL.
 pub const FLOOR_HOLD: Duration = Duration::from_secs(10);
 
-/// What became of a value fetched from Redis.
-pub(crate) enum Fetch<V> {
-    /// Served.
-    Hit(Read<V>),
-    /// Not servable: gone, or older than what L1 holds (a version floor).
-    Miss,
-    /// The bytes did not decode; counted, and to be removed from Redis if unchanged.
-    Undecodable(Vec<u8>),
-}
-
 /// The L1 marker for "the source has no such key" (negative caching).
 #[derive(Debug)]
 struct NotFound;
-
-/// A book side as held in L1: sorted best first, and whether it holds every level or only
-/// the top levels a depth-limited read fetched.
-#[derive(Debug)]
-pub(crate) struct BookEntry {
-    side: Arc<BookSide>,
-    complete: bool,
-}
 
 impl Engine {
     /// The single-flight loads of this cache.
@@ -237,18 +253,11 @@ impl Engine {
             .l1
             .as_ref()
             .map_or((0, 0), |l1| (l1.len(), l1.weight()));
-        self.stats.snapshot(entries, bytes)
-    }
-
-    pub(super) fn l1_read<V>(&self, hit: crate::l1::L1Hit<V>) -> Read<V> {
-        let now = hit.now;
-        Read {
-            value: hit.value,
-            version: hit.version,
-            tier: Tier::L1,
-            age: now.saturating_duration_since(hit.stored_at),
-            ttl_remaining: Some(hit.deadline.saturating_duration_since(now)),
-        }
+        self.stats.snapshot(
+            entries,
+            bytes,
+            self.writer.as_ref().map(|w| w.writer.snapshot()),
+        )
     }
 
     /// Sets a version floor at `key` (DESIGN §4 rule 9): for the longer of the key's TTL and
@@ -287,6 +296,10 @@ impl Engine {
 
     /// See [`Cache::delete`](crate::Cache::delete).
     pub(crate) async fn delete<S: KeySchema>(&self, key: &Key<S>) -> Result<bool> {
+        // A queued write must not bring the key back after the delete.
+        if let Some(w) = &self.writer {
+            w.writer.forget(key.as_str());
+        }
         let existed_l1 = self
             .l1
             .as_ref()
@@ -370,10 +383,15 @@ impl Engine {
     /// recovery deletes both: a version key left behind would make the side read back, from
     /// any process, as an empty book at the old version.
     pub(crate) fn record_dirty<S: KeySchema>(&self, key: &Key<S>) {
-        self.dirty.record(key.shared(), S::KEY_PREFIX);
-        if S::STORAGE == Storage::Book {
-            let vkey: Arc<str> = Arc::from(book::version_key(key.as_str()));
-            self.dirty.record(&vkey, S::KEY_PREFIX);
+        self.record_dirty_key(key.shared(), S::KEY_PREFIX, S::STORAGE == Storage::Book);
+    }
+
+    /// [`record_dirty`](Self::record_dirty) by the key's name and prefix.
+    pub(crate) fn record_dirty_key(&self, key: &Arc<str>, prefix: &'static str, book: bool) {
+        self.dirty.record(key, prefix);
+        if book {
+            let vkey: Arc<str> = Arc::from(book::version_key(key));
+            self.dirty.record(&vkey, prefix);
         }
     }
 
@@ -401,17 +419,6 @@ impl std::ops::Deref for KindRef<'_> {
             KindRef::Borrowed(k) => k,
             KindRef::Owned(k) => k,
         }
-    }
-}
-
-/// The first `depth` levels (all when 0), sharing the `Arc` when nothing is cut.
-pub(crate) fn top(side: &Arc<BookSide>, depth: usize) -> Arc<BookSide> {
-    if depth == 0 || side.levels.len() <= depth {
-        Arc::clone(side)
-    } else {
-        Arc::new(BookSide {
-            levels: side.levels[..depth].to_vec(),
-        })
     }
 }
 

@@ -27,8 +27,8 @@ use redis::{Script, Value};
 use super::boundary::FetchedBook;
 // Re-exported: the engine matches on the read's reply as `book::TopReply`.
 pub(crate) use super::boundary::TopReply;
+use crate::book::validate;
 use crate::book::{BookSide, BookSideKind, Level};
-pub(crate) use crate::book::{sort_best_first, validate};
 use crate::error::{Error, Result};
 
 /// Length of a stamp written by this build.
@@ -500,27 +500,5 @@ mod tests {
         assert!(check(side(vec![(2.0, 1.0), (f64::NAN, 1.0), (2.0, 1.0)])).is_err());
         assert!(check(side(vec![(1.0, -1.0)])).is_err());
         assert!(check(side(vec![(f64::INFINITY, 1.0)])).is_err());
-    }
-
-    #[test]
-    fn best_first() {
-        let mut l = vec![
-            Level {
-                price: 1.0,
-                qty: 1.0,
-            },
-            Level {
-                price: 3.0,
-                qty: 1.0,
-            },
-            Level {
-                price: 2.0,
-                qty: 1.0,
-            },
-        ];
-        sort_best_first(&mut l, BookSideKind::Bid);
-        assert_eq!(l[0].price, 3.0);
-        sort_best_first(&mut l, BookSideKind::Ask);
-        assert_eq!(l[0].price, 1.0);
     }
 }

@@ -40,6 +40,12 @@ pub(crate) trait L2: Send + Sync + std::fmt::Debug {
     /// order.
     async fn set_many(&self, items: &[(&str, Vec<u8>, Duration)]) -> Result<Vec<bool>>;
 
+    /// Many versioned writes of values and book sides, mixed, sent together (one pipeline on
+    /// one server): the market-data writer's flush. One reply per item, in order; an item
+    /// Redis refuses (a key holding another type) is [`PutReply::Refused`] without failing
+    /// the others. One guarded operation: one breaker outcome for the whole batch.
+    async fn put_many(&self, items: &[Put<'_>]) -> Result<Vec<PutReply>>;
+
     /// Deletes the keys (non-blocking on the server); how many existed.
     async fn unlink(&self, keys: &[&str]) -> Result<u64>;
 
@@ -88,6 +94,35 @@ pub(crate) trait L2: Send + Sync + std::fmt::Debug {
     /// Deletes every key matching `pattern` (`SCAN` + `UNLINK`, never `KEYS`; on every
     /// primary of a cluster), bypassing the breaker, each step under the probe deadline.
     async fn recovery_unlink_matching(&self, pattern: &str) -> Result<()>;
+}
+
+/// One write of a batch ([`L2::put_many`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Put<'a> {
+    /// [`L2::set_versioned`] of an envelope.
+    Value {
+        key: &'a str,
+        envelope: &'a [u8],
+        ttl: Duration,
+    },
+    /// [`L2::book_replace`] of a whole side, sorted best first.
+    Book {
+        key: &'a str,
+        side: &'a BookSide,
+        version: u64,
+        ttl: Duration,
+    },
+}
+
+/// What became of one write of a batch.
+#[derive(Debug)]
+pub(crate) enum PutReply {
+    /// Stored.
+    Stored,
+    /// Refused: Redis holds a higher version.
+    Superseded,
+    /// Refused by Redis for this key alone (e.g. [`Error::WrongType`]).
+    Refused(Error),
 }
 
 /// What a successful L2 read of a string key returns: the envelope and its remaining TTL.

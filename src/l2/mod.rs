@@ -18,6 +18,6 @@ mod redis;
 mod tier;
 mod values;
 
-pub(crate) use boundary::{Fetched, ttl_ms};
+pub(crate) use boundary::{Fetched, Put, PutReply, ttl_ms};
 pub(crate) use redis::RedisOptions;
 pub(crate) use tier::L2Tier;

@@ -14,7 +14,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{RedisError, RedisResult, Value};
 
 use super::book::{self, BookScripts};
-use super::boundary::{Fetched, L2, TopReply, ttl_ms};
+use super::boundary::{Fetched, L2, Put, PutReply, TopReply, ttl_ms};
 use super::pool::{Conn, Generation, LastError, Manager};
 use super::values::{self, ValueScripts};
 use crate::error::{Error, Result};
@@ -142,9 +142,9 @@ impl RedisTier {
 
     fn checkout_error(&self, e: bb8::RunError<RedisError>) -> Error {
         match e {
-            bb8::RunError::User(e) => Error::Redis(e),
+            bb8::RunError::User(e) => Error::redis(e),
             bb8::RunError::TimedOut => match self.last_error.get() {
-                Some(e) => Error::Redis(e),
+                Some(e) => Error::redis(e),
                 None => Error::Timeout {
                     op: "connect",
                     after: self.connect_timeout,
@@ -172,7 +172,7 @@ impl RedisTier {
                     self.last_error
                         .get()
                         .filter(|e| !e.is_timeout())
-                        .map(Error::Redis)
+                        .map(Error::redis)
                 },
             )
             .await
@@ -288,6 +288,88 @@ impl L2 for RedisTier {
             })
             .await?;
         Ok(stored.into_iter().map(|s| s == 1).collect())
+    }
+
+    /// One pipeline of `EVALSHA`s (values and book sides mixed), not a transaction: each
+    /// script is atomic on its own, and the batch needs no more. Errors are per item
+    /// (`ignore_errors`), so one key of another type does not fail the batch; a `NOSCRIPT`
+    /// (the server lost its scripts) loads them and sends the batch once more — the writes
+    /// are idempotent.
+    async fn put_many(&self, items: &[Put<'_>]) -> Result<Vec<PutReply>> {
+        let Some(first) = items.first() else {
+            return Ok(Vec::new());
+        };
+        let first_key = match first {
+            Put::Value { key, .. } | Put::Book { key, .. } => *key,
+        };
+        let (vset, breplace) = (&self.values.set_versioned, &self.books.replace);
+        let build = || {
+            let mut p = redis::pipe();
+            p.ignore_errors();
+            for item in items {
+                match *item {
+                    Put::Value { key, envelope, ttl } => {
+                        p.cmd("EVALSHA")
+                            .arg(vset.get_hash())
+                            .arg(1)
+                            .arg(key)
+                            .arg(envelope)
+                            .arg(ttl_ms(ttl));
+                    }
+                    Put::Book {
+                        key,
+                        side,
+                        version,
+                        ttl,
+                    } => {
+                        let ttl_ms = ttl_ms(ttl);
+                        let stamp = book::encode_stamp(version, ttl_ms, side.levels.len());
+                        let c = p
+                            .cmd("EVALSHA")
+                            .arg(breplace.get_hash())
+                            .arg(2)
+                            .arg(key)
+                            .arg(book::version_key(key))
+                            .arg(&stamp[..])
+                            .arg(ttl_ms);
+                        for l in &side.levels {
+                            c.arg(l.price).arg(book::member(l));
+                        }
+                    }
+                }
+            }
+            p
+        };
+        let no_script = |r: &RedisResult<i64>| {
+            r.as_ref().is_err_and(|e| {
+                e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+            })
+        };
+        let replies: Vec<RedisResult<i64>> = self
+            .run("put_many", first_key, |mut c| async move {
+                let replies: Vec<RedisResult<i64>> = build().query_async(&mut c).await?;
+                if !replies.iter().any(no_script) {
+                    return Ok(replies);
+                }
+                vset.load_async(&mut c).await?;
+                breplace.load_async(&mut c).await?;
+                build().query_async(&mut c).await
+            })
+            .await?;
+        Ok(items
+            .iter()
+            .zip(replies)
+            .map(|(item, reply)| match reply {
+                Ok(1) => PutReply::Stored,
+                Ok(_) => PutReply::Superseded,
+                Err(e) => {
+                    let key = match item {
+                        Put::Value { key, .. } | Put::Book { key, .. } => *key,
+                    };
+                    PutReply::Refused(Error::from_redis(e, key))
+                }
+            })
+            .collect())
     }
 
     async fn unlink(&self, keys: &[&str]) -> Result<u64> {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::boundary::{Fetched, L2, TopReply};
+use super::boundary::{Fetched, L2, Put, PutReply, TopReply};
 use super::redis::{RedisOptions, RedisTier};
 use crate::error::Result;
 use crate::resilience::CircuitBreaker;
@@ -66,6 +66,13 @@ impl L2Tier {
     pub(crate) async fn set_many(&self, items: &[(&str, Vec<u8>, Duration)]) -> Result<Vec<bool>> {
         match self {
             L2Tier::Redis(t) => t.set_many(items).await,
+        }
+    }
+
+    /// See [`L2::put_many`].
+    pub(crate) async fn put_many(&self, items: &[Put<'_>]) -> Result<Vec<PutReply>> {
+        match self {
+            L2Tier::Redis(t) => t.put_many(items).await,
         }
     }
 

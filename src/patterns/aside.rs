@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{LoadError, is_caller_error};
 use crate::cache::Cache;
-use crate::engine::{Engine, OnL2Failure};
+use crate::engine::{Books, Layout, OnL2Failure, Values};
 use crate::error::Error;
 use crate::fallback::{FallbackReason, FallbackSnapshot};
 use crate::key::{BookSchema, Key, KeySchema, ValueSchema};
@@ -101,8 +101,9 @@ impl AsideOptions {
 /// db.write(&key, &Position { qty: 5.0, avg_price: 10.0, realized_pnl: 0.0, seq: 1 }).await?;
 ///
 /// let aside = CacheAside::builder(cache, db).build()?;
-/// assert_eq!(aside.get(&key).await?.unwrap().tier, Tier::Source); // loaded and filled
-/// assert_eq!(aside.get(&key).await?.unwrap().tier, Tier::L1);
+/// assert_eq!(aside.read(&key).await?.unwrap().tier, Tier::Source); // loaded and filled
+/// assert_eq!(aside.read(&key).await?.unwrap().tier, Tier::L1);
+/// assert_eq!(aside.get(&key).await?.unwrap().qty, 5.0); // the value alone
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
@@ -245,71 +246,23 @@ impl<Src: Source> CacheAside<Src> {
         self.inner.tasks.wait().await;
     }
 
-    /// The value at `key` with its provenance: from L1, L2, or (after a miss in both) the
-    /// source, which then fills the tiers. `Ok(None)`: the source has no such key.
+    /// The value at `key`: from L1, L2, or (after a miss in both) the source, which then
+    /// fills the tiers. `Ok(None)`: the source has no such key. [`read`](Self::read) says
+    /// where it came from, too.
     pub async fn get<S: ValueSchema>(
         &self,
         key: &Key<S>,
+    ) -> Result<Option<Arc<S::Value>>, LoadError<Src::Error>> {
+        Ok(self.read_through(key, Values).await?.map(|r| r.value))
+    }
+
+    /// Like [`get`](Self::get), with provenance: tier (`L1`, `L2`, `Source`, `Stale`),
+    /// version, age and remaining TTL.
+    pub async fn read<S: ValueSchema>(
+        &self,
+        key: &Key<S>,
     ) -> Result<Option<Read<S::Value>>, LoadError<Src::Error>> {
-        let inner = &self.inner;
-        if inner.negative_hit(key) {
-            return Ok(None);
-        }
-        let fallback = match inner.cache.engine().read(key).await {
-            Ok(Some(r)) => {
-                self.maybe_refresh(key, r.ttl_remaining, |i, k| {
-                    Box::pin(async move {
-                        i.load_value(&k, false, true, Budget::Refresh)
-                            .await
-                            .map(|_| ())
-                    })
-                });
-                return Ok(Some(r));
-            }
-            Ok(None) => None,
-            Err(e) if is_caller_error(&e) => return Err(e.into()),
-            Err(e) => Some(FallbackReason::of(&e)),
-        };
-        let started = std::time::Instant::now();
-        // On the fallback path: no re-check of Redis and no fill of it, only of L1.
-        let result = inner
-            .floor_checked(
-                key,
-                || async {
-                    inner
-                        .cache
-                        .engine()
-                        .flights()
-                        .run(key.shared(), || {
-                            inner.load_value(
-                                key,
-                                fallback.is_none(),
-                                fallback.is_none(),
-                                Budget::Foreground,
-                            )
-                        })
-                        .await
-                        .unwrap_or_else(|| Err(internal()))
-                },
-                || async { inner.cache.engine().recheck(key).await.ok().flatten() },
-            )
-            .await;
-        if let Some(reason) = fallback {
-            inner
-                .cache
-                .engine()
-                .fallback()
-                .record(reason, started.elapsed());
-        }
-        match result {
-            Err(e) if !matches!(&e, LoadError::Cache(c) if is_caller_error(c)) => {
-                match inner.stale::<S, S::Value>(key, |c, k, b| c.l1_stale::<S::Value>(k, b)) {
-                    Some(r) => Ok(Some(r)),
-                    None => Err(e),
-                }
-            }
-            other => other,
-        }
+        self.read_through(key, Values).await
     }
 
     /// The best `depth` levels (0 = all) of a book side, through the cache like
@@ -318,16 +271,39 @@ impl<Src: Source> CacheAside<Src> {
         &self,
         key: &Key<S>,
         depth: usize,
+    ) -> Result<Option<Arc<BookSide>>, LoadError<Src::Error>> {
+        Ok(self
+            .read_through(key, Books::depth(depth))
+            .await?
+            .map(|r| r.value))
+    }
+
+    /// Like [`get_book`](Self::get_book), with provenance.
+    pub async fn read_book<S: BookSchema>(
+        &self,
+        key: &Key<S>,
+        depth: usize,
     ) -> Result<Option<Read<BookSide>>, LoadError<Src::Error>> {
+        self.read_through(key, Books::depth(depth)).await
+    }
+
+    /// The read path of values and book sides alike: the cache (L1, then Redis), else one
+    /// single-flight load of the whole value from the source, which every waiting caller cuts
+    /// to what it asked for; the fallback path and the stale read when Redis fails.
+    async fn read_through<S: KeySchema, L: Layout<S>>(
+        &self,
+        key: &Key<S>,
+        layout: L,
+    ) -> Result<Option<Read<S::Value>>, LoadError<Src::Error>> {
         let inner = &self.inner;
         if inner.negative_hit(key) {
             return Ok(None);
         }
-        let fallback = match inner.cache.engine().get_book(key, depth).await {
+        let fallback = match inner.cache.engine().read_with(key, layout).await {
             Ok(Some(r)) => {
                 self.maybe_refresh(key, r.ttl_remaining, |i, k| {
                     Box::pin(async move {
-                        i.load_book(&k, 0, false, true, Budget::Refresh)
+                        i.load_with(&k, L::whole(), false, true, Budget::Refresh)
                             .await
                             .map(|_| ())
                     })
@@ -339,8 +315,9 @@ impl<Src: Source> CacheAside<Src> {
             Err(e) => Some(FallbackReason::of(&e)),
         };
         let started = std::time::Instant::now();
-        // One flight per key loads the whole side; each caller cuts its own depth.
-        let full = inner
+        // One flight per key loads the whole value; on the fallback path there is no
+        // re-check of Redis and no fill of it, only of L1.
+        let whole = inner
             .floor_checked(
                 key,
                 || async {
@@ -349,9 +326,9 @@ impl<Src: Source> CacheAside<Src> {
                         .engine()
                         .flights()
                         .run(key.shared(), || {
-                            inner.load_book(
+                            inner.load_with(
                                 key,
-                                0,
+                                L::whole(),
                                 fallback.is_none(),
                                 fallback.is_none(),
                                 Budget::Foreground,
@@ -364,7 +341,7 @@ impl<Src: Source> CacheAside<Src> {
                     inner
                         .cache
                         .engine()
-                        .recheck_book(key, 0)
+                        .recheck(key, L::whole())
                         .await
                         .ok()
                         .flatten()
@@ -378,13 +355,13 @@ impl<Src: Source> CacheAside<Src> {
                 .fallback()
                 .record(reason, started.elapsed());
         }
-        match full {
-            Ok(full) => Ok(full.map(|r| Read {
-                value: crate::engine::top(&r.value, depth),
+        match whole {
+            Ok(whole) => Ok(whole.map(|r| Read {
+                value: layout.cut(r.value),
                 ..r
             })),
             Err(e) if !matches!(&e, LoadError::Cache(c) if is_caller_error(c)) => {
-                match inner.stale::<S, BookSide>(key, |c, k, b| c.l1_stale_book(k, b, depth)) {
+                match inner.stale(key, layout) {
                     Some(r) => Ok(Some(r)),
                     None => Err(e),
                 }
@@ -574,29 +551,30 @@ impl<Src: Source> AsideInner<Src> {
         result
     }
 
-    /// The flight body for a value: re-check the cache (a flight that just finished may have
-    /// filled it), else load from the source and fill both tiers with its version.
-    async fn load_value<S: ValueSchema>(
+    /// The flight body: re-check the cache (a flight that just finished may have filled
+    /// it), else load the whole value from the source and fill both tiers with its version.
+    async fn load_with<S: KeySchema, L: Layout<S>>(
         &self,
         key: &Key<S>,
+        layout: L,
         recheck: bool,
         fill_l2: bool,
         budget: Budget,
     ) -> Result<Option<Read<S::Value>>, LoadError<Src::Error>> {
-        if recheck && let Ok(Some(r)) = self.cache.engine().recheck(key).await {
+        let engine = self.cache.engine();
+        if recheck && let Ok(Some(r)) = engine.recheck(key, layout).await {
             return Ok(Some(r));
         }
         let Some(loaded) = self.load(key, budget).await? else {
             return Ok(None);
         };
-        let value = Arc::new(loaded.value);
+        let value = Arc::new(L::normalise(loaded.value));
         let fill_l2 = self.may_fill_l2(key, fill_l2, loaded.version);
         // `Fill`: a failed fill is not a new value to keep or to record dirty, and it never
         // removes a newer L1 entry; the source's value goes to L1 below, under the version rule.
         let filled = if fill_l2 {
-            self.cache
-                .engine()
-                .set_with_policy(
+            engine
+                .store::<S, L>(
                     key,
                     Arc::clone(&value),
                     loaded.version,
@@ -615,9 +593,7 @@ impl<Src: Source> AsideInner<Src> {
         };
         if !filled {
             // The value is fresh from the source, so L1 may hold it.
-            self.cache
-                .engine()
-                .fill_l1(key, Arc::clone(&value), loaded.version, 0);
+            engine.fill_loaded::<S, L>(key, Arc::clone(&value), loaded.version);
         }
         Ok(Some(from_source(key, value, loaded.version)))
     }
@@ -638,64 +614,14 @@ impl<Src: Source> AsideInner<Src> {
 
     /// The fail-safe read (DESIGN §4 rule 7): a value past its TTL, within the kind's stale
     /// bound, when both Redis and the source failed; `None` for kinds that fail closed.
-    fn stale<S: KeySchema, V>(
-        &self,
-        key: &Key<S>,
-        lookup: impl FnOnce(&Engine, &str, Duration) -> Option<Read<V>>,
-    ) -> Option<Read<V>> {
-        let fallback = self.cache.engine().fallback();
+    fn stale<S: KeySchema, L: Layout<S>>(&self, key: &Key<S>, layout: L) -> Option<Read<S::Value>> {
+        let engine = self.cache.engine();
+        let fallback = engine.fallback();
         let bound = fallback.stale_bound(S::KIND, S::KEY_PREFIX)?;
-        let r = lookup(self.cache.engine(), key.as_str(), bound)?;
+        let r = engine.l1_stale(key, bound, layout)?;
         fallback.stale_served();
-        self.cache.engine().ks(key).stale_served.inc();
-        Some(Read {
-            tier: Tier::Stale,
-            ..r
-        })
-    }
-
-    /// The flight body for a book side (always loaded and filled whole).
-    async fn load_book<S: BookSchema>(
-        &self,
-        key: &Key<S>,
-        depth: usize,
-        recheck: bool,
-        fill_l2: bool,
-        budget: Budget,
-    ) -> Result<Option<Read<BookSide>>, LoadError<Src::Error>> {
-        if recheck && let Ok(Some(r)) = self.cache.engine().recheck_book(key, depth).await {
-            return Ok(Some(r));
-        }
-        let Some(loaded) = self.load(key, budget).await? else {
-            return Ok(None);
-        };
-        let mut side = loaded.value;
-        crate::book::sort_best_first(&mut side.levels, S::SIDE);
-        let fill_l2 = self.may_fill_l2(key, fill_l2, loaded.version);
-        let filled = if fill_l2 {
-            self.cache
-                .engine()
-                .set_book_with_policy(
-                    key,
-                    side.clone(),
-                    loaded.version,
-                    SetOptions::default(),
-                    OnL2Failure::Fill,
-                )
-                .await
-                .inspect_err(|e| {
-                    tracing::debug!(key = key.as_str(), error = %e, "cache fill went to L1 only");
-                })
-                .is_ok()
-        } else {
-            false
-        };
-        if !filled {
-            self.cache
-                .engine()
-                .fill_l1_book(key, side.clone(), loaded.version);
-        }
-        Ok(Some(from_source(key, Arc::new(side), loaded.version)))
+        engine.ks(key).stale_served.inc();
+        Some(r)
     }
 }
 

@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use super::WriteError;
 use crate::cache::Cache;
-use crate::codec;
 use crate::engine::dirty::DirtyLog;
-use crate::engine::{Engine, OnL2Failure};
+use crate::engine::{Books, Engine, Layout, OnL2Failure, Values};
 use crate::key::{BookSchema, Key, KeySchema, ValueSchema};
 use crate::outcome::{SetOptions, WriteOutcome};
 use crate::schema::BookSide;
@@ -168,18 +167,31 @@ impl<Src: SourceWriter> WriteThrough<Src> {
         key: &Key<S>,
         value: impl Into<Arc<S::Value>>,
     ) -> Result<WriteAck, WriteError<Src::Error>> {
-        let value = value.into();
+        self.write_with::<S, Values>(key, value.into()).await
+    }
+
+    /// Writes a whole book side: the database first, then the cache.
+    pub async fn write_book<S: BookSchema>(
+        &self,
+        key: &Key<S>,
+        side: BookSide,
+    ) -> Result<WriteAck, WriteError<Src::Error>> {
+        self.write_with::<S, Books>(key, Arc::new(side)).await
+    }
+
+    /// The write path of values and book sides alike.
+    async fn write_with<S: KeySchema, L: Layout<S>>(
+        &self,
+        key: &Key<S>,
+        value: Arc<S::Value>,
+    ) -> Result<WriteAck, WriteError<Src::Error>> {
+        let engine = self.cache.engine();
         // Refuse what the cache would refuse, before the database sees it.
-        codec::encode(
-            0,
-            &*value,
-            self.cache.engine().config().max_value_bytes.get(),
-        )
-        .map_err(WriteError::Invalid)?;
+        L::check(&value, engine.config().max_value_bytes.get()).map_err(WriteError::Invalid)?;
         // From here the database may hold a new version: if this future is dropped (the
         // caller's timeout, a `select!`) before the cache is settled, the guard distrusts the
         // key instead of leaving the older cached value in place.
-        let mut guard = Unsettled::new(self.cache.engine(), key);
+        let mut guard = Unsettled::new(engine, key);
         let version = match self.write_source(key, &value).await {
             Ok(v) => v,
             Err(e) => {
@@ -190,46 +202,10 @@ impl<Src: SourceWriter> WriteThrough<Src> {
         };
         guard.version = Some(version);
         // On a failed cache write, L1 keeps a floor at this version (rule 9), not the value.
-        let cached = self
-            .cache
-            .engine()
-            .set_with_policy(
+        let cached = engine
+            .store::<S, L>(
                 key,
                 value,
-                version,
-                SetOptions::default(),
-                OnL2Failure::Floor,
-            )
-            .await;
-        guard.settled();
-        Ok(self.finish(key, version, cached))
-    }
-
-    /// Writes a whole book side: the database first, then the cache.
-    pub async fn write_book<S: BookSchema>(
-        &self,
-        key: &Key<S>,
-        side: BookSide,
-    ) -> Result<WriteAck, WriteError<Src::Error>> {
-        // Refuse what the cache would refuse (size, then book rules), before the database sees it.
-        crate::l2::book::check(&side, self.cache.engine().config().max_value_bytes.get())
-            .map_err(WriteError::Invalid)?;
-        let mut guard = Unsettled::new(self.cache.engine(), key);
-        let version = match self.write_source(key, &side).await {
-            Ok(v) => v,
-            Err(e) => {
-                // Refused: write_source already invalidated the key (or recorded it dirty).
-                guard.settled();
-                return Err(e);
-            }
-        };
-        guard.version = Some(version);
-        let cached = self
-            .cache
-            .engine()
-            .set_book_with_policy(
-                key,
-                side,
                 version,
                 SetOptions::default(),
                 OnL2Failure::Floor,

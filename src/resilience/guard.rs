@@ -134,7 +134,7 @@ mod tests {
     }
 
     fn unavailable() -> Error {
-        Error::Redis(redis::RedisError::from(std::io::Error::new(
+        Error::redis(redis::RedisError::from(std::io::Error::new(
             std::io::ErrorKind::ConnectionReset,
             "reset",
         )))

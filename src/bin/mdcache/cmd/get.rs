@@ -39,7 +39,7 @@ impl KindOp for Get<'_> {
         if let Some(db) = self.ctx.database() {
             let cache = self.ctx.cache(true)?;
             let key = cache.key::<S>(self.id)?;
-            return match db.aside(cache)?.get(&key).await {
+            return match db.aside(cache)?.read(&key).await {
                 Ok(Some(read)) => print_read(&key, &read),
                 Ok(None) => Err(not_found_anywhere(&key)),
                 Err(e) => Err(load_failure(&key, e)),
@@ -64,7 +64,7 @@ impl KindOp for Get<'_> {
         if let Some(db) = self.ctx.database() {
             let cache = self.ctx.cache(true)?;
             let key = cache.key::<S>(self.id)?;
-            return match db.aside(cache)?.get_book(&key, 0).await {
+            return match db.aside(cache)?.read_book(&key, 0).await {
                 Ok(Some(read)) => print_read(&key, &read),
                 Ok(None) => Err(not_found_anywhere(&key)),
                 Err(e) => Err(load_failure(&key, e)),
@@ -72,7 +72,7 @@ impl KindOp for Get<'_> {
         }
         let cache = self.ctx.cache(false)?;
         let key = cache.key::<S>(self.id)?;
-        match cache.get_book(&key, 0).await? {
+        match cache.read_book(&key, 0).await? {
             Some(read) => print_read(&key, &read),
             None => Err(not_found(&key)),
         }

@@ -25,7 +25,7 @@ pub(crate) fn kind_parser() -> impl TypedValueParser<Value = Kind> {
 
 /// A command generic over the kind's schema; [`dispatch`] picks the schema for a run-time
 /// [`Kind`]. Two methods because the two storage types have different cache calls
-/// (`set_with`/`read` versus `set_book`/`get_book`).
+/// (`set_with`/`read` versus `set_book`/`read_book`).
 pub(crate) trait KindOp {
     /// Runs the command for a kind stored as one value (a Redis string).
     async fn value<S: ValueSchema>(self) -> Result<(), Failure>;

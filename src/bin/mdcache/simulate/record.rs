@@ -14,7 +14,7 @@ const HIGHEST_NS: u64 = 10_000_000_000;
 pub(crate) enum Op {
     /// `CacheAside::get` of a price.
     ReadPrice,
-    /// `CacheAside::get_book` of one book side, top 5 levels.
+    /// `CacheAside::read_book` of one book side, top 5 levels.
     ReadBook,
     /// `CacheAside::get` of a position.
     ReadPos,

@@ -478,7 +478,7 @@ pub(crate) async fn reader<Src: Source>(
         let w = shared.in_window();
 
         let t0 = clock.raw();
-        let r = aside.get(&k.price).await;
+        let r = aside.read(&k.price).await;
         let t1 = clock.raw();
         let price_ns = clock.delta_as_nanos(t0, t1);
         rec.read(
@@ -493,23 +493,23 @@ pub(crate) async fn reader<Src: Source>(
         let bid_side = rng.coin();
         let t0 = clock.raw();
         let outcome = if bid_side {
-            read_outcome(&aside.get_book(&k.bid, BOOK_DEPTH).await, k.bid.ttl())
+            read_outcome(&aside.read_book(&k.bid, BOOK_DEPTH).await, k.bid.ttl())
         } else {
-            read_outcome(&aside.get_book(&k.ask, BOOK_DEPTH).await, k.ask.ttl())
+            read_outcome(&aside.read_book(&k.ask, BOOK_DEPTH).await, k.ask.ttl())
         };
         let t1 = clock.raw();
         let book_ns = clock.delta_as_nanos(t0, t1);
         rec.read(w, Op::ReadBook, book_ns, outcome, hot);
 
         let t0 = clock.raw();
-        let r = aside.get(&k.pos).await;
+        let r = aside.read(&k.pos).await;
         let t1 = clock.raw();
         let pos_ns = clock.delta_as_nanos(t0, t1);
         rec.read(w, Op::ReadPos, pos_ns, read_outcome(&r, k.pos.ttl()), hot);
         drop(r);
 
         let t0 = clock.raw();
-        let r = aside.get(&keys.risk).await;
+        let r = aside.read(&keys.risk).await;
         let t1 = clock.raw();
         let risk_ns = clock.delta_as_nanos(t0, t1);
         rec.read(

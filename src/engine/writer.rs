@@ -1,0 +1,476 @@
+//! The conflating market-data writer (DESIGN §4 rule 8): pending writes of conflating kinds, latest version per key, flushed to Redis as one pipeline per batch by a task the cache owns.
+//!
+//! A `set` or `set_book` of a conflating kind (by default `price`, `book:bid`, `book:ask`)
+//! lands in L1 at once and is [`enqueue`](Writer::enqueue)d here; the caller gets
+//! [`WriteOutcome::Queued`](crate::WriteOutcome::Queued) without waiting for Redis. Per key
+//! only the highest pending version is kept. The flush task wakes when the first key is
+//! pending, gathers for the flush interval (or until `flush_max_keys` are pending, or a
+//! caller asked for a flush), then writes everything pending in batches of at most
+//! `flush_max_keys`, each one pipeline of versioned compare-and-sets — one breaker outcome per
+//! batch. While the breaker is not closed, or when a batch fails, the keys go to the dirty
+//! log (their values stay in L1), exactly like a failed synchronous `set`.
+//!
+//! Memory is bounded: one entry per key, at most `max_pending` keys; a write of a new key
+//! beyond that is not queued and goes to L1 alone with the key recorded dirty
+//! ([`WriteOutcome::LocalOnly`](crate::WriteOutcome::LocalOnly)), counted as `overflow`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::Engine;
+use crate::config::WriterOptions;
+use crate::error::{Error, Result};
+use crate::l2::{L2Tier, Put, PutReply};
+use crate::schema::BookSide;
+use crate::stats::{LatencyHistogram, WriterSnapshot};
+
+/// What a pending write sends to Redis.
+#[derive(Debug, Clone)]
+pub(crate) enum Payload {
+    /// A value's envelope (version and TTL inside).
+    Value(Vec<u8>),
+    /// A whole book side, sorted best first.
+    Book(Arc<BookSide>),
+}
+
+/// One key's latest pending write.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) payload: Payload,
+    pub(crate) version: u64,
+    pub(crate) ttl: Duration,
+    /// The key prefix, for the dirty log.
+    prefix: &'static str,
+    /// When it was queued, for the enqueue → acknowledged lag.
+    enqueued: std::time::Instant,
+    /// Its place in the queue's order, for [`Engine::flush`].
+    seq: u64,
+}
+
+/// What [`Writer::enqueue`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    /// Queued (replacing an older pending version of the key, if there was one).
+    Queued,
+    /// A higher version of the key is already pending: this one is dropped.
+    Older,
+    /// The pending map is full: not queued.
+    Full,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    pending: HashMap<Arc<str>, Pending>,
+    /// Batches drained so far (a batch drained is flushed before the next is drained).
+    drained: u64,
+}
+
+/// The writer's counters (see [`WriterSnapshot`]).
+#[derive(Debug, Default)]
+struct Counters {
+    enqueued: AtomicU64,
+    conflated: AtomicU64,
+    dropped_older: AtomicU64,
+    overflow: AtomicU64,
+    flushed: AtomicU64,
+    superseded: AtomicU64,
+    failed: AtomicU64,
+    batches: AtomicU64,
+    batch_max: AtomicU64,
+}
+
+/// The writer's state shared by the cache and its flush task.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    opts: WriterOptions,
+    state: Mutex<State>,
+    /// The first key became pending.
+    wake: Notify,
+    /// Flush now: `flush_max_keys` are pending, or a caller is waiting in [`Engine::flush`].
+    urgent: Notify,
+    urgent_flag: AtomicBool,
+    /// Completed drains (batch count), for [`Engine::flush`].
+    done: watch::Sender<u64>,
+    seq: AtomicU64,
+    counters: Counters,
+    lag: LatencyHistogram,
+    flush_time: LatencyHistogram,
+    last_error: Mutex<Option<Error>>,
+    stop: CancellationToken,
+}
+
+impl Writer {
+    pub(crate) fn new(opts: WriterOptions) -> Self {
+        Writer {
+            opts,
+            state: Mutex::default(),
+            wake: Notify::new(),
+            urgent: Notify::new(),
+            urgent_flag: AtomicBool::new(false),
+            done: watch::Sender::new(0),
+            seq: AtomicU64::new(0),
+            counters: Counters::default(),
+            lag: LatencyHistogram::default(),
+            flush_time: LatencyHistogram::default(),
+            last_error: Mutex::new(None),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// True when writes of `kind` are conflated.
+    #[inline]
+    pub(crate) fn conflates(&self, kind: &str) -> bool {
+        self.opts.conflate.iter().any(|k| k == kind)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues the latest write of `key` (see [`Enqueued`]).
+    pub(crate) fn enqueue(
+        &self,
+        key: &Arc<str>,
+        prefix: &'static str,
+        payload: Payload,
+        version: u64,
+        ttl: Duration,
+    ) -> Enqueued {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let entry = Pending {
+            payload,
+            version,
+            ttl,
+            prefix,
+            enqueued: std::time::Instant::now(),
+            seq,
+        };
+        let (outcome, len) = {
+            let mut st = self.lock();
+            let len = st.pending.len();
+            match st.pending.get_mut(key) {
+                Some(held) if held.version > version => (Enqueued::Older, len),
+                Some(held) => {
+                    // Latest wins; the wait is counted from the first of the conflated writes,
+                    // so the lag reported is how old the key's Redis copy got.
+                    let first = held.enqueued;
+                    *held = entry;
+                    held.enqueued = first;
+                    self.counters.conflated.fetch_add(1, Ordering::Relaxed);
+                    (Enqueued::Queued, len)
+                }
+                None if len >= self.opts.max_pending.get() => (Enqueued::Full, len),
+                None => {
+                    st.pending.insert(Arc::clone(key), entry);
+                    (Enqueued::Queued, len + 1)
+                }
+            }
+        };
+        match outcome {
+            Enqueued::Queued => {
+                self.counters.enqueued.fetch_add(1, Ordering::Relaxed);
+                if len == 1 {
+                    self.wake.notify_one();
+                }
+                if len >= self.opts.flush_max_keys.get() {
+                    self.hurry();
+                }
+            }
+            Enqueued::Older => {
+                self.counters.dropped_older.fetch_add(1, Ordering::Relaxed);
+            }
+            Enqueued::Full => {
+                self.counters.overflow.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        outcome
+    }
+
+    /// Asks the flush task to flush now.
+    fn hurry(&self) {
+        self.urgent_flag.store(true, Ordering::Release);
+        self.urgent.notify_one();
+        self.wake.notify_one();
+    }
+
+    /// The pending write of `key`, if any (the newest value this process wrote, not yet in
+    /// Redis: a read that misses L1 serves it rather than Redis's older copy).
+    pub(crate) fn peek(&self, key: &str) -> Option<(Payload, u64, Duration, std::time::Instant)> {
+        let st = self.lock();
+        st.pending
+            .get(key)
+            .map(|p| (p.payload.clone(), p.version, p.ttl, p.enqueued))
+    }
+
+    /// Drops `key`'s pending write (it was deleted).
+    pub(crate) fn forget(&self, key: &str) {
+        self.lock().pending.remove(key);
+    }
+
+    /// Takes up to `flush_max_keys` pending writes.
+    fn drain(&self) -> Vec<(Arc<str>, Pending)> {
+        let max = self.opts.flush_max_keys.get();
+        let mut st = self.lock();
+        st.drained += 1;
+        if st.pending.len() <= max {
+            return st.pending.drain().collect();
+        }
+        let keys: Vec<Arc<str>> = st.pending.keys().take(max).cloned().collect();
+        keys.into_iter()
+            .filter_map(|k| st.pending.remove_entry(&k))
+            .collect()
+    }
+
+    /// Everything pending, for the final flush when the cache is dropped.
+    fn drain_all(&self) -> Vec<(Arc<str>, Pending)> {
+        self.lock().pending.drain().collect()
+    }
+
+    pub(crate) fn snapshot(&self) -> WriterSnapshot {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let lag = self.lag.summary();
+        let flush = self.flush_time.summary();
+        WriterSnapshot {
+            enqueued: get(&c.enqueued),
+            conflated: get(&c.conflated),
+            dropped_older: get(&c.dropped_older),
+            overflow: get(&c.overflow),
+            flushed: get(&c.flushed),
+            superseded: get(&c.superseded),
+            failed: get(&c.failed),
+            batches: get(&c.batches),
+            batch_max: get(&c.batch_max),
+            pending: self.lock().pending.len() as u64,
+            lag_p50_us: lag.p50,
+            lag_p99_us: lag.p99,
+            lag_max_us: lag.max,
+            flush_p50_us: flush.p50,
+            flush_p99_us: flush.p99,
+            flush_max_us: flush.max,
+        }
+    }
+}
+
+/// Stops the flush task when the engine goes; hands what is still pending to one last
+/// flush, in the background, when a runtime is there to run it.
+#[derive(Debug)]
+pub(crate) struct WriterHandle {
+    pub(crate) writer: Arc<Writer>,
+    l2: Arc<L2Tier>,
+}
+
+impl WriterHandle {
+    pub(crate) fn new(opts: WriterOptions, l2: Arc<L2Tier>) -> Self {
+        WriterHandle {
+            writer: Arc::new(Writer::new(opts)),
+            l2,
+        }
+    }
+
+    /// Starts the flush task for `engine` on the current runtime.
+    pub(crate) fn spawn(&self, engine: Weak<Engine>) {
+        tokio::spawn(run(Arc::clone(&self.writer), engine));
+    }
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        self.writer.stop.cancel();
+        let last = self.writer.drain_all();
+        if last.is_empty() || self.l2.breaker().state() != crate::resilience::BreakerState::Closed {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let l2 = Arc::clone(&self.l2);
+            rt.spawn(async move {
+                let puts: Vec<Put<'_>> = last.iter().map(|(k, p)| put_of(k, p)).collect();
+                if let Err(e) = l2.put_many(&puts).await {
+                    tracing::debug!(error = %e, keys = puts.len(), "final flush of the market-data writer failed");
+                }
+            });
+        }
+    }
+}
+
+fn put_of<'a>(key: &'a str, p: &'a Pending) -> Put<'a> {
+    put(key, &p.payload, p.version, p.ttl)
+}
+
+fn put<'a>(key: &'a str, payload: &'a Payload, version: u64, ttl: Duration) -> Put<'a> {
+    match payload {
+        Payload::Value(bytes) => Put::Value {
+            key,
+            envelope: bytes,
+            ttl,
+        },
+        Payload::Book(side) => Put::Book {
+            key,
+            side,
+            version,
+            ttl,
+        },
+    }
+}
+
+/// One write of `payload`, now (when the writer is full and there is no L1 to hold it):
+/// `Ok(true)` stored, `Ok(false)` superseded.
+pub(crate) async fn put_one(
+    l2: &L2Tier,
+    key: &str,
+    payload: &Payload,
+    version: u64,
+    ttl: Duration,
+) -> Result<bool> {
+    let replies = l2.put_many(&[put(key, payload, version, ttl)]).await?;
+    match replies.into_iter().next() {
+        Some(PutReply::Stored) => Ok(true),
+        Some(PutReply::Superseded) => Ok(false),
+        Some(PutReply::Refused(e)) => Err(e),
+        None => Err(Error::Unsupported("internal: a write without a reply")),
+    }
+}
+
+/// The flush task: waits for a first pending key, gathers for the interval (unless hurried),
+/// then flushes everything pending. Holds the engine only while flushing.
+async fn run(writer: Arc<Writer>, engine: Weak<Engine>) {
+    let stop = writer.stop.clone();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = writer.wake.notified() => {}
+        }
+        if !writer.urgent_flag.swap(false, Ordering::AcqRel) {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(writer.opts.flush_interval) => {}
+                _ = writer.urgent.notified() => {}
+            }
+            writer.urgent_flag.store(false, Ordering::Release);
+        }
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        loop {
+            let batch = writer.drain();
+            let n = batch.len();
+            if n > 0 {
+                engine.flush_batch(&writer, batch).await;
+            }
+            writer.done.send_modify(|d| *d += 1);
+            if n < writer.opts.flush_max_keys.get() {
+                break;
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Writes one drained batch to Redis and settles each key: L1 loses an older copy of a
+    /// key Redis refused; failed keys go to the dirty log.
+    async fn flush_batch(&self, writer: &Writer, batch: Vec<(Arc<str>, Pending)>) {
+        let c = &writer.counters;
+        let n = batch.len() as u64;
+        let Some(l2) = self.l2.as_ref() else {
+            return;
+        };
+        if !self.l2_writable() {
+            self.fail_batch(writer, &batch, Error::BreakerOpen);
+            return;
+        }
+        c.batches.fetch_add(1, Ordering::Relaxed);
+        c.batch_max.fetch_max(n, Ordering::Relaxed);
+        let puts: Vec<Put<'_>> = batch.iter().map(|(k, p)| put_of(k, p)).collect();
+        let started = std::time::Instant::now();
+        let result = l2.put_many(&puts).await;
+        let now = std::time::Instant::now();
+        writer.flush_time.record(now - started);
+        match result {
+            Err(e) => self.fail_batch(writer, &batch, e),
+            Ok(replies) => {
+                for ((key, p), reply) in batch.iter().zip(replies) {
+                    match reply {
+                        PutReply::Stored => {
+                            c.flushed.fetch_add(1, Ordering::Relaxed);
+                            writer.lag.record(now.saturating_duration_since(p.enqueued));
+                        }
+                        PutReply::Superseded => {
+                            c.superseded.fetch_add(1, Ordering::Relaxed);
+                            if let Some(l1) = &self.l1 {
+                                l1.remove_older_than(key, p.version);
+                            }
+                        }
+                        PutReply::Refused(e) => {
+                            // Redis is healthy and the key holds another type: not ours to
+                            // delete; nothing local may claim this version.
+                            c.failed.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(key = &**key, error = %e, "market-data flush refused by redis");
+                            if let Some(l1) = &self.l1 {
+                                l1.remove_older_than(key, p.version.saturating_add(1));
+                            }
+                            *writer.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail_batch(&self, writer: &Writer, batch: &[(Arc<str>, Pending)], e: Error) {
+        writer
+            .counters
+            .failed
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        for (key, p) in batch {
+            self.record_dirty_key(key, p.prefix, matches!(p.payload, Payload::Book(_)));
+        }
+        tracing::debug!(keys = batch.len(), error = %e, "market-data flush failed; keys recorded dirty");
+        *writer.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+    }
+
+    /// See [`Cache::flush`](crate::Cache::flush).
+    pub(crate) async fn flush(&self) -> Result<()> {
+        let Some(handle) = &self.writer else {
+            return Ok(());
+        };
+        let w = &handle.writer;
+        let target = w.seq.load(Ordering::Acquire);
+        let failed_before = w.counters.failed.load(Ordering::Acquire);
+        let mut done = w.done.subscribe();
+        loop {
+            done.borrow_and_update();
+            let waiting_for = {
+                let st = w.lock();
+                let behind = st.pending.values().any(|p| p.seq <= target);
+                // A batch drained before now may still be in flight: wait for its end.
+                (behind, st.drained)
+            };
+            let completed = *done.borrow();
+            if !waiting_for.0 && completed >= waiting_for.1 {
+                break;
+            }
+            if w.stop.is_cancelled() {
+                return Err(Error::Unsupported("the market-data writer has stopped"));
+            }
+            w.hurry();
+            if done.changed().await.is_err() {
+                return Err(Error::Unsupported("the market-data writer has stopped"));
+            }
+        }
+        if w.counters.failed.load(Ordering::Acquire) > failed_before {
+            let e = w
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or(Error::BreakerOpen);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
