@@ -210,6 +210,51 @@ impl CacheBuilder {
         self
     }
 
+    /// Whether `set`/`set_book` of the kind `S` go through the conflating market-data writer
+    /// (DESIGN §4 rule 8; see [`WriterOptions`](crate::WriterOptions)). On by default for
+    /// `Price`, `BookBid` and `BookAsk`; turning it on for orders, positions, risk or strategy
+    /// state is allowed but wrong for them: their writes should be write-through.
+    pub fn conflate<S: KeySchema>(self, on: bool) -> Self {
+        self.conflate_kind(S::KIND, on)
+    }
+
+    /// [`conflate`](Self::conflate) by kind name (`price`, `book:bid`, …; exact names).
+    pub fn conflate_kind(mut self, kind: &str, on: bool) -> Self {
+        let kinds = &mut self.config.writer.conflate;
+        kinds.retain(|k| k != kind);
+        if on {
+            kinds.push(kind.to_owned());
+        }
+        self
+    }
+
+    /// No kind conflates: every `set`/`set_book` writes Redis before it returns.
+    pub fn no_conflation(mut self) -> Self {
+        self.config.writer.conflate.clear();
+        self
+    }
+
+    /// How long the market-data writer gathers writes before it flushes (default 1 ms,
+    /// at most 1 s).
+    pub fn flush_interval(mut self, d: Duration) -> Self {
+        self.config.writer.flush_interval = d;
+        self
+    }
+
+    /// The writer's largest batch, and the pending count that makes it flush early
+    /// (default 256).
+    pub fn flush_max_keys(mut self, n: NonZeroUsize) -> Self {
+        self.config.writer.flush_max_keys = n;
+        self
+    }
+
+    /// Most keys pending in the writer (default 65 536); a write of a new key beyond it goes
+    /// to L1 alone, its key recorded dirty (`WriteOutcome::LocalOnly`).
+    pub fn max_pending_writes(mut self, n: NonZeroUsize) -> Self {
+        self.config.writer.max_pending = n;
+        self
+    }
+
     /// The clock TTL deadlines are read from (a mock in tests).
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = Some(clock);

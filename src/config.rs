@@ -135,7 +135,7 @@ const MAX_FLUSH_KEYS: usize = 100_000;
 impl Default for WriterOptions {
     fn default() -> Self {
         WriterOptions {
-            conflate: Vec::new(),
+            conflate: vec!["price".into(), "book:bid".into(), "book:ask".into()],
             flush_interval: Duration::from_micros(1000),
             flush_max_keys: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
             max_pending: NonZeroUsize::new(65_536).unwrap_or(NonZeroUsize::MIN),

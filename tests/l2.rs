@@ -18,9 +18,12 @@ use proptest::prelude::*;
 use redis::AsyncCommands;
 use support::{RedisServer, TEST_OP_TIMEOUT};
 
+/// These tests hold the synchronous write path (each `set` in Redis before it returns), so
+/// conflation is off; the conflating market-data writer has `tests/writer.rs`.
 fn cache(server: &RedisServer, backend: Backend) -> Cache {
     Cache::builder()
         .redis_url(server.url())
+        .no_conflation()
         .backend(backend)
         .op_timeout(TEST_OP_TIMEOUT)
         .build()
@@ -56,6 +59,7 @@ async fn every_kind_gets_its_ttl_in_milliseconds_and_expires() {
     // their design defaults (price 100 ms, book 50 ms).
     let cache = Cache::builder()
         .redis_url(server.url())
+        .no_conflation()
         .backend(Backend::Layered)
         .op_timeout(TEST_OP_TIMEOUT)
         .ttl_kind("pos", Duration::from_millis(300))
@@ -244,6 +248,7 @@ async fn a_lower_version_never_replaces_a_higher_one_in_either_tier() {
     let bk = cache.key::<BookBid>("MSFT").unwrap();
     let long = Cache::builder()
         .redis_url(server.url())
+        .no_conflation()
         .op_timeout(TEST_OP_TIMEOUT)
         .ttl_kind("book", Duration::from_secs(30))
         .build()
@@ -353,6 +358,7 @@ async fn an_oversize_value_is_refused_before_any_io() {
     let server = RedisServer::start();
     let cache = Cache::builder()
         .redis_url(server.url())
+        .no_conflation()
         .op_timeout(TEST_OP_TIMEOUT)
         .max_value_bytes(NonZeroUsize::new(4096).unwrap())
         .build()
@@ -435,6 +441,7 @@ async fn batches_mix_hits_and_misses_in_one_round_trip() {
     // An invalid value anywhere in a batch writes nothing.
     let small = Cache::builder()
         .redis_url(server.url())
+        .no_conflation()
         .op_timeout(TEST_OP_TIMEOUT)
         .max_value_bytes(NonZeroUsize::new(128).unwrap())
         .build()
@@ -476,6 +483,7 @@ async fn books_are_sorted_sets_read_top_n_best_first() {
     let server = RedisServer::start();
     let cache = Cache::builder()
         .redis_url(server.url())
+        .no_conflation()
         .backend(Backend::Layered)
         .op_timeout(TEST_OP_TIMEOUT)
         .ttl_kind("book", Duration::from_secs(30))
@@ -570,6 +578,7 @@ async fn a_hung_server_costs_at_most_the_deadline() {
     let deadline = Duration::from_millis(50);
     let cache = Cache::builder()
         .redis_url(server.url())
+        .no_conflation()
         .backend(Backend::Layered)
         .op_timeout(deadline)
         .build()
@@ -615,6 +624,7 @@ async fn a_restarted_server_is_reconnected_to() {
     let mut server = RedisServer::start();
     let cache = Cache::builder()
         .redis_url(server.url())
+        .no_conflation()
         .backend(Backend::Redis)
         .op_timeout(TEST_OP_TIMEOUT)
         .breaker_open(Duration::from_millis(200))
@@ -659,6 +669,7 @@ async fn a_cache_starts_while_redis_is_down_and_errors_quickly() {
     server.kill();
     let cache = Cache::builder()
         .redis_url(url)
+        .no_conflation()
         .backend(Backend::Layered)
         .op_timeout(Duration::from_millis(100))
         .connect_timeout(Duration::from_millis(100))
@@ -675,6 +686,7 @@ async fn a_cache_starts_while_redis_is_down_and_errors_quickly() {
 fn configuration_errors_name_the_variable() {
     let err = Cache::builder()
         .redis_url("http://not-redis")
+        .no_conflation()
         .build()
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
@@ -843,6 +855,7 @@ async fn a_set_redis_fails_is_served_from_l1_and_deleted_from_redis_on_recovery(
     let mut server = RedisServer::start();
     let cache = Cache::builder()
         .redis_url(server.url())
+        .no_conflation()
         .backend(Backend::Layered)
         .op_timeout(Duration::from_millis(500))
         .probe_timeout(Duration::from_secs(1))
@@ -917,6 +930,7 @@ async fn writes_while_the_breaker_is_open_stay_local_and_recovery_deletes_redis_
     let server = RedisServer::start();
     let cache = Cache::builder()
         .redis_url(server.url())
+        .no_conflation()
         .backend(Backend::Layered)
         .op_timeout(Duration::from_millis(200))
         .probe_timeout(Duration::from_secs(1))
@@ -998,6 +1012,7 @@ async fn without_an_l1_a_failed_set_is_an_error_and_its_key_is_recorded_dirty() 
     server.kill();
     let cache = Cache::builder()
         .redis_url(url)
+        .no_conflation()
         .backend(Backend::Redis)
         .op_timeout(Duration::from_millis(500))
         .build()

@@ -266,6 +266,11 @@ impl Engine {
         if on_failure == OnL2Failure::KeepLocal
             && let Some(writer) = self.conflating(S::KIND)
         {
+            // Redis will not take it now (breaker open or probing): kept in L1, key dirty,
+            // exactly as a synchronous write refused by the breaker.
+            if !self.l2_writable() {
+                return self.after_failed_write(key, Error::BreakerOpen, on_failure, local);
+            }
             match self.enqueue::<S, L>(writer, key, local, payload) {
                 Ok(outcome) => return Ok(outcome),
                 // The writer is full and there is no L1 to hold the value: write it now.

@@ -105,6 +105,10 @@ impl RedisTier {
             // Fail a checkout at once when opening a connection fails (refused, reset) instead
             // of retrying until connection_timeout: our own retries and deadline decide.
             .retry_connection(false)
+            // No reaper task: connections are replaced when found broken or retired (see
+            // `conn`), never for age or idleness, and a dropped cache leaves no task behind.
+            .idle_timeout(None)
+            .max_lifetime(None)
             .error_sink(Box::new(last_error.clone()))
             .build_unchecked(manager);
         Ok(RedisTier {

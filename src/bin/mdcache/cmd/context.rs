@@ -78,6 +78,7 @@ impl Ctx {
     ///
     /// Redis alone when a Redis address is configured; with `for_database` and no Redis
     /// address, an in-process cache (L1 only) in front of the database; otherwise an error.
+    /// Writes are synchronous (no conflation).
     pub(crate) fn cache(&self, for_database: bool) -> Result<Cache, Failure> {
         let mut config = self.config.clone();
         config.backend = Some(match (&config.redis_url, for_database) {
@@ -89,8 +90,11 @@ impl Ctx {
                 ));
             }
         });
+        // A one-shot command has nothing to conflate: each write reaches Redis (or fails,
+        // exit 3) before the command reports it.
         Cache::builder()
             .config(config)
+            .no_conflation()
             .build()
             .map_err(|e| match e {
                 mdcache::Error::Config { name, reason, .. }
