@@ -16,9 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use mdcache::{
-    Backend, BreakerState, Cache, CacheAside, MemorySource, Position, Source, SourceWriter,
-};
+use mdcache::{Backend, BreakerState, Cache, CacheAside, Load, MemorySource, Position, Store};
 use tokio::runtime::Runtime;
 
 fn fallback(c: &mut Criterion) {

@@ -248,6 +248,12 @@ impl CacheBuilder {
         self
     }
 
+    /// Deadline of one writer batch (default 50 ms).
+    pub fn flush_timeout(mut self, d: Duration) -> Self {
+        self.config.writer.flush_timeout = d;
+        self
+    }
+
     /// Most keys pending in the writer (default 65 536); a write of a new key beyond it goes
     /// to L1 alone, its key recorded dirty (`WriteOutcome::LocalOnly`).
     pub fn max_pending_writes(mut self, n: NonZeroUsize) -> Self {

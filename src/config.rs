@@ -123,6 +123,11 @@ pub struct WriterOptions {
     /// Largest batch (one pipeline) and the pending count that makes the writer flush before
     /// its interval (`CACHE_FLUSH_MAX_KEYS`, default 256, at most 100 000).
     pub flush_max_keys: NonZeroUsize,
+    /// Deadline of one batch (`CACHE_FLUSH_TIMEOUT_MS`, default 50 ms, between 1 ms and 10 s).
+    /// Longer than the operation deadline because a batch of hundreds of keys takes Redis
+    /// longer than one command, and no caller waits on it; a batch that misses it counts as
+    /// one failure toward opening the breaker, and its keys go to the dirty log.
+    pub flush_timeout: Duration,
     /// Most keys pending at once (`CACHE_FLUSH_MAX_PENDING`, default 65 536). A write of a
     /// new key beyond it is not queued: it goes to L1 alone and the key is recorded dirty
     /// (`WriteOutcome::LocalOnly`), as when Redis fails.
@@ -138,6 +143,7 @@ impl Default for WriterOptions {
             conflate: vec!["price".into(), "book:bid".into(), "book:ask".into()],
             flush_interval: Duration::from_micros(1000),
             flush_max_keys: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
+            flush_timeout: Duration::from_millis(50),
             max_pending: NonZeroUsize::new(65_536).unwrap_or(NonZeroUsize::MIN),
         }
     }
@@ -152,6 +158,17 @@ impl WriterOptions {
                 format!(
                     "must be between 1 µs and 1 s, not {:?}",
                     self.flush_interval
+                ),
+            ));
+        }
+        if self.flush_timeout < Duration::from_millis(1)
+            || self.flush_timeout > Duration::from_secs(10)
+        {
+            return Err(Error::config(
+                "CACHE_FLUSH_TIMEOUT_MS",
+                format!(
+                    "must be between 1 ms and 10 s, not {:?}",
+                    self.flush_timeout
                 ),
             ));
         }
@@ -321,6 +338,7 @@ impl CacheConfig {
                 "CACHE_RETRY_BACKOFF_US" => cfg.retry.backoff = micros(name, value)?,
                 "CACHE_CONFLATE_KINDS" => cfg.writer.conflate = kind_list(value),
                 "CACHE_FLUSH_INTERVAL_US" => cfg.writer.flush_interval = micros(name, value)?,
+                "CACHE_FLUSH_TIMEOUT_MS" => cfg.writer.flush_timeout = millis(name, value)?,
                 "CACHE_FLUSH_MAX_KEYS" => {
                     cfg.writer.flush_max_keys = nonzero_usize(name, value)?;
                 }

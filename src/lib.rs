@@ -26,7 +26,7 @@
 //! | `patterns` | [`CacheAside`] (single-flight, refresh-ahead, negative caching, floor checks) and [`WriteThrough`] (database first, cancel-safe) |
 //! | `fallback` | [`FallbackHandler`]: source-load limit, per-kind stale policy, fallback counts — one per cache, shared by every [`CacheAside`] over it |
 //! | `recovery` | the supervisor: probe (`PING`) while open, replay the dirty log, then close; [`Cache::recovered`] waits for it |
-//! | [`source`] | the source of record: [`Source`]/[`SourceWriter`], [`PostgresSource`], [`MemorySource`] |
+//! | [`source`] | the source of record: [`Source`] (its error), [`Load`]/[`Store`] per kind, [`SourceReader`]/[`SourceWriter`] (every built-in kind), [`PostgresSource`], [`MemorySource`] |
 //! | [`key`](KeySchema) | typed keys, identifier validation, namespace and `{ID}` hash tags |
 //! | [`schema`](Kind) | the built-in kinds and their value types and TTLs |
 //! | [`codec`] | the value envelope: header with the version and written TTL, MessagePack payload |
@@ -146,7 +146,10 @@ pub use schema::{
     BookAsk, BookBid, BookSide, BookSideKind, Kind, Level, Order, OrderStatus, Position, Price,
     Risk, Side, StrategyState,
 };
-pub use source::{Counted, Loaded, MemorySource, MemorySourceError, Source, SourceWriter};
+pub use source::{
+    Counted, Load, Loaded, MemorySource, MemorySourceError, Source, SourceReader, SourceWriter,
+    Store,
+};
 #[cfg(feature = "postgres")]
 pub use source::{PostgresOptions, PostgresSource, PostgresSourceError};
 pub use stats::{KindSnapshot, StatsSnapshot, WriterSnapshot};

@@ -24,7 +24,7 @@ pub const METRICS: &[(&str, &str)] = &[
     ),
     (
         "mdcache_writes_total",
-        "Cache writes (labels: kind, outcome = applied|superseded|local_only).",
+        "Cache writes (labels: kind, outcome = applied|superseded|local_only|queued).",
     ),
     ("mdcache_deletes_total", "Deletes (label: kind)."),
     (
@@ -92,6 +92,34 @@ pub const METRICS: &[(&str, &str)] = &[
         "Dirty-log keys deleted from Redis by recovery.",
     ),
     (
+        "mdcache_writer_writes_total",
+        "Market-data writes offered to the conflating writer (label: outcome = enqueued|conflated|dropped_older|overflow; conflated: replaced a pending lower version; dropped_older: a higher version was pending; overflow: the pending bound was reached, kept in L1 and recorded dirty).",
+    ),
+    (
+        "mdcache_writer_keys_total",
+        "Keys the writer sent to Redis (label: outcome = flushed|superseded|failed; failed keys are recorded dirty).",
+    ),
+    (
+        "mdcache_writer_batches_total",
+        "Batches (pipelines) the writer sent to Redis.",
+    ),
+    (
+        "mdcache_writer_batch_keys",
+        "Keys per batch the writer sent (histogram).",
+    ),
+    (
+        "mdcache_writer_flush_seconds",
+        "Round trip of one writer batch (histogram).",
+    ),
+    (
+        "mdcache_writer_lag_seconds",
+        "Enqueue to acknowledged by Redis, per key flushed (histogram).",
+    ),
+    (
+        "mdcache_writer_pending",
+        "Keys pending in the writer (gauge, updated by Cache::stats).",
+    ),
+    (
         "mdcache_l1_entries",
         "Entries held by L1 (gauge, updated by Cache::stats).",
     ),
@@ -109,6 +137,8 @@ pub fn describe() {
             ::metrics::describe_counter!(*name, *help);
         } else if name.ends_with("_seconds") {
             ::metrics::describe_histogram!(*name, ::metrics::Unit::Seconds, *help);
+        } else if name.ends_with("_keys") {
+            ::metrics::describe_histogram!(*name, ::metrics::Unit::Count, *help);
         } else {
             ::metrics::describe_gauge!(*name, *help);
         }

@@ -36,7 +36,7 @@ pub(crate) struct Count {
 }
 
 impl Count {
-    fn new(handle: Counter) -> Self {
+    pub(crate) fn new(handle: Counter) -> Self {
         Count {
             value: AtomicU64::new(0),
             handle,
@@ -54,7 +54,7 @@ impl Count {
         self.handle.increment(n);
     }
 
-    fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.value.load(Ordering::Relaxed)
     }
 }

@@ -5,7 +5,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mdcache::{Cache, CacheAside, Counted, MemorySource, Position, SourceWriter, Tier};
+use mdcache::{Cache, CacheAside, Counted, MemorySource, Position, Store, Tier};
 
 /// Two `CacheAside` handles over one cache share their loads: concurrent misses of one key
 /// through both call the source once.

@@ -22,10 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fixtures::{pos, price};
-use mdcache::source::PostgresOptions;
+use mdcache::source::{Load as _, PostgresOptions};
 use mdcache::{
     Backend, BreakerState, Cache, CacheAside, Counted, Key, KeySchema, LoadError, Position,
-    PostgresSource, Price, Source, Tier, WriteThrough, codec,
+    PostgresSource, Price, Tier, WriteThrough, codec,
 };
 use redis::AsyncCommands;
 use support::faults::settings::OP_TIMEOUT;

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use fixtures::{pos, price};
 use mdcache::{
-    Backend, BreakerState, Cache, CacheAside, Counted, Key, KeySchema, Loaded, MemorySource,
-    Position, Price, SetOptions, Source, SourceWriter, StrategyState, Tier, WriteOutcome,
-    WriteThrough, codec,
+    Backend, BreakerState, Cache, CacheAside, Counted, Key, KeySchema, Load, Loaded, MemorySource,
+    Position, Price, SetOptions, Source, Store, StrategyState, Tier, WriteOutcome, WriteThrough,
+    codec,
 };
 use redis::AsyncCommands;
 use support::{RedisServer, TEST_OP_TIMEOUT};
@@ -94,11 +94,10 @@ impl GatedSource {
 
 impl Source for GatedSource {
     type Error = mdcache::MemorySourceError;
+}
 
-    async fn load<S: KeySchema>(
-        &self,
-        key: &Key<S>,
-    ) -> Result<Option<Loaded<S::Value>>, Self::Error> {
+impl<S: KeySchema> Load<S> for GatedSource {
+    async fn load(&self, key: &Key<S>) -> Result<Option<Loaded<S::Value>>, Self::Error> {
         let row = self.inner.load(key).await;
         if self.hold.swap(false, Ordering::SeqCst) {
             self.loaded.notify_one();
@@ -108,12 +107,8 @@ impl Source for GatedSource {
     }
 }
 
-impl SourceWriter for GatedSource {
-    async fn write<S: KeySchema>(
-        &self,
-        key: &Key<S>,
-        value: &S::Value,
-    ) -> Result<u64, Self::Error> {
+impl<S: KeySchema> Store<S> for GatedSource {
+    async fn write(&self, key: &Key<S>, value: &S::Value) -> Result<u64, Self::Error> {
         self.inner.write(key, value).await
     }
 }

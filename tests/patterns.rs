@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use fixtures::{price, uid};
 use mdcache::{
-    Backend, BookBid, BookSide, Cache, CacheAside, Counted, Level, MemorySource, Order,
-    OrderStatus, PostgresSource, Price, Side, Source, Tier, WriteError, WriteOutcome, WriteThrough,
+    Backend, BookBid, BookSide, Cache, CacheAside, Counted, Level, Load, MemorySource, Order,
+    OrderStatus, PostgresSource, Price, Side, Tier, WriteError, WriteOutcome, WriteThrough,
 };
 use redis::AsyncCommands;
 use support::pg::{self, PgServer};
@@ -85,20 +85,12 @@ async fn a_thousand_concurrent_readers_of_a_cold_key_load_it_once() {
 }
 
 /// Seeds a row directly through the writer side (no cache involved).
-trait Seed {
-    async fn write_through_test_seed<S: mdcache::KeySchema>(
-        &self,
-        key: &mdcache::Key<S>,
-        value: &S::Value,
-    ) -> u64;
+trait Seed<S: mdcache::KeySchema> {
+    async fn write_through_test_seed(&self, key: &mdcache::Key<S>, value: &S::Value) -> u64;
 }
 
-impl<T: mdcache::SourceWriter> Seed for T {
-    async fn write_through_test_seed<S: mdcache::KeySchema>(
-        &self,
-        key: &mdcache::Key<S>,
-        value: &S::Value,
-    ) -> u64 {
+impl<S: mdcache::KeySchema, T: mdcache::Store<S>> Seed<S> for T {
+    async fn write_through_test_seed(&self, key: &mdcache::Key<S>, value: &S::Value) -> u64 {
         self.write(key, value).await.expect("seed write")
     }
 }

@@ -277,7 +277,16 @@ impl Engine {
                 Err((local, pending)) => {
                     return match &self.l2 {
                         Some(l2) => {
-                            match writer::put_one(l2, key.as_str(), &pending, version, ttl).await {
+                            match writer::put_one(
+                                l2,
+                                key.as_str(),
+                                &pending,
+                                version,
+                                ttl,
+                                self.config.op_timeout,
+                            )
+                            .await
+                            {
                                 Ok(stored) => Ok(self.finish_write(key, local, Some(stored))),
                                 Err(e) => self.after_failed_write(key, e, on_failure, local),
                             }

@@ -27,7 +27,7 @@ use crate::config::WriterOptions;
 use crate::error::{Error, Result};
 use crate::l2::{L2Tier, Put, PutReply};
 use crate::schema::BookSide;
-use crate::stats::{LatencyHistogram, WriterSnapshot};
+use crate::stats::{Count, LatencyHistogram, WriterSnapshot};
 
 /// What a pending write sends to Redis.
 #[derive(Debug, Clone)]
@@ -70,18 +70,48 @@ struct State {
     drained: u64,
 }
 
-/// The writer's counters (see [`WriterSnapshot`]).
-#[derive(Debug, Default)]
+/// The writer's counters (see [`WriterSnapshot`]), each also a `metrics` counter.
+#[derive(Debug)]
 struct Counters {
-    enqueued: AtomicU64,
-    conflated: AtomicU64,
-    dropped_older: AtomicU64,
-    overflow: AtomicU64,
-    flushed: AtomicU64,
-    superseded: AtomicU64,
-    failed: AtomicU64,
-    batches: AtomicU64,
+    enqueued: Count,
+    conflated: Count,
+    dropped_older: Count,
+    overflow: Count,
+    flushed: Count,
+    superseded: Count,
+    failed: Count,
+    batches: Count,
     batch_max: AtomicU64,
+    batch_keys: metrics::Histogram,
+    flush_seconds: metrics::Histogram,
+    lag_seconds: metrics::Histogram,
+    pending: metrics::Gauge,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        let write = |outcome: &'static str| {
+            Count::new(metrics::counter!("mdcache_writer_writes_total", "outcome" => outcome))
+        };
+        let key = |outcome: &'static str| {
+            Count::new(metrics::counter!("mdcache_writer_keys_total", "outcome" => outcome))
+        };
+        Counters {
+            enqueued: write("enqueued"),
+            conflated: write("conflated"),
+            dropped_older: write("dropped_older"),
+            overflow: write("overflow"),
+            flushed: key("flushed"),
+            superseded: key("superseded"),
+            failed: key("failed"),
+            batches: Count::new(metrics::counter!("mdcache_writer_batches_total")),
+            batch_max: AtomicU64::new(0),
+            batch_keys: metrics::histogram!("mdcache_writer_batch_keys"),
+            flush_seconds: metrics::histogram!("mdcache_writer_flush_seconds"),
+            lag_seconds: metrics::histogram!("mdcache_writer_lag_seconds"),
+            pending: metrics::gauge!("mdcache_writer_pending"),
+        }
+    }
 }
 
 /// The writer's state shared by the cache and its flush task.
@@ -161,7 +191,7 @@ impl Writer {
                     let first = held.enqueued;
                     *held = entry;
                     held.enqueued = first;
-                    self.counters.conflated.fetch_add(1, Ordering::Relaxed);
+                    self.counters.conflated.inc();
                     (Enqueued::Queued, len)
                 }
                 None if len >= self.opts.max_pending.get() => (Enqueued::Full, len),
@@ -173,7 +203,7 @@ impl Writer {
         };
         match outcome {
             Enqueued::Queued => {
-                self.counters.enqueued.fetch_add(1, Ordering::Relaxed);
+                self.counters.enqueued.inc();
                 if len == 1 {
                     self.wake.notify_one();
                 }
@@ -182,10 +212,10 @@ impl Writer {
                 }
             }
             Enqueued::Older => {
-                self.counters.dropped_older.fetch_add(1, Ordering::Relaxed);
+                self.counters.dropped_older.inc();
             }
             Enqueued::Full => {
-                self.counters.overflow.fetch_add(1, Ordering::Relaxed);
+                self.counters.overflow.inc();
             }
         }
         outcome
@@ -233,20 +263,21 @@ impl Writer {
 
     pub(crate) fn snapshot(&self) -> WriterSnapshot {
         let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let pending = self.lock().pending.len() as u64;
+        c.pending.set(pending as f64);
         let lag = self.lag.summary();
         let flush = self.flush_time.summary();
         WriterSnapshot {
-            enqueued: get(&c.enqueued),
-            conflated: get(&c.conflated),
-            dropped_older: get(&c.dropped_older),
-            overflow: get(&c.overflow),
-            flushed: get(&c.flushed),
-            superseded: get(&c.superseded),
-            failed: get(&c.failed),
-            batches: get(&c.batches),
-            batch_max: get(&c.batch_max),
-            pending: self.lock().pending.len() as u64,
+            enqueued: c.enqueued.get(),
+            conflated: c.conflated.get(),
+            dropped_older: c.dropped_older.get(),
+            overflow: c.overflow.get(),
+            flushed: c.flushed.get(),
+            superseded: c.superseded.get(),
+            failed: c.failed.get(),
+            batches: c.batches.get(),
+            batch_max: c.batch_max.load(Ordering::Relaxed),
+            pending,
             lag_p50_us: lag.p50,
             lag_p99_us: lag.p99,
             lag_max_us: lag.max,
@@ -288,9 +319,10 @@ impl Drop for WriterHandle {
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let l2 = Arc::clone(&self.l2);
+            let within = self.writer.opts.flush_timeout;
             rt.spawn(async move {
                 let puts: Vec<Put<'_>> = last.iter().map(|(k, p)| put_of(k, p)).collect();
-                if let Err(e) = l2.put_many(&puts).await {
+                if let Err(e) = l2.put_many(&puts, within).await {
                     tracing::debug!(error = %e, keys = puts.len(), "final flush of the market-data writer failed");
                 }
             });
@@ -326,8 +358,11 @@ pub(crate) async fn put_one(
     payload: &Payload,
     version: u64,
     ttl: Duration,
+    within: Duration,
 ) -> Result<bool> {
-    let replies = l2.put_many(&[put(key, payload, version, ttl)]).await?;
+    let replies = l2
+        .put_many(&[put(key, payload, version, ttl)], within)
+        .await?;
     match replies.into_iter().next() {
         Some(PutReply::Stored) => Ok(true),
         Some(PutReply::Superseded) => Ok(false),
@@ -383,24 +418,28 @@ impl Engine {
             self.fail_batch(writer, &batch, Error::BreakerOpen);
             return;
         }
-        c.batches.fetch_add(1, Ordering::Relaxed);
+        c.batches.inc();
         c.batch_max.fetch_max(n, Ordering::Relaxed);
+        c.batch_keys.record(n as f64);
         let puts: Vec<Put<'_>> = batch.iter().map(|(k, p)| put_of(k, p)).collect();
         let started = std::time::Instant::now();
-        let result = l2.put_many(&puts).await;
+        let result = l2.put_many(&puts, writer.opts.flush_timeout).await;
         let now = std::time::Instant::now();
         writer.flush_time.record(now - started);
+        c.flush_seconds.record((now - started).as_secs_f64());
         match result {
             Err(e) => self.fail_batch(writer, &batch, e),
             Ok(replies) => {
                 for ((key, p), reply) in batch.iter().zip(replies) {
                     match reply {
                         PutReply::Stored => {
-                            c.flushed.fetch_add(1, Ordering::Relaxed);
-                            writer.lag.record(now.saturating_duration_since(p.enqueued));
+                            c.flushed.inc();
+                            let lag = now.saturating_duration_since(p.enqueued);
+                            writer.lag.record(lag);
+                            c.lag_seconds.record(lag.as_secs_f64());
                         }
                         PutReply::Superseded => {
-                            c.superseded.fetch_add(1, Ordering::Relaxed);
+                            c.superseded.inc();
                             if let Some(l1) = &self.l1 {
                                 l1.remove_older_than(key, p.version);
                             }
@@ -408,7 +447,7 @@ impl Engine {
                         PutReply::Refused(e) => {
                             // Redis is healthy and the key holds another type: not ours to
                             // delete; nothing local may claim this version.
-                            c.failed.fetch_add(1, Ordering::Relaxed);
+                            c.failed.inc();
                             tracing::warn!(key = &**key, error = %e, "market-data flush refused by redis");
                             if let Some(l1) = &self.l1 {
                                 l1.remove_older_than(key, p.version.saturating_add(1));
@@ -422,10 +461,7 @@ impl Engine {
     }
 
     fn fail_batch(&self, writer: &Writer, batch: &[(Arc<str>, Pending)], e: Error) {
-        writer
-            .counters
-            .failed
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        writer.counters.failed.add(batch.len() as u64);
         for (key, p) in batch {
             self.record_dirty_key(key, p.prefix, matches!(p.payload, Payload::Book(_)));
         }
@@ -440,7 +476,7 @@ impl Engine {
         };
         let w = &handle.writer;
         let target = w.seq.load(Ordering::Acquire);
-        let failed_before = w.counters.failed.load(Ordering::Acquire);
+        let failed_before = w.counters.failed.get();
         let mut done = w.done.subscribe();
         loop {
             done.borrow_and_update();
@@ -462,7 +498,7 @@ impl Engine {
                 return Err(Error::Unsupported("the market-data writer has stopped"));
             }
         }
-        if w.counters.failed.load(Ordering::Acquire) > failed_before {
+        if w.counters.failed.get() > failed_before {
             let e = w
                 .last_error
                 .lock()

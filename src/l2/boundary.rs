@@ -43,8 +43,9 @@ pub(crate) trait L2: Send + Sync + std::fmt::Debug {
     /// Many versioned writes of values and book sides, mixed, sent together (one pipeline on
     /// one server): the market-data writer's flush. One reply per item, in order; an item
     /// Redis refuses (a key holding another type) is [`PutReply::Refused`] without failing
-    /// the others. One guarded operation: one breaker outcome for the whole batch.
-    async fn put_many(&self, items: &[Put<'_>]) -> Result<Vec<PutReply>>;
+    /// the others. One guarded operation: one breaker outcome for the whole batch, under
+    /// the deadline `within` (a batch's duration grows with its size; no caller waits on it).
+    async fn put_many(&self, items: &[Put<'_>], within: Duration) -> Result<Vec<PutReply>>;
 
     /// Deletes the keys (non-blocking on the server); how many existed.
     async fn unlink(&self, keys: &[&str]) -> Result<u64>;

@@ -182,6 +182,33 @@ impl RedisTier {
             .await
     }
 
+    /// [`run`](Self::run) under `deadline` instead of the operation deadline.
+    async fn run_within<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &str,
+        deadline: Duration,
+        f: F,
+    ) -> Result<T>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        self.guard
+            .run_within(
+                op,
+                deadline,
+                || self.attempt(key, &f),
+                || {
+                    self.last_error
+                        .get()
+                        .filter(|e| !e.is_timeout())
+                        .map(Error::redis)
+                },
+            )
+            .await
+    }
+
     /// Runs `f` once under the probe deadline, bypassing the breaker (the recovery replay
     /// uses it while callers are kept out).
     async fn run_for_recovery<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
@@ -299,7 +326,7 @@ impl L2 for RedisTier {
     /// (`ignore_errors`), so one key of another type does not fail the batch; a `NOSCRIPT`
     /// (the server lost its scripts) loads them and sends the batch once more — the writes
     /// are idempotent.
-    async fn put_many(&self, items: &[Put<'_>]) -> Result<Vec<PutReply>> {
+    async fn put_many(&self, items: &[Put<'_>], within: Duration) -> Result<Vec<PutReply>> {
         let Some(first) = items.first() else {
             return Ok(Vec::new());
         };
@@ -350,7 +377,7 @@ impl L2 for RedisTier {
             })
         };
         let replies: Vec<RedisResult<i64>> = self
-            .run("put_many", first_key, |mut c| async move {
+            .run_within("put_many", first_key, within, |mut c| async move {
                 let replies: Vec<RedisResult<i64>> = build().query_async(&mut c).await?;
                 if !replies.iter().any(no_script) {
                     return Ok(replies);

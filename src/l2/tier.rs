@@ -70,9 +70,13 @@ impl L2Tier {
     }
 
     /// See [`L2::put_many`].
-    pub(crate) async fn put_many(&self, items: &[Put<'_>]) -> Result<Vec<PutReply>> {
+    pub(crate) async fn put_many(
+        &self,
+        items: &[Put<'_>],
+        within: Duration,
+    ) -> Result<Vec<PutReply>> {
         match self {
-            L2Tier::Redis(t) => t.put_many(items).await,
+            L2Tier::Redis(t) => t.put_many(items, within).await,
         }
     }
 

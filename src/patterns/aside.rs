@@ -16,7 +16,7 @@ use crate::fallback::{FallbackReason, FallbackSnapshot};
 use crate::key::{BookSchema, Key, KeySchema, ValueSchema};
 use crate::outcome::{Read, SetOptions, Tier};
 use crate::schema::BookSide;
-use crate::source::{Loaded, Source};
+use crate::source::{Load, Loaded, Source};
 
 /// Default deadline for one source load.
 pub const DEFAULT_SOURCE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -93,7 +93,7 @@ impl AsideOptions {
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use mdcache::{Cache, CacheAside, MemorySource, Position, SourceWriter, Tier};
+/// use mdcache::{Cache, CacheAside, MemorySource, Position, Store, Tier};
 ///
 /// let cache = Cache::builder().build()?;
 /// let db = std::sync::Arc::new(MemorySource::default());
@@ -252,7 +252,10 @@ impl<Src: Source> CacheAside<Src> {
     pub async fn get<S: ValueSchema>(
         &self,
         key: &Key<S>,
-    ) -> Result<Option<Arc<S::Value>>, LoadError<Src::Error>> {
+    ) -> Result<Option<Arc<S::Value>>, LoadError<Src::Error>>
+    where
+        Src: Load<S>,
+    {
         Ok(self.read_through(key, Values).await?.map(|r| r.value))
     }
 
@@ -261,7 +264,10 @@ impl<Src: Source> CacheAside<Src> {
     pub async fn read<S: ValueSchema>(
         &self,
         key: &Key<S>,
-    ) -> Result<Option<Read<S::Value>>, LoadError<Src::Error>> {
+    ) -> Result<Option<Read<S::Value>>, LoadError<Src::Error>>
+    where
+        Src: Load<S>,
+    {
         self.read_through(key, Values).await
     }
 
@@ -271,7 +277,10 @@ impl<Src: Source> CacheAside<Src> {
         &self,
         key: &Key<S>,
         depth: usize,
-    ) -> Result<Option<Arc<BookSide>>, LoadError<Src::Error>> {
+    ) -> Result<Option<Arc<BookSide>>, LoadError<Src::Error>>
+    where
+        Src: Load<S>,
+    {
         Ok(self
             .read_through(key, Books::depth(depth))
             .await?
@@ -283,7 +292,10 @@ impl<Src: Source> CacheAside<Src> {
         &self,
         key: &Key<S>,
         depth: usize,
-    ) -> Result<Option<Read<BookSide>>, LoadError<Src::Error>> {
+    ) -> Result<Option<Read<BookSide>>, LoadError<Src::Error>>
+    where
+        Src: Load<S>,
+    {
         self.read_through(key, Books::depth(depth)).await
     }
 
@@ -294,7 +306,10 @@ impl<Src: Source> CacheAside<Src> {
         &self,
         key: &Key<S>,
         layout: L,
-    ) -> Result<Option<Read<S::Value>>, LoadError<Src::Error>> {
+    ) -> Result<Option<Read<S::Value>>, LoadError<Src::Error>>
+    where
+        Src: Load<S>,
+    {
         let inner = &self.inner;
         if inner.negative_hit(key) {
             return Ok(None);
@@ -520,7 +535,10 @@ impl<Src: Source> AsideInner<Src> {
         &self,
         key: &Key<S>,
         budget: Budget,
-    ) -> Result<Option<Loaded<S::Value>>, LoadError<Src::Error>> {
+    ) -> Result<Option<Loaded<S::Value>>, LoadError<Src::Error>>
+    where
+        Src: Load<S>,
+    {
         let _permit = match budget {
             Budget::Foreground => match self.cache.engine().fallback().permit().await {
                 Some(p) => Some(p),
@@ -560,7 +578,10 @@ impl<Src: Source> AsideInner<Src> {
         recheck: bool,
         fill_l2: bool,
         budget: Budget,
-    ) -> Result<Option<Read<S::Value>>, LoadError<Src::Error>> {
+    ) -> Result<Option<Read<S::Value>>, LoadError<Src::Error>>
+    where
+        Src: Load<S>,
+    {
         let engine = self.cache.engine();
         if recheck && let Ok(Some(r)) = engine.recheck(key, layout).await {
             return Ok(Some(r));

@@ -10,7 +10,7 @@ use crate::engine::{Books, Engine, Layout, OnL2Failure, Values};
 use crate::key::{BookSchema, Key, KeySchema, ValueSchema};
 use crate::outcome::{SetOptions, WriteOutcome};
 use crate::schema::BookSide;
-use crate::source::SourceWriter;
+use crate::source::{Source, Store};
 
 /// Default deadline for one source write.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -83,7 +83,7 @@ pub struct WriteThroughBuilder<Src> {
     source_timeout: Duration,
 }
 
-impl<Src: SourceWriter> WriteThroughBuilder<Src> {
+impl<Src: Source> WriteThroughBuilder<Src> {
     /// Deadline for one source write (default 1 s); at most [`MAX_TTL`](crate::MAX_TTL).
     pub fn source_timeout(mut self, d: Duration) -> Self {
         self.source_timeout = d;
@@ -106,7 +106,7 @@ impl<Src: SourceWriter> WriteThroughBuilder<Src> {
     }
 }
 
-impl<Src: SourceWriter> WriteThrough<Src> {
+impl<Src: Source> WriteThrough<Src> {
     /// Write-through over `cache` and `source`, recording into the cache's dirty log (which
     /// the cache's recovery replays before Redis is trusted again).
     pub fn new(cache: Cache, source: Arc<Src>) -> Self {
@@ -166,7 +166,10 @@ impl<Src: SourceWriter> WriteThrough<Src> {
         &self,
         key: &Key<S>,
         value: impl Into<Arc<S::Value>>,
-    ) -> Result<WriteAck, WriteError<Src::Error>> {
+    ) -> Result<WriteAck, WriteError<Src::Error>>
+    where
+        Src: Store<S>,
+    {
         self.write_with::<S, Values>(key, value.into()).await
     }
 
@@ -175,7 +178,10 @@ impl<Src: SourceWriter> WriteThrough<Src> {
         &self,
         key: &Key<S>,
         side: BookSide,
-    ) -> Result<WriteAck, WriteError<Src::Error>> {
+    ) -> Result<WriteAck, WriteError<Src::Error>>
+    where
+        Src: Store<S>,
+    {
         self.write_with::<S, Books>(key, Arc::new(side)).await
     }
 
@@ -184,7 +190,10 @@ impl<Src: SourceWriter> WriteThrough<Src> {
         &self,
         key: &Key<S>,
         value: Arc<S::Value>,
-    ) -> Result<WriteAck, WriteError<Src::Error>> {
+    ) -> Result<WriteAck, WriteError<Src::Error>>
+    where
+        Src: Store<S>,
+    {
         let engine = self.cache.engine();
         // Refuse what the cache would refuse, before the database sees it.
         L::check(&value, engine.config().max_value_bytes.get()).map_err(WriteError::Invalid)?;
@@ -219,7 +228,10 @@ impl<Src: SourceWriter> WriteThrough<Src> {
         &self,
         key: &Key<S>,
         value: &S::Value,
-    ) -> Result<u64, WriteError<Src::Error>> {
+    ) -> Result<u64, WriteError<Src::Error>>
+    where
+        Src: Store<S>,
+    {
         let ks = self.cache.engine().ks(key);
         ks.source_writes.inc();
         let result = tokio::time::timeout(self.source_timeout, self.source.write(key, value)).await;

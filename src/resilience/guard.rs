@@ -59,6 +59,23 @@ impl Guard {
         Fut: Future<Output = Result<T>>,
         C: FnOnce() -> Option<Error>,
     {
+        self.run_within(op, self.deadline, attempt, cause).await
+    }
+
+    /// [`run`](Self::run) under `deadline` instead of the operation deadline: for work no
+    /// caller waits on whose size sets its duration (the market-data writer's batches).
+    pub(crate) async fn run_within<T, A, Fut, C>(
+        &self,
+        op: &'static str,
+        deadline: Duration,
+        attempt: A,
+        cause: C,
+    ) -> Result<T>
+    where
+        A: Fn() -> Fut,
+        Fut: Future<Output = Result<T>>,
+        C: FnOnce() -> Option<Error>,
+    {
         if !self.breaker.admit() {
             return Err(Error::BreakerOpen);
         }
@@ -80,11 +97,11 @@ impl Guard {
                 }
             }
         };
-        let result = match tokio::time::timeout(self.deadline, work).await {
+        let result = match tokio::time::timeout(deadline, work).await {
             Ok(r) => r,
             Err(_) => Err(cause().unwrap_or(Error::Timeout {
                 op,
-                after: self.deadline,
+                after: deadline,
             })),
         };
         match &result {

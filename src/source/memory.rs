@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{Loaded, Source, SourceWriter};
+use super::{Load, Loaded, Source, Store};
 use crate::codec;
 use crate::key::{Key, KeySchema};
 
@@ -137,16 +137,15 @@ impl MemorySource {
 
 impl Source for MemorySource {
     type Error = MemorySourceError;
+}
 
-    async fn load<S: KeySchema>(
-        &self,
-        key: &Key<S>,
-    ) -> Result<Option<Loaded<S::Value>>, MemorySourceError> {
+impl<S: KeySchema> Load<S> for MemorySource {
+    async fn load(&self, key: &Key<S>) -> Result<Option<Loaded<S::Value>>, MemorySourceError> {
         self.delay().await;
         self.load_now(key)
     }
 
-    async fn load_many<S: KeySchema>(
+    async fn load_many(
         &self,
         keys: &[Key<S>],
     ) -> Result<Vec<Option<Loaded<S::Value>>>, MemorySourceError> {
@@ -155,12 +154,8 @@ impl Source for MemorySource {
     }
 }
 
-impl SourceWriter for MemorySource {
-    async fn write<S: KeySchema>(
-        &self,
-        key: &Key<S>,
-        value: &S::Value,
-    ) -> Result<u64, MemorySourceError> {
+impl<S: KeySchema> Store<S> for MemorySource {
+    async fn write(&self, key: &Key<S>, value: &S::Value) -> Result<u64, MemorySourceError> {
         self.delay().await;
         if self.fail_writes.load(Ordering::Relaxed) {
             return Err(MemorySourceError::Injected);

@@ -28,7 +28,7 @@ use bb8_postgres::PostgresConnectionManager;
 use tokio_postgres::types::{Json, Type};
 use tokio_postgres::{Config, NoTls};
 
-use super::{Loaded, Source, SourceWriter};
+use super::{Load, Loaded, Source, Store};
 use crate::key::{Key, KeySchema, validate_kind};
 use crate::schema::Kind;
 
@@ -283,11 +283,10 @@ impl PostgresSource {
 
 impl Source for PostgresSource {
     type Error = PostgresSourceError;
+}
 
-    async fn load<S: KeySchema>(
-        &self,
-        key: &Key<S>,
-    ) -> Result<Option<Loaded<S::Value>>, PostgresSourceError> {
+impl<S: KeySchema> Load<S> for PostgresSource {
+    async fn load(&self, key: &Key<S>) -> Result<Option<Loaded<S::Value>>, PostgresSourceError> {
         let sql = format!(
             "SELECT value, version FROM {} WHERE id = $1",
             table(S::KIND)
@@ -307,7 +306,7 @@ impl Source for PostgresSource {
         }
     }
 
-    async fn load_many<S: KeySchema>(
+    async fn load_many(
         &self,
         keys: &[Key<S>],
     ) -> Result<Vec<Option<Loaded<S::Value>>>, PostgresSourceError> {
@@ -337,12 +336,8 @@ impl Source for PostgresSource {
     }
 }
 
-impl SourceWriter for PostgresSource {
-    async fn write<S: KeySchema>(
-        &self,
-        key: &Key<S>,
-        value: &S::Value,
-    ) -> Result<u64, PostgresSourceError> {
+impl<S: KeySchema> Store<S> for PostgresSource {
+    async fn write(&self, key: &Key<S>, value: &S::Value) -> Result<u64, PostgresSourceError> {
         let json =
             serde_json::to_value(value).map_err(|e| PostgresSourceError::Encode(e.to_string()))?;
         let t = table(S::KIND);

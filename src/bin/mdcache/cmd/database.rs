@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mdcache::{
-    Cache, CacheAside, Key, KeySchema, LoadError, Loaded, PostgresSource, PostgresSourceError,
-    Source, SourceWriter, WriteThrough,
+    Cache, CacheAside, Key, KeySchema, Load, LoadError, Loaded, PostgresSource,
+    PostgresSourceError, Source, Store, WriteThrough,
 };
 
 use crate::output::{Failure, redact};
@@ -90,21 +90,16 @@ impl LazyPostgres {
 
 impl Source for LazyPostgres {
     type Error = PostgresSourceError;
+}
 
-    async fn load<S: KeySchema>(
-        &self,
-        key: &Key<S>,
-    ) -> Result<Option<Loaded<S::Value>>, PostgresSourceError> {
+impl<S: KeySchema> Load<S> for LazyPostgres {
+    async fn load(&self, key: &Key<S>) -> Result<Option<Loaded<S::Value>>, PostgresSourceError> {
         self.get().await?.load(key).await
     }
 }
 
-impl SourceWriter for LazyPostgres {
-    async fn write<S: KeySchema>(
-        &self,
-        key: &Key<S>,
-        value: &S::Value,
-    ) -> Result<u64, PostgresSourceError> {
+impl<S: KeySchema> Store<S> for LazyPostgres {
+    async fn write(&self, key: &Key<S>, value: &S::Value) -> Result<u64, PostgresSourceError> {
         self.get().await?.write(key, value).await
     }
 }

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mdcache::{Cache, Key, Loaded, Order, Source, ValueSchema};
+use mdcache::{Cache, Key, Load, Loaded, Order, SourceReader, ValueSchema};
 use serde::Serialize;
 
 use super::record::Acked;
@@ -86,7 +86,7 @@ impl Verification {
 
 /// Runs the checks. `recovery` is what [`settle`](super::fault::settle) measured; the source
 /// failing is an error (the checks cannot be made), a finding is not.
-pub(crate) async fn verify<Src: Source>(
+pub(crate) async fn verify<Src: SourceReader>(
     cache: &Cache,
     source: &Arc<Src>,
     keys: &Keys,
@@ -126,7 +126,7 @@ pub(crate) async fn verify<Src: Source>(
 }
 
 /// Checks `keys` (each with its highest acknowledged version, if any) in batches.
-async fn check<S: ValueSchema, Src: Source>(
+async fn check<S: ValueSchema, Src: Load<S>>(
     cache: &Cache,
     source: &Src,
     keys: &[(Key<S>, Option<u64>)],
@@ -189,7 +189,7 @@ async fn cached_version<S: ValueSchema>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mdcache::{MemorySource, Position, SourceWriter};
+    use mdcache::{MemorySource, Position, Store};
 
     fn position(qty: f64) -> Position {
         Position {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use mdcache::{
     BookAsk, BookBid, BookSide, Cache, CacheAside, Key, Level, LoadError, Order, OrderStatus,
-    Position, Price, Read, Risk, Side, Source, SourceWriter, Tier, WriteAck, WriteThrough,
+    Position, Price, Read, Risk, Side, SourceReader, SourceWriter, Tier, WriteAck, WriteThrough,
 };
 use tokio::time::MissedTickBehavior;
 
@@ -461,7 +461,7 @@ pub(crate) async fn orders<Src: SourceWriter>(
 
 /// One scalp reader: rounds of price, book top-5 (a random side), position and risk reads of
 /// Zipf-popular symbols through cache-aside, each timed, until the run stops.
-pub(crate) async fn reader<Src: Source>(
+pub(crate) async fn reader<Src: SourceReader>(
     shared: Arc<Shared>,
     aside: CacheAside<Src>,
     n: u64,
