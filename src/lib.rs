@@ -15,8 +15,11 @@
 //! | [`cache`](Cache) | the facade: typed `get`/`read`/`set`/`delete`/`ttl`, batches, books — delegations to the engine |
 //! | `builder` | [`CacheBuilder`]: every setting as a by-value setter, `build()` validates and starts the engine |
 //! | `outcome` | what reads and writes return and take: [`Tier`], [`Read`], [`WriteOutcome`], [`KeyTtl`], [`SetOptions`] |
-//! | `engine` | the engine: L1, L2, dirty log, stats, clock; the write policy, version floors (rule 9), fills, stale reads, negative entries |
-//! | `engine::values`, `engine::books`, `engine::local` | value reads and writes; book sides; the L1-only operations the patterns use |
+//! | `engine` | the engine: L1, L2, dirty log, stats, clock, the market-data writer; version floors (rule 9), delete, ttl |
+//! | `engine::layout` | the one storage path values and book sides share (the `Layout` trait): reads L1 → L2 with promotion, writes and the write-failure policy, fills, re-checks, stale reads |
+//! | `engine::values`, `engine::books` | the two layouts: an envelope string per value (and the value-only batches); a sorted set and stamp per book side |
+//! | `engine::writer` | the conflating market-data writer (rule 8): latest version per key, one pipeline per batch, [`Cache::flush`] |
+//! | `engine::local` | the raw L1 fill and negative entries |
 //! | `engine::dirty` | [`DirtyLog`]: keys whose Redis copy is distrusted until recovery deletes them |
 //! | `engine::flight` | single-flight loads, shared by every [`CacheAside`] over one cache |
 //! | `book` | book rules: [`BookSide`], [`Level`], [`BookSideKind`], validation, best-first order |
