@@ -102,6 +102,33 @@ impl DirtyLog {
         metrics::counter!("mdcache_dirty_recorded_total", "kind" => kind).increment(1);
     }
 
+    /// Where the log stands before a Redis write starts: `None` when nothing is recorded
+    /// (the common case, no lock), else the latest sequence number, for
+    /// [`settled`](Self::settled).
+    #[inline]
+    pub(crate) fn mark(&self) -> Option<u64> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.lock().seq)
+    }
+
+    /// A write of `key` reached Redis (stored, or refused for a higher version there): the
+    /// older copy the log distrusted is gone, so the key is forgotten — if it was recorded
+    /// before the write started (`mark`, from [`mark`](Self::mark)). A key recorded since (a
+    /// newer value kept local while this write was in flight) stays.
+    pub(crate) fn settled(&self, key: &str, mark: Option<u64>) {
+        let Some(mark) = mark else { return };
+        let mut inner = self.lock();
+        if inner.keys.get(key).is_some_and(|s| *s <= mark) {
+            inner.keys.remove(key);
+            if inner.keys.is_empty() && !inner.overflowed {
+                inner.kinds.clear();
+                self.any.store(false, Ordering::Release);
+            }
+        }
+    }
+
     /// True when `key` is recorded.
     pub fn contains(&self, key: &str) -> bool {
         self.lock().keys.contains_key(key)
@@ -199,6 +226,21 @@ impl DirtyLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_that_reached_redis_settles_only_what_was_recorded_before_it() {
+        let log = DirtyLog::new(8);
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        assert_eq!(log.mark(), None, "an empty log needs no mark");
+        log.record(&a, "price");
+        let mark = log.mark();
+        log.record(&b, "price"); // recorded while the write was in flight
+        log.settled("a", mark);
+        log.settled("b", mark);
+        assert!(!log.contains("a") && log.contains("b"));
+        log.settled("b", log.mark());
+        assert!(log.is_empty() && !log.distrusts("b", "price"));
+    }
 
     #[test]
     fn bounded_with_an_overflow_flag() {

@@ -296,10 +296,14 @@ impl Engine {
                 }
             }
         }
+        let mark = self.dirty.mark();
         let l2_stored = match &self.l2 {
             None => None,
             Some(l2) => match L::l2_write(l2, key.as_str(), &payload, version, ttl).await {
-                Ok(stored) => Some(stored),
+                Ok(stored) => {
+                    self.settle_dirty(key.as_str(), S::STORAGE == Storage::Book, mark);
+                    Some(stored)
+                }
                 Err(e) => return self.after_failed_write(key, e, on_failure, local),
             },
         };

@@ -386,6 +386,18 @@ impl Engine {
         self.record_dirty_key(key.shared(), S::KEY_PREFIX, S::STORAGE == Storage::Book);
     }
 
+    /// A write of `key` reached Redis: forget a dirty entry recorded before `mark` (see
+    /// [`DirtyLog::settled`]); for a book side, its version key's too.
+    pub(crate) fn settle_dirty(&self, key: &str, book: bool, mark: Option<u64>) {
+        if mark.is_none() {
+            return;
+        }
+        self.dirty.settled(key, mark);
+        if book {
+            self.dirty.settled(&book::version_key(key), mark);
+        }
+    }
+
     /// [`record_dirty`](Self::record_dirty) by the key's name and prefix.
     pub(crate) fn record_dirty_key(&self, key: &Arc<str>, prefix: &'static str, book: bool) {
         self.dirty.record(key, prefix);

@@ -14,7 +14,7 @@
 //! beyond that is not queued and goes to L1 alone with the key recorded dirty
 //! ([`WriteOutcome::LocalOnly`](crate::WriteOutcome::LocalOnly)), counted as `overflow`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -66,6 +66,10 @@ pub(crate) enum Enqueued {
 #[derive(Debug, Default)]
 struct State {
     pending: HashMap<Arc<str>, Pending>,
+    /// Keys in the order they became pending, so batches go oldest first and no key waits
+    /// behind newer ones under load. A key forgotten (deleted) stays here until drained,
+    /// skipped then; so this holds at most the pending keys plus those forgotten since.
+    order: VecDeque<Arc<str>>,
     /// Batches drained so far (a batch drained is flushed before the next is drained).
     drained: u64,
 }
@@ -197,6 +201,7 @@ impl Writer {
                 None if len >= self.opts.max_pending.get() => (Enqueued::Full, len),
                 None => {
                     st.pending.insert(Arc::clone(key), entry);
+                    st.order.push_back(Arc::clone(key));
                     (Enqueued::Queued, len + 1)
                 }
             }
@@ -242,23 +247,28 @@ impl Writer {
         self.lock().pending.remove(key);
     }
 
-    /// Takes up to `flush_max_keys` pending writes.
+    /// Takes up to `flush_max_keys` pending writes, oldest first.
     fn drain(&self) -> Vec<(Arc<str>, Pending)> {
         let max = self.opts.flush_max_keys.get();
         let mut st = self.lock();
         st.drained += 1;
-        if st.pending.len() <= max {
-            return st.pending.drain().collect();
+        let mut batch = Vec::with_capacity(max.min(st.pending.len()));
+        while batch.len() < max {
+            let Some(key) = st.order.pop_front() else {
+                break;
+            };
+            if let Some(entry) = st.pending.remove_entry(&key) {
+                batch.push(entry);
+            }
         }
-        let keys: Vec<Arc<str>> = st.pending.keys().take(max).cloned().collect();
-        keys.into_iter()
-            .filter_map(|k| st.pending.remove_entry(&k))
-            .collect()
+        batch
     }
 
     /// Everything pending, for the final flush when the cache is dropped.
     fn drain_all(&self) -> Vec<(Arc<str>, Pending)> {
-        self.lock().pending.drain().collect()
+        let mut st = self.lock();
+        st.order.clear();
+        st.pending.drain().collect()
     }
 
     pub(crate) fn snapshot(&self) -> WriterSnapshot {
@@ -422,6 +432,7 @@ impl Engine {
         c.batch_max.fetch_max(n, Ordering::Relaxed);
         c.batch_keys.record(n as f64);
         let puts: Vec<Put<'_>> = batch.iter().map(|(k, p)| put_of(k, p)).collect();
+        let mark = self.dirty.mark();
         let started = std::time::Instant::now();
         let result = l2.put_many(&puts, writer.opts.flush_timeout).await;
         let now = std::time::Instant::now();
@@ -431,6 +442,12 @@ impl Engine {
             Err(e) => self.fail_batch(writer, &batch, e),
             Ok(replies) => {
                 for ((key, p), reply) in batch.iter().zip(replies) {
+                    let book = matches!(p.payload, Payload::Book(_));
+                    if !matches!(reply, PutReply::Refused(_)) {
+                        // Redis now holds this version or a higher one: a dirty entry from an
+                        // earlier failed flush of the key no longer stands for anything.
+                        self.settle_dirty(key, book, mark);
+                    }
                     match reply {
                         PutReply::Stored => {
                             c.flushed.inc();
