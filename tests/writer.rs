@@ -330,3 +330,47 @@ async fn a_delete_drops_the_pending_write() {
     assert_eq!(redis_version(&server, key.as_str()).await, None);
     assert!(cache.read(&key).await.unwrap().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_another_type_fails_alone_and_the_rest_of_the_batch_lands() {
+    let server = RedisServer::start();
+    let cache = on(&server)
+        .flush_interval(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let keys: Vec<_> = (0..100)
+        .map(|i| cache.key::<Price>(&format!("WT{i:03}")).unwrap())
+        .collect();
+    // Another program's hash sits at one of the keys, in the middle of a 64-key chunk.
+    let mut c = server.multiplexed().await;
+    let () = c.hset(keys[40].as_str(), "f", "v").await.unwrap();
+    for key in &keys {
+        assert_eq!(
+            cache.set(key, price(3), 3).await.unwrap(),
+            WriteOutcome::Queued
+        );
+    }
+    let err = cache.flush().await.expect_err("one key was refused");
+    assert_eq!(err.kind(), mdcache::ErrorKind::WrongType, "{err}");
+    for (i, key) in keys.iter().enumerate() {
+        if i == 40 {
+            let t: String = redis::cmd("TYPE")
+                .arg(key.as_str())
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            assert_eq!(t, "hash", "the other program's key is left alone");
+            // Not ours to delete, and nothing local may claim the version Redis refused.
+            assert!(!cache.dirty_log().contains(key.as_str()));
+            let read = cache
+                .read(key)
+                .await
+                .expect_err("L1 dropped the refused version");
+            assert_eq!(read.kind(), mdcache::ErrorKind::WrongType, "{read}");
+        } else {
+            assert_eq!(redis_version(&server, key.as_str()).await, Some(3), "{i}");
+        }
+    }
+    let w = cache.stats().writer.unwrap();
+    assert_eq!((w.flushed, w.failed), (99, 1), "{w:?}");
+}

@@ -233,6 +233,13 @@ impl RedisTier {
     }
 }
 
+/// The key a batch item writes.
+fn put_key<'a>(p: &Put<'a>) -> &'a str {
+    match *p {
+        Put::Value { key, .. } | Put::Book { key, .. } => key,
+    }
+}
+
 impl L2 for RedisTier {
     /// `GET` and `PTTL` of one key in one round trip, atomically (`MULTI`/`EXEC`), so the TTL
     /// belongs to the value read.
@@ -321,84 +328,126 @@ impl L2 for RedisTier {
         Ok(stored.into_iter().map(|s| s == 1).collect())
     }
 
-    /// One pipeline of `EVALSHA`s (values and book sides mixed), not a transaction: each
-    /// script is atomic on its own, and the batch needs no more. Errors are per item
-    /// (`ignore_errors`), so one key of another type does not fail the batch; a `NOSCRIPT`
-    /// (the server lost its scripts) loads them and sends the batch once more — the writes
-    /// are idempotent.
+    /// One pipeline, not a transaction: the values in calls of the multi-key versioned
+    /// script (at most [`values::MANY_CHUNK`] keys each), then one book-side script per side;
+    /// each script is atomic on its own, and the batch needs no more. Errors are per call
+    /// (`ignore_errors`) and per key inside the multi-key script, so one key of another type
+    /// does not fail the batch; a `NOSCRIPT` (the server lost its scripts) loads them and
+    /// sends the batch once more — the writes are idempotent.
     async fn put_many(&self, items: &[Put<'_>], within: Duration) -> Result<Vec<PutReply>> {
         let Some(first) = items.first() else {
             return Ok(Vec::new());
         };
-        let first_key = match first {
-            Put::Value { key, .. } | Put::Book { key, .. } => *key,
-        };
-        let (vset, breplace) = (&self.values.set_versioned, &self.books.replace);
+        let first_key = put_key(first);
+        let values: Vec<usize> = (0..items.len())
+            .filter(|&i| matches!(items[i], Put::Value { .. }))
+            .collect();
+        let books: Vec<usize> = (0..items.len())
+            .filter(|&i| matches!(items[i], Put::Book { .. }))
+            .collect();
+        let (vmany, breplace) = (&self.values.set_versioned_many, &self.books.replace);
         let build = || {
             let mut p = redis::pipe();
             p.ignore_errors();
-            for item in items {
-                match *item {
-                    Put::Value { key, envelope, ttl } => {
-                        p.cmd("EVALSHA")
-                            .arg(vset.get_hash())
-                            .arg(1)
-                            .arg(key)
-                            .arg(envelope)
-                            .arg(ttl_ms(ttl));
+            for chunk in values.chunks(values::MANY_CHUNK) {
+                let c = p.cmd("EVALSHA").arg(vmany.get_hash()).arg(chunk.len());
+                for &i in chunk {
+                    c.arg(put_key(&items[i]));
+                }
+                for &i in chunk {
+                    if let Put::Value { envelope, ttl, .. } = items[i] {
+                        c.arg(envelope).arg(ttl_ms(ttl));
                     }
-                    Put::Book {
-                        key,
-                        side,
-                        version,
-                        ttl,
-                    } => {
-                        let ttl_ms = ttl_ms(ttl);
-                        let stamp = book::encode_stamp(version, ttl_ms, side.levels.len());
-                        let c = p
-                            .cmd("EVALSHA")
-                            .arg(breplace.get_hash())
-                            .arg(2)
-                            .arg(key)
-                            .arg(book::version_key(key))
-                            .arg(&stamp[..])
-                            .arg(ttl_ms);
-                        for l in &side.levels {
-                            c.arg(l.price).arg(book::member(l));
-                        }
+                }
+            }
+            for &i in &books {
+                if let Put::Book {
+                    key,
+                    side,
+                    version,
+                    ttl,
+                } = items[i]
+                {
+                    let ttl_ms = ttl_ms(ttl);
+                    let stamp = book::encode_stamp(version, ttl_ms, side.levels.len());
+                    let c = p
+                        .cmd("EVALSHA")
+                        .arg(breplace.get_hash())
+                        .arg(2)
+                        .arg(key)
+                        .arg(book::version_key(key))
+                        .arg(&stamp[..])
+                        .arg(ttl_ms);
+                    for l in &side.levels {
+                        c.arg(l.price).arg(book::member(l));
                     }
                 }
             }
             p
         };
-        let no_script = |r: &RedisResult<i64>| {
+        let no_script = |r: &RedisResult<Value>| {
             r.as_ref().is_err_and(|e| {
                 e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
             })
         };
-        let replies: Vec<RedisResult<i64>> = self
+        let replies: Vec<RedisResult<Value>> = self
             .run_within("put_many", first_key, within, |mut c| async move {
-                let replies: Vec<RedisResult<i64>> = build().query_async(&mut c).await?;
+                let replies: Vec<RedisResult<Value>> = build().query_async(&mut c).await?;
                 if !replies.iter().any(no_script) {
                     return Ok(replies);
                 }
-                vset.load_async(&mut c).await?;
+                vmany.load_async(&mut c).await?;
                 breplace.load_async(&mut c).await?;
                 build().query_async(&mut c).await
             })
             .await?;
-        Ok(items
-            .iter()
-            .zip(replies)
-            .map(|(item, reply)| match reply {
-                Ok(1) => PutReply::Stored,
-                Ok(_) => PutReply::Superseded,
-                Err(e) => {
-                    let key = match item {
-                        Put::Value { key, .. } | Put::Book { key, .. } => *key,
-                    };
-                    PutReply::Refused(Error::from_redis(e, key))
-                }
+        let mut out: Vec<Option<PutReply>> = items.iter().map(|_| None).collect();
+        let mut replies = replies.into_iter();
+        for chunk in values.chunks(values::MANY_CHUNK) {
+            let codes = match replies.next() {
+                Some(Ok(Value::Array(codes))) if codes.len() == chunk.len() => Ok(codes),
+                Some(Ok(_)) | None => Err(None),
+                Some(Err(e)) => Err(Some(e)),
+            };
+            for (n, &i) in chunk.iter().enumerate() {
+                let key = put_key(&items[i]);
+                out[i] = Some(match &codes {
+                    Ok(codes) => match codes[n] {
+                        Value::Int(1) => PutReply::Stored,
+                        Value::Int(0) => PutReply::Superseded,
+                        Value::Int(-1) => PutReply::Refused(Error::WrongType {
+                            key: key.to_owned(),
+                        }),
+                        _ => PutReply::Refused(Error::InvalidValue {
+                            reason: format!("{key}: the stored envelope could not be compared"),
+                        }),
+                    },
+                    Err(Some(e)) => PutReply::Refused(Error::from_redis(e.clone(), key)),
+                    Err(None) => PutReply::Refused(Error::Decode {
+                        key: key.to_owned(),
+                        reason: "unexpected reply from the versioned batch script".to_owned(),
+                    }),
+                });
+            }
+        }
+        for &i in &books {
+            let key = put_key(&items[i]);
+            out[i] = Some(match replies.next() {
+                Some(Ok(Value::Int(1))) => PutReply::Stored,
+                Some(Ok(Value::Int(_))) => PutReply::Superseded,
+                Some(Err(e)) => PutReply::Refused(Error::from_redis(e, key)),
+                Some(Ok(_)) | None => PutReply::Refused(Error::Decode {
+                    key: key.to_owned(),
+                    reason: "unexpected reply from the book script".to_owned(),
+                }),
+            });
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or(PutReply::Refused(Error::Unsupported(
+                    "internal: a batch item without a reply",
+                )))
             })
             .collect())
     }

@@ -36,6 +36,55 @@ redis.call('SET', KEYS[1], new, 'PX', ARGV[2])
 return 1
 "#;
 
+/// [`SET_VERSIONED`] of many keys in one call (the market-data writer's batches): the same
+/// per-key rule, with the batch's current values read by one `MGET` and `TYPE` asked only of
+/// keys that came back nil. One code per key, in order: 1 stored, 0 superseded, -1 the key
+/// holds another type (where the single script replies `WRONGTYPE`), -2 a new value too short
+/// to compare; neither stops the batch. Keys must be distinct. Measured by
+/// `benches/flush.rs` (`b2`) at 1.2–2× the keys/s of one `EVALSHA` per key in a pipeline, with
+/// about 30 % less Redis CPU per key; calls are kept to [`MANY_CHUNK`] keys, so one call holds
+/// Redis for about 0.25 ms, not the whole batch's time.
+const SET_VERSIONED_MANY: &str = r#"
+if #ARGV ~= 2 * #KEYS then
+  return redis.error_reply('ERR set_versioned_many wants one (envelope, ttl_ms) pair per key')
+end
+local curs = {}
+for i = 1, #KEYS, 1000 do
+  local got = redis.call('MGET', unpack(KEYS, i, math.min(i + 999, #KEYS)))
+  for j = 1, #got do curs[i + j - 1] = got[j] end
+end
+local out = {}
+for k = 1, #KEYS do
+  local key, new, cur = KEYS[k], ARGV[2 * k - 1], curs[k]
+  local code = 1
+  if not cur and redis.call('TYPE', key).ok ~= 'none' then
+    code = -1
+  else
+    local versioned = false
+    if cur and string.byte(cur, 1) == 77 then
+      local f, n = string.byte(cur, 2), string.len(cur)
+      versioned = (f == 1 and n >= 10) or (f == 2 and n >= 18)
+    end
+    if versioned then
+      for i = 3, 10 do
+        local a, b = string.byte(cur, i), string.byte(new, i)
+        if b == nil then code = -2 break end
+        if a > b then code = 0 break end
+        if a < b then break end
+      end
+    end
+    if code == 1 then
+      redis.call('SET', key, new, 'PX', ARGV[2 * k])
+    end
+  end
+  out[k] = code
+end
+return out
+"#;
+
+/// Most keys per [`SET_VERSIONED_MANY`] call.
+pub(crate) const MANY_CHUNK: usize = 64;
+
 /// Delete KEYS[1] only while it still holds ARGV[1] (a string key; any other type is left
 /// alone). Returns 1 when deleted, 0 otherwise.
 const UNLINK_IF_EQUALS: &str = r#"
@@ -49,6 +98,7 @@ return 1
 #[derive(Debug)]
 pub(crate) struct ValueScripts {
     pub(crate) set_versioned: Script,
+    pub(crate) set_versioned_many: Script,
     pub(crate) unlink_if_equals: Script,
 }
 
@@ -56,6 +106,7 @@ impl ValueScripts {
     pub(crate) fn new() -> Self {
         ValueScripts {
             set_versioned: Script::new(SET_VERSIONED),
+            set_versioned_many: Script::new(SET_VERSIONED_MANY),
             unlink_if_equals: Script::new(UNLINK_IF_EQUALS),
         }
     }
