@@ -1085,9 +1085,112 @@ fn bystander(window: Duration, s: &Setup) {
     println!();
 }
 
+/// mdcache's own writer (`Cache::set` of N distinct prices, then `Cache::flush`) against the
+/// raw protocols at the same N, in the same group: keys/s. A layered cache with the writer's
+/// defaults (except a batch as large as N, so one flush is one batch, as for the raw rows).
+fn writer(c: &mut Criterion, s: &Setup) {
+    let url = s._server.url();
+    for n in [64usize, 256] {
+        let cache = s.rt.block_on(async {
+            mdcache::Cache::builder()
+                .redis_url(url.clone())
+                .backend(mdcache::Backend::Layered)
+                .op_timeout(Duration::from_secs(1))
+                .ttl_kind("price", Duration::from_secs(60))
+                .flush_max_keys(std::num::NonZeroUsize::new(n).expect("n > 0"))
+                .build()
+                .expect("cache")
+        });
+        let keys: Arc<Vec<_>> = Arc::new(
+            (0..n)
+                .map(|i| {
+                    cache
+                        .key::<mdcache::Price>(&format!("W{i:04}"))
+                        .expect("key")
+                })
+                .collect(),
+        );
+        let version = Arc::new(AtomicU64::new(1));
+        let mut group = c.benchmark_group(format!("writer_n{n}"));
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function("mdcache_set_then_flush", |b| {
+            b.to_async(&s.rt).iter_custom(|iters| {
+                let (cache, keys, version) =
+                    (cache.clone(), Arc::clone(&keys), Arc::clone(&version));
+                async move {
+                    s.rt.spawn(async move {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            let v = version.fetch_add(1, Ordering::Relaxed);
+                            for key in keys.iter() {
+                                let out = cache.set(key, price(v), v).await.expect("set");
+                                assert_eq!(out, mdcache::WriteOutcome::Queued);
+                            }
+                            cache.flush().await.expect("flush");
+                        }
+                        start.elapsed()
+                    })
+                    .await
+                    .expect("bench task")
+                }
+            })
+        });
+        for (name, protocol, mix) in [
+            (
+                "raw_pipelined_evalsha",
+                Protocol::PipelinedEvalsha,
+                Mix::AllApply,
+            ),
+            ("raw_chunks_of_64", Protocol::ChunkedMget, Mix::AllApply),
+            ("raw_pipelined_set", Protocol::PipelinedSet, Mix::AllApply),
+        ] {
+            if !protocol.runs_at(n) {
+                continue;
+            }
+            group.bench_function(name, |b| {
+                b.to_async(&s.rt)
+                    .iter_custom(|iters| timed_flushes(&s.rt, &s.writer, protocol, mix, n, iters))
+            });
+        }
+        group.finish();
+        let w = cache.stats().writer.expect("writer");
+        assert_eq!(w.failed, 0, "{w:?}");
+    }
+    // The write call itself: what the feed handler's thread pays per tick (L1 insert and
+    // enqueue; the flush runs on the writer's task).
+    let cache = s.rt.block_on(async {
+        mdcache::Cache::builder()
+            .redis_url(url.clone())
+            .backend(mdcache::Backend::Layered)
+            .ttl_kind("price", Duration::from_secs(60))
+            .build()
+            .expect("cache")
+    });
+    let keys: Vec<_> = (0..500)
+        .map(|i| {
+            cache
+                .key::<mdcache::Price>(&format!("T{i:03}"))
+                .expect("key")
+        })
+        .collect();
+    let version = AtomicU64::new(1);
+    let mut group = c.benchmark_group("writer_call");
+    group.bench_function("set_price_queued", |b| {
+        let mut i = 0usize;
+        b.to_async(&s.rt).iter(|| {
+            i = (i + 1) % keys.len();
+            let v = version.fetch_add(1, Ordering::Relaxed);
+            let (cache, key) = (&cache, &keys[i]);
+            async move { cache.set(key, price(v), v).await.expect("set") }
+        })
+    });
+    group.finish();
+}
+
 fn flush(c: &mut Criterion) {
     let s = setup();
     throughput(c, &s);
+    writer(c, &s);
     // Milliseconds per report row.
     let ms = latency_samples("flush", 1000, 20) as u64;
     if ms > 0 {

@@ -59,6 +59,8 @@ fn setup() -> Setup {
         ];
         if let Via::Cache(cache, key) = &contenders[0].via {
             cache.set(key, price(42), 42).await.expect("set");
+            // Prices conflate: in Redis once flushed.
+            cache.flush().await.expect("flush");
         }
         let conn = server.multiplexed().await;
         let name = contenders[0].key_name();

@@ -51,6 +51,8 @@ fn setup() -> Setup {
         let (cache, key) = redis_reader(server.url(), None);
         let (cache1, key1) = redis_reader(server.url(), NonZeroU32::new(1));
         cache.set(&key, price(42), 42).await.expect("set");
+        // Prices conflate: in Redis once flushed.
+        cache.flush().await.expect("flush");
         let conn = server.multiplexed().await;
         let name = key.as_str().to_owned();
         let bytes: Vec<u8> = redis::cmd("GET")
