@@ -72,3 +72,14 @@ bench: deps
 
 clean:
 	$(CARGO) clean
+
+# The multi-process workload: one feed and two engine processes of `mdcache simulate`
+# (--role feed / --role engine) against a throwaway redis-server on a free port, for 10 s
+# (scripts/multi.sh; needs redis-server, see `deps`). Reports and logs in target/multi/.
+# MULTI_ENGINES, MULTI_DURATION and MULTI_THREADS change the shape; extra simulate flags for
+# every process through MULTI_ARGS, e.g. make multi MULTI_ARGS="--readers 2".
+.PHONY: multi
+MULTI_ARGS ?=
+multi: build
+	MDCACHE="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/mdcache" MULTI_OUT=$(CURDIR)/target/multi \
+		scripts/multi.sh $(MULTI_ARGS)

@@ -86,7 +86,7 @@ fn markdown(rows: &[Value]) -> String {
          scenarios) and a throwaway PostgreSQL, with\n\n\
          ```\n\
          mdcache simulate --duration {SIM_DURATION} --fault-window {}ms..{}ms --verify \\\n    \
-         --symbols 50 --readers 4 --updates-per-s 2000 --orders-per-s 200 \\\n    \
+         --symbols 50 --readers 4 \\\n    \
          --redis URL --database URL --report FILE\n\
          CACHE_OP_TIMEOUT_MS={} CACHE_BREAKER_FAILURES=5 CACHE_BREAKER_OPEN_MS=300 CACHE_PROBE_TIMEOUT_MS=100\n\
          ```\n\n\

@@ -97,7 +97,7 @@ pub const METRICS: &[(&str, &str)] = &[
     ),
     (
         "mdcache_writer_keys_total",
-        "Keys the writer sent to Redis (label: outcome = flushed|superseded|failed; failed keys are recorded dirty).",
+        "Keys the writer settled (label: outcome = flushed|superseded|failed|expired; failed keys are recorded dirty; expired ones ran out of TTL while queued and were not sent).",
     ),
     (
         "mdcache_writer_batches_total",

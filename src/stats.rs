@@ -351,6 +351,9 @@ pub struct WriterSnapshot {
     /// Writes not queued because `max_pending` keys were pending: kept in L1 alone and the key
     /// recorded dirty ([`WriteOutcome::LocalOnly`](crate::WriteOutcome::LocalOnly)).
     pub overflow: u64,
+    /// Pending writes whose TTL ran out before the writer could send them (not sent: Redis
+    /// must not keep a value past its TTL, counted from the write).
+    pub expired: u64,
     /// Keys Redis took.
     pub flushed: u64,
     /// Keys Redis refused because it held a higher version.

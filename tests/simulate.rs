@@ -1,8 +1,8 @@
-//! `mdcache simulate` end to end: embedded and against real redis-server and PostgreSQL processes, the JSON report's fields and arithmetic, the Prometheus endpoint during a run, and the exit statuses of bad input and unreachable backends. No timing asserts.
+//! `mdcache simulate` end to end: embedded and against real redis-server and PostgreSQL processes, one instance or a feed and engines (in one process and as separate processes), the JSON report's fields and arithmetic, the Prometheus endpoint during a run, and the exit statuses of bad input and unreachable backends. No timing asserts.
 
 mod support;
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
@@ -152,6 +152,108 @@ fn check_report(r: &Value) {
     let past_ttl: u64 = READ_OPS.iter().map(|op| u(&r["ops"][op], "past_ttl")).sum();
     assert_eq!(past_ttl, u(r, "reads_past_ttl"));
     assert_eq!(past_ttl, 0, "reads served past their TTL");
+
+    // The instances add up to the top-level figures.
+    let instances = r["instances"].as_array().expect("instances");
+    assert!(!instances.is_empty(), "{r}");
+    let sum = |field: &str| instances.iter().map(|i| u(i, field)).sum::<u64>();
+    assert_eq!(sum("reads"), u(r, "reads"));
+    assert_eq!(sum("writes"), u(r, "writes"));
+    assert_eq!(sum("l1_hits"), u(t, "l1_hits"));
+    assert_eq!(sum("l2_hits"), u(t, "l2_hits"));
+    assert_eq!(sum("source_loads"), u(t, "source_loads"));
+    assert_eq!(sum("readers"), u(&r["workload"], "readers"));
+    assert_eq!(sum("fallbacks"), u(fb, "total"));
+    for i in instances {
+        assert!(
+            ["single", "feed", "engine"].contains(&i["role"].as_str().unwrap_or("")),
+            "{i}"
+        );
+        let _ = (
+            u(&i["breaker"], "opened"),
+            i["breaker"]["state"].as_str().unwrap(),
+        );
+    }
+    assert_eq!(
+        u(b, "opened"),
+        instances
+            .iter()
+            .map(|i| u(&i["breaker"], "opened"))
+            .sum::<u64>()
+    );
+
+    // The writer: none without Redis; with Redis, every queued price and book write counted.
+    let w = &r["writer"];
+    if r["backend"] == "memory" {
+        assert!(w.is_null(), "{w}");
+    } else {
+        let queued = u(&r["ops"]["write_price"], "queued") + u(&r["ops"]["write_book"], "queued");
+        assert_eq!(u(w, "enqueued"), queued, "{w}");
+        assert_eq!(u(t, "writes_queued"), queued, "{t}");
+        for field in [
+            "conflated",
+            "flushed",
+            "failed",
+            "lag_p50_us",
+            "lag_p99_us",
+            "lag_max_us",
+        ] {
+            let _ = u(w, field);
+        }
+        assert!(
+            u(w, "lag_p50_us") <= u(w, "lag_p99_us") && u(w, "lag_p99_us") <= u(w, "lag_max_us")
+        );
+        // The run ends with a flush: nothing is left pending.
+        assert_eq!(u(w, "pending"), 0, "{w}");
+    }
+
+    if let Some(fr) = r.get("freshness") {
+        check_freshness(r, fr);
+    }
+}
+
+/// The freshness figures add up and their distributions are ordered.
+#[track_caller]
+fn check_freshness(r: &Value, fr: &Value) {
+    let measured = u(fr, "measured");
+    assert_eq!(
+        u(fr, "reads"),
+        measured + u(fr, "snapshot") + u(fr, "source") + u(fr, "stale"),
+        "{fr}"
+    );
+    let mut quantiles = vec!["age_us"];
+    if fr["mode"] == "in_process" {
+        assert_eq!(u(fr, "current") + u(fr, "behind"), measured, "{fr}");
+        quantiles.extend(["versions_behind", "behind_us"]);
+    } else {
+        assert_eq!(fr["mode"], "value_age", "{fr}");
+        assert!(
+            fr["versions_behind"].is_null() && fr["current"].is_null(),
+            "{fr}"
+        );
+    }
+    for q in quantiles {
+        let d = &fr[q];
+        assert!(
+            u(d, "p50") <= u(d, "p99") && u(d, "p99") <= u(d, "max"),
+            "{q}: {d}"
+        );
+    }
+    // The engines' L2 hit rate is their reads' provenance (every reader is an engine's).
+    let (mut l2, mut all) = (0, 0);
+    for op in READ_OPS {
+        let served = &r["ops"][op]["served"];
+        l2 += u(served, "l2");
+        all += ["l1", "l2", "source", "stale"]
+            .iter()
+            .map(|t| u(served, t))
+            .sum::<u64>();
+    }
+    let rate = f(fr, "l2_hit_rate");
+    assert!(
+        (rate - l2 as f64 / all.max(1) as f64).abs() < 1e-12,
+        "{rate} vs {l2}/{all}"
+    );
 }
 
 #[test]
@@ -186,6 +288,11 @@ fn embedded_run_prints_a_summary_and_writes_a_consistent_report_and_plot() {
     assert_eq!(r["postgres"], false);
     assert_eq!(r["breaker"]["state"], "n/a");
     assert_eq!(u(&r["tiers"], "l2_hits"), 0, "no Redis, no L2 hits");
+    // One instance for everything; no engines, so no freshness.
+    assert_eq!(r["instances"].as_array().map(Vec::len), Some(1));
+    assert_eq!(r["instances"][0]["role"], "single");
+    assert_eq!(r["workload"]["engines"], 0);
+    assert!(r.get("freshness").is_none(), "{r}");
     assert_eq!(r["workload"]["symbols"], 20);
     assert_eq!(r["workload"]["readers"], 2);
     // Every key was seeded: nothing is ever "not found", and the risk account's first read
@@ -288,6 +395,14 @@ fn layered_run_against_redis_and_postgres() {
             .as_str()
             .is_some_and(|u| u.contains("127.0.0.1"))
     );
+    // One instance; the feed's market data went through the conflating writer to Redis.
+    assert_eq!(r["instances"][0]["role"], "single");
+    assert!(
+        u(&r["ops"]["write_price"], "queued") > 0,
+        "{}",
+        r["ops"]["write_price"]
+    );
+    assert!(u(&r["writer"], "enqueued") > 0, "{}", r["writer"]);
     // The order flow went through the database.
     assert!(u(&r["tiers"], "source_writes") > 0, "{}", r["tiers"]);
     assert!(u(&r["ops"]["write_pos"], "count") > 0);
@@ -303,6 +418,235 @@ fn layered_run_against_redis_and_postgres() {
     if u(&r["breaker"], "opened") == 0 {
         assert!(redis.dbsize() > 0);
     }
+}
+
+/// Generous Redis deadlines (operations and writer batches) for the multi-instance runs, so
+/// that a loaded machine cannot open a breaker and turn the run into a fallback run: these
+/// tests are about what the instances see of each other, not about deadlines.
+const PATIENT: [(&str, &str); 2] = [
+    ("CACHE_OP_TIMEOUT_MS", "1000"),
+    ("CACHE_FLUSH_TIMEOUT_MS", "1000"),
+];
+
+/// `simulate` with `args` and the [`PATIENT`] deadlines; panics unless it exits 0.
+#[track_caller]
+fn simulate_patient_ok(args: &[&str]) -> Output {
+    let out = mdcache()
+        .arg("simulate")
+        .args(args)
+        .envs(PATIENT)
+        .output()
+        .expect("run mdcache");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+/// The reads the conflating writer's lag accounts for. Redis's TTL of a market-data key starts
+/// when the writer flushes it, not when the feed wrote it (DESIGN §4 rule 8 against rule 1),
+/// so an engine can read a value up to the writer's lag after its TTL, counted from the feed's
+/// write. This is all the past-TTL reads may be: no more than that lag (+1 ms for the two
+/// clocks, and `slack_us` more across processes).
+#[track_caller]
+fn past_ttl_within_writer_lag(freshness: &Value, _lag_max_us: u64, _slack_us: u64) {
+    // The writer gives Redis what is left of a write's TTL, counted from the write (not the
+    // flush), and L1 never outlives Redis: no engine read is older than its TTL.
+    assert_eq!(
+        u(freshness, "reads_past_ttl"),
+        0,
+        "reads past their TTL: {freshness}"
+    );
+}
+
+#[test]
+fn engines_read_what_the_feed_wrote_through_redis() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let mut args = SMALL.to_vec();
+    let (redis_url, report_s) = (redis.url(), report.to_str().unwrap());
+    args.extend([
+        "--engines",
+        "2",
+        "--redis",
+        &redis_url,
+        "--report",
+        report_s,
+        "--verify",
+    ]);
+    let out = simulate_patient_ok(&args);
+    let stdout = text(&out.stdout);
+    for needle in [
+        "feed + 2 engines",
+        "engine-2",
+        "freshness (in_process)",
+        "writer:",
+        "verify: passed",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "{needle:?} missing from:\n{stdout}"
+        );
+    }
+
+    let r = read_report(&report);
+    check_report(&r);
+    assert_eq!(r["workload"]["engines"], 2);
+    let instances = r["instances"].as_array().unwrap();
+    let roles: Vec<(&str, &str)> = instances
+        .iter()
+        .map(|i| (i["name"].as_str().unwrap(), i["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("feed", "feed"),
+            ("engine-1", "engine"),
+            ("engine-2", "engine")
+        ]
+    );
+    // The feed writes and reads nothing; the engines read and write nothing, each with one
+    // of the two readers, and each found the feed's data in Redis when its L1 copy expired
+    // (price and book TTLs are 50–100 ms, the run 2 s).
+    let feed = &instances[0];
+    assert_eq!((u(feed, "readers"), u(feed, "reads")), (0, 0), "{feed}");
+    assert!(u(feed, "writes") > 0, "{feed}");
+    for e in &instances[1..] {
+        assert_eq!(u(e, "readers"), 1, "{e}");
+        assert!(u(e, "reads") > 0 && u(e, "l2_hits") > 0, "{e}");
+        assert_eq!(u(e, "writes"), 0, "{e}");
+        assert_eq!(
+            u(&e["writer"], "enqueued"),
+            0,
+            "an engine queues nothing: {e}"
+        );
+    }
+    // Patient deadlines on a healthy Redis: nothing failed anywhere.
+    assert_eq!(u(&r["breaker"], "opened"), 0, "{}", r["breaker"]);
+
+    // The feed's market data went through its writer to Redis.
+    let w = &r["writer"];
+    assert_eq!(w, &feed["writer"], "the top-level writer is the feed's");
+    assert!(u(w, "enqueued") > 0 && u(w, "flushed") > 0, "{w}");
+    assert_eq!(u(w, "failed"), 0, "{w}");
+    assert!(u(w, "flushed") <= u(w, "enqueued"), "{w}");
+
+    // Every engine market-data read is accounted for, and measured ones were written by the
+    // feed through Redis: the engines never see a version the feed has not written.
+    let fr = &r["freshness"];
+    assert_eq!(fr["mode"], "in_process");
+    let with_a_value = |op: &str| {
+        let o = &r["ops"][op];
+        u(o, "count") - u(o, "errors") - u(o, "not_found")
+    };
+    assert_eq!(
+        u(fr, "reads"),
+        with_a_value("read_price") + with_a_value("read_book"),
+        "{fr}"
+    );
+    assert!(u(fr, "measured") > 0, "{fr}");
+    assert!(f(fr, "l2_hit_rate") > 0.0, "{fr}");
+    past_ttl_within_writer_lag(fr, u(w, "lag_max_us"), 0);
+
+    // After the final flush, every price still in Redis is the feed's last write of it (the
+    // writer conflates to the latest version, never leaves an older one), and the engines'
+    // cache-aside fills of positions never outranked the feed's write-through.
+    let v = &r["verify"];
+    assert_eq!(v["passed"], true, "{v}");
+    assert_eq!(u(v, "prices_behind_feed"), 0, "{v}");
+    assert_eq!(u(v, "l2_differs_from_source"), 0, "{v}");
+}
+
+#[test]
+fn separate_feed_and_engine_processes_share_redis() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (feed_report, engine_report) =
+        (dir.path().join("feed.json"), dir.path().join("engine.json"));
+    let redis_url = redis.url();
+    // The feed runs until it is told to stop, so that it covers the engine's whole run
+    // whatever the machine's speed.
+    let mut feed_args = SMALL.to_vec();
+    feed_args[1] = "120s";
+    feed_args.extend(["--role", "feed", "--redis", &redis_url]);
+    feed_args.extend(["--report", feed_report.to_str().unwrap()]);
+    let child = mdcache()
+        .arg("simulate")
+        .args(&feed_args)
+        .envs(PATIENT)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the feed");
+    let mut feed = KillOnDrop(child);
+    let mut stdout = BufReader::new(feed.0.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.contains("role feed"), "{first:?}");
+    // The first line comes before seeding; the feed's tasks start right after it.
+    std::thread::sleep(Duration::from_millis(200));
+
+    let mut engine_args = SMALL.to_vec();
+    engine_args.extend(["--role", "engine", "--redis", &redis_url]);
+    engine_args.extend(["--report", engine_report.to_str().unwrap()]);
+    let out = simulate_patient_ok(&engine_args);
+    assert!(
+        text(&out.stdout).contains("freshness (value_age)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let pid = Pid::from_raw(i32::try_from(feed.0.id()).unwrap());
+    signal::kill(pid, Signal::SIGINT).expect("send SIGINT");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let status = feed.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{rest}");
+
+    let fr = read_report(&feed_report);
+    let er = read_report(&engine_report);
+    for r in [&fr, &er] {
+        assert_eq!(r["instances"].as_array().map(Vec::len), Some(1), "{r}");
+    }
+    // The feed process: feed and orders, no readers, no freshness.
+    assert_eq!(fr["workload"]["role"], "feed");
+    assert_eq!(fr["instances"][0]["role"], "feed");
+    assert_eq!((u(&fr, "reads"), u(&fr["workload"], "readers")), (0, 0));
+    assert!(u(&fr["orders"], "events") > 0, "{}", fr["orders"]);
+    assert!(fr.get("freshness").is_none());
+    let w = &fr["writer"];
+    assert!(u(w, "enqueued") > 0 && u(w, "flushed") > 0, "{w}");
+    assert_eq!(fr["interrupted"], true);
+    // Without readers its reads are 0, the rest of the report as usual.
+    assert_eq!(u(&fr["breaker"], "opened"), 0);
+
+    // The engine process: readers only; it found the feed's stamped prices in Redis.
+    check_report(&er);
+    assert_eq!(er["workload"]["role"], "engine");
+    assert_eq!(er["instances"][0]["role"], "engine");
+    assert_eq!(u(&er, "writes"), 0);
+    assert!(
+        u(&er["instances"][0], "l2_hits") > 0,
+        "{}",
+        er["instances"][0]
+    );
+    let fresh = &er["freshness"];
+    assert_eq!(fresh["mode"], "value_age");
+    assert!(
+        u(fresh, "measured") > 0,
+        "no price the feed stamped: {fresh}"
+    );
+    // Across processes the age counts from the stamp, taken just before the feed's `set`.
+    past_ttl_within_writer_lag(
+        fresh,
+        u(w, "lag_max_us"),
+        f(&fr["ops"]["write_price"], "max_us") as u64,
+    );
 }
 
 /// Kills the child if the test fails half-way, so no 60 s run outlives it.
@@ -434,6 +778,32 @@ fn bad_flags_exit_2_with_one_line() {
         (
             vec!["--duration", "2s", "--fault-window", "1s..5s"],
             "--fault-window",
+        ),
+        // Instances share nothing but Redis: without it there is nothing to share.
+        (vec!["--engines", "2"], "--engines"),
+        (vec!["--engines", "65"], "--engines"),
+        (vec!["--role", "engine"], "--role"),
+        (vec!["--role", "bogus"], "--role"),
+        (
+            vec![
+                "--engines",
+                "2",
+                "--role",
+                "feed",
+                "--redis",
+                "redis://127.0.0.1:1/",
+            ],
+            "--engines",
+        ),
+        (
+            vec![
+                "--role",
+                "engine",
+                "--verify",
+                "--redis",
+                "redis://127.0.0.1:1/",
+            ],
+            "--verify",
         ),
     ] {
         assert_fails(&args, 2, needle);

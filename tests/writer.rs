@@ -374,3 +374,48 @@ async fn a_key_of_another_type_fails_alone_and_the_rest_of_the_batch_lands() {
     let w = cache.stats().writer.unwrap();
     assert_eq!((w.flushed, w.failed), (99, 1), "{w:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_expires_in_redis_counting_from_when_it_was_written_not_flushed() {
+    let server = RedisServer::start();
+    let cache = on(&server)
+        .ttl_kind("price", Duration::from_millis(1_000))
+        .flush_interval(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let key = cache.key::<Price>("LATE").unwrap();
+    cache.set(&key, price(1), 1).await.unwrap();
+    // It waits in the queue for at least 400 ms of its 1,000 ms TTL.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    cache.flush().await.unwrap();
+    let mut c = server.multiplexed().await;
+    let left: i64 = c.pttl(key.as_str()).await.unwrap();
+    assert!(
+        (1..=600).contains(&left),
+        "Redis keeps it {left} ms, past the 1,000 ms it had when written"
+    );
+    // A reader elsewhere ages it from the write, not from the flush.
+    let other = on(&server)
+        .ttl_kind("price", Duration::from_millis(1_000))
+        .build()
+        .unwrap();
+    let r = other
+        .read(&other.key::<Price>("LATE").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.age >= Duration::from_millis(400), "age {:?}", r.age);
+    // One that waits out its whole TTL is never sent.
+    let gone = cache.key::<Price>("GONE").unwrap();
+    let short = on(&server)
+        .ttl_kind("price", Duration::from_millis(50))
+        .flush_interval(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let skey = short.key::<Price>("GONE").unwrap();
+    short.set(&skey, price(1), 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    short.flush().await.unwrap();
+    assert_eq!(redis_version(&server, gone.as_str()).await, None);
+    assert_eq!(short.stats().writer.unwrap().expired, 1);
+}

@@ -149,7 +149,7 @@ impl<S: BookSchema> Layout<S> for Books {
         // Age by the TTL its writer gave it (a per-write TTL included), both figures from
         // Redis's clock; the kind's TTL stands in for a side written by an earlier build.
         let written_ttl = f.written_ttl.unwrap_or(key.ttl());
-        let remaining = f.remaining.unwrap_or(written_ttl);
+        let remaining = f.remaining.map_or(written_ttl, below_redis_precision);
         let side = Arc::new(f.side);
         let promoted = Promoted {
             entry: Arc::new(BookEntry {

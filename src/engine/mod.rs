@@ -434,6 +434,14 @@ impl std::ops::Deref for KindRef<'_> {
     }
 }
 
+/// A `PTTL` as L1 may use it: Redis counts expiry in whole milliseconds and reports what is
+/// left against its millisecond clock, so the key can live up to 1 ms past `PTTL` from the
+/// request (and be served in its last millisecond). L1 takes 1 ms less, so it never holds a
+/// value past the key's expiry — nor past its TTL.
+pub(crate) fn below_redis_precision(pttl: Duration) -> Duration {
+    pttl.saturating_sub(Duration::from_millis(1))
+}
+
 /// True when a Redis write failed because Redis was not healthy: a timeout, a broken or
 /// refused connection, an error reply, or the circuit breaker open (no I/O at all). The write
 /// may or may not have landed, and Redis may keep an older copy. False for refused input

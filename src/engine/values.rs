@@ -180,7 +180,7 @@ impl Engine {
             }
         };
         let value = Arc::new(env.value);
-        let remaining = f.remaining.unwrap_or(key.ttl());
+        let remaining = f.remaining.map_or(key.ttl(), below_redis_precision);
         let promoted = Promoted {
             entry: Arc::clone(&value),
             value,

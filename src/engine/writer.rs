@@ -46,8 +46,13 @@ pub(crate) struct Pending {
     pub(crate) ttl: Duration,
     /// The key prefix, for the dirty log.
     prefix: &'static str,
-    /// When it was queued, for the enqueue → acknowledged lag.
+    /// When the key became pending (its first write since the last flush), for the
+    /// enqueue → acknowledged lag.
     enqueued: std::time::Instant,
+    /// When this version was written: its TTL runs from here, not from the flush.
+    written: std::time::Instant,
+    /// The same moment as a Unix time in ms plus the TTL: when Redis must drop it.
+    expire_at_ms: u64,
     /// Its place in the queue's order, for [`Engine::flush`].
     seq: u64,
 }
@@ -81,6 +86,7 @@ struct Counters {
     conflated: Count,
     dropped_older: Count,
     overflow: Count,
+    expired: Count,
     flushed: Count,
     superseded: Count,
     failed: Count,
@@ -105,6 +111,7 @@ impl Default for Counters {
             conflated: write("conflated"),
             dropped_older: write("dropped_older"),
             overflow: write("overflow"),
+            expired: key("expired"),
             flushed: key("flushed"),
             superseded: key("superseded"),
             failed: key("failed"),
@@ -176,12 +183,15 @@ impl Writer {
         ttl: Duration,
     ) -> Enqueued {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = std::time::Instant::now();
         let entry = Pending {
             payload,
             version,
             ttl,
             prefix,
-            enqueued: std::time::Instant::now(),
+            enqueued: now,
+            written: now,
+            expire_at_ms: unix_ms_after(ttl),
             seq,
         };
         let (outcome, len) = {
@@ -229,7 +239,7 @@ impl Writer {
     /// Asks the flush task to flush now.
     fn hurry(&self) {
         self.urgent_flag.store(true, Ordering::Release);
-        self.urgent.notify_one();
+        self.urgent.notify_waiters();
         self.wake.notify_one();
     }
 
@@ -282,6 +292,7 @@ impl Writer {
             conflated: c.conflated.get(),
             dropped_older: c.dropped_older.get(),
             overflow: c.overflow.get(),
+            expired: c.expired.get(),
             flushed: c.flushed.get(),
             superseded: c.superseded.get(),
             failed: c.failed.get(),
@@ -331,7 +342,9 @@ impl Drop for WriterHandle {
             let l2 = Arc::clone(&self.l2);
             let within = self.writer.opts.flush_timeout;
             rt.spawn(async move {
-                let puts: Vec<Put<'_>> = last.iter().map(|(k, p)| put_of(k, p)).collect();
+                let now = std::time::Instant::now();
+                let puts: Vec<Put<'_>> =
+                    last.iter().filter_map(|(k, p)| put_of(k, p, now)).collect();
                 if let Err(e) = l2.put_many(&puts, within).await {
                     tracing::debug!(error = %e, keys = puts.len(), "final flush of the market-data writer failed");
                 }
@@ -340,24 +353,48 @@ impl Drop for WriterHandle {
     }
 }
 
-fn put_of<'a>(key: &'a str, p: &'a Pending) -> Put<'a> {
-    put(key, &p.payload, p.version, p.ttl)
+/// A pending write as sent: Redis keeps it for what is left of its TTL, counted from when it
+/// was written (the envelope or stamp still carries the whole TTL, so readers age it from the
+/// write). `None` when less than a millisecond is left: it has expired waiting, and is not sent.
+fn put_of<'a>(key: &'a str, p: &'a Pending, now: std::time::Instant) -> Option<Put<'a>> {
+    let left = p
+        .ttl
+        .saturating_sub(now.saturating_duration_since(p.written));
+    (left >= Duration::from_millis(1))
+        .then(|| put(key, &p.payload, p.version, p.ttl, p.expire_at_ms))
 }
 
-fn put<'a>(key: &'a str, payload: &'a Payload, version: u64, ttl: Duration) -> Put<'a> {
+fn put<'a>(
+    key: &'a str,
+    payload: &'a Payload,
+    version: u64,
+    written_ttl: Duration,
+    expire_at_ms: u64,
+) -> Put<'a> {
     match payload {
         Payload::Value(bytes) => Put::Value {
             key,
             envelope: bytes,
-            ttl,
+            expire_at_ms,
         },
         Payload::Book(side) => Put::Book {
             key,
             side,
             version,
-            ttl,
+            written_ttl,
+            expire_at_ms,
         },
     }
+}
+
+/// This host's Unix time in ms, `ttl` from now, less the millisecond in which Redis still
+/// serves a key whose expiry has come (it compares whole milliseconds), so Redis never
+/// serves the value past its TTL; at least 1 ms from now.
+fn unix_ms_after(ttl: Duration) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    now.saturating_add(crate::l2::ttl_ms(ttl).saturating_sub(1).max(1))
 }
 
 /// One write of `payload`, now (when the writer is full and there is no L1 to hold it):
@@ -371,7 +408,10 @@ pub(crate) async fn put_one(
     within: Duration,
 ) -> Result<bool> {
     let replies = l2
-        .put_many(&[put(key, payload, version, ttl)], within)
+        .put_many(
+            &[put(key, payload, version, ttl, unix_ms_after(ttl))],
+            within,
+        )
         .await?;
     match replies.into_iter().next() {
         Some(PutReply::Stored) => Ok(true),
@@ -390,11 +430,17 @@ async fn run(writer: Arc<Writer>, engine: Weak<Engine>) {
             _ = stop.cancelled() => return,
             _ = writer.wake.notified() => {}
         }
+        // Registered before the flag is read, and woken only while waiting (no stored
+        // permit): a hurry between the two is not lost, and an old one cannot cut a later
+        // interval short.
+        let urgent = writer.urgent.notified();
+        tokio::pin!(urgent);
+        urgent.as_mut().enable();
         if !writer.urgent_flag.swap(false, Ordering::AcqRel) {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(writer.opts.flush_interval) => {}
-                _ = writer.urgent.notified() => {}
+                _ = &mut urgent => {}
             }
             writer.urgent_flag.store(false, Ordering::Release);
         }
@@ -420,7 +466,6 @@ impl Engine {
     /// key Redis refused; failed keys go to the dirty log.
     async fn flush_batch(&self, writer: &Writer, batch: Vec<(Arc<str>, Pending)>) {
         let c = &writer.counters;
-        let n = batch.len() as u64;
         let Some(l2) = self.l2.as_ref() else {
             return;
         };
@@ -428,10 +473,21 @@ impl Engine {
             self.fail_batch(writer, &batch, Error::BreakerOpen);
             return;
         }
+        // Writes that expired while they waited are not sent (nor counted as flushed); the
+        // rest expire in Redis when they would have had they been written at once.
+        let at = std::time::Instant::now();
+        let (batch, expired): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|(k, p)| put_of(k, p, at).is_some());
+        c.expired.add(expired.len() as u64);
+        let n = batch.len() as u64;
+        if n == 0 {
+            return;
+        }
         c.batches.inc();
         c.batch_max.fetch_max(n, Ordering::Relaxed);
         c.batch_keys.record(n as f64);
-        let puts: Vec<Put<'_>> = batch.iter().map(|(k, p)| put_of(k, p)).collect();
+        let puts: Vec<Put<'_>> = batch.iter().filter_map(|(k, p)| put_of(k, p, at)).collect();
         let mark = self.dirty.mark();
         let started = std::time::Instant::now();
         let result = l2.put_many(&puts, writer.opts.flush_timeout).await;

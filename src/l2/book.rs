@@ -47,7 +47,8 @@ const LEVEL_OVERHEAD: usize = 112;
 const MAX_LEVELS: usize = u32::MAX as usize;
 
 /// Replace a side atomically unless a higher version is stored. KEYS: set, stamp key.
-/// ARGV: the stamp (24 bytes), ttl ms, then score/member pairs. Returns 1 stored, 0 superseded.
+/// ARGV: the stamp (24 bytes), the expiry (TTL ms, or `@` and a Unix time in ms for an
+/// absolute one), then score/member pairs. Returns 1 stored, 0 superseded.
 /// A stored stamp counts only when it decodes and its side is whole (its level count equals
 /// `ZCARD`; for an 8-byte stamp, the set exists): an orphan or garbage stamp is absent.
 const REPLACE: &str = r#"
@@ -83,8 +84,14 @@ while i <= n do
   redis.call('ZADD', KEYS[1], unpack(ARGV, i, j))
   i = j + 1
 end
-if n >= 3 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+if string.sub(ARGV[2], 1, 1) == '@' then
+  local at = string.sub(ARGV[2], 2)
+  if n >= 3 then redis.call('PEXPIREAT', KEYS[1], at) end
+  redis.call('SET', KEYS[2], ARGV[1], 'PXAT', at)
+else
+  if n >= 3 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+end
 return 1
 "#;
 

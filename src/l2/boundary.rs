@@ -43,7 +43,9 @@ pub(crate) trait L2: Send + Sync + std::fmt::Debug {
     /// Many versioned writes of values and book sides, mixed, sent together (one pipeline on
     /// one server): the market-data writer's flush. One reply per item, in order; an item
     /// Redis refuses (a key holding another type) is [`PutReply::Refused`] without failing
-    /// the others. One guarded operation: one breaker outcome for the whole batch, under
+    /// the others. Expiries are absolute (a write queued for a while expires when it would
+    /// have, had it been written at once; it relies on this host's clock and Redis's agreeing,
+    /// as NTP or PTP keeps them). One guarded operation: one breaker outcome for the whole batch, under
     /// the deadline `within` (a batch's duration grows with its size; no caller waits on it).
     async fn put_many(&self, items: &[Put<'_>], within: Duration) -> Result<Vec<PutReply>>;
 
@@ -100,18 +102,21 @@ pub(crate) trait L2: Send + Sync + std::fmt::Debug {
 /// One write of a batch ([`L2::put_many`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Put<'a> {
-    /// [`L2::set_versioned`] of an envelope.
+    /// [`L2::set_versioned`] of an envelope, expiring at `expire_at_ms` (Unix time in ms;
+    /// the envelope carries the TTL it was written with).
     Value {
         key: &'a str,
         envelope: &'a [u8],
-        ttl: Duration,
+        expire_at_ms: u64,
     },
-    /// [`L2::book_replace`] of a whole side, sorted best first.
+    /// [`L2::book_replace`] of a whole side, sorted best first: the stamp carries
+    /// `written_ttl` (readers age the side by it), the keys expire at `expire_at_ms`.
     Book {
         key: &'a str,
         side: &'a BookSide,
         version: u64,
-        ttl: Duration,
+        written_ttl: Duration,
+        expire_at_ms: u64,
     },
 }
 

@@ -355,8 +355,13 @@ impl L2 for RedisTier {
                     c.arg(put_key(&items[i]));
                 }
                 for &i in chunk {
-                    if let Put::Value { envelope, ttl, .. } = items[i] {
-                        c.arg(envelope).arg(ttl_ms(ttl));
+                    if let Put::Value {
+                        envelope,
+                        expire_at_ms,
+                        ..
+                    } = items[i]
+                    {
+                        c.arg(envelope).arg(expire_at_ms);
                     }
                 }
             }
@@ -365,11 +370,11 @@ impl L2 for RedisTier {
                     key,
                     side,
                     version,
-                    ttl,
+                    written_ttl,
+                    expire_at_ms,
                 } = items[i]
                 {
-                    let ttl_ms = ttl_ms(ttl);
-                    let stamp = book::encode_stamp(version, ttl_ms, side.levels.len());
+                    let stamp = book::encode_stamp(version, ttl_ms(written_ttl), side.levels.len());
                     let c = p
                         .cmd("EVALSHA")
                         .arg(breplace.get_hash())
@@ -377,7 +382,7 @@ impl L2 for RedisTier {
                         .arg(key)
                         .arg(book::version_key(key))
                         .arg(&stamp[..])
-                        .arg(ttl_ms);
+                        .arg(format!("@{expire_at_ms}"));
                     for l in &side.levels {
                         c.arg(l.price).arg(book::member(l));
                     }

@@ -36,8 +36,8 @@ redis.call('SET', KEYS[1], new, 'PX', ARGV[2])
 return 1
 "#;
 
-/// [`SET_VERSIONED`] of many keys in one call (the market-data writer's batches): the same
-/// per-key rule, with the batch's current values read by one `MGET` and `TYPE` asked only of
+/// [`SET_VERSIONED`] of many keys in one call (the market-data writer's batches), ARGV one
+/// (envelope, expiry as a Unix time in ms) pair per key: the same per-key rule, with the batch's current values read by one `MGET` and `TYPE` asked only of
 /// keys that came back nil. One code per key, in order: 1 stored, 0 superseded, -1 the key
 /// holds another type (where the single script replies `WRONGTYPE`), -2 a new value too short
 /// to compare; neither stops the batch. Keys must be distinct. Measured by
@@ -74,7 +74,7 @@ for k = 1, #KEYS do
       end
     end
     if code == 1 then
-      redis.call('SET', key, new, 'PX', ARGV[2 * k])
+      redis.call('SET', key, new, 'PXAT', ARGV[2 * k])
     end
   end
   out[k] = code

@@ -471,9 +471,9 @@ enum Budget {
 
 impl<Src: Source> AsideInner<Src> {
     /// Runs `load` (a single-flight load) and never returns a result older than what L1
-    /// holds for the key — a version floor an acknowledged write left (DESIGN §4 rule 9),
-    /// or a newer value written meanwhile. A flight that read the source before that write
-    /// committed is not served: L1's value is, if it has one at the floor or above, else
+    /// held for the key when the attempt began — a version floor an acknowledged write left
+    /// (DESIGN §4 rule 9), or a newer value written before. A flight that read the source
+    /// before such a write committed (a flight this caller joined) is not served: L1's value is, if it has one at the floor or above, else
     /// one more flight is tried, and then the read fails with
     /// [`LoadError::BehindFloor`].
     async fn floor_checked<S, V, L, LF, R, RF>(
@@ -491,17 +491,19 @@ impl<Src: Source> AsideInner<Src> {
     {
         let mut tries = 0;
         loop {
+            // The floor as this attempt starts. A write acknowledged while the load runs may
+            // raise L1's floor meanwhile; the load overlapped that write, so returning the
+            // version from before it is what a read concurrent with a write may see
+            // (linearizable). Only a version below what was acknowledged before the load
+            // began would go backwards. (Comparing with the floor at the end instead made a
+            // hot key under a stream of write-throughs fail reads that lost the race twice.)
+            let floor_before = self.cache.engine().l1_version(key);
             let result = load().await;
             let loaded = match &result {
                 Ok(r) => r.as_ref().map(|r| r.version),
                 Err(_) => return result,
             };
-            let Some(floor) = self
-                .cache
-                .engine()
-                .l1_version(key)
-                .filter(|&held| loaded.unwrap_or(0) < held)
-            else {
+            let Some(floor) = floor_before.filter(|&held| loaded.unwrap_or(0) < held) else {
                 return result;
             };
             if let Some(r) = l1_value().await

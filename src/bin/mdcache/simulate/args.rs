@@ -74,6 +74,23 @@ pub(crate) struct SimulateArgs {
     #[arg(long)]
     pub(crate) verify: bool,
 
+    /// Run N engine instances besides the feed handler, in this process: the feed and the
+    /// order flow write through one cache, the readers are spread over N more caches (each its
+    /// own L1, Redis connections, breaker, writer and counters, as separate processes would
+    /// have) that share only Redis and the source of record. The report adds per-instance
+    /// figures and the engines' freshness against the feed. Needs Redis (--redis). 0: one
+    /// cache for everything (the default).
+    #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "role",
+          value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub(crate) engines: u32,
+
+    /// Run one part of a multi-process deployment against a shared Redis (--redis): `feed`
+    /// runs the market-data feed and the order flow, `engine` the readers (no feed, no
+    /// orders). Start one feed and any number of engines, each with its own --report; see
+    /// docs/simulate.md and `make multi`.
+    #[arg(long, value_name = "ROLE", value_enum)]
+    pub(crate) role: Option<RoleArg>,
+
     /// No live progress line (it is also off when stderr is not a terminal).
     #[arg(long, short)]
     pub(crate) quiet: bool,
@@ -81,6 +98,15 @@ pub(crate) struct SimulateArgs {
     /// Which command asked for the run (not a flag: `mdcache demo` sets it).
     #[arg(skip)]
     pub(crate) preset: Preset,
+}
+
+/// `--role`: which part of a multi-process deployment this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum RoleArg {
+    /// The market-data feed and the order flow (no readers).
+    Feed,
+    /// The readers (no feed, no orders).
+    Engine,
 }
 
 /// The command a run stands for: `simulate` itself, or a preset of it with its own first line

@@ -33,20 +33,22 @@ pub(crate) struct Timeline {
     pub(crate) recovered_after: Option<Duration>,
 }
 
-/// True when the cache trusts Redis again: the breaker is closed (or there is no Redis) and
-/// the dirty log is empty.
-pub(crate) fn recovered(cache: &Cache) -> bool {
-    cache
-        .breaker()
-        .is_none_or(|b| b.state == BreakerState::Closed)
-        && cache.dirty_log().is_empty()
+/// True when every cache trusts Redis again: its breaker is closed (or there is no Redis) and
+/// its dirty log is empty.
+pub(crate) fn recovered(caches: &[Cache]) -> bool {
+    caches.iter().all(|cache| {
+        cache
+            .breaker()
+            .is_none_or(|b| b.state == BreakerState::Closed)
+            && cache.dirty_log().is_empty()
+    })
 }
 
 /// Waits until [`recovered`], at most `limit`; returns how long it took, or `None`.
-pub(crate) async fn settle(cache: &Cache, limit: Duration) -> Option<Duration> {
+pub(crate) async fn settle(caches: &[Cache], limit: Duration) -> Option<Duration> {
     let t0 = Instant::now();
     loop {
-        if recovered(cache) {
+        if recovered(caches) {
             return Some(t0.elapsed());
         }
         if t0.elapsed() >= limit {
@@ -57,27 +59,34 @@ pub(crate) async fn settle(cache: &Cache, limit: Duration) -> Option<Duration> {
 }
 
 /// Runs the window from `start` (when the tasks started): flag on at START, off at END, then
-/// watches for the recovery until it happens or `stop` is cancelled.
+/// watches every instance's cache (`caches`) for the recovery until it happens or `stop` is
+/// cancelled. The breaker figures are the instances' together: openings summed, "seen open"
+/// when any was.
 pub(crate) async fn watch(
     shared: Arc<Shared>,
+    caches: Vec<Cache>,
     start: Instant,
     window: Window,
     stop: CancellationToken,
 ) -> Timeline {
     let mut timeline = Timeline::default();
-    let opened = |cache: &Cache| cache.breaker().map_or(0, |b| b.opened);
+    let opened = |caches: &[Cache]| -> u64 {
+        caches
+            .iter()
+            .map(|c| c.breaker().map_or(0, |b| b.opened))
+            .sum()
+    };
     tokio::select! {
         () = stop.cancelled() => return timeline,
         () = tokio::time::sleep_until(start + window.start) => {}
     }
-    let opened_before = opened(&shared.cache);
+    let opened_before = opened(&caches);
     shared.window.store(true, Ordering::Relaxed);
     let end = start + window.end;
     loop {
-        timeline.open_seen |= shared
-            .cache
-            .breaker()
-            .is_some_and(|b| b.state != BreakerState::Closed);
+        timeline.open_seen |= caches
+            .iter()
+            .any(|c| c.breaker().is_some_and(|b| b.state != BreakerState::Closed));
         let now = Instant::now();
         if now >= end || stop.is_cancelled() {
             break;
@@ -88,10 +97,10 @@ pub(crate) async fn watch(
         }
     }
     shared.window.store(false, Ordering::Relaxed);
-    timeline.opened = opened(&shared.cache).saturating_sub(opened_before);
+    timeline.opened = opened(&caches).saturating_sub(opened_before);
     let ended = Instant::now();
     loop {
-        if recovered(&shared.cache) {
+        if recovered(&caches) {
             timeline.recovered_after = Some(ended.elapsed());
             return timeline;
         }
@@ -115,7 +124,14 @@ mod tests {
     fn shared() -> Arc<Shared> {
         let cache = Cache::builder().build().unwrap();
         let keys = Arc::new(Keys::new(&cache, 2).unwrap());
-        Arc::new(Shared::new(cache, keys, Zipf::new(2, 1.0), 0, false))
+        Arc::new(Shared::new(
+            cache,
+            keys,
+            Zipf::new(2, 1.0),
+            0,
+            false,
+            crate::simulate::freshness::Mode::Off,
+        ))
     }
 
     #[tokio::test]
@@ -126,8 +142,10 @@ mod tests {
             start: Duration::ZERO,
             end: Duration::from_secs(3600),
         };
+        let caches = vec![shared.cache.clone()];
         let watch = tokio::spawn(watch(
             Arc::clone(&shared),
+            caches,
             Instant::now(),
             window,
             stop.clone(),
@@ -155,7 +173,8 @@ mod tests {
             end: Duration::from_secs(7200),
         };
         stop.cancel();
-        let timeline = watch(Arc::clone(&shared), Instant::now(), window, stop).await;
+        let caches = vec![shared.cache.clone()];
+        let timeline = watch(Arc::clone(&shared), caches, Instant::now(), window, stop).await;
         assert!(!shared.window.load(Ordering::Relaxed));
         assert_eq!(timeline.recovered_after, None);
     }

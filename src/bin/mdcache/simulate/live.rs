@@ -1,4 +1,4 @@
-//! The live progress line (indicatif, on stderr): readers hand over their recent latencies without ever blocking, and a progress task shows reads/s, hit rate, p99, the breaker state and the fallback count.
+//! The live progress line (indicatif, on stderr): readers hand over their recent latencies without ever blocking, and a progress task shows reads/s, hit rate, p99, the fallback count, and per instance the breaker state and the writer's lag.
 
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
@@ -58,6 +58,28 @@ impl LiveRecorder {
     }
 }
 
+/// One instance's part of the line: its breaker state, and its writer's p99 lag so far once
+/// it has queued something: `feed closed lag 1.10 ms`, `e1 closed`; for the single instance
+/// `breaker closed  lag 1.10 ms`.
+fn instance_figures(
+    label: &str,
+    stats: &mdcache::StatsSnapshot,
+    breaker: Option<mdcache::BreakerSnapshot>,
+) -> String {
+    let state = breaker.map_or("n/a", |b| b.state.as_str());
+    let lag = stats
+        .writer
+        .as_ref()
+        .filter(|w| w.enqueued > 0)
+        .map(|w| fmt_nanos(w.lag_p99_us.saturating_mul(1_000)));
+    match (label, lag) {
+        ("single", Some(lag)) => format!("breaker {state}  lag {lag}"),
+        ("single", None) => format!("breaker {state}"),
+        (label, Some(lag)) => format!("{label} {state} lag {lag}"),
+        (label, None) => format!("{label} {state}"),
+    }
+}
+
 /// The progress line and the slots it reads.
 #[derive(Debug)]
 pub(crate) struct Progress {
@@ -102,11 +124,11 @@ impl Progress {
     }
 
     /// Redraws the line every [`REFRESH_EVERY`] until `done` resolves, then clears it.
-    /// `fallbacks` gives cache-aside's fallback count so far.
+    /// `instances` are the run's caches with their labels (`feed`, `e1`, …; the writing one
+    /// first).
     pub(crate) async fn run(
         self,
-        cache: Cache,
-        fallbacks: impl Fn() -> u64,
+        instances: Vec<(String, Cache)>,
         start: Instant,
         done: impl Future<Output = ()>,
     ) {
@@ -141,19 +163,56 @@ impl Progress {
             } else {
                 fmt_nanos(window.value_at_quantile(0.99))
             };
-            let t = cache.stats().total;
-            let hits = t.l1_hits + t.l2_hits;
-            let hit_rate = ratio(hits, hits + t.source_loads) * 100.0;
-            let breaker = cache.breaker().map_or("n/a", |b| b.state.as_str());
+            let (mut hits, mut loads, mut fallbacks) = (0, 0, 0);
+            let mut each = Vec::with_capacity(instances.len());
+            for (label, cache) in &instances {
+                let stats = cache.stats();
+                hits += stats.total.l1_hits + stats.total.l2_hits;
+                loads += stats.total.source_loads;
+                fallbacks += cache.fallback_stats().total;
+                each.push(instance_figures(label, &stats, cache.breaker()));
+            }
+            let hit_rate = ratio(hits, hits + loads) * 100.0;
             self.bar.set_position(
                 u64::try_from(now.duration_since(start).as_millis()).unwrap_or(u64::MAX),
             );
             self.bar.set_message(format!(
-                "{} reads/s  hit {hit_rate:.2}%  p99 {p99}  breaker {breaker}  fallbacks {}",
+                "{} reads/s  hit {hit_rate:.2}%  p99 {p99}  fallbacks {}  {}",
                 thousands(reads_per_s.round() as u64),
-                thousands(fallbacks())
+                thousands(fallbacks),
+                each.join(" | ")
             ));
         }
         self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_instance_shows_its_breaker_and_its_lag_once_it_writes() {
+        let mut stats = mdcache::StatsSnapshot::default();
+        assert_eq!(instance_figures("single", &stats, None), "breaker n/a");
+        assert_eq!(instance_figures("e1", &stats, None), "e1 n/a");
+        let mut writer = mdcache::WriterSnapshot::default();
+        stats.writer = Some(writer.clone());
+        assert_eq!(
+            instance_figures("e2", &stats, None),
+            "e2 n/a",
+            "nothing queued"
+        );
+        writer.enqueued = 3;
+        writer.lag_p99_us = 1_100;
+        stats.writer = Some(writer);
+        assert_eq!(
+            instance_figures("feed", &stats, None),
+            "feed n/a lag 1.10 ms"
+        );
+        assert_eq!(
+            instance_figures("single", &stats, None),
+            "breaker n/a  lag 1.10 ms"
+        );
     }
 }

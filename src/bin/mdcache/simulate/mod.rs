@@ -5,11 +5,13 @@
 //! `CACHE_BACKEND=redis` for Redis alone); `--database URL` (or `DATABASE_URL`) makes
 //! PostgreSQL the source of record.
 //!
-//! A run: build the cache (after installing the Prometheus recorder, if asked), seed the source
-//! with every symbol's price, book sides and position and the risk account, start the feed,
-//! reader and order tasks ([`workload`]), wait `--duration` (or Ctrl-C), stop them, merge what
-//! each measured ([`record`]) and report ([`report`], [`plot`]). The report's figures are
-//! defined in `docs/simulate.md`.
+//! A run: build the caches (after installing the Prometheus recorder, if asked) — one, or a
+//! feed handler's and N engines' with `--engines N`, or this process's part with `--role`
+//! ([`instance`]) — seed the source with every symbol's price, book sides and position and the
+//! risk account, start the feed, reader and order tasks ([`workload`]), wait `--duration` (or
+//! Ctrl-C), stop them, flush the queued market data, merge what each measured ([`record`],
+//! [`freshness`]) and report ([`report`], [`plot`]). The report's figures are defined in
+//! `docs/simulate.md`.
 //!
 //! | module | job |
 //! |---|---|
@@ -17,7 +19,9 @@
 //! | `preset` | `mdcache demo`: a short run with a few flags set, and its first line |
 //! | `fault` | the fault window (`--fault-window`) and the recovery wait |
 //! | `verify` | the post-run checks against the source (`--verify`) |
+//! | `instance` | the run's caches (single, feed, engines), their roles and end figures |
 //! | `workload` | seeding, the feed, the readers, the order flow |
+//! | `freshness` | how far the engines' reads are behind the feed (`--engines`, `--role engine`) |
 //! | `record` | per-task HDR histograms and counters, merged at the end |
 //! | `live` | the progress line |
 //! | `report` | the JSON report and the summary table |
@@ -26,6 +30,8 @@
 
 mod args;
 mod fault;
+mod freshness;
+mod instance;
 mod live;
 mod plot;
 mod preset;
@@ -43,8 +49,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use args::Preset;
 pub(crate) use args::SimulateArgs;
+use args::{Preset, RoleArg};
 use mdcache::{
     Backend, Cache, CacheAside, CacheConfig, MemorySource, PostgresSource, PostgresSourceError,
     SourceWriter, WriteThrough,
@@ -52,6 +58,8 @@ use mdcache::{
 use tokio::task::JoinHandle;
 
 use crate::output::{Failure, Status, print_line, redact};
+use freshness::{FeedHistory, Mode};
+use instance::{Instance, Role};
 use live::Progress;
 pub(crate) use preset::DemoArgs;
 use record::TaskRecord;
@@ -73,6 +81,10 @@ const ORDER_RATE_PER_TASK: u32 = 250;
 const MAX_PACED_TASKS: u32 = 32;
 /// Budget for connecting to PostgreSQL and creating the schema.
 const DB_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// `--role engine` with a database: how long to wait for the feed process to seed it.
+const SEED_WAIT: Duration = Duration::from_secs(30);
+/// Longest wait for the queued market data to reach Redis after the run.
+const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
 /// The output files, created before the run so that a bad path fails in a millisecond, not
 /// after `--duration`.
@@ -155,6 +167,11 @@ pub(crate) async fn run(
             w.end, args.duration
         )));
     }
+    if args.role == Some(RoleArg::Engine) && args.verify {
+        return Err(Failure::invalid(
+            "--verify checks the writes this process acknowledged: give it to the feed process (--role feed); an engine writes nothing",
+        ));
+    }
     let outputs = Outputs::create(&args)?;
     let mut config = CacheConfig::from_env()?;
     let redis_from_flag = redis.is_some();
@@ -182,7 +199,19 @@ pub(crate) async fn run(
         return Err(Failure::invalid(format!("invalid {origin}: {e}")));
     }
 
-    // Before the cache: its counters register with the recorder installed when it is built.
+    if (args.engines > 0 || args.role.is_some()) && config.effective_backend() == Backend::Memory {
+        let flag = if args.engines > 0 {
+            "--engines"
+        } else {
+            "--role"
+        };
+        return Err(Failure::invalid(format!(
+            "{flag} needs Redis (--redis URL): instances share nothing else"
+        )));
+    }
+
+    // Before the caches: their counters register with the recorder installed when they are
+    // built (every instance's into the same series).
     let _prometheus = match args.metrics_addr {
         None => None,
         Some(addr) => Some(
@@ -190,19 +219,26 @@ pub(crate) async fn run(
                 .map_err(|e| Failure::invalid(format!("--metrics-addr {addr}: {e}")))?,
         ),
     };
-    let cache = Cache::builder()
-        .config(config)
-        .build()
-        .map_err(|e| match e {
-            mdcache::Error::Config { name, reason, .. }
-                if redis_from_flag && name == "CACHE_REDIS_URL" =>
-            {
-                Failure::invalid(format!("invalid --redis URL: {reason}"))
-            }
-            other => other.into(),
-        })?;
-    if cache.backend() != Backend::Memory {
-        wait_for_redis(&cache).await?;
+    // One cache per instance, each with its own L1, connections, breaker, writer and counters.
+    let mut instances = Vec::new();
+    for (role, name) in instance::layout(args.engines, args.role) {
+        let cache = Cache::builder()
+            .config(config.clone())
+            .build()
+            .map_err(|e| match e {
+                mdcache::Error::Config { name, reason, .. }
+                    if redis_from_flag && name == "CACHE_REDIS_URL" =>
+                {
+                    Failure::invalid(format!("invalid --redis URL: {reason}"))
+                }
+                other => other.into(),
+            })?;
+        instances.push(Instance { name, role, cache });
+    }
+    for i in &instances {
+        if i.cache.backend() != Backend::Memory {
+            wait_for_redis(&i.cache).await?;
+        }
     }
 
     match database {
@@ -210,7 +246,7 @@ pub(crate) async fn run(
             simulate(
                 args,
                 outputs,
-                cache,
+                instances,
                 Arc::new(MemorySource::default()),
                 false,
             )
@@ -226,7 +262,7 @@ pub(crate) async fn run(
                     }
                     _ => Failure::unavailable(format!("database unavailable: {e}")),
                 })?;
-            simulate(args, outputs, cache, Arc::new(source), true).await
+            simulate(args, outputs, instances, Arc::new(source), true).await
         }
     }
 }
@@ -267,6 +303,18 @@ fn paced_tasks(rate: u32, per_task: u32) -> usize {
     rate.div_ceil(per_task).clamp(1, MAX_PACED_TASKS) as usize
 }
 
+/// The instances for the first line: `, feed + 2 engines` (`--engines`), `, role feed`
+/// (`--role`), or nothing.
+fn describe_instances(args: &SimulateArgs) -> String {
+    match (args.role, args.engines) {
+        (Some(RoleArg::Feed), _) => ", role feed".to_owned(),
+        (Some(RoleArg::Engine), _) => ", role engine".to_owned(),
+        (None, 0) => String::new(),
+        (None, 1) => ", feed + 1 engine".to_owned(),
+        (None, n) => format!(", feed + {n} engines"),
+    }
+}
+
 /// The backend's description for the first line.
 fn describe(cache: &Cache, postgres: bool) -> String {
     let url = cache.config().redis_url.as_deref().map(redact);
@@ -283,23 +331,38 @@ fn describe(cache: &Cache, postgres: bool) -> String {
 async fn simulate<Src: SourceWriter>(
     args: SimulateArgs,
     outputs: Outputs,
-    cache: Cache,
+    instances: Vec<Instance>,
     source: Arc<Src>,
     postgres: bool,
 ) -> Result<(), Failure> {
-    let readers = args.reader_tasks();
+    // The writing instance (`single` or `feed`) is first; with `--role engine`, the engine.
+    let cache = instances[0].cache.clone();
+    let writes = instances[0].role.writes();
+    let homes: Vec<usize> = (0..instances.len())
+        .filter(|&i| instances[i].role.reads())
+        .collect();
+    let readers = if homes.is_empty() {
+        0
+    } else {
+        args.reader_tasks()
+    };
+    let (updates_per_s, orders_per_s) = if writes {
+        (args.updates_per_s, args.orders_per_s)
+    } else {
+        (0, 0)
+    };
     let symbols = args.symbols as usize;
-    let feed_tasks = if args.updates_per_s == 0 {
+    let feed_tasks = if updates_per_s == 0 {
         0
     } else if cache.backend() == Backend::Memory {
-        paced_tasks(args.updates_per_s, FEED_RATE_PER_TASK_EMBEDDED)
+        paced_tasks(updates_per_s, FEED_RATE_PER_TASK_EMBEDDED)
     } else {
-        paced_tasks(args.updates_per_s, FEED_RATE_PER_TASK_REDIS)
+        paced_tasks(updates_per_s, FEED_RATE_PER_TASK_REDIS)
     };
-    let order_tasks = if args.orders_per_s == 0 {
+    let order_tasks = if orders_per_s == 0 {
         0
     } else {
-        paced_tasks(args.orders_per_s, ORDER_RATE_PER_TASK)
+        paced_tasks(orders_per_s, ORDER_RATE_PER_TASK)
     };
     let zipf = Zipf::new(symbols, args.zipf);
     let keys = Keys::new(&cache, symbols)?;
@@ -313,37 +376,71 @@ async fn simulate<Src: SourceWriter>(
             readers,
             feed_tasks,
             order_tasks,
-            updates_per_s: args.updates_per_s,
-            orders_per_s: args.orders_per_s,
+            updates_per_s,
+            orders_per_s,
             duration_requested_s: args.duration.as_secs_f64(),
             book_depth: workload::BOOK_DEPTH,
             hot_symbols: keys.hot,
             hot_read_share: zipf.mass_of_top(keys.hot),
+            engines: args.engines,
+            role: args.role.map(|r| match r {
+                RoleArg::Feed => Role::Feed.name(),
+                RoleArg::Engine => Role::Engine.name(),
+            }),
         },
     };
     print_line(&match args.preset {
         Preset::Demo => preset::title(&cache),
         Preset::Simulate => format!(
-            "mdcache simulate: {}, {} s",
+            "mdcache simulate: {}, {} s{}",
             describe(&cache, postgres),
-            args.duration.as_secs_f64()
+            args.duration.as_secs_f64(),
+            describe_instances(&args),
         ),
     })?;
 
     let keys = Arc::new(keys);
-    let version_base = workload::seed(Arc::clone(&source), Arc::clone(&keys))
-        .await
-        .map_err(|e| Failure::unavailable(format!("cannot seed the source: {e}")))?;
+    let version_base = if writes || !postgres {
+        workload::seed(Arc::clone(&source), Arc::clone(&keys))
+            .await
+            .map_err(|e| Failure::unavailable(format!("cannot seed the source: {e}")))?
+    } else {
+        // An engine sharing the database with a feed process: the feed seeds it. The
+        // engine measures freshness from the prices' stamps, so it needs no version base.
+        workload::wait_for_seed(source.as_ref(), &keys, SEED_WAIT)
+            .await
+            .map_err(Failure::unavailable)?;
+        0
+    };
+    let freshness = match (args.engines, args.role) {
+        (_, Some(RoleArg::Engine)) => Mode::ValueAge,
+        (0, _) => Mode::Off,
+        _ => Mode::InProcess(FeedHistory::new(
+            version_base,
+            &zipf,
+            symbols,
+            updates_per_s,
+        )),
+    };
     let shared = Arc::new(Shared::new(
         cache.clone(),
         Arc::clone(&keys),
         zipf,
         version_base,
         args.verify,
+        freshness,
     ));
 
-    let aside = CacheAside::builder(cache.clone(), Arc::clone(&source)).build()?;
+    // One cache-aside per reading instance, over its own cache and the shared source.
+    let mut asides = Vec::with_capacity(homes.len());
+    for &i in &homes {
+        asides.push((
+            i,
+            CacheAside::builder(instances[i].cache.clone(), Arc::clone(&source)).build()?,
+        ));
+    }
     let writer = WriteThrough::new(cache.clone(), Arc::clone(&source));
+    let caches: Vec<Cache> = instances.iter().map(|i| i.cache.clone()).collect();
     let mut progress = Progress::new(args.duration, args.quiet);
     let run_id = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -354,6 +451,7 @@ async fn simulate<Src: SourceWriter>(
     let watch = args.fault_window.map(|w| {
         tokio::spawn(fault::watch(
             Arc::clone(&shared),
+            caches.clone(),
             tokio::time::Instant::from_std(start),
             w,
             stop_watch.clone(),
@@ -366,46 +464,58 @@ async fn simulate<Src: SourceWriter>(
             w.end.as_secs_f64()
         ))?;
     }
-    let reader_handles: Vec<JoinHandle<TaskRecord>> = (0..readers as u64)
+    // Readers round-robin over the reading instances.
+    let mut readers_on = vec![0usize; instances.len()];
+    let reader_handles: Vec<(usize, JoinHandle<TaskRecord>)> = (0..readers as u64)
         .map(|n| {
+            let (home, aside) = &asides[n as usize % asides.len()];
+            readers_on[*home] += 1;
             let live = progress.recorder(&shared.clock);
-            tokio::spawn(workload::reader(
+            let task = tokio::spawn(workload::reader(
                 Arc::clone(&shared),
                 aside.clone(),
                 n,
                 live,
-            ))
+            ));
+            (*home, task)
         })
         .collect();
-    let feed_handles: Vec<JoinHandle<TaskRecord>> = (0..feed_tasks as u64)
+    let feed_handles: Vec<(usize, JoinHandle<TaskRecord>)> = (0..feed_tasks as u64)
         .map(|t| {
-            let per_s = f64::from(args.updates_per_s) / feed_tasks as f64;
-            tokio::spawn(workload::feed(Arc::clone(&shared), t, per_s))
+            let per_s = f64::from(updates_per_s) / feed_tasks as f64;
+            (
+                0,
+                tokio::spawn(workload::feed(Arc::clone(&shared), t, per_s)),
+            )
         })
         .collect();
-    let order_handles: Vec<JoinHandle<TaskRecord>> = (0..order_tasks as u64)
+    let order_handles: Vec<(usize, JoinHandle<TaskRecord>)> = (0..order_tasks as u64)
         .map(|t| {
-            let per_s = f64::from(args.orders_per_s) / order_tasks as f64;
-            tokio::spawn(workload::orders(
+            let per_s = f64::from(orders_per_s) / order_tasks as f64;
+            let task = tokio::spawn(workload::orders(
                 Arc::clone(&shared),
                 writer.clone(),
                 t,
                 per_s,
                 run_id,
-            ))
+            ));
+            (0, task)
         })
         .collect();
 
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let fallbacks = aside.clone();
-    let progress_task = tokio::spawn(progress.run(
-        cache.clone(),
-        move || fallbacks.fallback_stats().total,
-        start,
-        async {
-            let _ = done_rx.await;
-        },
-    ));
+    let progress_task = tokio::spawn(
+        progress.run(
+            instances
+                .iter()
+                .map(|i| (i.label(), i.cache.clone()))
+                .collect(),
+            start,
+            async {
+                let _ = done_rx.await;
+            },
+        ),
+    );
 
     let interrupted = tokio::select! {
         () = tokio::time::sleep(args.duration) => false,
@@ -413,17 +523,46 @@ async fn simulate<Src: SourceWriter>(
     };
     shared.stop.store(true, Ordering::Relaxed);
     let mut measured = Measured::default();
-    join_into(&mut measured, |m| &mut m.readers, reader_handles, "reader").await?;
-    join_into(&mut measured, |m| &mut m.feed, feed_handles, "feed").await?;
-    join_into(&mut measured, |m| &mut m.orders, order_handles, "order").await?;
+    let mut calls = vec![Calls::default(); instances.len()];
+    join_into(
+        &mut measured,
+        &mut calls,
+        |m| &mut m.readers,
+        reader_handles,
+        "reader",
+    )
+    .await?;
+    join_into(
+        &mut measured,
+        &mut calls,
+        |m| &mut m.feed,
+        feed_handles,
+        "feed",
+    )
+    .await?;
+    join_into(
+        &mut measured,
+        &mut calls,
+        |m| &mut m.orders,
+        order_handles,
+        "order",
+    )
+    .await?;
     let elapsed = start.elapsed();
     let _ = done_tx.send(());
     let _ = progress_task.await;
-    aside.shutdown().await;
+    for (_, aside) in &asides {
+        aside.shutdown().await;
+    }
 
+    // The queued market data goes to Redis before anything is checked or counted. A failed
+    // flush leaves its keys dirty, which the recovery wait below covers.
+    for c in &caches {
+        let _ = tokio::time::timeout(FLUSH_LIMIT, c.flush()).await;
+    }
     // The recovery after a fault: wait for it, bounded, so that it can be timed and checked.
     let recovery = if watch.is_some() || args.verify {
-        fault::settle(&cache, fault::SETTLE_LIMIT).await
+        fault::settle(&caches, fault::SETTLE_LIMIT).await
     } else {
         None
     };
@@ -437,20 +576,31 @@ async fn simulate<Src: SourceWriter>(
         None => None,
     };
     let verification = if args.verify {
-        let past_ttl = measured.readers.past_ttl();
-        Some(verify::verify(&cache, &source, &keys, &measured.acked, recovery, past_ttl).await?)
+        let fed = shared.fed_versions();
+        let checks = verify::Checks {
+            acked: &measured.acked,
+            fed: &fed,
+            seeded_up_to: version_base,
+            reads_past_ttl: measured.readers.past_ttl(),
+        };
+        Some(verify::verify(&cache, &source, &keys, checks, recovery).await?)
     } else {
         None
     };
 
+    let ends: Vec<instance::InstanceEnd> = instances
+        .iter()
+        .zip(&calls)
+        .zip(&readers_on)
+        .map(|((i, c), &n)| i.end(n, c.reads, c.writes))
+        .collect();
     let (mut report, all) = Report::build(
         setup,
         elapsed,
         interrupted,
         &measured,
-        &cache.stats().total,
-        &aside.fallback_stats(),
-        cache.breaker(),
+        &ends,
+        shared.freshness.name(),
     );
     report.fault_window = args
         .fault_window
@@ -484,21 +634,35 @@ async fn simulate<Src: SourceWriter>(
     }
 }
 
+/// The calls one instance's tasks made.
+#[derive(Debug, Clone, Copy, Default)]
+struct Calls {
+    reads: u64,
+    writes: u64,
+}
+
 /// Waits for the tasks of one group and merges what they measured: the run into `group`'s
-/// recorder, the fault window and the acknowledgements into the shared ones.
+/// recorder, the fault window, the acknowledgements and the freshness figures into the
+/// shared ones, and each task's calls into its instance's (`calls`, by instance index).
 async fn join_into(
     measured: &mut Measured,
+    calls: &mut [Calls],
     group: fn(&mut Measured) -> &mut record::Recorder,
-    handles: Vec<JoinHandle<TaskRecord>>,
+    handles: Vec<(usize, JoinHandle<TaskRecord>)>,
     what: &str,
 ) -> Result<(), Failure> {
-    for h in handles {
+    for (instance, h) in handles {
         let rec = h
             .await
             .map_err(|e| Failure::unavailable(format!("a {what} task failed: {e}")))?;
+        calls[instance].reads += rec.run.reads();
+        calls[instance].writes += rec.run.writes();
         group(measured).merge(&rec.run);
         measured.window.merge(&rec.window);
         measured.acked.merge(&rec.acked);
+        if let Some(fresh) = &rec.fresh {
+            measured.fresh.merge(fresh);
+        }
     }
     Ok(())
 }

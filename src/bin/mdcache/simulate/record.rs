@@ -123,6 +123,9 @@ impl ReadFailure {
 pub(crate) enum WriteOutcome {
     /// The value is cached.
     Applied,
+    /// Market data: in this process's L1 now and queued for Redis by the conflating writer
+    /// (`mdcache::WriteOutcome::Queued`).
+    Queued,
     /// A higher version was cached; nothing changed.
     Superseded,
     /// Write-through only: the source took it but the cache write failed (dirty log).
@@ -155,6 +158,8 @@ pub(crate) struct OpStats {
     pub(crate) cache_failed: u64,
     /// Cache-only writes: Redis failed; held by this process's L1 only.
     pub(crate) local_only: u64,
+    /// Market-data writes queued for the conflating writer.
+    pub(crate) queued: u64,
 }
 
 impl OpStats {
@@ -169,6 +174,7 @@ impl OpStats {
             superseded: 0,
             cache_failed: 0,
             local_only: 0,
+            queued: 0,
         }
     }
 
@@ -194,6 +200,7 @@ impl OpStats {
         self.superseded += other.superseded;
         self.cache_failed += other.cache_failed;
         self.local_only += other.local_only;
+        self.queued += other.queued;
     }
 }
 
@@ -267,6 +274,7 @@ impl Recorder {
         s.latency.saturating_record(ns);
         match outcome {
             WriteOutcome::Applied => {}
+            WriteOutcome::Queued => s.queued += 1,
             WriteOutcome::Superseded => s.superseded += 1,
             WriteOutcome::CacheFailed => s.cache_failed += 1,
             WriteOutcome::LocalOnly => s.local_only += 1,
@@ -343,6 +351,8 @@ pub(crate) struct TaskRecord {
     pub(crate) window: Recorder,
     /// Write-through writes the source acknowledged.
     pub(crate) acked: Acked,
+    /// Engine readers: how far their market-data reads were behind the feed.
+    pub(crate) fresh: Option<super::freshness::Recorder>,
 }
 
 impl TaskRecord {
@@ -435,10 +445,11 @@ mod tests {
         b.write(Op::WritePrice, 300, WriteOutcome::Superseded);
         b.write(Op::WritePos, 9_000, WriteOutcome::CacheFailed);
         b.write(Op::WriteBook, 400, WriteOutcome::LocalOnly);
+        b.write(Op::WriteBook, 300, WriteOutcome::Queued);
         b.read(Op::ReadPrice, 120, ReadOutcome::NotFound, false);
         a.merge(&b);
 
-        assert_eq!((a.reads(), a.writes()), (5, 3));
+        assert_eq!((a.reads(), a.writes()), (5, 4));
         assert_eq!(a.read_failures(), [0, 1, 0, 0]);
         assert_eq!(a.past_ttl(), 1);
         assert_eq!(a.op(Op::ReadPos).tiers, [1, 0, 0, 0]);
@@ -450,6 +461,7 @@ mod tests {
         assert_eq!(a.op(Op::WritePrice).superseded, 1);
         assert_eq!(a.op(Op::WritePos).cache_failed, 1);
         assert_eq!(a.op(Op::WriteBook).local_only, 1);
+        assert_eq!(a.op(Op::WriteBook).queued, 1);
         assert_eq!(a.op(Op::WriteOrder).count(), 0);
         assert_eq!((a.hot_reads, a.hot_hits), (3, 2));
         assert!(price.latency.max() >= 5_000);

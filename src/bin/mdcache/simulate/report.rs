@@ -3,12 +3,14 @@
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use mdcache::{BreakerSnapshot, FallbackSnapshot, KindSnapshot};
+use mdcache::{BreakerSnapshot, BreakerState, FallbackSnapshot, KindSnapshot, WriterSnapshot};
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
 use super::args::Window;
 use super::fault::Timeline;
+use super::freshness;
+use super::instance::InstanceEnd;
 use super::record::{Acked, Op, OpStats, ReadFailure, Recorder};
 use super::verify::Verification;
 use crate::output::{fmt_nanos, ratio, thousands};
@@ -38,6 +40,11 @@ pub(crate) struct Workload {
     pub(crate) hot_symbols: usize,
     /// Probability that a reader's symbol is a hot one (from the Zipf distribution).
     pub(crate) hot_read_share: f64,
+    /// Engine instances in this process (`--engines`; 0: one instance for everything).
+    pub(crate) engines: u32,
+    /// `--role`: `feed` or `engine` (absent when the whole workload runs here).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) role: Option<&'static str>,
 }
 
 /// Where the run ran (for the report).
@@ -66,6 +73,8 @@ pub(crate) struct Measured {
     pub(crate) window: Recorder,
     /// Every order task's acknowledged writes (with `--verify`).
     pub(crate) acked: Acked,
+    /// The engines' readers' freshness figures, merged.
+    pub(crate) fresh: freshness::Recorder,
 }
 
 /// The JSON report. Field order is the output order.
@@ -110,10 +119,20 @@ pub(crate) struct Report {
     pub(crate) breaker: Breaker,
     /// Cache-aside's fallback path (`CacheAside::fallback_stats()`).
     pub(crate) fallbacks: Fallbacks,
+    /// The conflating market-data writer of the instance that writes (`feed` or `single`; an
+    /// engine process's own). `null` without Redis.
+    pub(crate) writer: Option<WriterReport>,
     /// The market-data feed.
     pub(crate) feed: Flow,
     /// The order flow.
     pub(crate) orders: Flow,
+    /// Per instance (cache): one for a single-instance run, the feed then the engines with
+    /// `--engines`, this process's with `--role`. The top-level figures are their sums.
+    pub(crate) instances: Vec<InstanceReport>,
+    /// The engines' market-data reads against the feed's writes (`--engines`, `--role
+    /// engine`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) freshness: Option<freshness::Report>,
     /// The calls inside `--fault-window`, and the recovery after it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) fault_window: Option<WindowReport>,
@@ -316,6 +335,9 @@ pub(crate) struct OpReport {
     /// (dirty log).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) local_only: Option<u64>,
+    /// Cache-only (feed) writes only: in L1 and queued for Redis by the conflating writer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) queued: Option<u64>,
 }
 
 /// Reads by provenance (`Read::tier`).
@@ -356,6 +378,8 @@ pub(crate) struct Tiers {
     pub(crate) writes_superseded: u64,
     /// Cache-only writes whose Redis write failed, held by this process's L1 only.
     pub(crate) writes_local_only: u64,
+    /// Market-data writes queued for the conflating writer (not in `writes_applied`).
+    pub(crate) writes_queued: u64,
     /// Cache operations that returned an error.
     pub(crate) errors: u64,
     /// Redis operations that missed their deadline.
@@ -407,8 +431,199 @@ pub(crate) struct Flow {
     pub(crate) dropped: u64,
 }
 
+/// The conflating writer's figures (`Cache::stats().writer`); see docs/simulate.md.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct WriterReport {
+    /// Writes queued.
+    pub(crate) enqueued: u64,
+    /// Pending writes replaced by a higher version of the key before the flush.
+    pub(crate) conflated: u64,
+    /// Writes dropped because a higher version of the key was already pending.
+    pub(crate) dropped_older: u64,
+    /// Writes not queued (too many keys pending): L1 only, key recorded dirty.
+    pub(crate) overflow: u64,
+    /// Keys Redis took.
+    pub(crate) flushed: u64,
+    /// Keys Redis refused because it held a higher version.
+    pub(crate) superseded: u64,
+    /// Keys whose flush failed (or met an open breaker): L1 only, key recorded dirty.
+    pub(crate) failed: u64,
+    /// Batches sent (one pipeline each).
+    pub(crate) batches: u64,
+    /// Largest batch, keys.
+    pub(crate) batch_max: u64,
+    /// Keys pending at the end (after the final flush: normally 0).
+    pub(crate) pending: u64,
+    /// From a key's first queued write to Redis's acknowledgement, per key flushed, µs.
+    pub(crate) lag_p50_us: u64,
+    /// See `lag_p50_us`.
+    pub(crate) lag_p99_us: u64,
+    /// See `lag_p50_us`.
+    pub(crate) lag_max_us: u64,
+    /// One batch's round trip, µs.
+    pub(crate) flush_p50_us: u64,
+    /// See `flush_p50_us`.
+    pub(crate) flush_p99_us: u64,
+    /// See `flush_p50_us`.
+    pub(crate) flush_max_us: u64,
+}
+
+impl From<&WriterSnapshot> for WriterReport {
+    fn from(w: &WriterSnapshot) -> Self {
+        WriterReport {
+            enqueued: w.enqueued,
+            conflated: w.conflated,
+            dropped_older: w.dropped_older,
+            overflow: w.overflow,
+            flushed: w.flushed,
+            superseded: w.superseded,
+            failed: w.failed,
+            batches: w.batches,
+            batch_max: w.batch_max,
+            pending: w.pending,
+            lag_p50_us: w.lag_p50_us,
+            lag_p99_us: w.lag_p99_us,
+            lag_max_us: w.lag_max_us,
+            flush_p50_us: w.flush_p50_us,
+            flush_p99_us: w.flush_p99_us,
+            flush_max_us: w.flush_max_us,
+        }
+    }
+}
+
+/// One instance's figures (an element of `instances`).
+#[derive(Debug, Serialize)]
+pub(crate) struct InstanceReport {
+    /// `single`, `feed`, `engine-1`, …, or `engine` (`--role engine`).
+    pub(crate) name: String,
+    /// `single`, `feed` or `engine`.
+    pub(crate) role: &'static str,
+    /// Reader tasks on it.
+    pub(crate) readers: usize,
+    /// Read calls its readers made.
+    pub(crate) reads: u64,
+    /// Write calls made on it (feed and order flow).
+    pub(crate) writes: u64,
+    /// Its cache's lookups served by L1 (as `tiers.l1_hits`).
+    pub(crate) l1_hits: u64,
+    /// ... by Redis.
+    pub(crate) l2_hits: u64,
+    /// ... loaded from the source.
+    pub(crate) source_loads: u64,
+    /// `(l1_hits + l2_hits) / (l1_hits + l2_hits + source_loads)`.
+    pub(crate) hit_rate: f64,
+    /// Its circuit breaker.
+    pub(crate) breaker: Breaker,
+    /// Its reads that fell back past Redis to the source.
+    pub(crate) fallbacks: u64,
+    /// Its conflating writer (`null` without Redis).
+    pub(crate) writer: Option<WriterReport>,
+}
+
 fn us(ns: u64) -> f64 {
     ns as f64 / 1_000.0
+}
+
+fn breaker(b: Option<&BreakerSnapshot>) -> Breaker {
+    match b {
+        Some(b) => Breaker {
+            state: b.state.as_str(),
+            opened: b.opened,
+            closed: b.closed,
+            rejected: b.rejected,
+        },
+        None => Breaker {
+            state: "n/a",
+            opened: 0,
+            closed: 0,
+            rejected: 0,
+        },
+    }
+}
+
+/// The instances' breakers together: the least healthy state (open, then half-open, then
+/// closed; `n/a` without Redis) and the summed counts.
+fn breakers(instances: &[InstanceEnd]) -> Breaker {
+    let rank = |s: BreakerState| match s {
+        BreakerState::Closed => 0,
+        BreakerState::HalfOpen => 1,
+        _ => 2,
+    };
+    let all: Vec<&BreakerSnapshot> = instances
+        .iter()
+        .filter_map(|i| i.breaker.as_ref())
+        .collect();
+    let mut out = breaker(all.iter().copied().max_by_key(|b| rank(b.state)));
+    out.opened = all.iter().map(|b| b.opened).sum();
+    out.closed = all.iter().map(|b| b.closed).sum();
+    out.rejected = all.iter().map(|b| b.rejected).sum();
+    out
+}
+
+fn tiers(stats: &[&KindSnapshot]) -> Tiers {
+    let sum = |f: fn(&KindSnapshot) -> u64| stats.iter().map(|s| f(s)).sum();
+    Tiers {
+        l1_hits: sum(|s| s.l1_hits),
+        l2_hits: sum(|s| s.l2_hits),
+        source_loads: sum(|s| s.source_loads),
+        stale_served: sum(|s| s.stale_served),
+        l1_misses: sum(|s| s.l1_misses),
+        l2_misses: sum(|s| s.l2_misses),
+        source_errors: sum(|s| s.source_errors),
+        source_writes: sum(|s| s.source_writes),
+        writes_applied: sum(|s| s.writes),
+        writes_superseded: sum(|s| s.writes_superseded),
+        writes_local_only: sum(|s| s.writes_local_only),
+        writes_queued: sum(|s| s.writes_queued),
+        errors: sum(|s| s.errors),
+        timeouts: sum(|s| s.timeouts),
+    }
+}
+
+fn fallbacks(all: &[&FallbackSnapshot]) -> Fallbacks {
+    let sum = |f: fn(&FallbackSnapshot) -> u64| all.iter().map(|s| f(s)).sum();
+    Fallbacks {
+        total: sum(|f| f.total),
+        breaker_open: sum(|f| f.breaker_open),
+        timeout: sum(|f| f.timeout),
+        error: sum(|f| f.error),
+        overloaded: sum(|f| f.overloaded),
+        stale_served: sum(|f| f.stale_served),
+        latency_max_us: all
+            .iter()
+            .map(|f| f.latency_max.as_nanos() as f64 / 1_000.0)
+            .fold(0.0, f64::max),
+    }
+}
+
+fn instance_report(i: &InstanceEnd) -> InstanceReport {
+    let t = &i.stats.total;
+    let hits = t.l1_hits + t.l2_hits;
+    InstanceReport {
+        name: i.name.clone(),
+        role: i.role.name(),
+        readers: i.readers,
+        reads: i.reads,
+        writes: i.writes,
+        l1_hits: t.l1_hits,
+        l2_hits: t.l2_hits,
+        source_loads: t.source_loads,
+        hit_rate: ratio(hits, hits + t.source_loads),
+        breaker: breaker(i.breaker.as_ref()),
+        fallbacks: i.fallbacks.total,
+        writer: i.stats.writer.as_ref().map(WriterReport::from),
+    }
+}
+
+/// Of the reads in `r` that returned a value, the share Redis served.
+fn l2_share(r: &Recorder) -> f64 {
+    let (mut l2, mut all) = (0, 0);
+    for op in Op::ALL.iter().filter(|op| op.is_read()) {
+        let t = r.op(*op).tiers;
+        l2 += t[1];
+        all += t.iter().sum::<u64>();
+    }
+    ratio(l2, all)
 }
 
 fn op_report(op: Op, s: &OpStats) -> OpReport {
@@ -446,20 +661,20 @@ fn op_report(op: Op, s: &OpStats) -> OpReport {
         superseded: (!op.is_read()).then_some(s.superseded),
         cache_failed: matches!(op, Op::WriteOrder | Op::WritePos).then_some(s.cache_failed),
         local_only: matches!(op, Op::WritePrice | Op::WriteBook).then_some(s.local_only),
+        queued: matches!(op, Op::WritePrice | Op::WriteBook).then_some(s.queued),
     }
 }
 
 impl Report {
-    /// Builds the report from what the tasks measured and the cache's counters at the end.
-    #[allow(clippy::too_many_arguments)] // one call site; each argument is a distinct source
+    /// Builds the report from what the tasks measured and the instances' counters at the end
+    /// (the writing instance first); `freshness` is the engines' measuring mode, if any.
     pub(crate) fn build(
         setup: Setup,
         elapsed: Duration,
         interrupted: bool,
         measured: &Measured,
-        stats: &KindSnapshot,
-        fallbacks: &FallbackSnapshot,
-        breaker: Option<BreakerSnapshot>,
+        instances: &[InstanceEnd],
+        freshness: Option<&'static str>,
     ) -> (Report, Recorder) {
         let mut all = Recorder::default();
         all.merge(&measured.readers);
@@ -467,7 +682,9 @@ impl Report {
         all.merge(&measured.orders);
         let secs = elapsed.as_secs_f64().max(f64::EPSILON);
         let (reads, writes) = (all.reads(), all.writes());
-        let hits = stats.l1_hits + stats.l2_hits;
+        let totals: Vec<&KindSnapshot> = instances.iter().map(|i| &i.stats.total).collect();
+        let tiers = tiers(&totals);
+        let hits = tiers.l1_hits + tiers.l2_hits;
         let flow = |target: u32, r: &Recorder| Flow {
             target_per_s: target,
             events: r.events,
@@ -488,7 +705,7 @@ impl Report {
             writes,
             reads_per_s: reads as f64 / secs,
             writes_per_s: writes as f64 / secs,
-            hit_rate: ratio(hits, hits + stats.source_loads),
+            hit_rate: ratio(hits, hits + tiers.source_loads),
             hot_hit_rate: ratio(measured.readers.hot_hits, measured.readers.hot_reads),
             read_errors: ReadErrors::of(&all),
             reads_past_ttl: all.past_ttl(),
@@ -496,44 +713,17 @@ impl Report {
                 .iter()
                 .map(|&op| (op, op_report(op, &all.op(op))))
                 .collect()),
-            tiers: Tiers {
-                l1_hits: stats.l1_hits,
-                l2_hits: stats.l2_hits,
-                source_loads: stats.source_loads,
-                stale_served: stats.stale_served,
-                l1_misses: stats.l1_misses,
-                l2_misses: stats.l2_misses,
-                source_errors: stats.source_errors,
-                source_writes: stats.source_writes,
-                writes_applied: stats.writes,
-                writes_superseded: stats.writes_superseded,
-                writes_local_only: stats.writes_local_only,
-                errors: stats.errors,
-                timeouts: stats.timeouts,
-            },
-            breaker: match breaker {
-                Some(b) => Breaker {
-                    state: b.state.as_str(),
-                    opened: b.opened,
-                    closed: b.closed,
-                    rejected: b.rejected,
-                },
-                None => Breaker {
-                    state: "n/a",
-                    opened: 0,
-                    closed: 0,
-                    rejected: 0,
-                },
-            },
-            fallbacks: Fallbacks {
-                total: fallbacks.total,
-                breaker_open: fallbacks.breaker_open,
-                timeout: fallbacks.timeout,
-                error: fallbacks.error,
-                overloaded: fallbacks.overloaded,
-                stale_served: fallbacks.stale_served,
-                latency_max_us: fallbacks.latency_max.as_nanos() as f64 / 1_000.0,
-            },
+            tiers,
+            breaker: breakers(instances),
+            fallbacks: fallbacks(&instances.iter().map(|i| &i.fallbacks).collect::<Vec<_>>()),
+            writer: instances
+                .first()
+                .and_then(|i| i.stats.writer.as_ref())
+                .map(WriterReport::from),
+            instances: instances.iter().map(instance_report).collect(),
+            freshness: freshness.map(|mode| {
+                freshness::Report::new(mode, &measured.fresh, l2_share(&measured.readers))
+            }),
             fault_window: None,
             verify: None,
         };
@@ -622,6 +812,32 @@ impl Report {
                 b.state, b.opened, b.closed, f.total, f.breaker_open, f.timeout, f.error, f.overloaded, f.stale_served
             ),
         ]);
+        // An engine process writes nothing: no writer line for it.
+        if let Some(w) = &self.writer
+            && (w.enqueued > 0 || w.overflow > 0 || self.workload.updates_per_s > 0)
+        {
+            lines.push(writer_line("writer", w));
+        }
+        if self.instances.len() > 1 {
+            for i in &self.instances {
+                lines.push(format!(
+                    "  {:<10} {:>12} reads, {:>11} writes; hit rate {:.2} % (l1 hits {}, l2 hits {}, source loads {}); breaker {} (opened {}); fallbacks {}",
+                    i.name,
+                    thousands(i.reads),
+                    thousands(i.writes),
+                    i.hit_rate * 100.0,
+                    thousands(i.l1_hits),
+                    thousands(i.l2_hits),
+                    thousands(i.source_loads),
+                    i.breaker.state,
+                    i.breaker.opened,
+                    thousands(i.fallbacks),
+                ));
+            }
+        }
+        if let Some(f) = &self.freshness {
+            lines.extend(f.summary());
+        }
         if self.read_errors.total() > 0 || self.reads_past_ttl > 0 {
             lines.push(format!(
                 "read errors: {}; served past their TTL: {}",
@@ -651,12 +867,14 @@ impl Report {
         if let Some(v) = &self.verify {
             let failures = v.failures();
             lines.push(format!(
-                "verify: {}: {} acknowledged keys, {} lost; {} Redis values compared, {} differ; {} reads past TTL",
+                "verify: {}: {} acknowledged keys, {} lost; {} Redis values compared, {} differ; {} prices compared with the feed's last write, {} older; {} reads past TTL",
                 if failures.is_empty() { "passed" } else { "FAILED" },
                 v.acked_keys,
                 v.lost_acked_writes,
                 v.l2_compared,
                 v.l2_differs_from_source,
+                v.prices_compared,
+                v.prices_behind_feed,
                 v.reads_past_ttl,
             ));
         }
@@ -669,6 +887,26 @@ impl Report {
         }
         lines
     }
+}
+
+/// `writer: 1,234 queued, …` for the summary.
+fn writer_line(name: &str, w: &WriterReport) -> String {
+    let us = |v: u64| fmt_nanos(v.saturating_mul(1_000));
+    format!(
+        "{name}: {} queued, {} conflated, {} dropped older, {} overflow; {} flushed, {} superseded, {} failed, in {} batches (max {} keys); lag p50 {} / p99 {} / max {}",
+        thousands(w.enqueued),
+        thousands(w.conflated),
+        thousands(w.dropped_older),
+        thousands(w.overflow),
+        thousands(w.flushed),
+        thousands(w.superseded),
+        thousands(w.failed),
+        thousands(w.batches),
+        w.batch_max,
+        us(w.lag_p50_us),
+        us(w.lag_p99_us),
+        us(w.lag_max_us),
+    )
 }
 
 /// The read operations' merged histograms, for the plot.
@@ -684,8 +922,9 @@ pub(crate) fn read_histograms(all: &Recorder) -> Vec<(&'static str, Histogram<u6
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::simulate::instance::Role;
     use crate::simulate::record::{ReadOutcome, WriteOutcome};
-    use mdcache::Tier;
+    use mdcache::{StatsSnapshot, Tier};
 
     #[test]
     fn the_report_adds_up() {
@@ -705,7 +944,7 @@ mod tests {
         m.orders
             .write(Op::WritePos, 90_000, WriteOutcome::Superseded);
         m.feed.events = 1;
-        let stats = KindSnapshot::default();
+        let stats = StatsSnapshot::default();
         let setup = Setup {
             backend: "memory",
             postgres: false,
@@ -722,17 +961,21 @@ mod tests {
                 book_depth: 5,
                 hot_symbols: 1,
                 hot_read_share: 0.3,
+                engines: 0,
+                role: None,
             },
         };
-        let (r, all) = Report::build(
-            setup,
-            Duration::from_secs(2),
-            false,
-            &m,
-            &stats,
-            &FallbackSnapshot::default(),
-            None,
-        );
+        let single = InstanceEnd {
+            name: "single".into(),
+            role: Role::Single,
+            readers: 1,
+            reads: 2_000,
+            writes: 2,
+            stats,
+            breaker: None,
+            fallbacks: FallbackSnapshot::default(),
+        };
+        let (r, all) = Report::build(setup, Duration::from_secs(2), false, &m, &[single], None);
         assert_eq!((r.reads, r.writes), (2_000, 2));
         assert_eq!(r.reads_per_s, 1_000.0);
         assert_eq!(r.hit_rate, 0.0); // no cache counters: defined as 0
@@ -762,5 +1005,92 @@ mod tests {
         assert_eq!(json["ops"]["write_book"]["local_only"], 0);
         assert!(json["ops"]["write_pos"].get("local_only").is_none());
         assert!(r.summary(&all).iter().any(|l| l.starts_with("read_price")));
+        // One instance, no Redis: no writer, no freshness.
+        assert!(json["writer"].is_null());
+        assert!(json.get("freshness").is_none());
+        assert_eq!(json["instances"].as_array().map(Vec::len), Some(1));
+        assert_eq!(json["instances"][0]["role"], "single");
+        assert_eq!(json["instances"][0]["reads"], 2_000);
+        assert_eq!(json["instances"][0]["breaker"]["state"], "n/a");
+    }
+
+    #[test]
+    fn instances_add_up_to_the_top_level_figures() {
+        let mut m = Measured::default();
+        for tier in [Tier::L1, Tier::L2, Tier::L2, Tier::Source] {
+            m.readers
+                .read(Op::ReadPrice, 100, ReadOutcome::Value(tier), false);
+        }
+        let instance = |name: &str, role, l1, l2, loads, reads| {
+            let mut stats = StatsSnapshot::default();
+            stats.total.l1_hits = l1;
+            stats.total.l2_hits = l2;
+            stats.total.source_loads = loads;
+            InstanceEnd {
+                name: name.into(),
+                role,
+                readers: 1,
+                reads,
+                writes: 0,
+                stats,
+                breaker: None,
+                fallbacks: FallbackSnapshot::default(),
+            }
+        };
+        let instances = [
+            instance("feed", Role::Feed, 0, 0, 0, 0),
+            instance("engine-1", Role::Engine, 10, 3, 1, 2),
+            instance("engine-2", Role::Engine, 20, 5, 1, 2),
+        ];
+        let setup = Setup {
+            backend: "layered",
+            postgres: false,
+            redis_url: None,
+            workload: Workload {
+                symbols: 1,
+                zipf: 1.0,
+                readers: 2,
+                feed_tasks: 1,
+                order_tasks: 0,
+                updates_per_s: 1,
+                orders_per_s: 0,
+                duration_requested_s: 1.0,
+                book_depth: 5,
+                hot_symbols: 1,
+                hot_read_share: 1.0,
+                engines: 2,
+                role: None,
+            },
+        };
+        let (r, all) = Report::build(
+            setup,
+            Duration::from_secs(1),
+            false,
+            &m,
+            &instances,
+            Some("in_process"),
+        );
+        assert_eq!(
+            (r.tiers.l1_hits, r.tiers.l2_hits, r.tiers.source_loads),
+            (30, 8, 2)
+        );
+        assert_eq!(r.hit_rate, 38.0 / 40.0);
+        let roles: Vec<&str> = r.instances.iter().map(|i| i.role).collect();
+        assert_eq!(roles, ["feed", "engine", "engine"]);
+        assert_eq!(r.instances.iter().map(|i| i.reads).sum::<u64>(), r.reads);
+        let f = r.freshness.as_ref().unwrap();
+        assert_eq!(f.mode, "in_process");
+        assert_eq!(f.l2_hit_rate, 0.5);
+        let summary = r.summary(&all);
+        assert!(
+            summary
+                .iter()
+                .any(|l| l.trim_start().starts_with("engine-2")),
+            "{summary:?}"
+        );
+        assert!(
+            summary.iter().any(|l| l.starts_with("freshness")),
+            "{summary:?}"
+        );
     }
 }

@@ -2,11 +2,18 @@
 //!
 //! Which keys: every symbol's position and every order the run acknowledged (write-through:
 //! the source is their record), and the seeded risk account. Prices and books are not
-//! compared: the feed writes them to the cache only, so the source holds just the seeded
-//! snapshot and a cached tick is *meant* to differ from it.
+//! compared with the source: the feed writes them to the cache only, so the source holds just
+//! the seeded snapshot and a cached tick is *meant* to differ from it. Instead, every price
+//! Redis holds at a version the feed wrote is compared with the feed's last write of it: the
+//! conflating writer keeps the latest version per key, so once the run's queued writes are
+//! flushed (the caller flushes before verifying) Redis holds that version or none of the
+//! feed's (expired; a reader's miss may since have filled in the seeded snapshot from the
+//! source), never an older one (DESIGN §4 rule 8). Books go through the same writer and are
+//! not read again.
 //!
 //! How: once the cache has recovered (breaker closed, dirty log empty), L1 is cleared so each
-//! read comes from Redis, and each key's cached version is compared with the source's.
+//! read comes from Redis, and each key's cached version is compared with the source's (or
+//! the feed's).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +48,12 @@ pub(crate) struct Verification {
     pub(crate) l2_differs_from_source: u64,
     /// Keys that could not be read from Redis in 3 tries (not compared). Must be 0.
     pub(crate) l2_unreadable: u64,
+    /// Prices found in Redis at a version the feed wrote (not expired, not a source fill of
+    /// the seeded snapshot) and compared with the feed's last write of them.
+    pub(crate) prices_compared: u64,
+    /// Of those, prices Redis held at an older version than the feed's last write: a write
+    /// the conflating writer lost. Must be 0.
+    pub(crate) prices_behind_feed: u64,
     /// Reads served past their TTL without being marked stale, whole run. Must be 0.
     pub(crate) reads_past_ttl: u64,
     /// Every check passed.
@@ -68,6 +81,12 @@ impl Verification {
                 self.l2_differs_from_source
             ));
         }
+        if self.prices_behind_feed > 0 {
+            out.push(format!(
+                "{} prices in Redis older than the feed's last write",
+                self.prices_behind_feed
+            ));
+        }
         if self.l2_unreadable > 0 {
             out.push(format!(
                 "{} keys could not be read from Redis",
@@ -84,16 +103,22 @@ impl Verification {
     }
 }
 
-/// Runs the checks. `recovery` is what [`settle`](super::fault::settle) measured; the source
-/// failing is an error (the checks cannot be made), a finding is not.
+/// Runs the checks. `recovery` is what [`settle`](super::fault::settle) measured; `fed` is,
+/// per symbol, the version of the feed's last price write (`None`: never written). The
+/// source failing is an error (the checks cannot be made), a finding is not.
 pub(crate) async fn verify<Src: SourceReader>(
     cache: &Cache,
     source: &Arc<Src>,
     keys: &Keys,
-    acked: &Acked,
+    checks: Checks<'_>,
     recovery: Option<Duration>,
-    reads_past_ttl: u64,
 ) -> Result<Verification, Failure> {
+    let Checks {
+        acked,
+        fed,
+        seeded_up_to,
+        reads_past_ttl,
+    } = checks;
     let mut v = Verification {
         recovered: recovery.is_some(),
         recovery_ms: recovery.map(|d| d.as_secs_f64() * 1_000.0),
@@ -102,6 +127,8 @@ pub(crate) async fn verify<Src: SourceReader>(
         ..Verification::default()
     };
     cache.clear_l1();
+    // Prices first: they expire within 100 ms of the feed's last write.
+    check_prices(cache, keys, fed, seeded_up_to, &mut v).await;
 
     let positions: Vec<(Key<mdcache::Position>, Option<u64>)> = keys
         .symbols
@@ -123,6 +150,74 @@ pub(crate) async fn verify<Src: SourceReader>(
     check(cache, source.as_ref(), &[(keys.risk.clone(), None)], &mut v).await?;
     v.passed = v.failures().is_empty();
     Ok(v)
+}
+
+/// What the run hands over to check.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Checks<'a> {
+    /// The write-through writes the source acknowledged.
+    pub(crate) acked: &'a Acked,
+    /// Per symbol, the version of the feed's last price write (`None`: never written).
+    pub(crate) fed: &'a [Option<u64>],
+    /// The highest version of the seeded snapshot: the feed's versions are above it.
+    pub(crate) seeded_up_to: u64,
+    /// Reads served past their TTL without being marked stale, whole run.
+    pub(crate) reads_past_ttl: u64,
+}
+
+/// Compares every price Redis holds at a version the feed wrote (above `seeded_up_to`) with
+/// the feed's last write of it, in batches of one round trip.
+async fn check_prices(
+    cache: &Cache,
+    keys: &Keys,
+    fed: &[Option<u64>],
+    seeded_up_to: u64,
+    v: &mut Verification,
+) {
+    let written: Vec<(&mdcache::Key<mdcache::Price>, u64)> = keys
+        .symbols
+        .iter()
+        .zip(fed)
+        .filter_map(|(k, f)| f.map(|version| (&k.price, version)))
+        .collect();
+    for chunk in written.chunks(BATCH) {
+        let batch: Vec<mdcache::Key<mdcache::Price>> =
+            chunk.iter().map(|(k, _)| (*k).clone()).collect();
+        let mut tries = 0;
+        let reads = loop {
+            tries += 1;
+            match cache.get_many(&batch).await {
+                Ok(reads) => break Some(reads),
+                Err(_) if tries < READ_TRIES => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read prices from Redis");
+                    break None;
+                }
+            }
+        };
+        let Some(reads) = reads else {
+            v.l2_unreadable += chunk.len() as u64;
+            continue;
+        };
+        for ((key, last), read) in chunk.iter().zip(reads) {
+            // Absent (expired), or the seeded snapshot a reader's miss filled in since.
+            let Some(read) = read.filter(|r| r.version > seeded_up_to) else {
+                continue;
+            };
+            v.prices_compared += 1;
+            if read.version < *last {
+                v.prices_behind_feed += 1;
+                tracing::warn!(
+                    key = key.as_str(),
+                    cached = read.version,
+                    fed = last,
+                    "Redis holds an older price than the feed's last write"
+                );
+            }
+        }
+    }
 }
 
 /// Checks `keys` (each with its highest acknowledged version, if any) in batches.
@@ -212,7 +307,7 @@ mod tests {
         source.write(&keys.risk, &risk()).await.unwrap();
         let mut acked = Acked::default();
         acked.position(0, v1);
-        let ok = verify(&cache, &source, &keys, &acked, Some(Duration::ZERO), 0)
+        let ok = verify(&cache, &source, &keys, checks(&acked), Some(Duration::ZERO))
             .await
             .unwrap();
         assert!(ok.passed, "{ok:?}");
@@ -221,12 +316,30 @@ mod tests {
         // Acknowledged a version the source never got, and an order it does not have.
         acked.position(0, v1 + 5);
         acked.order("O1-0-1", 3);
-        let bad = verify(&cache, &source, &keys, &acked, None, 2)
-            .await
-            .unwrap();
+        let bad = verify(
+            &cache,
+            &source,
+            &keys,
+            Checks {
+                reads_past_ttl: 2,
+                ..checks(&acked)
+            },
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(bad.lost_acked_writes, 2);
         assert!(!bad.passed);
         assert_eq!(bad.failures().len(), 3, "{:?}", bad.failures());
+    }
+
+    fn checks(acked: &Acked) -> Checks<'_> {
+        Checks {
+            acked,
+            fed: &[],
+            seeded_up_to: 0,
+            reads_past_ttl: 0,
+        }
     }
 
     fn risk() -> mdcache::Risk {

@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mdcache::{
     BookAsk, BookBid, BookSide, Cache, CacheAside, Key, Level, LoadError, Order, OrderStatus,
@@ -24,6 +24,7 @@ use mdcache::{
 };
 use tokio::time::MissedTickBehavior;
 
+use super::freshness::{self, Mode};
 use super::live::LiveRecorder;
 use super::record::{Op, ReadFailure, ReadOutcome, TaskRecord, WriteOutcome};
 use super::zipf::{Rng, Zipf};
@@ -56,7 +57,8 @@ const SEED_TASKS: usize = 8;
 pub(crate) struct SymbolKeys {
     /// The symbol, e.g. `SYM0007`.
     pub(crate) id: String,
-    price: Key<Price>,
+    /// The symbol's price (written by the feed; `--verify` compares Redis's with it).
+    pub(crate) price: Key<Price>,
     bid: Key<BookBid>,
     ask: Key<BookAsk>,
     /// The symbol's position (write-through).
@@ -117,6 +119,13 @@ pub(crate) struct Shared {
     pub(crate) track_acks: bool,
     /// TSC-based clock: `raw()` costs a few nanoseconds, a quarter of `Instant::now()`.
     pub(crate) clock: quanta::Clock,
+    /// `clock`'s raw reading when the state was made, and the wall-clock time then (ns since
+    /// the Unix epoch): the feed's write times and price stamps, and the engines' "now", are
+    /// `clock` deltas from it, so neither side pays for a system call.
+    epoch_raw: u64,
+    epoch_wall_ns: u64,
+    /// How the readers measure their freshness against the feed (`--engines`, `--role`).
+    pub(crate) freshness: Mode,
     /// Per symbol: feed updates so far. An update's version is `version_base` plus this.
     seqs: Vec<AtomicU64>,
     /// Above every version the source gave the seeded snapshot, so a reader's miss that loads
@@ -134,8 +143,13 @@ impl Shared {
         zipf: Zipf,
         version_base: u64,
         track_acks: bool,
+        freshness: Mode,
     ) -> Self {
         let n = keys.len();
+        let clock = quanta::Clock::new();
+        let epoch_wall_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         Shared {
             cache,
             keys,
@@ -143,11 +157,26 @@ impl Shared {
             stop: AtomicBool::new(false),
             window: AtomicBool::new(false),
             track_acks,
-            clock: quanta::Clock::new(),
+            epoch_raw: clock.raw(),
+            epoch_wall_ns,
+            clock,
+            freshness,
             seqs: (0..n).map(|_| AtomicU64::new(0)).collect(),
             version_base,
             positions: (0..n).map(|_| AtomicI64::new(0)).collect(),
         }
+    }
+
+    /// Per symbol, the version of the feed's last update (`None`: never updated), for
+    /// `--verify` once the feed has stopped.
+    pub(crate) fn fed_versions(&self) -> Vec<Option<u64>> {
+        self.seqs
+            .iter()
+            .map(|n| match n.load(Ordering::Acquire) {
+                0 => None,
+                n => Some(self.version_base + n),
+            })
+            .collect()
     }
 
     fn stopped(&self) -> bool {
@@ -159,6 +188,19 @@ impl Shared {
     fn in_window(&self) -> bool {
         self.window.load(Ordering::Relaxed)
     }
+
+    /// Microseconds from the epoch to the raw reading `raw`.
+    #[inline]
+    fn micros_at(&self, raw: u64) -> u64 {
+        self.clock.delta_as_nanos(self.epoch_raw, raw) / 1_000
+    }
+
+    /// The wall-clock time (ns since the Unix epoch) of the raw reading `raw`.
+    #[inline]
+    fn wall_ns_at(&self, raw: u64) -> u64 {
+        self.epoch_wall_ns
+            .saturating_add(self.clock.delta_as_nanos(self.epoch_raw, raw))
+    }
 }
 
 /// A slowly drifting mid price per symbol.
@@ -166,7 +208,8 @@ fn mid_price(symbol: usize, seq: u64) -> f64 {
     100.0 + symbol as f64 + (seq % 200) as f64 * 0.01
 }
 
-fn price(symbol: usize, seq: u64) -> Price {
+/// `symbol`'s price at `seq`, stamped `written_ns` (the feed's wall-clock time; 0 for the seed).
+fn price(symbol: usize, seq: u64, written_ns: u64) -> Price {
     let mid = mid_price(symbol, seq);
     Price {
         bid: mid - 0.01,
@@ -175,7 +218,7 @@ fn price(symbol: usize, seq: u64) -> Price {
         ask_size: 100.0,
         last: mid,
         seq,
-        exchange_ts_ns: 0,
+        exchange_ts_ns: written_ns,
     }
 }
 
@@ -212,9 +255,10 @@ fn risk() -> Risk {
     }
 }
 
-/// Writes every symbol's price, book sides and (flat) position, and the risk account, to the
-/// source, so every read finds data. Returns the highest version the source gave, or the
-/// first error as text.
+/// Writes every symbol's price, book sides and (flat) position, and then the risk account, to
+/// the source, so every read finds data. Returns the highest version the source gave, or the
+/// first error as text. The risk account comes last: an engine process sharing the database
+/// waits for it ([`wait_for_seed`]).
 pub(crate) async fn seed<Src: SourceWriter>(
     source: Arc<Src>,
     keys: Arc<Keys>,
@@ -228,7 +272,7 @@ pub(crate) async fn seed<Src: SourceWriter>(
                 let fail = |what: &str, e: Src::Error| format!("seeding {what} {}: {e}", k.id);
                 let versions = [
                     source
-                        .write(&k.price, &price(i, 0))
+                        .write(&k.price, &price(i, 0, 0))
                         .await
                         .map_err(|e| fail("price", e))?,
                     source
@@ -249,15 +293,41 @@ pub(crate) async fn seed<Src: SourceWriter>(
             Ok::<u64, String>(highest)
         });
     }
-    let mut highest = source
-        .write(&keys.risk, &risk())
-        .await
-        .map_err(|e| format!("seeding risk {RISK_ACCOUNT}: {e}"))?;
+    let mut highest = 0;
     while let Some(joined) = tasks.join_next().await {
         let v = joined.map_err(|e| format!("a seeding task failed: {e}"))??;
         highest = highest.max(v);
     }
-    Ok(highest)
+    let risk = source
+        .write(&keys.risk, &risk())
+        .await
+        .map_err(|e| format!("seeding risk {RISK_ACCOUNT}: {e}"))?;
+    Ok(highest.max(risk))
+}
+
+/// `--role engine` with a database: waits (polling every 50 ms, at most `within`) until the
+/// feed process has seeded it, which it does last with the risk account. Err: not in time,
+/// or the source failed.
+pub(crate) async fn wait_for_seed<Src: SourceReader>(
+    source: &Src,
+    keys: &Keys,
+    within: Duration,
+) -> Result<(), String> {
+    let give_up = Instant::now() + within;
+    loop {
+        match mdcache::Load::load(source, &keys.risk).await {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) if Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(None) => {
+                return Err(format!(
+                    "the database was not seeded within {within:?}: start the feed process (--role feed) too"
+                ));
+            }
+            Err(e) => return Err(format!("the source failed: {e}")),
+        }
+    }
 }
 
 /// Paces a task at `per_s` events per second from `start`.
@@ -303,6 +373,7 @@ fn cache_write(r: &mdcache::Result<mdcache::WriteOutcome>) -> WriteOutcome {
     match r {
         Ok(mdcache::WriteOutcome::Superseded) => WriteOutcome::Superseded,
         Ok(mdcache::WriteOutcome::LocalOnly) => WriteOutcome::LocalOnly,
+        Ok(mdcache::WriteOutcome::Queued) => WriteOutcome::Queued,
         Ok(_) => WriteOutcome::Applied,
         Err(_) => WriteOutcome::Error,
     }
@@ -343,7 +414,10 @@ fn read_outcome<V, E: std::error::Error>(
             LoadError::Source(_) => ReadFailure::Source,
             LoadError::SourceTimeout(_) => ReadFailure::SourceTimeout,
             LoadError::Overloaded(_) => ReadFailure::Overloaded,
-            _ => ReadFailure::Cache,
+            other => {
+                tracing::debug!(error = %other, "a read failed in the cache");
+                ReadFailure::Cache
+            }
         }),
     }
 }
@@ -368,14 +442,21 @@ pub(crate) async fn feed(shared: Arc<Shared>, task: u64, per_s: f64) -> TaskReco
             let w = shared.in_window();
             let s = shared.zipf.sample(&mut rng);
             let k = &shared.keys.symbols[s];
-            let seq = shared.version_base + shared.seqs[s].fetch_add(1, Ordering::Relaxed) + 1;
+            let n = shared.seqs[s].fetch_add(1, Ordering::Relaxed) + 1;
+            let seq = shared.version_base + n;
             let (bids, asks) = (book_side(s, seq, -1.0), book_side(s, seq, 1.0));
+            let stamp = shared.wall_ns_at(clock.raw());
             // Together: with Redis the three writes share one round trip's wait.
             let ((p, p_ns), (b, b_ns), (a, a_ns)) = tokio::join!(
-                timed(clock, cache.set(&k.price, price(s, seq), seq)),
+                timed(clock, cache.set(&k.price, price(s, seq, stamp), seq)),
                 timed(clock, cache.set_book(&k.bid, bids, seq)),
                 timed(clock, cache.set_book(&k.ask, asks, seq)),
             );
+            if let Mode::InProcess(history) = &shared.freshness {
+                // After the calls: the value is in L1 and queued by now, so engines' ages
+                // are never overstated by the feed's own call.
+                history.record(s, n, shared.micros_at(clock.raw()));
+            }
             rec.write(w, Op::WritePrice, p_ns, cache_write(&p));
             rec.write(w, Op::WriteBook, b_ns, cache_write(&b));
             rec.write(w, Op::WriteBook, a_ns, cache_write(&a));
@@ -460,7 +541,9 @@ pub(crate) async fn orders<Src: SourceWriter>(
 }
 
 /// One scalp reader: rounds of price, book top-5 (a random side), position and risk reads of
-/// Zipf-popular symbols through cache-aside, each timed, until the run stops.
+/// Zipf-popular symbols through cache-aside, each timed, until the run stops. An engine's
+/// reader (`--engines`, `--role engine`) also measures how far its market-data reads are
+/// behind the feed ([`freshness`]): a few atomic loads and histogram records per read.
 pub(crate) async fn reader<Src: SourceReader>(
     shared: Arc<Shared>,
     aside: CacheAside<Src>,
@@ -468,8 +551,13 @@ pub(crate) async fn reader<Src: SourceReader>(
     mut live: Option<LiveRecorder>,
 ) -> TaskRecord {
     let mut rec = TaskRecord::default();
+    let mut fresh = match shared.freshness {
+        Mode::Off => None,
+        _ => Some(freshness::Recorder::default()),
+    };
     let mut rng = Rng::new(1_000 + n);
     let (keys, clock) = (&shared.keys, &shared.clock);
+    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     let mut rounds = 0u32;
     while !shared.stopped() {
         let s = shared.zipf.sample(&mut rng);
@@ -488,18 +576,51 @@ pub(crate) async fn reader<Src: SourceReader>(
             read_outcome(&r, k.price.ttl()),
             hot,
         );
+        if let (Some(f), Ok(Some(read))) = (&mut fresh, &r) {
+            let ttl = micros(k.price.ttl());
+            match &shared.freshness {
+                Mode::InProcess(h) => {
+                    f.in_process(h, s, read.version, read.tier, ttl, shared.micros_at(t0));
+                }
+                Mode::ValueAge => f.value_age(
+                    read.value.exchange_ts_ns,
+                    read.tier,
+                    ttl,
+                    shared.wall_ns_at(t0),
+                ),
+                Mode::Off => {}
+            }
+        }
         drop(r);
 
         let bid_side = rng.coin();
         let t0 = clock.raw();
-        let outcome = if bid_side {
-            read_outcome(&aside.read_book(&k.bid, BOOK_DEPTH).await, k.bid.ttl())
+        let (outcome, got, ttl) = if bid_side {
+            let r = aside.read_book(&k.bid, BOOK_DEPTH).await;
+            let got = r
+                .as_ref()
+                .ok()
+                .and_then(Option::as_ref)
+                .map(|b| (b.version, b.tier));
+            (read_outcome(&r, k.bid.ttl()), got, k.bid.ttl())
         } else {
-            read_outcome(&aside.read_book(&k.ask, BOOK_DEPTH).await, k.ask.ttl())
+            let r = aside.read_book(&k.ask, BOOK_DEPTH).await;
+            let got = r
+                .as_ref()
+                .ok()
+                .and_then(Option::as_ref)
+                .map(|b| (b.version, b.tier));
+            (read_outcome(&r, k.ask.ttl()), got, k.ask.ttl())
         };
         let t1 = clock.raw();
         let book_ns = clock.delta_as_nanos(t0, t1);
         rec.read(w, Op::ReadBook, book_ns, outcome, hot);
+        // Books carry no stamp: across processes only prices are measured.
+        if let (Some(f), Mode::InProcess(h), Some((version, tier))) =
+            (&mut fresh, &shared.freshness, got)
+        {
+            f.in_process(h, s, version, tier, micros(ttl), shared.micros_at(t0));
+        }
 
         let t0 = clock.raw();
         let r = aside.read(&k.pos).await;
@@ -533,6 +654,7 @@ pub(crate) async fn reader<Src: SourceReader>(
             tokio::task::yield_now().await;
         }
     }
+    rec.fresh = fresh;
     rec
 }
 

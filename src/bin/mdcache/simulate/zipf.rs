@@ -100,6 +100,11 @@ impl Zipf {
         }
     }
 
+    /// The probability of drawing `rank` (0 outside the distribution).
+    pub(crate) fn prob(&self, rank: usize) -> f64 {
+        self.probs.get(rank).copied().unwrap_or(0.0)
+    }
+
     /// The probability of drawing one of the `top` most popular ranks.
     pub(crate) fn mass_of_top(&self, top: usize) -> f64 {
         self.probs.iter().take(top).sum()
