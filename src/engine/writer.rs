@@ -135,6 +135,9 @@ pub(crate) struct Writer {
     /// Flush now: `flush_max_keys` are pending, or a caller is waiting in [`Engine::flush`].
     urgent: Notify,
     urgent_flag: AtomicBool,
+    /// True while anything is pending: lets a read that missed L1 skip the lock when the
+    /// writer is idle (always, on an instance that reads market data but does not write it).
+    any: AtomicBool,
     /// Completed drains (batch count), for [`Engine::flush`].
     done: watch::Sender<u64>,
     seq: AtomicU64,
@@ -153,6 +156,7 @@ impl Writer {
             wake: Notify::new(),
             urgent: Notify::new(),
             urgent_flag: AtomicBool::new(false),
+            any: AtomicBool::new(false),
             done: watch::Sender::new(0),
             seq: AtomicU64::new(0),
             counters: Counters::default(),
@@ -212,6 +216,7 @@ impl Writer {
                 None => {
                     st.pending.insert(Arc::clone(key), entry);
                     st.order.push_back(Arc::clone(key));
+                    self.any.store(true, Ordering::Release);
                     (Enqueued::Queued, len + 1)
                 }
             }
@@ -246,6 +251,9 @@ impl Writer {
     /// The pending write of `key`, if any (the newest value this process wrote, not yet in
     /// Redis: a read that misses L1 serves it rather than Redis's older copy).
     pub(crate) fn peek(&self, key: &str) -> Option<(Payload, u64, Duration, std::time::Instant)> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
         let st = self.lock();
         st.pending
             .get(key)
@@ -254,7 +262,9 @@ impl Writer {
 
     /// Drops `key`'s pending write (it was deleted).
     pub(crate) fn forget(&self, key: &str) {
-        self.lock().pending.remove(key);
+        let mut st = self.lock();
+        st.pending.remove(key);
+        self.any.store(!st.pending.is_empty(), Ordering::Release);
     }
 
     /// Takes up to `flush_max_keys` pending writes, oldest first.
@@ -271,6 +281,7 @@ impl Writer {
                 batch.push(entry);
             }
         }
+        self.any.store(!st.pending.is_empty(), Ordering::Release);
         batch
     }
 
@@ -278,6 +289,7 @@ impl Writer {
     fn drain_all(&self) -> Vec<(Arc<str>, Pending)> {
         let mut st = self.lock();
         st.order.clear();
+        self.any.store(false, Ordering::Release);
         st.pending.drain().collect()
     }
 
