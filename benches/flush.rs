@@ -140,6 +140,10 @@ return out
 /// the KEYS are distinct (a conflating writer's always are). With a key twice in one batch the
 /// second write would be compared with the value from before the batch, not with the first
 /// write, which [`SET_VERSIONED_MANY`] and N separate calls would see.
+///
+/// The library adopted this script (`SET_VERSIONED_MANY` in `src/l2/values.rs`) with one
+/// change: its expiry is absolute (`PXAT`), so a queued write's TTL counts from the write.
+/// The copy here keeps `PX` so that every contender sets expiries the same way.
 const SET_VERSIONED_MANY_MGET: &str = r#"
 if #ARGV ~= 2 * #KEYS then
   return redis.error_reply('ERR set_versioned_many wants one (envelope, ttl_ms) pair per key')
