@@ -261,6 +261,13 @@ impl CacheBuilder {
         self
     }
 
+    /// Most of the time, in percent, the writer keeps a batch in Redis (default 50; 100 for
+    /// no pacing). See [`WriterOptions::max_busy_pct`](crate::WriterOptions::max_busy_pct).
+    pub fn flush_max_busy_pct(mut self, pct: u8) -> Self {
+        self.config.writer.max_busy_pct = pct;
+        self
+    }
+
     /// The clock TTL deadlines are read from (a mock in tests).
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = Some(clock);

@@ -132,6 +132,14 @@ pub struct WriterOptions {
     /// new key beyond it is not queued: it goes to L1 alone and the key is recorded dirty
     /// (`WriteOutcome::LocalOnly`), as when Redis fails.
     pub max_pending: NonZeroUsize,
+    /// Most of the time, in percent, the writer may keep a batch in Redis
+    /// (`CACHE_FLUSH_MAX_BUSY_PCT`, default 50, between 1 and 100). After a batch that took
+    /// `t`, the next one waits at least `t × (100 − pct) / pct`, so a Redis slowed by load
+    /// gets the writer's requests less often while pending writes conflate: synchronous
+    /// operations (write-through, cache-aside reads and fills) always find it with time to
+    /// spare instead of queued behind back-to-back batches. 100 turns the pacing off. A caller
+    /// awaiting [`Cache::flush`](crate::Cache::flush) cuts the wait short.
+    pub max_busy_pct: u8,
 }
 
 /// Most keys in one writer batch.
@@ -145,6 +153,7 @@ impl Default for WriterOptions {
             flush_max_keys: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
             flush_timeout: Duration::from_millis(50),
             max_pending: NonZeroUsize::new(65_536).unwrap_or(NonZeroUsize::MIN),
+            max_busy_pct: 50,
         }
     }
 }
@@ -176,6 +185,12 @@ impl WriterOptions {
             return Err(Error::config(
                 "CACHE_FLUSH_MAX_KEYS",
                 format!("must be at most {MAX_FLUSH_KEYS}"),
+            ));
+        }
+        if !(1..=100).contains(&self.max_busy_pct) {
+            return Err(Error::config(
+                "CACHE_FLUSH_MAX_BUSY_PCT",
+                format!("must be between 1 and 100, not {}", self.max_busy_pct),
             ));
         }
         if self.max_pending < self.flush_max_keys {
@@ -345,6 +360,15 @@ impl CacheConfig {
                 "CACHE_FLUSH_MAX_PENDING" => {
                     cfg.writer.max_pending = nonzero_usize(name, value)?;
                 }
+                "CACHE_FLUSH_MAX_BUSY_PCT" => match value.trim().parse::<u8>() {
+                    Ok(pct) if (1..=100).contains(&pct) => cfg.writer.max_busy_pct = pct,
+                    _ => {
+                        return Err(Error::config(
+                            name,
+                            format!("{value:?} must be a whole number between 1 and 100"),
+                        ));
+                    }
+                },
                 "CACHE_RETRY_BACKOFF_CAP_US" => cfg.retry.backoff_cap = Some(micros(name, value)?),
                 "DATABASE_URL" => cfg.database_url = non_empty(name, value)?,
                 _ => {
@@ -792,6 +816,26 @@ mod tests {
         assert_eq!(c.retry.max_tries.get(), 3);
         assert_eq!(c.retry.cap(), Duration::from_micros(1600));
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn the_writer_pacing_is_read_and_bounded() {
+        let c = CacheConfig::from_vars([("CACHE_FLUSH_MAX_BUSY_PCT", "80")]).unwrap();
+        assert_eq!(c.writer.max_busy_pct, 80);
+        assert_eq!(WriterOptions::default().max_busy_pct, 50);
+        for bad in ["0", "101", "-5", "50%", "", "1e2"] {
+            let e = CacheConfig::from_vars([("CACHE_FLUSH_MAX_BUSY_PCT", bad)]).unwrap_err();
+            assert!(
+                e.to_string().contains("CACHE_FLUSH_MAX_BUSY_PCT"),
+                "{bad:?}: {e}"
+            );
+        }
+        let opts = WriterOptions {
+            max_busy_pct: 0,
+            ..WriterOptions::default()
+        };
+        let e = opts.validate().unwrap_err();
+        assert!(e.to_string().contains("CACHE_FLUSH_MAX_BUSY_PCT"), "{e}");
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub const METRICS: &[(&str, &str)] = &[
         "Circuit breaker transitions (label: to = open|half_open|closed).",
     ),
     (
+        "mdcache_breaker_overlapping_failures_total",
+        "Failures not counted toward opening the breaker because their operation started before the last counted failure (one stall seen by many operations at once counts once).",
+    ),
+    (
         "mdcache_breaker_state",
         "Circuit breaker state: 0 closed, 1 open, 2 half-open (gauge).",
     ),
@@ -93,7 +97,7 @@ pub const METRICS: &[(&str, &str)] = &[
     ),
     (
         "mdcache_writer_writes_total",
-        "Market-data writes offered to the conflating writer (label: outcome = enqueued|conflated|dropped_older|overflow; conflated: replaced a pending lower version; dropped_older: a higher version was pending; overflow: the pending bound was reached, kept in L1 and recorded dirty).",
+        "Market-data writes offered to the conflating writer (label: outcome = enqueued|conflated|dropped_older|overflow|fill|fill_skipped; conflated: replaced a pending lower version; dropped_older: a higher version was pending; overflow: the pending bound was reached, kept in L1 and recorded dirty; fill: a cache-aside fill queued besides the writes; fill_skipped: a fill not queued because a full batch was waiting).",
     ),
     (
         "mdcache_writer_keys_total",

@@ -343,6 +343,13 @@ impl StatsSnapshot {
 pub struct WriterSnapshot {
     /// Writes queued (each `set`/`set_book` of a conflating kind that was not refused).
     pub enqueued: u64,
+    /// Cache-aside fills queued besides (a source value loaded after a miss of a conflating
+    /// kind, sent to Redis with the next flush instead of by the reader; never recorded dirty
+    /// when the flush fails). `flushed`, `conflated` and the other key counts include them.
+    pub fills: u64,
+    /// Cache-aside fills not queued because a full batch was already pending (kept in L1
+    /// only: fills never delay the writes).
+    pub fills_skipped: u64,
     /// Pending writes replaced by a higher version of the same key before they were flushed
     /// (latest wins: conflated, not lost).
     pub conflated: u64,
@@ -366,7 +373,8 @@ pub struct WriterSnapshot {
     pub batch_max: u64,
     /// Keys pending now.
     pub pending: u64,
-    /// Enqueue → acknowledged by Redis, per key flushed (µs): p50, p99, max.
+    /// Enqueue → acknowledged by Redis, per written key flushed (fills not included; µs):
+    /// p50, p99, max.
     pub lag_p50_us: u64,
     /// See `lag_p50_us`.
     pub lag_p99_us: u64,

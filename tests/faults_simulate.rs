@@ -15,9 +15,11 @@ use support::cli::mdcache;
 use support::faults::settings::{OP_TIMEOUT, SIM_DURATION, SIM_WINDOW};
 use support::faults::{Env, Fault, NO_HANG};
 
-/// Runs `mdcache simulate` under one fault and returns its report; see `sim_scenario`.
+/// Runs `mdcache simulate` under one fault (with `engines` engine instances beside the feed,
+/// or one instance for 0) and returns its report; see `sim_scenario`.
 fn run_simulate(
     fault: Fault,
+    engines: u32,
     env: &mut Env,
 ) -> (serde_json::Value, std::process::ExitStatus, String) {
     use std::io::BufRead;
@@ -41,6 +43,11 @@ fn run_simulate(
         // the market-data writer must keep a healthy Redis from tripping the breaker at that
         // rate, and every fault is judged under it.
         .args(["--symbols", "50", "--readers", "4"])
+        .args(if engines > 0 {
+            vec!["--engines".to_owned(), engines.to_string()]
+        } else {
+            Vec::new()
+        })
         .arg("--redis")
         .arg(&redis_url)
         .arg("--database")
@@ -132,9 +139,20 @@ fn run_simulate(
 /// One scenario under the simulate workload: runs it, saves the report for `make faults`
 /// (when `MDCACHE_FAULTS_OUT` is set) and checks the correctness figures.
 fn sim_scenario(fault: Fault) {
-    let (name, expect) = (fault.name(), fault.expect());
+    sim_scenario_with(fault, 0);
+}
+
+/// [`sim_scenario`] with `engines` engine instances reading what one feed instance writes
+/// (`simulate --engines`), each with its own L1, connections and breaker.
+fn sim_scenario_with(fault: Fault, engines: u32) {
+    let expect = fault.expect();
+    let name = if engines > 0 {
+        format!("{}, --engines {engines}", fault.name())
+    } else {
+        fault.name().to_owned()
+    };
     let mut env = Env::start(fault.through_proxy());
-    let (report, status, output) = run_simulate(fault, &mut env);
+    let (report, status, output) = run_simulate(fault, engines, &mut env);
     if let Ok(dir) = std::env::var("MDCACHE_FAULTS_OUT") {
         let file = format!(
             "{dir}/{}.json",
@@ -256,4 +274,10 @@ fn simulate_postgres_stopped() {
 #[ignore = "run by `make faults`"]
 fn simulate_redis_and_postgres_both_down() {
     sim_scenario(Fault::BothDown);
+}
+
+#[test]
+#[ignore = "run by `make faults`"]
+fn simulate_redis_killed_then_restarted_empty_with_two_engines() {
+    sim_scenario_with(Fault::RedisKilled, 2);
 }

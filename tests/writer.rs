@@ -420,3 +420,68 @@ async fn a_write_expires_in_redis_counting_from_when_it_was_written_not_flushed(
     assert_eq!(redis_version(&server, gone.as_str()).await, None);
     assert_eq!(short.stats().writer.unwrap().expired, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_write_is_never_served_past_its_ttl() {
+    let server = RedisServer::start();
+    // Far longer than the TTL: the write is still queued (or dropped as expired by the
+    // flush) when it is read again.
+    let cache = Cache::builder()
+        .redis_url(server.url())
+        .backend(Backend::Layered)
+        .op_timeout(TEST_OP_TIMEOUT)
+        .ttl_kind("price", Duration::from_millis(200))
+        .flush_interval(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let key = cache.key::<Price>("OLD").unwrap();
+    assert_eq!(
+        cache.set(&key, price(1), 1).await.unwrap(),
+        WriteOutcome::Queued
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // L1's copy expired; the writer's pending copy is as old and must not stand in for it.
+    assert!(cache.read(&key).await.unwrap().is_none());
+    cache.flush().await.unwrap();
+    let w = cache.stats().writer.unwrap();
+    assert_eq!((w.flushed, w.expired), (0, 1), "{w:?}");
+    assert_eq!(redis_version(&server, key.as_str()).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_of_market_data_rides_the_writer_and_never_lowers_redis() {
+    use mdcache::{CacheAside, MemorySource, Store};
+    use std::sync::Arc;
+
+    let server = RedisServer::start();
+    let cache = on(&server)
+        .flush_interval(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let source = Arc::new(MemorySource::default());
+    let aside = CacheAside::builder(cache.clone(), Arc::clone(&source))
+        .build()
+        .unwrap();
+    let key = cache.key::<Price>("FILL").unwrap();
+    let v = source.write(&key, &price(1)).await.unwrap();
+    let r = aside.read(&key).await.unwrap().unwrap();
+    assert_eq!((r.tier, r.version), (Tier::Source, v));
+    // The fill went to the writer, not to Redis from the reader's task; it is a fill, not a
+    // write.
+    let w = cache.stats().writer.unwrap();
+    assert_eq!((w.enqueued, w.fills), (0, 1), "{w:?}");
+    cache.flush().await.unwrap();
+    assert_eq!(redis_version(&server, key.as_str()).await, Some(v));
+
+    // A fill queued while another process writes a higher version: the flush's compare-and-set
+    // refuses the fill, and Redis keeps the higher version.
+    let other = on(&server).no_conflation().build().unwrap();
+    let key2 = cache.key::<Price>("FILL2").unwrap();
+    let v2 = source.write(&key2, &price(2)).await.unwrap();
+    let r = aside.read(&key2).await.unwrap().unwrap();
+    assert_eq!((r.tier, r.version), (Tier::Source, v2));
+    let okey2 = other.key::<Price>("FILL2").unwrap();
+    other.set(&okey2, price(99), 99).await.unwrap();
+    cache.flush().await.unwrap();
+    assert_eq!(redis_version(&server, key2.as_str()).await, Some(99));
+}

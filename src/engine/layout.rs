@@ -177,15 +177,20 @@ impl Engine {
     /// A write of `key` this process queued for Redis and the writer has not flushed yet:
     /// newer than anything Redis holds, so a read that missed L1 (the entry evicted for
     /// room) serves it instead of going backwards to Redis's copy. Counted as an L1 hit.
+    /// Never past its TTL, counted from the write: a write that waited that long is not
+    /// served (nor sent: the writer drops it), and the read goes on to Redis and the source.
     pub(super) fn queued<S: KeySchema, L: Layout<S>>(
         &self,
         key: &Key<S>,
         layout: L,
     ) -> Option<Read<S::Value>> {
         let w = self.conflating(S::KIND)?;
-        let (payload, version, ttl, enqueued) = w.peek(key.as_str())?;
+        let (payload, version, ttl, written) = w.peek(key.as_str())?;
+        let age = written.elapsed();
+        if age >= ttl {
+            return None;
+        }
         let value = layout.read_pending(&payload)?;
-        let age = enqueued.elapsed();
         self.ks(key).l1_hits.inc();
         Some(Read {
             value,
@@ -261,8 +266,27 @@ impl Engine {
             ttl,
             bytes,
         };
+        // A fill of a market-data kind, with an L1 to hold it: L1 now, Redis with the writer's
+        // next flush (the same versioned compare-and-set), so the reader does not wait on Redis
+        // a second time and fills ride the batches instead of costing a script call each.
+        if on_failure == OnL2Failure::Fill
+            && let (Some(l1), Some(writer)) = (&self.l1, self.conflating(S::KIND))
+        {
+            if !self.l2_writable() {
+                // The caller puts the value in L1 alone.
+                return Err(Error::BreakerOpen);
+            }
+            if local.insert_into(l1, key) == InsertOutcome::HigherVersionHeld {
+                return Ok(WriteOutcome::Superseded);
+            }
+            let pending = L::into_pending(payload);
+            // Older (a higher version is pending) or full: L1 holds the value, and a fill
+            // owes Redis nothing.
+            let _ = writer.enqueue(key.shared(), S::KEY_PREFIX, pending, version, ttl, true);
+            return Ok(WriteOutcome::Queued);
+        }
         // Market data from `set`/`set_book`: L1 now, Redis with the writer's next flush.
-        // Fills and write-through stay synchronous.
+        // Write-through stays synchronous.
         if on_failure == OnL2Failure::KeepLocal
             && let Some(writer) = self.conflating(S::KIND)
         {
@@ -335,6 +359,7 @@ impl Engine {
                     L::into_pending(payload),
                     version,
                     ttl,
+                    false,
                 ) {
                     Enqueued::Queued => {
                         self.ks(key).writes_queued.inc();
@@ -353,7 +378,14 @@ impl Engine {
             );
         }
         let pending = L::into_pending(payload);
-        match writer.enqueue(key.shared(), S::KEY_PREFIX, pending.clone(), version, ttl) {
+        match writer.enqueue(
+            key.shared(),
+            S::KEY_PREFIX,
+            pending.clone(),
+            version,
+            ttl,
+            false,
+        ) {
             Enqueued::Queued => {
                 self.ks(key).writes_queued.inc();
                 Ok(WriteOutcome::Queued)

@@ -7,7 +7,10 @@
 //! pending, gathers for the flush interval (or until `flush_max_keys` are pending, or a
 //! caller asked for a flush), then writes everything pending in batches of at most
 //! `flush_max_keys`, each one pipeline of versioned compare-and-sets — one breaker outcome per
-//! batch. While the breaker is not closed, or when a batch fails, the keys go to the dirty
+//! batch. Between batches it rests in proportion to how long the last one took
+//! (`max_busy_pct`, default: Redis busy with the writer at most half the time), so a feed
+//! faster than Redis conflates more instead of queueing the synchronous operations of this
+//! and every other instance behind back-to-back batches. While the breaker is not closed, or when a batch fails, the keys go to the dirty
 //! log (their values stay in L1), exactly like a failed synchronous `set`.
 //!
 //! Memory is bounded: one entry per key, at most `max_pending` keys; a write of a new key
@@ -55,6 +58,9 @@ pub(crate) struct Pending {
     expire_at_ms: u64,
     /// Its place in the queue's order, for [`Engine::flush`].
     seq: u64,
+    /// A cache-aside fill (the source's value after a miss), not a write: a failed flush
+    /// does not record it dirty, since Redis holds nothing the source does not.
+    fill: bool,
 }
 
 /// What [`Writer::enqueue`] did.
@@ -83,6 +89,8 @@ struct State {
 #[derive(Debug)]
 struct Counters {
     enqueued: Count,
+    fills: Count,
+    fills_skipped: Count,
     conflated: Count,
     dropped_older: Count,
     overflow: Count,
@@ -108,6 +116,8 @@ impl Default for Counters {
         };
         Counters {
             enqueued: write("enqueued"),
+            fills: write("fill"),
+            fills_skipped: write("fill_skipped"),
             conflated: write("conflated"),
             dropped_older: write("dropped_older"),
             overflow: write("overflow"),
@@ -135,6 +145,9 @@ pub(crate) struct Writer {
     /// Flush now: `flush_max_keys` are pending, or a caller is waiting in [`Engine::flush`].
     urgent: Notify,
     urgent_flag: AtomicBool,
+    /// A caller awaits [`Engine::flush`]: cuts the pacing rest short too.
+    asked: Notify,
+    asked_flag: AtomicBool,
     /// True while anything is pending: lets a read that missed L1 skip the lock when the
     /// writer is idle (always, on an instance that reads market data but does not write it).
     any: AtomicBool,
@@ -156,6 +169,8 @@ impl Writer {
             wake: Notify::new(),
             urgent: Notify::new(),
             urgent_flag: AtomicBool::new(false),
+            asked: Notify::new(),
+            asked_flag: AtomicBool::new(false),
             any: AtomicBool::new(false),
             done: watch::Sender::new(0),
             seq: AtomicU64::new(0),
@@ -177,7 +192,7 @@ impl Writer {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues the latest write of `key` (see [`Enqueued`]).
+    /// Queues the latest write of `key` (see [`Enqueued`]); `fill` for a cache-aside fill.
     pub(crate) fn enqueue(
         &self,
         key: &Arc<str>,
@@ -185,6 +200,7 @@ impl Writer {
         payload: Payload,
         version: u64,
         ttl: Duration,
+        fill: bool,
     ) -> Enqueued {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let now = std::time::Instant::now();
@@ -197,6 +213,7 @@ impl Writer {
             written: now,
             expire_at_ms: unix_ms_after(ttl),
             seq,
+            fill,
         };
         let (outcome, len) = {
             let mut st = self.lock();
@@ -205,14 +222,21 @@ impl Writer {
                 Some(held) if held.version > version => (Enqueued::Older, len),
                 Some(held) => {
                     // Latest wins; the wait is counted from the first of the conflated writes,
-                    // so the lag reported is how old the key's Redis copy got.
-                    let first = held.enqueued;
+                    // so the lag reported is how old the key's Redis copy got (a pending fill
+                    // does not start it). A fill over a pending write stays a write: that
+                    // write was promised to Redis or to the dirty log.
+                    let first = if held.fill { now } else { held.enqueued };
+                    let was_fill = held.fill;
                     *held = entry;
                     held.enqueued = first;
+                    held.fill = was_fill && fill;
                     self.counters.conflated.inc();
                     (Enqueued::Queued, len)
                 }
                 None if len >= self.opts.max_pending.get() => (Enqueued::Full, len),
+                // A fill rides a batch only when it has room: with a full batch already
+                // waiting, ticks would queue behind it, and the fill owes Redis nothing.
+                None if fill && len >= self.opts.flush_max_keys.get() => (Enqueued::Full, len),
                 None => {
                     st.pending.insert(Arc::clone(key), entry);
                     st.order.push_back(Arc::clone(key));
@@ -223,7 +247,11 @@ impl Writer {
         };
         match outcome {
             Enqueued::Queued => {
-                self.counters.enqueued.inc();
+                if fill {
+                    self.counters.fills.inc();
+                } else {
+                    self.counters.enqueued.inc();
+                }
                 if len == 1 {
                     self.wake.notify_one();
                 }
@@ -234,6 +262,9 @@ impl Writer {
             Enqueued::Older => {
                 self.counters.dropped_older.inc();
             }
+            Enqueued::Full if fill => {
+                self.counters.fills_skipped.inc();
+            }
             Enqueued::Full => {
                 self.counters.overflow.inc();
             }
@@ -241,15 +272,47 @@ impl Writer {
         outcome
     }
 
-    /// Asks the flush task to flush now.
+    /// Asks the flush task to flush now (`flush_max_keys` are pending), though not before
+    /// the rest its pacing owes.
     fn hurry(&self) {
         self.urgent_flag.store(true, Ordering::Release);
         self.urgent.notify_waiters();
         self.wake.notify_one();
     }
 
+    /// A caller awaits the flush: flush now, without the pacing rest.
+    fn ask(&self) {
+        self.asked_flag.store(true, Ordering::Release);
+        self.asked.notify_waiters();
+        self.hurry();
+    }
+
+    /// The rest the pacing owes after batches that kept Redis busy for `busy`
+    /// ([`WriterOptions::max_busy_pct`]).
+    fn rest_after(&self, busy: Duration) -> Duration {
+        let pct = u32::from(self.opts.max_busy_pct.clamp(1, 100));
+        busy.saturating_mul(100 - pct) / pct
+    }
+
+    /// Waits until `until` unless a caller asks for a flush; false when the writer stops.
+    async fn rest(&self, until: tokio::time::Instant) -> bool {
+        // Registered before the flag is read, as in `run`.
+        let asked = self.asked.notified();
+        tokio::pin!(asked);
+        asked.as_mut().enable();
+        if self.asked_flag.load(Ordering::Acquire) {
+            return !self.stop.is_cancelled();
+        }
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            _ = tokio::time::sleep_until(until) => true,
+            _ = &mut asked => true,
+        }
+    }
+
     /// The pending write of `key`, if any (the newest value this process wrote, not yet in
     /// Redis: a read that misses L1 serves it rather than Redis's older copy).
+    /// Returns it with its TTL and when it was written (its TTL runs from there).
     pub(crate) fn peek(&self, key: &str) -> Option<(Payload, u64, Duration, std::time::Instant)> {
         if !self.any.load(Ordering::Acquire) {
             return None;
@@ -257,7 +320,7 @@ impl Writer {
         let st = self.lock();
         st.pending
             .get(key)
-            .map(|p| (p.payload.clone(), p.version, p.ttl, p.enqueued))
+            .map(|p| (p.payload.clone(), p.version, p.ttl, p.written))
     }
 
     /// Drops `key`'s pending write (it was deleted).
@@ -301,6 +364,8 @@ impl Writer {
         let flush = self.flush_time.summary();
         WriterSnapshot {
             enqueued: c.enqueued.get(),
+            fills: c.fills.get(),
+            fills_skipped: c.fills_skipped.get(),
             conflated: c.conflated.get(),
             dropped_older: c.dropped_older.get(),
             overflow: c.overflow.get(),
@@ -434,9 +499,12 @@ pub(crate) async fn put_one(
 }
 
 /// The flush task: waits for a first pending key, gathers for the interval (unless hurried),
-/// then flushes everything pending. Holds the engine only while flushing.
+/// then flushes everything pending, resting between batches so that it keeps Redis busy at
+/// most [`WriterOptions::max_busy_pct`] of the time. Holds the engine only while flushing.
 async fn run(writer: Arc<Writer>, engine: Weak<Engine>) {
     let stop = writer.stop.clone();
+    // When the rest owed by the last batches ends.
+    let mut rest_until: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -456,15 +524,26 @@ async fn run(writer: Arc<Writer>, engine: Weak<Engine>) {
             }
             writer.urgent_flag.store(false, Ordering::Release);
         }
-        let Some(engine) = engine.upgrade() else {
-            return;
-        };
         loop {
+            if let Some(until) = rest_until.take()
+                && !writer.rest(until).await
+            {
+                return;
+            }
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            // A caller's ask made before this drain is answered by it (or it asks again).
+            writer.asked_flag.store(false, Ordering::Release);
             let batch = writer.drain();
             let n = batch.len();
             if n > 0 {
+                let started = tokio::time::Instant::now();
                 engine.flush_batch(&writer, batch).await;
+                let ended = tokio::time::Instant::now();
+                rest_until = Some(ended + writer.rest_after(ended - started));
             }
+            drop(engine);
             writer.done.send_modify(|d| *d += 1);
             if n < writer.opts.flush_max_keys.get() {
                 break;
@@ -519,9 +598,12 @@ impl Engine {
                     match reply {
                         PutReply::Stored => {
                             c.flushed.inc();
-                            let lag = now.saturating_duration_since(p.enqueued);
-                            writer.lag.record(lag);
-                            c.lag_seconds.record(lag.as_secs_f64());
+                            // The lag is the writes' (a fill is not a tick anyone waits for).
+                            if !p.fill {
+                                let lag = now.saturating_duration_since(p.enqueued);
+                                writer.lag.record(lag);
+                                c.lag_seconds.record(lag.as_secs_f64());
+                            }
                         }
                         PutReply::Superseded => {
                             c.superseded.inc();
@@ -547,7 +629,7 @@ impl Engine {
 
     fn fail_batch(&self, writer: &Writer, batch: &[(Arc<str>, Pending)], e: Error) {
         writer.counters.failed.add(batch.len() as u64);
-        for (key, p) in batch {
+        for (key, p) in batch.iter().filter(|(_, p)| !p.fill) {
             self.record_dirty_key(key, p.prefix, matches!(p.payload, Payload::Book(_)));
         }
         tracing::debug!(keys = batch.len(), error = %e, "market-data flush failed; keys recorded dirty");
@@ -578,7 +660,7 @@ impl Engine {
             if w.stop.is_cancelled() {
                 return Err(Error::Unsupported("the market-data writer has stopped"));
             }
-            w.hurry();
+            w.ask();
             if done.changed().await.is_err() {
                 return Err(Error::Unsupported("the market-data writer has stopped"));
             }
@@ -593,5 +675,70 @@ impl Engine {
             return Err(e);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+
+    use super::*;
+
+    fn writer(max_busy_pct: u8) -> Writer {
+        Writer::new(WriterOptions {
+            max_busy_pct,
+            ..WriterOptions::default()
+        })
+    }
+
+    #[test]
+    fn the_rest_keeps_the_writer_within_its_share_of_redis() {
+        let busy = Duration::from_millis(4);
+        // Half the time by default: rest as long as the batch took.
+        assert_eq!(writer(50).rest_after(busy), busy);
+        assert_eq!(writer(80).rest_after(busy), Duration::from_millis(1));
+        assert_eq!(writer(100).rest_after(busy), Duration::ZERO);
+        assert_eq!(writer(1).rest_after(busy), busy * 99);
+        // Out of range (validation refuses it first) is still safe.
+        assert_eq!(writer(0).rest_after(busy), busy * 99);
+    }
+
+    #[test]
+    fn a_fill_waits_for_room_and_never_stops_being_a_write() {
+        let w = Writer::new(WriterOptions {
+            flush_max_keys: NonZeroUsize::new(2).unwrap(),
+            ..WriterOptions::default()
+        });
+        let key = |i: u32| -> Arc<str> { Arc::from(format!("mdc:price:{{S{i}}}")) };
+        let payload = || Payload::Value(vec![1]);
+        let ttl = Duration::from_secs(1);
+        assert_eq!(
+            w.enqueue(&key(1), "price", payload(), 1, ttl, false),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            w.enqueue(&key(2), "price", payload(), 1, ttl, true),
+            Enqueued::Queued
+        );
+        // A full batch is pending: a new fill is not queued, a new write is.
+        assert_eq!(
+            w.enqueue(&key(3), "price", payload(), 1, ttl, true),
+            Enqueued::Full
+        );
+        assert_eq!(
+            w.enqueue(&key(4), "price", payload(), 1, ttl, false),
+            Enqueued::Queued
+        );
+        // A fill over a pending write keeps it a write (its failure must reach the dirty log).
+        assert_eq!(
+            w.enqueue(&key(1), "price", payload(), 2, ttl, true),
+            Enqueued::Queued
+        );
+        let snap = w.snapshot();
+        assert_eq!((snap.enqueued, snap.fills, snap.fills_skipped), (2, 2, 1));
+        let batch = w.drain();
+        let fill_of = |k: &Arc<str>| batch.iter().find(|(b, _)| b == k).map(|(_, p)| p.fill);
+        assert_eq!(fill_of(&key(1)), Some(false));
+        assert_eq!(fill_of(&key(2)), Some(true));
     }
 }

@@ -226,6 +226,19 @@ fn decode_stamp(b: &[u8]) -> Option<Stamp> {
     }
 }
 
+/// The levels in the order a replace sends them to `ZADD`: highest price first, whatever the
+/// side. Into a fresh sorted set of up to 128 levels (a listpack) each insert then lands at
+/// the head after one score comparison, where ascending order scans (and re-parses the score
+/// of) every level already inserted: on Redis 7.0, a 10-level `ZADD` took 4.2 µs instead of
+/// 5.9 µs (`redis-benchmark`, `DEL` + `ZADD` in one `EVAL`, 80 k calls).
+pub(crate) fn zadd_order(side: &BookSide) -> Vec<&Level> {
+    let mut levels: Vec<&Level> = side.levels.iter().collect();
+    // Prices are finite (checked before any write); sides arrive sorted one way or the
+    // other, which the sort sees in linear time.
+    levels.sort_unstable_by(|a, b| b.price.total_cmp(&a.price));
+    levels
+}
+
 /// A level as a sorted-set member: `"<price>:<qty>"`.
 pub(crate) fn member(l: &Level) -> String {
     format!("{}:{}", l.price, l.qty)

@@ -383,7 +383,7 @@ impl L2 for RedisTier {
                         .arg(book::version_key(key))
                         .arg(&stamp[..])
                         .arg(format!("@{expire_at_ms}"));
-                    for l in &side.levels {
+                    for l in book::zadd_order(side) {
                         c.arg(l.price).arg(book::member(l));
                     }
                 }
@@ -512,7 +512,7 @@ impl L2 for RedisTier {
             .run("book_set", key, |mut c| async move {
                 let mut inv = script.key(key);
                 inv.key(vkey).arg(stamp).arg(ttl_ms);
-                for l in &side.levels {
+                for l in book::zadd_order(side) {
                     inv.arg(l.price).arg(book::member(l));
                 }
                 inv.invoke_async(&mut c).await

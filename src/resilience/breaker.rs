@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use failsafe::backoff::{self, Constant};
 use failsafe::failure_policy::{ConsecutiveFailures, SuccessRateOverTimeWindow};
@@ -128,6 +128,10 @@ pub struct BreakerSnapshot {
     pub closed: u64,
     /// Operations refused while open.
     pub rejected: u64,
+    /// Failures not counted toward opening because the operation had started before the
+    /// last counted failure was seen: one stall (of Redis, the network or this process) that
+    /// times out every operation in flight at once counts once, not once per operation.
+    pub overlapping_failures: u64,
     /// Probes sent.
     pub probes: u64,
 }
@@ -221,10 +225,22 @@ impl Instrument for Mirror {
 
 /// The circuit breaker around one L2 (DESIGN §5): closed, callers' operations go through and
 /// their outcomes count; open, none does; half-open, only mdcache's own probe runs.
+///
+/// A failure counts toward opening only when its operation started after the last counted
+/// failure was recorded: operations in flight together during one stall are one piece of
+/// evidence, so "N consecutive failures" means N operations that each began after the
+/// previous failure was seen. A hiccup of a few milliseconds (the host preempting Redis, say)
+/// that times out every reader at once does not open the breaker for its whole open period;
+/// a dead or hung Redis still does, after N deadlines in a row.
 #[derive(Debug)]
 pub(crate) struct CircuitBreaker {
     machine: StateMachine<Policy, Mirror>,
     mirror: Mirror,
+    /// Origin of the nanosecond stamps below.
+    epoch: Instant,
+    /// When the last counted failure was recorded, in ns since `epoch` (0: none yet).
+    last_failure: AtomicU64,
+    overlapping: AtomicU64,
     /// How long it stays open before the probe; read by the recovery supervisor.
     open_for: Duration,
     /// The probe's connection deadline and each recovery step's.
@@ -260,6 +276,9 @@ impl CircuitBreaker {
         CircuitBreaker {
             machine: StateMachine::new(policy, mirror.clone()),
             mirror,
+            epoch: Instant::now(),
+            last_failure: AtomicU64::new(0),
+            overlapping: AtomicU64::new(0),
             open_for: config.open_for,
             probe_timeout: config.probe_timeout,
         }
@@ -304,8 +323,34 @@ impl CircuitBreaker {
         self.machine.on_success();
     }
 
-    /// Records a failure that says Redis is unhealthy (a timeout, a dead connection).
-    pub(crate) fn failure(&self) {
+    /// Records a failure that says Redis is unhealthy (a timeout, a dead connection) of an
+    /// operation that started at `started`; not counted when a failure recorded after that
+    /// start was already counted (see the type's documentation).
+    pub(crate) fn failure(&self, started: Instant) {
+        let stamp = |t: Instant| {
+            u64::try_from(t.saturating_duration_since(self.epoch).as_nanos())
+                .unwrap_or(u64::MAX)
+                .saturating_add(1)
+        };
+        let began = stamp(started);
+        let now = stamp(Instant::now());
+        let mut last = self.last_failure.load(Ordering::Acquire);
+        loop {
+            if began < last {
+                self.overlapping.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("mdcache_breaker_overlapping_failures_total").increment(1);
+                return;
+            }
+            match self.last_failure.compare_exchange_weak(
+                last,
+                now.max(last),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(seen) => last = seen,
+            }
+        }
         self.machine.on_error();
     }
 
@@ -347,6 +392,7 @@ impl CircuitBreaker {
             opened: m.opened.load(Ordering::Relaxed),
             closed: m.closed.load(Ordering::Relaxed),
             rejected: m.rejected.load(Ordering::Relaxed),
+            overlapping_failures: self.overlapping.load(Ordering::Relaxed),
             probes: m.probes.load(Ordering::Relaxed),
         }
     }
@@ -365,15 +411,35 @@ mod tests {
     }
 
     #[test]
+    fn failures_of_operations_in_flight_together_count_once() {
+        let b = breaker(Duration::from_secs(60));
+        // Ten operations that started together and all timed out: one stall.
+        let together = Instant::now();
+        for _ in 0..10 {
+            b.failure(together);
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.snapshot().overlapping_failures, 9);
+        // Operations that each began after the previous failure was seen: the run goes on
+        // from the stall's one failure and opens at the third.
+        b.failure(Instant::now());
+        assert_eq!(b.state(), BreakerState::Closed);
+        b.failure(Instant::now());
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.snapshot().opened, 1);
+        assert_eq!(b.snapshot().overlapping_failures, 9);
+    }
+
+    #[test]
     fn opens_after_consecutive_failures_and_rejects() {
         let b = breaker(Duration::from_secs(60));
-        b.failure();
-        b.failure();
+        b.failure(Instant::now());
+        b.failure(Instant::now());
         b.success(); // resets the run
-        b.failure();
-        b.failure();
+        b.failure(Instant::now());
+        b.failure(Instant::now());
         assert_eq!(b.state(), BreakerState::Closed);
-        b.failure();
+        b.failure(Instant::now());
         assert_eq!(b.state(), BreakerState::Open);
         assert!(!b.admit());
         assert!(!b.begin_probe(), "probe before the open period is over");
@@ -385,7 +451,7 @@ mod tests {
     fn a_successful_probe_closes_and_a_failed_one_reopens() {
         let b = breaker(Duration::ZERO);
         for _ in 0..3 {
-            b.failure();
+            b.failure(Instant::now());
         }
         assert_eq!(b.state(), BreakerState::Open);
         std::thread::sleep(Duration::from_millis(2));
@@ -409,7 +475,7 @@ mod tests {
         let mut w = b.watch();
         assert_eq!(*w.borrow_and_update(), BreakerState::Closed);
         for _ in 0..3 {
-            b.failure();
+            b.failure(Instant::now());
         }
         assert!(w.has_changed().unwrap());
         assert_eq!(*w.borrow_and_update(), BreakerState::Open);
@@ -433,7 +499,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         for _ in 0..3 {
-            b.failure();
+            b.failure(Instant::now());
         }
         tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
@@ -468,7 +534,7 @@ mod tests {
             ..BreakerConfig::default()
         });
         for _ in 0..100 {
-            b.failure();
+            b.failure(Instant::now());
             if b.state() == BreakerState::Open {
                 break;
             }

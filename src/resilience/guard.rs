@@ -79,6 +79,7 @@ impl Guard {
         if !self.breaker.admit() {
             return Err(Error::BreakerOpen);
         }
+        let started = std::time::Instant::now();
         let work = async {
             // Created on the first retry only: most operations never retry.
             let mut waits = None;
@@ -99,13 +100,16 @@ impl Guard {
         };
         let result = match tokio::time::timeout(deadline, work).await {
             Ok(r) => r,
-            Err(_) => Err(cause().unwrap_or(Error::Timeout {
-                op,
-                after: deadline,
-            })),
+            Err(_) => {
+                tracing::debug!(op, after = ?deadline, "redis operation missed its deadline");
+                Err(cause().unwrap_or(Error::Timeout {
+                    op,
+                    after: deadline,
+                }))
+            }
         };
         match &result {
-            Err(e) if e.trips_breaker() => self.breaker.failure(),
+            Err(e) if e.trips_breaker() => self.breaker.failure(started),
             // An answer, even an error reply, means Redis is alive.
             _ => self.breaker.success(),
         }

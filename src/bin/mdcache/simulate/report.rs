@@ -397,6 +397,9 @@ pub(crate) struct Breaker {
     pub(crate) closed: u64,
     /// Operations refused while open.
     pub(crate) rejected: u64,
+    /// Failures not counted toward opening: their operation started before the last counted
+    /// failure (one stall seen by several operations at once).
+    pub(crate) overlapping_failures: u64,
 }
 
 /// Cache-aside's fallback figures.
@@ -442,7 +445,13 @@ pub(crate) struct WriterReport {
     pub(crate) dropped_older: u64,
     /// Writes not queued (too many keys pending): L1 only, key recorded dirty.
     pub(crate) overflow: u64,
-    /// Keys Redis took.
+    /// Queued writes whose TTL ran out before the writer could send them (not sent).
+    pub(crate) expired: u64,
+    /// Cache-aside fills queued for Redis besides the writes.
+    pub(crate) fills: u64,
+    /// Fills not queued because a full batch was already pending (L1 only).
+    pub(crate) fills_skipped: u64,
+    /// Keys Redis took (writes and fills).
     pub(crate) flushed: u64,
     /// Keys Redis refused because it held a higher version.
     pub(crate) superseded: u64,
@@ -475,6 +484,9 @@ impl From<&WriterSnapshot> for WriterReport {
             conflated: w.conflated,
             dropped_older: w.dropped_older,
             overflow: w.overflow,
+            expired: w.expired,
+            fills: w.fills,
+            fills_skipped: w.fills_skipped,
             flushed: w.flushed,
             superseded: w.superseded,
             failed: w.failed,
@@ -531,12 +543,14 @@ fn breaker(b: Option<&BreakerSnapshot>) -> Breaker {
             opened: b.opened,
             closed: b.closed,
             rejected: b.rejected,
+            overlapping_failures: b.overlapping_failures,
         },
         None => Breaker {
             state: "n/a",
             opened: 0,
             closed: 0,
             rejected: 0,
+            overlapping_failures: 0,
         },
     }
 }
@@ -557,6 +571,7 @@ fn breakers(instances: &[InstanceEnd]) -> Breaker {
     out.opened = all.iter().map(|b| b.opened).sum();
     out.closed = all.iter().map(|b| b.closed).sum();
     out.rejected = all.iter().map(|b| b.rejected).sum();
+    out.overlapping_failures = all.iter().map(|b| b.overlapping_failures).sum();
     out
 }
 
@@ -893,11 +908,13 @@ impl Report {
 fn writer_line(name: &str, w: &WriterReport) -> String {
     let us = |v: u64| fmt_nanos(v.saturating_mul(1_000));
     format!(
-        "{name}: {} queued, {} conflated, {} dropped older, {} overflow; {} flushed, {} superseded, {} failed, in {} batches (max {} keys); lag p50 {} / p99 {} / max {}",
+        "{name}: {} queued, {} conflated, {} dropped older, {} overflow, {} expired, {} fills; {} flushed, {} superseded, {} failed, in {} batches (max {} keys); lag p50 {} / p99 {} / max {}",
         thousands(w.enqueued),
         thousands(w.conflated),
         thousands(w.dropped_older),
         thousands(w.overflow),
+        thousands(w.expired),
+        thousands(w.fills),
         thousands(w.flushed),
         thousands(w.superseded),
         thousands(w.failed),
