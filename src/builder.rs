@@ -268,6 +268,13 @@ impl CacheBuilder {
         self
     }
 
+    /// Whether the backplane runs (DESIGN §4 rule 5; default on, used only when layered):
+    /// this cache publishes its writes and applies other instances' to its L1.
+    pub fn backplane(mut self, on: bool) -> Self {
+        self.config.backplane = on;
+        self
+    }
+
     /// The clock TTL deadlines are read from (a mock in tests).
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = Some(clock);

@@ -104,6 +104,9 @@ pub struct CacheConfig {
     /// (`CACHE_CONFLATE_KINDS`), how often it flushes (`CACHE_FLUSH_INTERVAL_US`), the
     /// largest batch (`CACHE_FLUSH_MAX_KEYS`) and the pending bound (`CACHE_FLUSH_MAX_PENDING`).
     pub writer: WriterOptions,
+    /// The backplane (DESIGN §4 rule 5, `CACHE_BACKPLANE=on|off`): on by default, used only
+    /// when the cache has both an L1 and Redis (the layered backend).
+    pub backplane: bool,
 }
 
 /// Settings of the conflating market-data writer (DESIGN §4 rule 8). Used only with a Redis
@@ -226,6 +229,7 @@ impl Default for CacheConfig {
             fallback: FallbackOptions::default(),
             database_url: None,
             writer: WriterOptions::default(),
+            backplane: true,
         }
     }
 }
@@ -251,6 +255,7 @@ impl std::fmt::Debug for CacheConfig {
             fallback,
             database_url,
             writer,
+            backplane,
         } = self;
         f.debug_struct("CacheConfig")
             .field("backend", backend)
@@ -268,6 +273,7 @@ impl std::fmt::Debug for CacheConfig {
             .field("fallback", fallback)
             .field("database_url", &database_url.as_deref().map(redact_url))
             .field("writer", writer)
+            .field("backplane", backplane)
             .finish()
     }
 }
@@ -359,6 +365,18 @@ impl CacheConfig {
                 }
                 "CACHE_FLUSH_MAX_PENDING" => {
                     cfg.writer.max_pending = nonzero_usize(name, value)?;
+                }
+                "CACHE_BACKPLANE" => {
+                    cfg.backplane = match value.trim().to_ascii_lowercase().as_str() {
+                        "on" | "true" | "1" => true,
+                        "off" | "false" | "0" => false,
+                        _ => {
+                            return Err(Error::config(
+                                name,
+                                format!("{value:?} must be on or off"),
+                            ));
+                        }
+                    };
                 }
                 "CACHE_FLUSH_MAX_BUSY_PCT" => match value.trim().parse::<u8>() {
                     Ok(pct) if (1..=100).contains(&pct) => cfg.writer.max_busy_pct = pct,

@@ -3,6 +3,7 @@
 use std::any::Any;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use quick_cache::Weighter;
@@ -32,6 +33,18 @@ pub(crate) struct Entry {
     stored_at: Instant,
     /// Weight charged against the byte bound; see [`L1::weight_of`].
     weight: u32,
+    /// The L1 epoch it was stored in: an entry from an earlier epoch is distrusted (not
+    /// served), though its version still orders later inserts ([`L1::bump_epoch`]).
+    epoch: u64,
+    /// This process wrote it (`set`, write-through): an epoch bump does not distrust it.
+    own: bool,
+}
+
+impl Entry {
+    #[inline]
+    fn trusted(&self, epoch: u64) -> bool {
+        self.own || self.epoch == epoch
+    }
 }
 
 /// The L1 marker of a version floor (see [`L1::set_floor`]): it holds no value, so typed reads
@@ -82,6 +95,8 @@ pub(crate) struct L1 {
     /// the byte capacity also keeps the entry count under `max_entries`, so one weighted
     /// bound enforces both limits.
     min_weight: usize,
+    /// The current epoch (see [`L1::bump_epoch`]).
+    epoch: AtomicU64,
 }
 
 impl std::fmt::Debug for L1 {
@@ -105,7 +120,21 @@ impl L1 {
             ),
             clock,
             min_weight,
+            epoch: AtomicU64::new(0),
         }
+    }
+
+    /// Distrusts everything stored so far: no entry stored before now is served again
+    /// (reads miss and go to Redis), though versions and floors still order later inserts,
+    /// so nothing older can land in their place. The backplane bumps it when it may have
+    /// missed an update (a gap in a publisher's sequence, a lost subscription).
+    pub(crate) fn bump_epoch(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    #[inline]
+    fn current_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// The weight charged for a value of `value_bytes` encoded bytes under `key`.
@@ -119,7 +148,7 @@ impl L1 {
     pub(crate) fn get<V: Send + Sync + 'static>(&self, key: &str) -> Option<L1Hit<V>> {
         let e = self.map.get(key)?;
         let now = self.clock.now();
-        if now >= e.deadline {
+        if now >= e.deadline || !e.trusted(self.current_epoch()) {
             return None;
         }
         let value = e.value.downcast::<V>().ok()?;
@@ -181,6 +210,51 @@ impl L1 {
         written_at: Instant,
         encoded_bytes: usize,
     ) -> InsertOutcome {
+        self.insert_entry(
+            key,
+            value,
+            version,
+            deadline,
+            written_at,
+            encoded_bytes,
+            false,
+        )
+    }
+
+    /// [`insert_versioned`](Self::insert_versioned) of a value this process wrote: an epoch
+    /// bump leaves it trusted (the process knows of nothing newer than its own write except
+    /// what the missed updates held, which the bump cannot recover either).
+    pub(crate) fn insert_own<V: Send + Sync + 'static>(
+        &self,
+        key: &Arc<str>,
+        value: Arc<V>,
+        version: u64,
+        deadline: Instant,
+        written_at: Instant,
+        encoded_bytes: usize,
+    ) -> InsertOutcome {
+        self.insert_entry(
+            key,
+            value,
+            version,
+            deadline,
+            written_at,
+            encoded_bytes,
+            true,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_entry<V: Send + Sync + 'static>(
+        &self,
+        key: &Arc<str>,
+        value: Arc<V>,
+        version: u64,
+        deadline: Instant,
+        written_at: Instant,
+        encoded_bytes: usize,
+        own: bool,
+    ) -> InsertOutcome {
         let now = self.clock.now();
         if deadline <= now {
             return InsertOutcome::NotStored;
@@ -191,6 +265,8 @@ impl L1 {
             deadline,
             stored_at: written_at,
             weight: self.weight_of(key, encoded_bytes),
+            epoch: self.current_epoch(),
+            own,
         };
         // A fresh entry with a higher version (a value or a version floor) stays.
         self.put(key, new, now, |cur| cur.version > version)
@@ -211,6 +287,8 @@ impl L1 {
             deadline: hold_until,
             stored_at: now,
             weight: self.weight_of(key, 0),
+            epoch: self.current_epoch(),
+            own: true,
         };
         if self.put(key, floor, now, |cur| cur.version >= version) == InsertOutcome::NotStored {
             // Could not order against a concurrent insert: whatever is there may be older.
@@ -271,6 +349,13 @@ impl L1 {
     pub(crate) fn live_version(&self, key: &str) -> Option<u64> {
         let e = self.map.peek(key)?;
         (self.clock.now() < e.deadline).then_some(e.version)
+    }
+
+    /// The version of the entry at `key` if it is before its deadline and of the current
+    /// epoch (a served entry's version).
+    pub(crate) fn trusted_version(&self, key: &str) -> Option<u64> {
+        let e = self.map.peek(key)?;
+        (self.clock.now() < e.deadline && e.trusted(self.current_epoch())).then_some(e.version)
     }
 
     /// The deadline of the entry at `key`, whatever its type.

@@ -108,6 +108,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod backplane;
 mod book;
 mod builder;
 mod cache;
@@ -155,7 +156,7 @@ pub use source::{
 };
 #[cfg(feature = "postgres")]
 pub use source::{PostgresOptions, PostgresSource, PostgresSourceError};
-pub use stats::{KindSnapshot, StatsSnapshot, WriterSnapshot};
+pub use stats::{BackplaneSnapshot, KindSnapshot, StatsSnapshot, WriterSnapshot};
 
 /// The README's code blocks, compiled and run as doctests so the quick start stays true.
 #[cfg(doctest)]

@@ -124,6 +124,46 @@ pub const METRICS: &[(&str, &str)] = &[
         "Keys pending in the writer (gauge, updated by Cache::stats).",
     ),
     (
+        "mdcache_backplane_published_total",
+        "Backplane messages this instance published.",
+    ),
+    (
+        "mdcache_backplane_items_total",
+        "Backplane key updates (label: outcome = published|dropped|applied|ignored_older; dropped: the outbox was full, and the next message skips a sequence number; applied: a received update changed L1; ignored_older: L1 held the same or a newer version).",
+    ),
+    (
+        "mdcache_backplane_publish_failures_total",
+        "Backplane messages whose PUBLISH failed (receivers see the skipped sequence number as a gap).",
+    ),
+    (
+        "mdcache_backplane_received_total",
+        "Backplane messages received from other instances.",
+    ),
+    (
+        "mdcache_backplane_duplicates_total",
+        "Backplane messages ignored because their sequence number was already seen.",
+    ),
+    (
+        "mdcache_backplane_malformed_total",
+        "Backplane messages that did not decode.",
+    ),
+    (
+        "mdcache_backplane_gaps_total",
+        "Gaps in a publisher's sequence (each bumps the L1 epoch).",
+    ),
+    (
+        "mdcache_backplane_epoch_bumps_total",
+        "L1 epoch bumps: everything cached before is no longer served (gaps, lost and re-established subscriptions).",
+    ),
+    (
+        "mdcache_backplane_subscription_losses_total",
+        "Times the backplane subscription was lost.",
+    ),
+    (
+        "mdcache_backplane_canary_lag_seconds",
+        "Backplane lag measured by the instance's own canary, publish to receipt (histogram).",
+    ),
+    (
         "mdcache_l1_entries",
         "Entries held by L1 (gauge, updated by Cache::stats).",
     ),

@@ -226,6 +226,7 @@ impl Stats {
         l1_entries: u64,
         l1_bytes: u64,
         writer: Option<WriterSnapshot>,
+        backplane: Option<BackplaneSnapshot>,
     ) -> StatsSnapshot {
         let kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
         let per_kind: Vec<KindSnapshot> = kinds.iter().map(|k| k.snapshot()).collect();
@@ -261,6 +262,7 @@ impl Stats {
             l1_entries,
             l1_bytes,
             writer,
+            backplane,
         }
     }
 }
@@ -328,6 +330,47 @@ pub struct StatsSnapshot {
     pub l1_bytes: u64,
     /// The conflating market-data writer's figures (`None` without a Redis tier).
     pub writer: Option<WriterSnapshot>,
+    /// The backplane's figures (`None` when it is off: no L1 and Redis both, or
+    /// `CACHE_BACKPLANE=off`).
+    pub backplane: Option<BackplaneSnapshot>,
+}
+
+/// The backplane's figures (DESIGN §4 rule 5), also exported as `mdcache_backplane_*`.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackplaneSnapshot {
+    /// The subscriber holds a live subscription now.
+    pub subscribed: bool,
+    /// Messages this instance published.
+    pub published: u64,
+    /// Items (key updates) in them.
+    pub published_items: u64,
+    /// Messages whose `PUBLISH` failed (their sequence numbers show as gaps to receivers).
+    pub publish_failed: u64,
+    /// Items dropped because the outbox was full (the next message skips a sequence number).
+    pub dropped: u64,
+    /// Messages received from other instances.
+    pub received: u64,
+    /// Items applied to L1 (a newer value stored, older copies dropped).
+    pub applied: u64,
+    /// Items ignored: L1 held the same or a newer version, or could not take the value.
+    pub ignored_older: u64,
+    /// Messages ignored because their sequence number was already seen.
+    pub duplicates: u64,
+    /// Messages that did not decode.
+    pub malformed: u64,
+    /// Gaps seen in a publisher's sequence (each bumps the L1 epoch).
+    pub gaps: u64,
+    /// L1 epoch bumps: gaps, and the loss and recovery of the subscription.
+    pub epoch_bumps: u64,
+    /// Times the subscription was lost.
+    pub subscription_losses: u64,
+    /// The canary's lag, publish to receipt by this instance (µs): p50, p99, max.
+    pub canary_lag_p50_us: u64,
+    /// See `canary_lag_p50_us`.
+    pub canary_lag_p99_us: u64,
+    /// See `canary_lag_p50_us`.
+    pub canary_lag_max_us: u64,
 }
 
 impl StatsSnapshot {
@@ -542,6 +585,6 @@ mod tests {
                 assert!(Arc::ptr_eq(&f, &stats.kind(n)));
             }
         }
-        assert_eq!(stats.snapshot(0, 0, None).kinds.len(), 20);
+        assert_eq!(stats.snapshot(0, 0, None, None).kinds.len(), 20);
     }
 }

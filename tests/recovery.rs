@@ -26,6 +26,8 @@ async fn one_probe_recovers_a_pool_whose_sockets_died_during_the_outage() {
         .breaker_failures(NonZeroU32::new(1).unwrap())
         .breaker_open(Duration::from_millis(200))
         .probe_timeout(Duration::from_secs(5))
+        // The proxy counts the pool's sockets: no backplane subscriber beside them.
+        .backplane(false)
         .build()
         .expect("cache");
     wait_for("the pool to fill", || proxy.connections() >= pool as usize).await;

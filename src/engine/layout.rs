@@ -265,6 +265,8 @@ impl Engine {
             t0,
             ttl,
             bytes,
+            // A fill is the source's value, not this process's write: an epoch bump distrusts it.
+            own: on_failure != OnL2Failure::Fill,
         };
         // A fill of a market-data kind, with an L1 to hold it: L1 now, Redis with the writer's
         // next flush (the same versioned compare-and-set), so the reader does not wait on Redis
@@ -326,6 +328,10 @@ impl Engine {
             Some(l2) => match L::l2_write(l2, key.as_str(), &payload, version, ttl).await {
                 Ok(stored) => {
                     self.settle_dirty(key.as_str(), S::STORAGE == Storage::Book, mark);
+                    // An authoritative write (not a fill): other instances drop older copies.
+                    if stored && on_failure != OnL2Failure::Fill {
+                        self.publish_written(key.shared(), version);
+                    }
                     Some(stored)
                 }
                 Err(e) => return self.after_failed_write(key, e, on_failure, local),
@@ -352,17 +358,14 @@ impl Engine {
                 self.ks(key).writes_superseded.inc();
                 return Ok(WriteOutcome::Superseded);
             }
+            let pending = L::into_pending(payload);
+            // Other instances get the value itself with the writer's cadence, not Redis's.
+            let update = self.value_update(key.shared(), &pending, version, ttl);
             return Ok(
-                match writer.enqueue(
-                    key.shared(),
-                    S::KEY_PREFIX,
-                    L::into_pending(payload),
-                    version,
-                    ttl,
-                    false,
-                ) {
+                match writer.enqueue(key.shared(), S::KEY_PREFIX, pending, version, ttl, false) {
                     Enqueued::Queued => {
                         self.ks(key).writes_queued.inc();
+                        self.publish(key.shared(), update);
                         WriteOutcome::Queued
                     }
                     Enqueued::Older => {

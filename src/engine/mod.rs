@@ -7,6 +7,7 @@
 //! (and the value-only batches); `local.rs` the raw L1 fill and negative entries.
 
 mod books;
+mod coherence;
 pub(crate) mod dirty;
 pub(crate) mod flight;
 mod layout;
@@ -21,6 +22,7 @@ pub(crate) use values::Values;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backplane::{Backplane, BackplaneOptions};
 use crate::clock::{Clock, Instant, deadline_after};
 use crate::codec;
 use crate::config::{Backend, CacheConfig, MAX_TTL};
@@ -65,6 +67,17 @@ pub(crate) struct Engine {
     /// The conflating market-data writer (DESIGN §4 rule 8), with a Redis tier and at least
     /// one conflating kind; stopped when the last clone of the cache is dropped.
     writer: Option<WriterHandle>,
+    /// The backplane (DESIGN §4 rule 5), with an L1 and Redis both and `CACHE_BACKPLANE` on;
+    /// its tasks stop when the last clone of the cache is dropped.
+    backplane: Option<Arc<Backplane>>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(bp) = &self.backplane {
+            bp.stop();
+        }
+    }
 }
 
 impl Engine {
@@ -99,10 +112,27 @@ impl Engine {
             }
             _ => None,
         };
+        let backplane = match (&l1, &config.redis_url) {
+            (Some(_), Some(url)) if l2.is_some() && config.backplane => {
+                Some(Arc::new(Backplane::new(BackplaneOptions {
+                    url: url.clone(),
+                    channel: format!("{}:backplane", config.namespace),
+                    connect_timeout: config.connect_timeout,
+                    interval: config.writer.flush_interval,
+                    max_pending: config.writer.max_pending.get(),
+                })))
+            }
+            _ => None,
+        };
         let dirty = Arc::new(DirtyLog::new(DEFAULT_DIRTY_CAPACITY));
         // The recovery supervisor lives as long as the cache: its handle stops it on drop.
         let supervisor = l2.as_ref().map(|l2| {
-            Supervisor::start(Arc::clone(l2), Arc::clone(&dirty), config.namespace.clone())
+            Supervisor::start(
+                Arc::clone(l2),
+                Arc::clone(&dirty),
+                config.namespace.clone(),
+                backplane.clone(),
+            )
         });
         let fallback = FallbackHandler::new(config.fallback.clone());
         let writer = l2
@@ -121,6 +151,7 @@ impl Engine {
             fallback,
             supervisor,
             writer,
+            backplane,
         })
     }
 
@@ -129,6 +160,9 @@ impl Engine {
     pub(crate) fn spawn_tasks(&self, this: &Arc<Engine>) {
         if let Some(w) = &self.writer {
             w.spawn(Arc::downgrade(this));
+        }
+        if let (Some(bp), Some(l2)) = (&self.backplane, &self.l2) {
+            bp.spawn(Arc::clone(l2), Arc::downgrade(this));
         }
     }
 
@@ -170,18 +204,32 @@ struct LocalWrite<V> {
     ttl: Duration,
     /// Encoded size, for L1's byte bound.
     bytes: usize,
+    /// This process's write (not a fill): stays trusted across an L1 epoch bump.
+    own: bool,
 }
 
 impl<V: Send + Sync + 'static> LocalWrite<V> {
     fn insert_into<S: KeySchema>(self, l1: &L1, key: &Key<S>) -> InsertOutcome {
-        l1.insert_versioned(
-            key.shared(),
-            self.value,
-            self.version,
-            deadline_after(self.t0, self.ttl),
-            self.t0,
-            self.bytes,
-        )
+        let deadline = deadline_after(self.t0, self.ttl);
+        if self.own {
+            l1.insert_own(
+                key.shared(),
+                self.value,
+                self.version,
+                deadline,
+                self.t0,
+                self.bytes,
+            )
+        } else {
+            l1.insert_versioned(
+                key.shared(),
+                self.value,
+                self.version,
+                deadline,
+                self.t0,
+                self.bytes,
+            )
+        }
     }
 }
 
@@ -257,6 +305,7 @@ impl Engine {
             entries,
             bytes,
             self.writer.as_ref().map(|w| w.writer.snapshot()),
+            self.backplane.as_ref().map(|bp| bp.snapshot()),
         )
     }
 
@@ -318,6 +367,7 @@ impl Engine {
         if let Some(l1) = &self.l1 {
             l1.remove(key.as_str());
         }
+        self.publish_deleted(key.shared());
         match &result {
             Ok(_) => self.ks(key).deletes.inc(),
             Err(e) => {

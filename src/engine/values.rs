@@ -310,7 +310,11 @@ impl Engine {
                     t0,
                     ttl,
                     bytes: bytes.len(),
+                    own: true,
                 };
+                if s == Some(true) {
+                    self.publish_written(key.shared(), version);
+                }
                 self.finish_write(key, local, s)
             })
             .collect())

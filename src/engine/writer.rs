@@ -467,7 +467,7 @@ fn put<'a>(
 /// This host's Unix time in ms, `ttl` from now, less the millisecond in which Redis still
 /// serves a key whose expiry has come (it compares whole milliseconds), so Redis never
 /// serves the value past its TTL; at least 1 ms from now.
-fn unix_ms_after(ttl: Duration) -> u64 {
+pub(crate) fn unix_ms_after(ttl: Duration) -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::backplane::Backplane;
 use crate::engine::dirty::DirtyLog;
 use crate::l2::L2Tier;
 use crate::resilience::BreakerState;
@@ -34,13 +35,19 @@ pub(crate) struct Supervisor {
 
 impl Supervisor {
     /// Spawns the supervisor on the current Tokio runtime.
-    pub(crate) fn start(l2: Arc<L2Tier>, dirty: Arc<DirtyLog>, namespace: String) -> Self {
+    pub(crate) fn start(
+        l2: Arc<L2Tier>,
+        dirty: Arc<DirtyLog>,
+        namespace: String,
+        backplane: Option<Arc<Backplane>>,
+    ) -> Self {
         let stop = CancellationToken::new();
         let (replayed, replays) = watch::channel(0);
         tokio::spawn(supervise(
             Arc::clone(&l2),
             Arc::clone(&dirty),
             namespace,
+            backplane,
             stop.clone(),
             replayed,
         ));
@@ -90,6 +97,7 @@ async fn supervise(
     l2: Arc<L2Tier>,
     dirty: Arc<DirtyLog>,
     namespace: String,
+    backplane: Option<Arc<Backplane>>,
     stop: CancellationToken,
     replayed: watch::Sender<u64>,
 ) {
@@ -100,8 +108,9 @@ async fn supervise(
         .max(Duration::from_millis(1));
     // Every replay, whatever its outcome, is announced to `Supervisor::recovered`.
     let (tier, log, ns, replayed) = (&*l2, &*dirty, namespace.as_str(), &replayed);
+    let bp = backplane.as_deref();
     let replay = move || async move {
-        let result = replay::replay(tier, log, ns).await;
+        let result = replay::replay(tier, log, ns, bp).await;
         replayed.send_modify(|n| *n = n.wrapping_add(1));
         result
     };

@@ -1,5 +1,7 @@
 //! The dirty-log replay: every key written while L2 was untrusted is deleted from it (or, after an overflow, every key of the affected kinds) before L2 is trusted again.
 
+use crate::backplane::Backplane;
+use crate::backplane::wire::Item;
 use crate::engine::dirty::{DirtyLog, DirtySnapshot};
 use crate::error::Result;
 use crate::l2::L2Tier;
@@ -12,7 +14,15 @@ const UNLINK_BATCH: usize = 512;
 /// until it is deleted, so a failed replay loses nothing and reads distrust the keys meanwhile;
 /// and a successful one forgets only what is unchanged since its snapshot, so a key recorded
 /// again (or an overflow) while it ran waits for the next replay.
-pub(crate) async fn replay(l2: &L2Tier, dirty: &DirtyLog, namespace: &str) -> Result<()> {
+///
+/// Each key deleted is published on the backplane (when there is one), so other instances
+/// evict their copies too.
+pub(crate) async fn replay(
+    l2: &L2Tier,
+    dirty: &DirtyLog,
+    namespace: &str,
+    backplane: Option<&Backplane>,
+) -> Result<()> {
     let snap = dirty.peek();
     if snap.keys.is_empty() && !snap.overflowed {
         return Ok(());
@@ -21,6 +31,16 @@ pub(crate) async fn replay(l2: &L2Tier, dirty: &DirtyLog, namespace: &str) -> Re
     match &result {
         Ok(()) => {
             dirty.forget(&snap);
+            if let Some(bp) = backplane {
+                for key in &snap.keys {
+                    bp.publish(
+                        key,
+                        Item::Evict {
+                            key: key.to_string(),
+                        },
+                    );
+                }
+            }
             metrics::counter!("mdcache_recovery_replayed_keys_total")
                 .increment(snap.keys.len() as u64);
             tracing::info!(

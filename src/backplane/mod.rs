@@ -1,0 +1,452 @@
+//! The backplane (DESIGN §4 rule 5): publishes this instance's authoritative writes and invalidations on the namespace's Redis pub/sub channel, batched, and applies other instances' to L1 without reading Redis.
+//!
+//! **Publishing.** Writes go into an outbox that keeps one item per key (the highest version;
+//! a delete replaces whatever was there) and holds at most `max_pending` keys. A publisher task
+//! sends what the outbox holds once per flush interval, as one message per
+//! [`MAX_ITEMS_PER_MESSAGE`] items: `PUBLISH` on `<namespace>:backplane` through the pooled
+//! connections, under the breaker and the operation deadline. Each message carries the
+//! instance's random id and its next sequence number. Market data (a conflating kind's
+//! `set`/`set_book`) carries the value itself; a write-through or other synchronous write
+//! carries `(key, version)` (copies older than it go); a delete carries the key. Cache-aside
+//! fills are not published. If the outbox overflows, or a publish fails, the sequence skips a
+//! number, so every receiver sees the gap.
+//!
+//! **Receiving.** A subscriber task holds its own pub/sub connection. It skips the
+//! instance's own messages (apart from timing its canary) and ignores a sequence number it
+//! has already seen. A gap in a publisher's sequence bumps the L1 epoch; so does the loss of
+//! the subscription, both when it is lost and once it is re-established, since updates
+//! published in between are gone. A bumped epoch means nothing cached before it is served
+//! again (see [`L1::bump_epoch`](crate::l1::L1::bump_epoch)). Items are applied to L1 under
+//! the version rule: a value newer than what L1 holds replaces it, and an invalidation drops
+//! older copies and negative entries. Receiving never reads Redis.
+//!
+//! **Canary.** Every [`CANARY_EVERY`] the publisher sends a message with no items and its
+//! send time. Its own subscriber times it (the backplane's lag) and so proves the path works.
+
+pub(crate) mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Engine;
+use crate::l2::L2Tier;
+use crate::stats::{BackplaneSnapshot, Count, LatencyHistogram};
+use wire::{Item, Message};
+
+/// Most items in one message (a bigger batch goes out as several messages).
+pub(crate) const MAX_ITEMS_PER_MESSAGE: usize = 512;
+
+/// How often an instance sends its canary.
+pub(crate) const CANARY_EVERY: Duration = Duration::from_secs(1);
+
+/// Most publishers whose sequence a receiver tracks; beyond it the table starts afresh (a
+/// publisher's next message then sets its baseline without a gap check).
+const MAX_PEERS: usize = 4_096;
+
+/// First and longest wait between attempts to (re)subscribe.
+const RESUBSCRIBE_FIRST: Duration = Duration::from_millis(20);
+const RESUBSCRIBE_MAX: Duration = Duration::from_secs(1);
+
+/// Settings of one instance's backplane.
+#[derive(Clone)]
+pub(crate) struct BackplaneOptions {
+    /// The Redis URL the subscriber connects to.
+    pub(crate) url: String,
+    /// `<namespace>:backplane`.
+    pub(crate) channel: String,
+    /// Deadline of connecting and subscribing.
+    pub(crate) connect_timeout: Duration,
+    /// How long the publisher gathers before it sends (the writer's flush interval).
+    pub(crate) interval: Duration,
+    /// Most keys the outbox holds.
+    pub(crate) max_pending: usize,
+}
+
+/// Redacted: the URL may hold a password.
+impl std::fmt::Debug for BackplaneOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackplaneOptions")
+            .field("url", &crate::config::redact_url(&self.url))
+            .field("channel", &self.channel)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("interval", &self.interval)
+            .field("max_pending", &self.max_pending)
+            .finish()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Outbox {
+    items: HashMap<Arc<str>, Item>,
+    /// An item was dropped for room: the next message skips a sequence number.
+    overflowed: bool,
+}
+
+/// The backplane's counters (see [`BackplaneSnapshot`]), each also a `metrics` counter.
+#[derive(Debug)]
+struct Counters {
+    published: Count,
+    published_items: Count,
+    publish_failed: Count,
+    dropped: Count,
+    received: Count,
+    applied: Count,
+    ignored_older: Count,
+    duplicates: Count,
+    malformed: Count,
+    gaps: Count,
+    epoch_bumps: Count,
+    subscription_losses: Count,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        let c = |name: &'static str| Count::new(metrics::counter!(name));
+        let item = |outcome: &'static str| {
+            Count::new(metrics::counter!("mdcache_backplane_items_total", "outcome" => outcome))
+        };
+        Counters {
+            published: c("mdcache_backplane_published_total"),
+            published_items: item("published"),
+            publish_failed: c("mdcache_backplane_publish_failures_total"),
+            dropped: item("dropped"),
+            received: c("mdcache_backplane_received_total"),
+            applied: item("applied"),
+            ignored_older: item("ignored_older"),
+            duplicates: c("mdcache_backplane_duplicates_total"),
+            malformed: c("mdcache_backplane_malformed_total"),
+            gaps: c("mdcache_backplane_gaps_total"),
+            epoch_bumps: c("mdcache_backplane_epoch_bumps_total"),
+            subscription_losses: c("mdcache_backplane_subscription_losses_total"),
+        }
+    }
+}
+
+/// One instance's backplane: the outbox, the counters and the two tasks' shared state.
+#[derive(Debug)]
+pub(crate) struct Backplane {
+    id: u64,
+    opts: BackplaneOptions,
+    outbox: Mutex<Outbox>,
+    wake: Notify,
+    counters: Counters,
+    canary_lag: LatencyHistogram,
+    canary_lag_seconds: metrics::Histogram,
+    subscribed: AtomicBool,
+    /// Each publisher's last sequence seen.
+    peers: Mutex<HashMap<u64, u64>>,
+    stop: CancellationToken,
+}
+
+impl Backplane {
+    pub(crate) fn new(opts: BackplaneOptions) -> Self {
+        Backplane {
+            id: random_id(),
+            opts,
+            outbox: Mutex::default(),
+            wake: Notify::new(),
+            counters: Counters::default(),
+            canary_lag: LatencyHistogram::default(),
+            canary_lag_seconds: metrics::histogram!("mdcache_backplane_canary_lag_seconds"),
+            subscribed: AtomicBool::new(false),
+            peers: Mutex::default(),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// Starts the publisher and the subscriber on the current runtime; they stop when
+    /// [`stop`](Self::stop) is called or the engine is gone.
+    pub(crate) fn spawn(self: &Arc<Self>, l2: Arc<L2Tier>, engine: Weak<Engine>) {
+        tokio::spawn(publish_loop(Arc::clone(self), l2));
+        tokio::spawn(subscribe_loop(Arc::clone(self), engine));
+    }
+
+    /// Stops both tasks.
+    pub(crate) fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Queues `item` for the next message: one item per key, the highest version (a delete
+    /// replaces anything; anything replaces a delete).
+    pub(crate) fn publish(&self, key: &Arc<str>, item: Item) {
+        let first = {
+            let mut out = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+            let was_empty = out.items.is_empty();
+            let full = out.items.len() >= self.opts.max_pending;
+            match out.items.get_mut(key) {
+                Some(held) => {
+                    let older = matches!(
+                        (held.version(), item.version()),
+                        (Some(h), Some(v)) if v < h
+                    );
+                    if !older {
+                        *held = item;
+                    }
+                }
+                None if full => {
+                    out.overflowed = true;
+                    self.counters.dropped.inc();
+                }
+                None => {
+                    out.items.insert(Arc::clone(key), item);
+                }
+            }
+            was_empty
+        };
+        if first {
+            self.wake.notify_one();
+        }
+    }
+
+    fn take(&self) -> (Vec<Item>, bool) {
+        let mut out = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        let overflowed = std::mem::take(&mut out.overflowed);
+        (
+            out.items.drain().map(|(_, item)| item).collect(),
+            overflowed,
+        )
+    }
+
+    /// The figures for `Cache::stats()`.
+    pub(crate) fn snapshot(&self) -> BackplaneSnapshot {
+        let c = &self.counters;
+        let lag = self.canary_lag.summary();
+        BackplaneSnapshot {
+            subscribed: self.subscribed.load(Ordering::Acquire),
+            published: c.published.get(),
+            published_items: c.published_items.get(),
+            publish_failed: c.publish_failed.get(),
+            dropped: c.dropped.get(),
+            received: c.received.get(),
+            applied: c.applied.get(),
+            ignored_older: c.ignored_older.get(),
+            duplicates: c.duplicates.get(),
+            malformed: c.malformed.get(),
+            gaps: c.gaps.get(),
+            epoch_bumps: c.epoch_bumps.get(),
+            subscription_losses: c.subscription_losses.get(),
+            canary_lag_p50_us: lag.p50,
+            canary_lag_p99_us: lag.p99,
+            canary_lag_max_us: lag.max,
+        }
+    }
+
+    /// Distrusts L1 (see [`L1::bump_epoch`](crate::l1::L1::bump_epoch)).
+    fn bump(&self, engine: &Weak<Engine>, why: &'static str) {
+        if let Some(engine) = engine.upgrade() {
+            engine.bump_l1_epoch();
+        }
+        self.counters.epoch_bumps.inc();
+        tracing::info!(
+            reason = why,
+            "backplane: L1 epoch bumped; earlier entries distrusted"
+        );
+    }
+
+    /// Handles one received message.
+    fn receive(&self, bytes: &[u8], engine: &Weak<Engine>) {
+        let m = match wire::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.counters.malformed.inc();
+                tracing::debug!(error = %e, "backplane: malformed message ignored");
+                return;
+            }
+        };
+        if m.publisher == self.id {
+            if m.canary_unix_ns > 0 {
+                let lag = Duration::from_nanos(unix_ns().saturating_sub(m.canary_unix_ns));
+                self.canary_lag.record(lag);
+                self.canary_lag_seconds.record(lag.as_secs_f64());
+            }
+            return;
+        }
+        self.counters.received.inc();
+        let gap = {
+            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            match peers.get(&m.publisher).copied() {
+                Some(last) if m.seq <= last => {
+                    self.counters.duplicates.inc();
+                    return;
+                }
+                Some(last) => {
+                    peers.insert(m.publisher, m.seq);
+                    m.seq != last + 1
+                }
+                None => {
+                    if peers.len() >= MAX_PEERS {
+                        peers.clear();
+                    }
+                    peers.insert(m.publisher, m.seq);
+                    false
+                }
+            }
+        };
+        if gap {
+            self.counters.gaps.inc();
+            self.bump(engine, "a gap in a publisher's sequence");
+        }
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        for item in &m.items {
+            if engine.apply_backplane(item) {
+                self.counters.applied.inc();
+            } else {
+                self.counters.ignored_older.inc();
+            }
+        }
+    }
+}
+
+/// A random 64-bit id, from the standard library's randomly seeded hasher (no extra crate).
+fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(unix_ns().into());
+    h.finish() | 1
+}
+
+/// Now as Unix time in ns (0 if the clock is before 1970).
+pub(crate) fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The publisher: waits for a first item (or the canary's time), gathers for the interval,
+/// then publishes everything in messages of at most [`MAX_ITEMS_PER_MESSAGE`] items.
+async fn publish_loop(bp: Arc<Backplane>, l2: Arc<L2Tier>) {
+    let mut seq = 0u64;
+    let mut next_canary = tokio::time::Instant::now() + CANARY_EVERY;
+    loop {
+        tokio::select! {
+            _ = bp.stop.cancelled() => return,
+            _ = bp.wake.notified() => {
+                tokio::select! {
+                    _ = bp.stop.cancelled() => return,
+                    _ = tokio::time::sleep(bp.opts.interval) => {}
+                }
+            }
+            _ = tokio::time::sleep_until(next_canary) => {}
+        }
+        let (items, overflowed) = bp.take();
+        let now = tokio::time::Instant::now();
+        let canary = now >= next_canary;
+        if canary {
+            next_canary = now + CANARY_EVERY;
+        }
+        if overflowed {
+            // A deliberate gap: receivers cannot trust what they hold of the dropped keys.
+            seq += 1;
+        }
+        let mut chunks: Vec<Vec<Item>> = Vec::new();
+        let mut items = items;
+        while items.len() > MAX_ITEMS_PER_MESSAGE {
+            let rest = items.split_off(MAX_ITEMS_PER_MESSAGE);
+            chunks.push(std::mem::replace(&mut items, rest));
+        }
+        if !items.is_empty() || canary {
+            chunks.push(items);
+        }
+        let last = chunks.len().saturating_sub(1);
+        for (n, chunk) in chunks.into_iter().enumerate() {
+            seq += 1;
+            let count = chunk.len() as u64;
+            let m = Message {
+                publisher: bp.id,
+                seq,
+                canary_unix_ns: if canary && n == last { unix_ns() } else { 0 },
+                items: chunk,
+            };
+            let sent = match wire::encode(&m) {
+                Ok(bytes) => l2.publish(&bp.opts.channel, &bytes).await,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(()) => {
+                    bp.counters.published.inc();
+                    bp.counters.published_items.add(count);
+                }
+                // The sequence number is spent: receivers see the gap.
+                Err(e) => {
+                    bp.counters.publish_failed.inc();
+                    tracing::debug!(error = %e, "backplane: publish failed");
+                }
+            }
+        }
+    }
+}
+
+/// The subscriber: (re)connects, subscribes, and applies messages until the connection is
+/// lost or the backplane stops.
+async fn subscribe_loop(bp: Arc<Backplane>, engine: Weak<Engine>) {
+    let mut wait = RESUBSCRIBE_FIRST;
+    let mut lost_before = false;
+    loop {
+        if bp.stop.is_cancelled() {
+            return;
+        }
+        let stream = tokio::time::timeout(bp.opts.connect_timeout, async {
+            let client = redis::Client::open(bp.opts.url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&bp.opts.channel).await?;
+            Ok::<_, redis::RedisError>(pubsub.into_on_message())
+        })
+        .await;
+        let mut stream = match stream {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "backplane: subscribe failed; retrying");
+                if !pause(&bp, &mut wait).await {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!("backplane: subscribe timed out; retrying");
+                if !pause(&bp, &mut wait).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        wait = RESUBSCRIBE_FIRST;
+        bp.peers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        if lost_before {
+            // Updates published while nobody listened are gone.
+            bp.bump(&engine, "resubscribed after a lost subscription");
+        }
+        bp.subscribed.store(true, Ordering::Release);
+        loop {
+            use futures_util::StreamExt;
+            tokio::select! {
+                _ = bp.stop.cancelled() => return,
+                msg = stream.next() => match msg {
+                    Some(msg) => bp.receive(msg.get_payload_bytes(), &engine),
+                    None => break,
+                },
+            }
+        }
+        bp.subscribed.store(false, Ordering::Release);
+        bp.counters.subscription_losses.inc();
+        lost_before = true;
+        tracing::warn!("backplane: subscription lost; resubscribing");
+        bp.bump(&engine, "the subscription was lost");
+    }
+}
+
+/// Waits before the next subscribe attempt (doubling, capped); false when stopped.
+async fn pause(bp: &Backplane, wait: &mut Duration) -> bool {
+    let w = *wait;
+    *wait = (*wait * 2).min(RESUBSCRIBE_MAX);
+    tokio::select! {
+        _ = bp.stop.cancelled() => false,
+        _ = tokio::time::sleep(w) => true,
+    }
+}

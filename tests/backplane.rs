@@ -1,0 +1,428 @@
+//! The backplane (issue 12, DESIGN §4 rule 5) against a real redis-server with two or three `Cache` instances: writes reach other instances' L1 without a TTL running out, older updates never win, a lost subscription or a sequence gap distrusts L1, and receiving never reads Redis.
+
+mod support;
+
+#[path = "support/fixtures.rs"]
+mod fixtures;
+
+use std::time::Duration;
+
+use fixtures::{book, pos, price};
+use mdcache::{Backend, BookBid, Cache, Position, Price, Tier};
+use serde::Serialize;
+use support::{RedisServer, TEST_OP_TIMEOUT, wait_for};
+
+/// A layered cache on `server` whose kinds live a minute: nothing here may depend on a TTL
+/// running out.
+fn instance(server: &RedisServer) -> Cache {
+    Cache::builder()
+        .redis_url(server.url())
+        .backend(Backend::Layered)
+        .op_timeout(TEST_OP_TIMEOUT)
+        .ttl_kind("price", Duration::from_secs(60))
+        .ttl_kind("book", Duration::from_secs(60))
+        .ttl_kind("pos", Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// Waits until every cache's subscriber is listening.
+async fn subscribed(caches: &[&Cache]) {
+    wait_for("the subscribers", || {
+        caches
+            .iter()
+            .all(|c| c.stats().backplane.is_some_and(|b| b.subscribed))
+    })
+    .await;
+}
+
+/// Reads `key` on `cache` until it returns `version` (bounded by `wait_for`'s generous limit).
+async fn converges<S>(cache: &Cache, key: &mdcache::Key<S>, version: u64)
+where
+    S: mdcache::ValueSchema,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = cache.read(key).await.unwrap().map(|r| r.version);
+        if seen == Some(version) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} still reads {seen:?}, not {version}",
+            key.as_str()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_b_reaches_a_without_waiting_for_a_ttl() {
+    let server = RedisServer::start();
+    let (a, b) = (instance(&server), instance(&server));
+    subscribed(&[&a, &b]).await;
+
+    // A synchronous write (a position: never conflated). A holds v1 in L1 for a minute.
+    let (ka, kb) = (
+        a.key::<Position>("ES").unwrap(),
+        b.key::<Position>("ES").unwrap(),
+    );
+    b.set(&kb, pos(1.0), 1).await.unwrap();
+    converges(&a, &ka, 1).await;
+    assert_eq!(a.read(&ka).await.unwrap().unwrap().tier, Tier::L1);
+    b.set(&kb, pos(2.0), 2).await.unwrap();
+    // Without the backplane A would serve v1 from L1 for the next minute.
+    converges(&a, &ka, 2).await;
+
+    // Market data through B's writer: the value itself reaches A's L1.
+    let (pa, pb) = (a.key::<Price>("ES").unwrap(), b.key::<Price>("ES").unwrap());
+    b.set(&pb, price(1), 1).await.unwrap();
+    converges(&a, &pa, 1).await;
+    for v in 2..=50 {
+        b.set(&pb, price(v), v).await.unwrap();
+    }
+    converges(&a, &pa, 50).await;
+    let r = a.read(&pa).await.unwrap().unwrap();
+    assert_eq!((r.tier, r.value.seq), (Tier::L1, 50));
+
+    // A book side likewise, whole.
+    let (ba, bb) = (
+        a.key::<BookBid>("ES").unwrap(),
+        b.key::<BookBid>("ES").unwrap(),
+    );
+    b.set_book(&bb, book([(99.0, 1.0), (100.0, 2.0)]), 7)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(r) = a.read_book(&ba, 10).await.unwrap()
+            && r.version == 7
+        {
+            // Sorted best first, as a caller's side is.
+            assert_eq!(r.value.levels[0].price, 100.0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the book never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // A delete on B removes A's copy.
+    b.delete(&kb).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while a.read(&ka).await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A still holds the deleted key"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let bp = a.stats().backplane.unwrap();
+    assert!(bp.received > 0 && bp.applied > 0, "{bp:?}");
+    assert_eq!((bp.gaps, bp.malformed), (0, 0), "{bp:?}");
+}
+
+/// The wire format, as a test publishes it by hand: `{p, s, c, i}` in MessagePack, each
+/// item `{"v": {k, v, e, x}}` (a value: key, version, envelope, expiry in Unix ms).
+#[derive(Serialize)]
+struct RawMessage {
+    p: u64,
+    s: u64,
+    c: u64,
+    i: Vec<RawItem>,
+}
+
+#[derive(Serialize)]
+enum RawItem {
+    #[serde(rename = "v")]
+    Value {
+        k: String,
+        v: u64,
+        #[serde(with = "serde_bytes")]
+        e: Vec<u8>,
+        x: u64,
+    },
+}
+
+/// Publishes message `seq` of a publisher with id 42 that no instance has.
+async fn publish_raw(server: &RedisServer, seq: u64, items: Vec<RawItem>) {
+    let bytes = rmp_serde::to_vec_named(&RawMessage {
+        p: 42,
+        s: seq,
+        c: 0,
+        i: items,
+    })
+    .unwrap();
+    let mut c = server.multiplexed().await;
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("mdc:backplane")
+        .arg(bytes)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+}
+
+/// A price update from publisher 42, living a minute.
+fn price_item(key: &mdcache::Key<Price>, v: u64) -> RawItem {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    RawItem::Value {
+        k: key.as_str().to_owned(),
+        v,
+        e: mdcache::codec::encode_with_ttl(v, Some(Duration::from_secs(60)), &price(v), 1 << 20)
+            .unwrap(),
+        x: now_ms + 60_000,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_update_never_replaces_a_newer_entry() {
+    let server = RedisServer::start();
+    let a = instance(&server);
+    subscribed(&[&a]).await;
+    let pa = a.key::<Price>("NQ").unwrap();
+    a.set(&pa, price(5), 5).await.unwrap();
+    // Older, then the same version: both ignored, L1 keeps version 5.
+    publish_raw(&server, 1, vec![price_item(&pa, 3)]).await;
+    publish_raw(&server, 2, vec![price_item(&pa, 5)]).await;
+    wait_for("A to receive both", || {
+        a.stats().backplane.is_some_and(|s| s.ignored_older >= 2)
+    })
+    .await;
+    let r = a.read(&pa).await.unwrap().unwrap();
+    assert_eq!((r.tier, r.version, r.value.seq), (Tier::L1, 5, 5));
+    // A newer one lands in L1, value and all, without a Redis read.
+    publish_raw(&server, 3, vec![price_item(&pa, 9)]).await;
+    wait_for("A to apply the newer one", || {
+        a.stats().backplane.is_some_and(|s| s.applied >= 1)
+    })
+    .await;
+    let r = a.read(&pa).await.unwrap().unwrap();
+    assert_eq!((r.tier, r.version, r.value.seq), (Tier::L1, 9, 9));
+    let bp = a.stats().backplane.unwrap();
+    assert_eq!((bp.gaps, bp.malformed), (0, 0), "{bp:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_a_publishers_sequence_distrusts_l1() {
+    let server = RedisServer::start();
+    let a = instance(&server);
+    subscribed(&[&a]).await;
+    // Written by another program (no backplane); A reads it from Redis into L1. (A's own
+    // writes stay trusted across an epoch bump: it knows of nothing newer.)
+    let other = Cache::builder()
+        .redis_url(server.url())
+        .backend(Backend::Redis)
+        .op_timeout(TEST_OP_TIMEOUT)
+        .ttl_kind("price", Duration::from_secs(60))
+        .no_conflation()
+        .build()
+        .unwrap();
+    let po = other.key::<Price>("GAP").unwrap();
+    other.set(&po, price(1), 1).await.unwrap();
+    let pa = a.key::<Price>("GAP").unwrap();
+    assert_eq!(a.read(&pa).await.unwrap().unwrap().tier, Tier::L2);
+    assert_eq!(a.read(&pa).await.unwrap().unwrap().tier, Tier::L1);
+    publish_raw(&server, 1, Vec::new()).await;
+    wait_for("the first message", || {
+        a.stats().backplane.is_some_and(|s| s.received >= 1)
+    })
+    .await;
+    assert_eq!(a.stats().backplane.unwrap().gaps, 0);
+    // Message 2 is lost.
+    publish_raw(&server, 3, Vec::new()).await;
+    wait_for("the gap", || {
+        a.stats().backplane.is_some_and(|s| s.gaps == 1)
+    })
+    .await;
+    let bp = a.stats().backplane.unwrap();
+    assert_eq!(bp.epoch_bumps, 1, "{bp:?}");
+    // What L1 held before the gap is not served again: the read goes to Redis.
+    let r = a.read(&pa).await.unwrap().unwrap();
+    assert_eq!((r.tier, r.version), (Tier::L2, 1));
+    // A message seen already is a duplicate, not a gap.
+    publish_raw(&server, 3, Vec::new()).await;
+    wait_for("the duplicate", || {
+        a.stats().backplane.is_some_and(|s| s.duplicates == 1)
+    })
+    .await;
+    assert_eq!(a.stats().backplane.unwrap().gaps, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_subscription_distrusts_l1_resubscribes_and_converges() {
+    let server = RedisServer::start();
+    let (a, b) = (instance(&server), instance(&server));
+    subscribed(&[&a, &b]).await;
+    let (ka, kb) = (
+        a.key::<Position>("KILL").unwrap(),
+        b.key::<Position>("KILL").unwrap(),
+    );
+    b.set(&kb, pos(1.0), 1).await.unwrap();
+    converges(&a, &ka, 1).await;
+    assert_eq!(a.read(&ka).await.unwrap().unwrap().tier, Tier::L1);
+
+    let mut c = server.multiplexed().await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(killed >= 2, "killed {killed} subscribers");
+    wait_for("A to lose and regain its subscription", || {
+        a.stats()
+            .backplane
+            .is_some_and(|s| s.subscription_losses >= 1 && s.subscribed && s.epoch_bumps >= 2)
+    })
+    .await;
+    // Nothing cached before the loss is served from L1 again.
+    let r = a.read(&ka).await.unwrap().unwrap();
+    assert_eq!((r.tier, r.version), (Tier::L2, 1));
+    subscribed(&[&a, &b]).await;
+    b.set(&kb, pos(2.0), 2).await.unwrap();
+    converges(&a, &ka, 2).await;
+}
+
+/// Top-level read commands Redis has run: a value read is `MULTI GET PTTL EXEC`, a book read
+/// an `EVALSHA` of the top script (counted in `cmdstat_zrevrange`/`zrange` inside it).
+async fn redis_reads(server: &RedisServer) -> u64 {
+    let mut c = server.multiplexed().await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|l| {
+            l.starts_with("cmdstat_multi:")
+                || l.starts_with("cmdstat_zrange:")
+                || l.starts_with("cmdstat_zrevrange:")
+        })
+        .filter_map(|l| {
+            l.split(',')
+                .next()?
+                .split("calls=")
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_ticks_causes_no_redis_reads_by_the_receivers() {
+    let server = RedisServer::start();
+    let feed = instance(&server);
+    let (a, b) = (instance(&server), instance(&server));
+    subscribed(&[&feed, &a, &b]).await;
+    let symbols: Vec<String> = (0..100).map(|i| format!("B{i:03}")).collect();
+    let fkeys: Vec<_> = symbols
+        .iter()
+        .map(|s| feed.key::<Price>(s).unwrap())
+        .collect();
+    // Every receiver holds every symbol (version 1) before the burst.
+    for k in &fkeys {
+        feed.set(k, price(1), 1).await.unwrap();
+    }
+    feed.flush().await.unwrap();
+    let receivers: Vec<(&Cache, Vec<mdcache::Key<Price>>)> = [&a, &b]
+        .into_iter()
+        .map(|c| {
+            (
+                c,
+                symbols.iter().map(|s| c.key::<Price>(s).unwrap()).collect(),
+            )
+        })
+        .collect();
+    for (c, keys) in &receivers {
+        for k in keys {
+            converges(c, k, 1).await;
+        }
+    }
+    let before = redis_reads(&server).await;
+
+    // 100,000 ticks: 1,000 versions of each of 100 symbols.
+    for v in 2..=1_001u64 {
+        for k in &fkeys {
+            feed.set(k, price(v), v).await.unwrap();
+        }
+        if v % 100 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    feed.flush().await.unwrap();
+    for (c, keys) in &receivers {
+        for k in keys {
+            converges(c, k, 1_001).await;
+        }
+    }
+    let after = redis_reads(&server).await;
+    assert_eq!(after - before, 0, "the receivers read Redis");
+    for (c, _) in &receivers {
+        let bp = c.stats().backplane.unwrap();
+        assert_eq!((bp.gaps, bp.epoch_bumps, bp.malformed), (0, 0, 0), "{bp:?}");
+        assert!(bp.applied >= 100, "{bp:?}");
+    }
+    let fp = feed.stats().backplane.unwrap();
+    assert!(
+        fp.published < 100_000 / 10,
+        "one message per batch, not per tick: {fp:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backplane_can_be_turned_off() {
+    let server = RedisServer::start();
+    let off = Cache::builder()
+        .redis_url(server.url())
+        .backend(Backend::Layered)
+        .op_timeout(TEST_OP_TIMEOUT)
+        .backplane(false)
+        .build()
+        .unwrap();
+    assert!(off.stats().backplane.is_none());
+    let memory = Cache::builder().build().unwrap();
+    assert!(memory.stats().backplane.is_none());
+    let cfg = mdcache::CacheConfig::from_vars([("CACHE_BACKPLANE", "sometimes")]).unwrap_err();
+    assert!(cfg.to_string().contains("CACHE_BACKPLANE"), "{cfg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_received_value_ages_from_its_write_and_expires_with_it() {
+    let server = RedisServer::start();
+    let (a, b) = (instance(&server), instance(&server));
+    subscribed(&[&a, &b]).await;
+    let (pa, pb) = (
+        a.key::<Price>("AGE").unwrap(),
+        b.key::<Price>("AGE").unwrap(),
+    );
+    // A per-write TTL far from the kind's (a minute here): the receiver must use the writer's.
+    b.set_with(
+        &pb,
+        price(1),
+        1,
+        mdcache::SetOptions::default().ttl(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
+    converges(&a, &pa, 1).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let r = a.read(&pa).await.unwrap().unwrap();
+    assert_eq!(r.tier, Tier::L1);
+    assert!(
+        r.age >= Duration::from_secs(1) && r.age < Duration::from_secs(10),
+        "age {:?}",
+        r.age
+    );
+    let left = r.ttl_remaining.unwrap();
+    assert!(
+        left <= Duration::from_millis(8_500),
+        "{left:?} left of 10 s"
+    );
+}
