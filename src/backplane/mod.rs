@@ -33,7 +33,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::Engine;
 use crate::l2::L2Tier;
 use crate::stats::{BackplaneSnapshot, Count, LatencyHistogram};
 use wire::{Item, Message};
@@ -127,6 +126,15 @@ impl Default for Counters {
     }
 }
 
+/// What the subscriber applies received updates to: the engine's L1, held weakly (the
+/// engine implements it; the backplane does not know the engine).
+pub(crate) trait Receiver: Send + Sync {
+    /// Applies one update; true when L1 changed.
+    fn apply(&self, item: &Item) -> bool;
+    /// Distrusts everything L1 holds now.
+    fn bump_epoch(&self);
+}
+
 /// One instance's backplane: the outbox, the counters and the two tasks' shared state.
 #[derive(Debug)]
 pub(crate) struct Backplane {
@@ -161,7 +169,7 @@ impl Backplane {
 
     /// Starts the publisher and the subscriber on the current runtime; they stop when
     /// [`stop`](Self::stop) is called or the engine is gone.
-    pub(crate) fn spawn(self: &Arc<Self>, l2: Arc<L2Tier>, engine: Weak<Engine>) {
+    pub(crate) fn spawn(self: &Arc<Self>, l2: Arc<L2Tier>, engine: Weak<dyn Receiver>) {
         tokio::spawn(publish_loop(Arc::clone(self), l2));
         tokio::spawn(subscribe_loop(Arc::clone(self), engine));
     }
@@ -237,9 +245,9 @@ impl Backplane {
     }
 
     /// Distrusts L1 (see [`L1::bump_epoch`](crate::l1::L1::bump_epoch)).
-    fn bump(&self, engine: &Weak<Engine>, why: &'static str) {
+    fn bump(&self, engine: &Weak<dyn Receiver>, why: &'static str) {
         if let Some(engine) = engine.upgrade() {
-            engine.bump_l1_epoch();
+            engine.bump_epoch();
         }
         self.counters.epoch_bumps.inc();
         tracing::info!(
@@ -249,7 +257,7 @@ impl Backplane {
     }
 
     /// Handles one received message.
-    fn receive(&self, bytes: &[u8], engine: &Weak<Engine>) {
+    fn receive(&self, bytes: &[u8], engine: &Weak<dyn Receiver>) {
         let m = match wire::decode(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -295,7 +303,7 @@ impl Backplane {
             return;
         };
         for item in &m.items {
-            if engine.apply_backplane(item) {
+            if engine.apply(item) {
                 self.counters.applied.inc();
             } else {
                 self.counters.ignored_older.inc();
@@ -385,7 +393,7 @@ async fn publish_loop(bp: Arc<Backplane>, l2: Arc<L2Tier>) {
 
 /// The subscriber: (re)connects, subscribes, and applies messages until the connection is
 /// lost or the backplane stops.
-async fn subscribe_loop(bp: Arc<Backplane>, engine: Weak<Engine>) {
+async fn subscribe_loop(bp: Arc<Backplane>, engine: Weak<dyn Receiver>) {
     let mut wait = RESUBSCRIBE_FIRST;
     let mut lost_before = false;
     loop {

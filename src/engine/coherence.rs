@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::writer::{Payload, unix_ms_after};
 use super::{Books, Engine, Layout, Values};
+use crate::backplane::Receiver;
 use crate::backplane::wire::Item;
 use crate::book::BookSide;
 use crate::clock::deadline_after;
@@ -180,6 +181,16 @@ impl Engine {
         } else {
             None
         }
+    }
+}
+
+impl Receiver for Engine {
+    fn apply(&self, item: &Item) -> bool {
+        self.apply_backplane(item)
+    }
+
+    fn bump_epoch(&self) {
+        self.bump_l1_epoch();
     }
 }
 

@@ -162,7 +162,9 @@ impl Engine {
             w.spawn(Arc::downgrade(this));
         }
         if let (Some(bp), Some(l2)) = (&self.backplane, &self.l2) {
-            bp.spawn(Arc::clone(l2), Arc::downgrade(this));
+            let weak = Arc::downgrade(this);
+            let receiver: std::sync::Weak<dyn crate::backplane::Receiver> = weak;
+            bp.spawn(Arc::clone(l2), receiver);
         }
     }
 
