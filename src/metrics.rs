@@ -160,6 +160,10 @@ pub const METRICS: &[(&str, &str)] = &[
         "Times the backplane subscription was lost.",
     ),
     (
+        "mdcache_backplane_canaries_missed_total",
+        "Own backplane canaries published and not received within 3 s (each treated as a lost subscription).",
+    ),
+    (
         "mdcache_backplane_canary_lag_seconds",
         "Backplane lag measured by the instance's own canary, publish to receipt (histogram).",
     ),

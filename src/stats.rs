@@ -363,8 +363,10 @@ pub struct BackplaneSnapshot {
     pub gaps: u64,
     /// L1 epoch bumps: gaps, and the loss and recovery of the subscription.
     pub epoch_bumps: u64,
-    /// Times the subscription was lost.
+    /// Times the subscription was lost (including canaries that never came back).
     pub subscription_losses: u64,
+    /// Own canaries that never came back, each treated as a lost subscription.
+    pub canaries_missed: u64,
     /// The canary's lag, publish to receipt by this instance (µs): p50, p99, max.
     pub canary_lag_p50_us: u64,
     /// See `canary_lag_p50_us`.

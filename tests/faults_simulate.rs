@@ -281,3 +281,9 @@ fn simulate_redis_and_postgres_both_down() {
 fn simulate_redis_killed_then_restarted_empty_with_two_engines() {
     sim_scenario_with(Fault::RedisKilled, 2);
 }
+
+#[test]
+#[ignore = "run by `make faults`"]
+fn simulate_backplane_subscriber_killed_with_two_engines() {
+    sim_scenario_with(Fault::SubscriberKilled, 2);
+}

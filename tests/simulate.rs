@@ -293,6 +293,7 @@ fn embedded_run_prints_a_summary_and_writes_a_consistent_report_and_plot() {
     assert_eq!(r["instances"][0]["role"], "single");
     assert_eq!(r["workload"]["engines"], 0);
     assert!(r.get("freshness").is_none(), "{r}");
+    assert!(r.get("coherence").is_none(), "{r}");
     assert_eq!(r["workload"]["symbols"], 20);
     assert_eq!(r["workload"]["readers"], 2);
     // Every key was seeded: nothing is ever "not found", and the risk account's first read
@@ -552,6 +553,22 @@ fn engines_read_what_the_feed_wrote_through_redis() {
     assert!(u(fr, "measured") > 0, "{fr}");
     assert!(f(fr, "l2_hit_rate") > 0.0, "{fr}");
     past_ttl_within_writer_lag(fr, u(w, "lag_max_us"), 0);
+
+    // Coherence: the engines' L1 reads' lag behind the feed, ordered quantiles, within the
+    // measured reads; violations counted against the documented bound (a figure, not an
+    // assert: it depends on the machine's speed).
+    let c = &r["coherence"];
+    assert!(
+        u(c, "l1_reads") > 0 && u(c, "l1_reads") <= u(fr, "measured"),
+        "{c}"
+    );
+    let q: Vec<u64> = ["lag_p50_us", "lag_p99_us", "lag_p999_us", "lag_max_us"]
+        .iter()
+        .map(|k| u(c, k))
+        .collect();
+    assert!(q.windows(2).all(|w| w[0] <= w[1]), "{c}");
+    assert!(u(c, "violations") <= u(fr, "measured"), "{c}");
+    assert_eq!(u(c, "bound_us"), 10_000, "{c}");
 
     // After the final flush, every price still in Redis is the feed's last write of it (the
     // writer conflates to the latest version, never leaves an older one), and the engines'

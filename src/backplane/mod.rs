@@ -21,12 +21,14 @@
 //! older copies and negative entries. Receiving never reads Redis.
 //!
 //! **Canary.** Every [`CANARY_EVERY`] the publisher sends a message with no items and its
-//! send time. Its own subscriber times it (the backplane's lag) and so proves the path works.
+//! send time. Its own subscriber times it (the backplane's lag) and so proves the path works:
+//! a canary published and not received within [`CANARY_GIVE_UP`] counts as a lost
+//! subscription (resubscribe, epoch bump).
 
 pub(crate) mod wire;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -42,6 +44,10 @@ pub(crate) const MAX_ITEMS_PER_MESSAGE: usize = 512;
 
 /// How often an instance sends its canary.
 pub(crate) const CANARY_EVERY: Duration = Duration::from_secs(1);
+
+/// A canary published this long ago and still not received means the subscription is dead
+/// though its connection looks alive: the subscriber resubscribes (and bumps the epoch).
+const CANARY_GIVE_UP: Duration = Duration::from_secs(3);
 
 /// Most publishers whose sequence a receiver tracks; beyond it the table starts afresh (a
 /// publisher's next message then sets its baseline without a gap check).
@@ -101,6 +107,7 @@ struct Counters {
     gaps: Count,
     epoch_bumps: Count,
     subscription_losses: Count,
+    canaries_missed: Count,
 }
 
 impl Default for Counters {
@@ -122,6 +129,7 @@ impl Default for Counters {
             gaps: c("mdcache_backplane_gaps_total"),
             epoch_bumps: c("mdcache_backplane_epoch_bumps_total"),
             subscription_losses: c("mdcache_backplane_subscription_losses_total"),
+            canaries_missed: c("mdcache_backplane_canaries_missed_total"),
         }
     }
 }
@@ -146,6 +154,9 @@ pub(crate) struct Backplane {
     canary_lag: LatencyHistogram,
     canary_lag_seconds: metrics::Histogram,
     subscribed: AtomicBool,
+    /// Send time (Unix ns) of the last canary published, and of the last one received.
+    canary_sent: AtomicU64,
+    canary_seen: AtomicU64,
     /// Each publisher's last sequence seen.
     peers: Mutex<HashMap<u64, u64>>,
     stop: CancellationToken,
@@ -162,6 +173,8 @@ impl Backplane {
             canary_lag: LatencyHistogram::default(),
             canary_lag_seconds: metrics::histogram!("mdcache_backplane_canary_lag_seconds"),
             subscribed: AtomicBool::new(false),
+            canary_sent: AtomicU64::new(0),
+            canary_seen: AtomicU64::new(0),
             peers: Mutex::default(),
             stop: CancellationToken::new(),
         }
@@ -238,10 +251,20 @@ impl Backplane {
             gaps: c.gaps.get(),
             epoch_bumps: c.epoch_bumps.get(),
             subscription_losses: c.subscription_losses.get(),
+            canaries_missed: c.canaries_missed.get(),
             canary_lag_p50_us: lag.p50,
             canary_lag_p99_us: lag.p99,
             canary_lag_max_us: lag.max,
         }
+    }
+
+    /// A canary published more than [`CANARY_GIVE_UP`] ago has not come back.
+    fn canary_overdue(&self) -> bool {
+        let sent = self.canary_sent.load(Ordering::Acquire);
+        let seen = self.canary_seen.load(Ordering::Acquire);
+        sent > seen
+            && unix_ns().saturating_sub(sent)
+                > u64::try_from(CANARY_GIVE_UP.as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Distrusts L1 (see [`L1::bump_epoch`](crate::l1::L1::bump_epoch)).
@@ -268,6 +291,8 @@ impl Backplane {
         };
         if m.publisher == self.id {
             if m.canary_unix_ns > 0 {
+                self.canary_seen
+                    .fetch_max(m.canary_unix_ns, Ordering::AcqRel);
                 let lag = Duration::from_nanos(unix_ns().saturating_sub(m.canary_unix_ns));
                 self.canary_lag.record(lag);
                 self.canary_lag_seconds.record(lag.as_secs_f64());
@@ -366,10 +391,11 @@ async fn publish_loop(bp: Arc<Backplane>, l2: Arc<L2Tier>) {
         for (n, chunk) in chunks.into_iter().enumerate() {
             seq += 1;
             let count = chunk.len() as u64;
+            let canary_ns = if canary && n == last { unix_ns() } else { 0 };
             let m = Message {
                 publisher: bp.id,
                 seq,
-                canary_unix_ns: if canary && n == last { unix_ns() } else { 0 },
+                canary_unix_ns: canary_ns,
                 items: chunk,
             };
             let sent = match wire::encode(&m) {
@@ -380,6 +406,9 @@ async fn publish_loop(bp: Arc<Backplane>, l2: Arc<L2Tier>) {
                 Ok(()) => {
                     bp.counters.published.inc();
                     bp.counters.published_items.add(count);
+                    if canary_ns > 0 {
+                        bp.canary_sent.fetch_max(canary_ns, Ordering::AcqRel);
+                    }
                 }
                 // The sequence number is spent: receivers see the gap.
                 Err(e) => {
@@ -431,6 +460,10 @@ async fn subscribe_loop(bp: Arc<Backplane>, engine: Weak<dyn Receiver>) {
             bp.bump(&engine, "resubscribed after a lost subscription");
         }
         bp.subscribed.store(true, Ordering::Release);
+        // Canaries sent before this subscription cannot arrive on it.
+        bp.canary_seen
+            .fetch_max(bp.canary_sent.load(Ordering::Acquire), Ordering::AcqRel);
+        let mut check = tokio::time::interval(CANARY_EVERY);
         loop {
             use futures_util::StreamExt;
             tokio::select! {
@@ -439,6 +472,13 @@ async fn subscribe_loop(bp: Arc<Backplane>, engine: Weak<dyn Receiver>) {
                     Some(msg) => bp.receive(msg.get_payload_bytes(), &engine),
                     None => break,
                 },
+                _ = check.tick() => {
+                    if bp.canary_overdue() {
+                        bp.counters.canaries_missed.inc();
+                        tracing::warn!("backplane: own canary never arrived; resubscribing");
+                        break;
+                    }
+                }
             }
         }
         bp.subscribed.store(false, Ordering::Release);

@@ -35,6 +35,9 @@ pub enum Fault {
     ConnectionResets,
     PostgresStopped,
     BothDown,
+    /// `CLIENT KILL TYPE pubsub` every 50 ms: every backplane subscriber loses its
+    /// subscription again and again while Redis itself stays healthy.
+    SubscriberKilled,
 }
 
 impl Fault {
@@ -47,6 +50,7 @@ impl Fault {
             Fault::ConnectionResets => "connection resets",
             Fault::PostgresStopped => "postgres stopped",
             Fault::BothDown => "both down",
+            Fault::SubscriberKilled => "backplane subscriber killed",
         }
     }
 
@@ -58,7 +62,10 @@ impl Fault {
     pub fn expect(self) -> Expect {
         Expect {
             // Resets are absorbed by per-operation retries as often as not.
-            breaker_opens: !matches!(self, Fault::ConnectionResets | Fault::PostgresStopped),
+            breaker_opens: !matches!(
+                self,
+                Fault::ConnectionResets | Fault::PostgresStopped | Fault::SubscriberKilled
+            ),
             source_down: matches!(self, Fault::PostgresStopped | Fault::BothDown),
         }
     }
@@ -78,13 +85,16 @@ impl Fault {
                 env.redis.kill();
                 env.pg.stop();
             }
+            Fault::SubscriberKilled => kill_subscribers(env),
         }
     }
 
     /// Called every 50 ms while the fault is on.
     pub fn during(self, env: &Env) {
-        if let Fault::ConnectionResets = self {
-            Self::proxy(env).reset_all();
+        match self {
+            Fault::ConnectionResets => Self::proxy(env).reset_all(),
+            Fault::SubscriberKilled => kill_subscribers(env),
+            _ => {}
         }
     }
 
@@ -99,8 +109,23 @@ impl Fault {
                 env.pg.start_again();
                 env.redis.restart();
             }
+            Fault::SubscriberKilled => {}
         }
     }
+}
+
+/// `CLIENT KILL TYPE pubsub` on the scenario's Redis (directly, not through a proxy).
+fn kill_subscribers(env: &Env) {
+    let client = redis::Client::open(env.redis.url()).expect("redis url");
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .expect("a connection to kill the subscribers");
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut con)
+        .expect("CLIENT KILL TYPE pubsub");
 }
 
 /// The servers a scenario faults.

@@ -204,7 +204,17 @@ pub(crate) struct Recorder {
     pub(crate) versions_behind: Histogram<u64>,
     pub(crate) behind_us: Histogram<u64>,
     pub(crate) age_us: Histogram<u64>,
+    /// `behind_us` of the reads L1 served: the coherence lag (see [`COHERENCE_BOUND_US`]).
+    pub(crate) l1_behind_us: Histogram<u64>,
+    /// Measured reads (L1 or L2) whose version had been out of date for longer than
+    /// [`COHERENCE_BOUND_US`].
+    pub(crate) violations: u64,
 }
+
+/// The coherence bound: an engine read may return a version the feed has replaced for at
+/// most this long (the feed's flush interval, the backplane's hop and the receiver's apply
+/// all fit in it many times over on loopback); longer is a violation.
+pub(crate) const COHERENCE_BOUND_US: u64 = 10_000;
 
 impl Default for Recorder {
     fn default() -> Self {
@@ -221,6 +231,8 @@ impl Default for Recorder {
             versions_behind: histogram(),
             behind_us: histogram(),
             age_us: histogram(),
+            l1_behind_us: histogram(),
+            violations: 0,
         }
     }
 }
@@ -290,6 +302,10 @@ impl Recorder {
         let age_us = since(history.written_at(symbol, seq));
         self.versions_behind.saturating_record(behind);
         self.behind_us.saturating_record(behind_us);
+        if tier == Tier::L1 {
+            self.l1_behind_us.saturating_record(behind_us);
+        }
+        self.violations += u64::from(behind_us > COHERENCE_BOUND_US);
         self.current += u64::from(behind == 0);
         self.lower_bounds += u64::from(bounded);
         self.age(age_us, ttl_us);
@@ -325,6 +341,8 @@ impl Recorder {
         let _ = self.versions_behind.add(&other.versions_behind);
         let _ = self.behind_us.add(&other.behind_us);
         let _ = self.age_us.add(&other.age_us);
+        let _ = self.l1_behind_us.add(&other.l1_behind_us);
+        self.violations += other.violations;
     }
 }
 
@@ -353,6 +371,66 @@ impl Quantiles {
             max: h.max(),
             mean: h.mean(),
         }
+    }
+}
+
+/// The report's `coherence` object (`--engines`): how long after the feed wrote a version the
+/// engines' L1 still served the one before it, over the engines' market-data reads L1
+/// served (0 for a read of the latest version), and the reads past the bound.
+#[derive(Debug, Serialize)]
+pub(crate) struct Coherence {
+    /// Reads L1 served that the figures cover.
+    pub(crate) l1_reads: u64,
+    /// Coherence lag, µs: median.
+    pub(crate) lag_p50_us: u64,
+    /// 99th percentile.
+    pub(crate) lag_p99_us: u64,
+    /// 99.9th percentile.
+    pub(crate) lag_p999_us: u64,
+    /// Maximum.
+    pub(crate) lag_max_us: u64,
+    /// Measured reads (L1 or L2) out of date for longer than `bound_us`.
+    pub(crate) violations: u64,
+    /// The bound, µs.
+    pub(crate) bound_us: u64,
+}
+
+impl Coherence {
+    /// From the engines' merged recorder (`in_process` mode only).
+    pub(crate) fn new(rec: &Recorder) -> Self {
+        let h = &rec.l1_behind_us;
+        let q = |p: f64| {
+            if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(p)
+            }
+        };
+        Coherence {
+            l1_reads: h.len(),
+            lag_p50_us: q(0.5),
+            lag_p99_us: q(0.99),
+            lag_p999_us: q(0.999),
+            lag_max_us: if h.is_empty() { 0 } else { h.max() },
+            violations: rec.violations,
+            bound_us: COHERENCE_BOUND_US,
+        }
+    }
+
+    /// The summary's line.
+    pub(crate) fn summary(&self) -> String {
+        use crate::output::{fmt_nanos, thousands};
+        let us = |v: u64| fmt_nanos(v.saturating_mul(1_000));
+        format!(
+            "coherence: engines' L1 reads behind the feed by p50 {} / p99 {} / p99.9 {} / max {} ({} reads); {} reads out of date past {}",
+            us(self.lag_p50_us),
+            us(self.lag_p99_us),
+            us(self.lag_p999_us),
+            us(self.lag_max_us),
+            thousands(self.l1_reads),
+            thousands(self.violations),
+            us(self.bound_us),
+        )
     }
 }
 

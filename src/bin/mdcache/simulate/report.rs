@@ -133,6 +133,9 @@ pub(crate) struct Report {
     /// engine`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) freshness: Option<freshness::Report>,
+    /// The engines' coherence with the feed (`--engines` only; see docs/simulate.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) coherence: Option<freshness::Coherence>,
     /// The calls inside `--fault-window`, and the recovery after it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) fault_window: Option<WindowReport>,
@@ -736,6 +739,9 @@ impl Report {
                 .and_then(|i| i.stats.writer.as_ref())
                 .map(WriterReport::from),
             instances: instances.iter().map(instance_report).collect(),
+            coherence: freshness
+                .filter(|mode| *mode == "in_process")
+                .map(|_| freshness::Coherence::new(&measured.fresh)),
             freshness: freshness.map(|mode| {
                 freshness::Report::new(mode, &measured.fresh, l2_share(&measured.readers))
             }),
@@ -852,6 +858,9 @@ impl Report {
         }
         if let Some(f) = &self.freshness {
             lines.extend(f.summary());
+        }
+        if let Some(c) = &self.coherence {
+            lines.push(c.summary());
         }
         if self.read_errors.total() > 0 || self.reads_past_ttl > 0 {
             lines.push(format!(
