@@ -66,7 +66,8 @@ impl<S: BookSchema> Layout<S> for Books {
     }
 
     fn entry(side: Arc<BookSide>) -> (Arc<BookEntry>, usize) {
-        let bytes = book::stored_bytes(&side);
+        // A fill's or a received side's weight: estimated, not formatted (see the function).
+        let bytes = book::estimated_bytes(&side);
         let entry = Arc::new(BookEntry {
             side,
             complete: true,

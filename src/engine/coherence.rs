@@ -208,6 +208,9 @@ fn apply_value<S: ValueSchema>(
     let Payload::Value(bytes) = payload else {
         return InsertOutcome::NotStored;
     };
+    if bytes.len() > engine.config.max_value_bytes.get() {
+        return InsertOutcome::NotStored;
+    }
     let Ok(env) = codec::decode_envelope::<S::Value>(bytes) else {
         return InsertOutcome::NotStored;
     };
@@ -235,7 +238,13 @@ fn apply_book<S: BookSchema>(
     let Payload::Book(side) = payload else {
         return InsertOutcome::NotStored;
     };
-    // A side from the wire is checked and sorted like one from a caller.
+    // A side from the wire is checked (finite prices and quantities, no price twice, its
+    // estimated size within the value limit) and sorted like one from a caller.
+    if crate::l2::book::estimated_bytes(side) > engine.config.max_value_bytes.get()
+        || crate::book::validate(side).is_err()
+    {
+        return InsertOutcome::NotStored;
+    }
     let side = <Books as Layout<S>>::normalise((**side).clone());
     insert::<S, Books>(engine, key, Arc::new(side), version, remaining, written_ttl)
 }
@@ -251,9 +260,6 @@ fn insert<S: KeySchema, L: Layout<S>>(
     let Some(l1) = &engine.l1 else {
         return InsertOutcome::NotStored;
     };
-    if L::check(&value, engine.config.max_value_bytes.get()).is_err() {
-        return InsertOutcome::NotStored;
-    }
     // Age counts from the write: the TTL the writer gave it, else the kind's here.
     let ttl = written_ttl
         .unwrap_or_else(|| {

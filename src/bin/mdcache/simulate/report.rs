@@ -533,6 +533,53 @@ pub(crate) struct InstanceReport {
     pub(crate) fallbacks: u64,
     /// Its conflating writer (`null` without Redis).
     pub(crate) writer: Option<WriterReport>,
+    /// Its backplane (`null` when it has none).
+    pub(crate) backplane: Option<BackplaneReport>,
+}
+
+/// One instance's backplane figures (`Cache::stats().backplane`); see docs/metrics.md.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct BackplaneReport {
+    /// Messages it published, and the key updates in them.
+    pub(crate) published: u64,
+    /// See `published`.
+    pub(crate) published_items: u64,
+    /// Messages received from other instances, updates applied to L1 and ignored as older.
+    pub(crate) received: u64,
+    /// See `received`.
+    pub(crate) applied: u64,
+    /// See `received`.
+    pub(crate) ignored_older: u64,
+    /// Sequence gaps, L1 epoch bumps, lost subscriptions.
+    pub(crate) gaps: u64,
+    /// See `gaps`.
+    pub(crate) epoch_bumps: u64,
+    /// See `gaps`.
+    pub(crate) subscription_losses: u64,
+    /// Its own canary, publish to receipt, µs.
+    pub(crate) canary_lag_p50_us: u64,
+    /// See `canary_lag_p50_us`.
+    pub(crate) canary_lag_p99_us: u64,
+    /// See `canary_lag_p50_us`.
+    pub(crate) canary_lag_max_us: u64,
+}
+
+impl From<&mdcache::BackplaneSnapshot> for BackplaneReport {
+    fn from(b: &mdcache::BackplaneSnapshot) -> Self {
+        BackplaneReport {
+            published: b.published,
+            published_items: b.published_items,
+            received: b.received,
+            applied: b.applied,
+            ignored_older: b.ignored_older,
+            gaps: b.gaps,
+            epoch_bumps: b.epoch_bumps,
+            subscription_losses: b.subscription_losses,
+            canary_lag_p50_us: b.canary_lag_p50_us,
+            canary_lag_p99_us: b.canary_lag_p99_us,
+            canary_lag_max_us: b.canary_lag_max_us,
+        }
+    }
 }
 
 fn us(ns: u64) -> f64 {
@@ -629,6 +676,7 @@ fn instance_report(i: &InstanceEnd) -> InstanceReport {
         hit_rate: ratio(hits, hits + t.source_loads),
         breaker: breaker(i.breaker.as_ref()),
         fallbacks: i.fallbacks.total,
+        backplane: i.stats.backplane.as_ref().map(BackplaneReport::from),
         writer: i.stats.writer.as_ref().map(WriterReport::from),
     }
 }
