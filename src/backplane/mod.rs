@@ -352,22 +352,27 @@ pub(crate) fn unix_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// The publisher: waits for a first item (or the canary's time), gathers for the interval,
-/// then publishes everything in messages of at most [`MAX_ITEMS_PER_MESSAGE`] items.
+/// The publisher: waits for a first item (or the canary's time), then publishes everything
+/// in messages of at most [`MAX_ITEMS_PER_MESSAGE`] items, at most once per interval: a
+/// round that follows the last one by less than the interval waits out the rest (gathering
+/// meanwhile); one that follows it by more — the last `PUBLISH` took that long, and items
+/// gathered while it ran — goes at once.
 async fn publish_loop(bp: Arc<Backplane>, l2: Arc<L2Tier>) {
     let mut seq = 0u64;
     let mut next_canary = tokio::time::Instant::now() + CANARY_EVERY;
+    let mut last_round = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = bp.stop.cancelled() => return,
             _ = bp.wake.notified() => {
                 tokio::select! {
                     _ = bp.stop.cancelled() => return,
-                    _ = tokio::time::sleep(bp.opts.interval) => {}
+                    _ = tokio::time::sleep_until(last_round + bp.opts.interval) => {}
                 }
             }
             _ = tokio::time::sleep_until(next_canary) => {}
         }
+        last_round = tokio::time::Instant::now();
         let (items, overflowed) = bp.take();
         let now = tokio::time::Instant::now();
         let canary = now >= next_canary;
