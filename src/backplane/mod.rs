@@ -2,7 +2,8 @@
 //!
 //! **Publishing.** Writes go into an outbox that keeps one item per key (the highest version;
 //! a delete replaces whatever was there) and holds at most `max_pending` keys. A publisher task
-//! sends what the outbox holds once per flush interval, as one message per
+//! sends what the outbox holds at most once per flush interval (at once when the last round
+//! is that old already: what gathered during a slow `PUBLISH` does not wait again), one message per
 //! [`MAX_ITEMS_PER_MESSAGE`] items: `PUBLISH` on `<namespace>:backplane` through the pooled
 //! connections, under the breaker and the operation deadline. Each message carries the
 //! instance's random id and its next sequence number. Market data (a conflating kind's
