@@ -1,4 +1,4 @@
-//! Fault injection under an in-process load: Redis killed, hung, slowed, reset; PostgreSQL stopped; both down — against the real servers.
+//! Fault injection under an in-process load: Redis killed, hung, slowed, reset; PostgreSQL stopped; both down; the backplane subscriber killed — against the real servers.
 //!
 //! Each scenario runs a concurrent read/write load (cache-aside reads of `pos` and `price`,
 //! write-through writes of `pos`), injects a fault for a while, heals it, waits for the breaker
@@ -413,4 +413,9 @@ async fn postgres_stopped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_and_postgres_both_down() {
     scenario(Fault::BothDown).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backplane_subscriber_killed() {
+    scenario(Fault::SubscriberKilled).await;
 }
