@@ -268,8 +268,8 @@ impl CacheBuilder {
         self
     }
 
-    /// Whether the backplane runs (DESIGN §4 rule 5; default on, used only when layered):
-    /// this cache publishes its writes and applies other instances' to its L1.
+    /// Whether the backplane runs (DESIGN §4 rule 5; default on, with Redis): this cache
+    /// publishes its writes, and with an L1 applies other instances' to it.
     pub fn backplane(mut self, on: bool) -> Self {
         self.config.backplane = on;
         self

@@ -241,7 +241,12 @@ impl Cache {
     /// too.) `Ok(())` at once when nothing is queued, or without a Redis tier.
     ///
     /// Until a queued write is flushed, this process reads it from L1 (or from the queue, if
-    /// L1 dropped it), and other processes read the older value Redis still holds.
+    /// L1 dropped it), and other processes read the older value Redis still holds (or, with
+    /// the backplane, the value itself once its next round has published it).
+    ///
+    /// With the backplane, it also waits until everything this cache queued for it before the
+    /// call has been published (one round, at most a flush interval plus a `PUBLISH`), so a
+    /// process that writes and exits still tells the other instances.
     pub async fn flush(&self) -> Result<()> {
         self.inner.flush().await
     }

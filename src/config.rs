@@ -104,8 +104,8 @@ pub struct CacheConfig {
     /// (`CACHE_CONFLATE_KINDS`), how often it flushes (`CACHE_FLUSH_INTERVAL_US`), the
     /// largest batch (`CACHE_FLUSH_MAX_KEYS`) and the pending bound (`CACHE_FLUSH_MAX_PENDING`).
     pub writer: WriterOptions,
-    /// The backplane (DESIGN §4 rule 5, `CACHE_BACKPLANE=on|off`): on by default, used only
-    /// when the cache has both an L1 and Redis (the layered backend).
+    /// The backplane (DESIGN §4 rule 5, `CACHE_BACKPLANE=on|off`): on by default, used when the
+    /// cache has Redis (publishing); with an L1 too (layered) it also receives.
     pub backplane: bool,
 }
 

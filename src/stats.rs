@@ -330,8 +330,8 @@ pub struct StatsSnapshot {
     pub l1_bytes: u64,
     /// The conflating market-data writer's figures (`None` without a Redis tier).
     pub writer: Option<WriterSnapshot>,
-    /// The backplane's figures (`None` when it is off: no L1 and Redis both, or
-    /// `CACHE_BACKPLANE=off`).
+    /// The backplane's figures (`None` without Redis, or with `CACHE_BACKPLANE=off`; an
+    /// instance without L1 publishes only).
     pub backplane: Option<BackplaneSnapshot>,
 }
 

@@ -426,3 +426,46 @@ async fn a_received_value_ages_from_its_write_and_expires_with_it() {
         "{left:?} left of 10 s"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_without_l1_publishes_and_flush_waits_until_it_has() {
+    let server = RedisServer::start();
+    let a = instance(&server);
+    // Like the command-line tool: Redis only, no L1 (so nothing to receive into), writes
+    // synchronous.
+    let w = Cache::builder()
+        .redis_url(server.url())
+        .backend(Backend::Redis)
+        .op_timeout(TEST_OP_TIMEOUT)
+        .ttl_kind("pos", Duration::from_secs(60))
+        .no_conflation()
+        .build()
+        .unwrap();
+    subscribed(&[&a]).await;
+    let bp = w.stats().backplane.expect("it publishes");
+    assert!(!bp.subscribed, "{bp:?}");
+    let (ka, kw) = (
+        a.key::<Position>("CLI").unwrap(),
+        w.key::<Position>("CLI").unwrap(),
+    );
+    w.set(&kw, pos(1.0), 1).await.unwrap();
+    converges(&a, &ka, 1).await;
+    assert_eq!(a.read(&ka).await.unwrap().unwrap().tier, Tier::L1);
+    w.set(&kw, pos(2.0), 2).await.unwrap();
+    w.flush().await.unwrap();
+    // `flush` returned: the invalidation is published, not merely queued.
+    let before = w.stats().backplane.unwrap().published_items;
+    assert!(before >= 2, "{before} items published");
+    converges(&a, &ka, 2).await;
+    w.delete(&kw).await.unwrap();
+    w.flush().await.unwrap();
+    assert!(w.stats().backplane.unwrap().published_items > before);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while a.read(&ka).await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A still holds the deleted key"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

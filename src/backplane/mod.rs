@@ -91,6 +91,9 @@ struct Outbox {
     items: HashMap<Arc<str>, Item>,
     /// An item was dropped for room: the next message skips a sequence number.
     overflowed: bool,
+    /// Rounds that took items (or found none) so far; [`Backplane::drained`] waits for the
+    /// round that took its items to finish.
+    rounds: u64,
 }
 
 /// The backplane's counters (see [`BackplaneSnapshot`]), each also a `metrics` counter.
@@ -155,6 +158,8 @@ pub(crate) struct Backplane {
     canary_lag: LatencyHistogram,
     canary_lag_seconds: metrics::Histogram,
     subscribed: AtomicBool,
+    /// Rounds finished (published, or failed), for [`Backplane::drained`].
+    done: tokio::sync::watch::Sender<u64>,
     /// Send time (Unix ns) of the last canary published, and of the last one received.
     canary_sent: AtomicU64,
     canary_seen: AtomicU64,
@@ -174,6 +179,7 @@ impl Backplane {
             canary_lag: LatencyHistogram::default(),
             canary_lag_seconds: metrics::histogram!("mdcache_backplane_canary_lag_seconds"),
             subscribed: AtomicBool::new(false),
+            done: tokio::sync::watch::Sender::new(0),
             canary_sent: AtomicU64::new(0),
             canary_seen: AtomicU64::new(0),
             peers: Mutex::default(),
@@ -183,9 +189,40 @@ impl Backplane {
 
     /// Starts the publisher and the subscriber on the current runtime; they stop when
     /// [`stop`](Self::stop) is called or the engine is gone.
-    pub(crate) fn spawn(self: &Arc<Self>, l2: Arc<L2Tier>, engine: Weak<dyn Receiver>) {
+    /// Starts the publisher, and the subscriber when there is an L1 to apply updates to (an
+    /// instance without one only publishes).
+    pub(crate) fn spawn(self: &Arc<Self>, l2: Arc<L2Tier>, receiver: Option<Weak<dyn Receiver>>) {
         tokio::spawn(publish_loop(Arc::clone(self), l2));
-        tokio::spawn(subscribe_loop(Arc::clone(self), engine));
+        if let Some(receiver) = receiver {
+            tokio::spawn(subscribe_loop(Arc::clone(self), receiver));
+        }
+    }
+
+    /// Resolves once everything queued before the call has been published (or its publish
+    /// failed): what `Cache::flush` waits for, so a process that writes and exits (a one-shot
+    /// command) still tells the other instances. At once when the backplane stops.
+    pub(crate) async fn drained(&self) {
+        let mut done = self.done.subscribe();
+        loop {
+            done.borrow_and_update();
+            let waiting_for = {
+                let out = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+                // Items still queued need one more round; items taken need that round's end.
+                out.rounds + u64::from(!out.items.is_empty())
+            };
+            if *done.borrow() >= waiting_for || self.stop.is_cancelled() {
+                return;
+            }
+            self.wake.notify_one();
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                changed = done.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// Stops both tasks.
@@ -227,6 +264,7 @@ impl Backplane {
 
     fn take(&self) -> (Vec<Item>, bool) {
         let mut out = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        out.rounds += 1;
         let overflowed = std::mem::take(&mut out.overflowed);
         (
             out.items.drain().map(|(_, item)| item).collect(),
@@ -423,6 +461,7 @@ async fn publish_loop(bp: Arc<Backplane>, l2: Arc<L2Tier>) {
                 }
             }
         }
+        bp.done.send_modify(|d| *d += 1);
     }
 }
 

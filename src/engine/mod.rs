@@ -67,7 +67,7 @@ pub(crate) struct Engine {
     /// The conflating market-data writer (DESIGN §4 rule 8), with a Redis tier and at least
     /// one conflating kind; stopped when the last clone of the cache is dropped.
     writer: Option<WriterHandle>,
-    /// The backplane (DESIGN §4 rule 5), with an L1 and Redis both and `CACHE_BACKPLANE` on;
+    /// The backplane (DESIGN §4 rule 5), with Redis and `CACHE_BACKPLANE` on (receiving only with an L1);
     /// its tasks stop when the last clone of the cache is dropped.
     backplane: Option<Arc<Backplane>>,
 }
@@ -112,8 +112,9 @@ impl Engine {
             }
             _ => None,
         };
-        let backplane = match (&l1, &config.redis_url) {
-            (Some(_), Some(url)) if l2.is_some() && config.backplane => {
+        // Every instance with Redis publishes its writes; only one with an L1 also receives.
+        let backplane = match &config.redis_url {
+            Some(url) if l2.is_some() && config.backplane => {
                 Some(Arc::new(Backplane::new(BackplaneOptions {
                     url: url.clone(),
                     channel: format!("{}:backplane", config.namespace),
@@ -164,7 +165,7 @@ impl Engine {
         if let (Some(bp), Some(l2)) = (&self.backplane, &self.l2) {
             let weak = Arc::downgrade(this);
             let receiver: std::sync::Weak<dyn crate::backplane::Receiver> = weak;
-            bp.spawn(Arc::clone(l2), receiver);
+            bp.spawn(Arc::clone(l2), self.l1.is_some().then_some(receiver));
         }
     }
 

@@ -638,6 +638,16 @@ impl Engine {
 
     /// See [`Cache::flush`](crate::Cache::flush).
     pub(crate) async fn flush(&self) -> Result<()> {
+        let result = self.flush_writer().await;
+        // What the writes published goes out too (the writer's flush published nothing
+        // itself: market data was queued for the backplane when it was written).
+        if let Some(bp) = &self.backplane {
+            bp.drained().await;
+        }
+        result
+    }
+
+    async fn flush_writer(&self) -> Result<()> {
         let Some(handle) = &self.writer else {
             return Ok(());
         };

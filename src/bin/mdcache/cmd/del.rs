@@ -31,6 +31,7 @@ impl Del<'_> {
         let cache = self.ctx.cache(false)?;
         let key = cache.key::<S>(self.id)?;
         let deleted = cache.delete(&key).await?;
+        super::put::published(&cache).await;
         print_json(&DelOutput {
             key: key.as_str(),
             deleted,

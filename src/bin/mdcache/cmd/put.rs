@@ -113,7 +113,9 @@ impl KindOp for Put<'_> {
                 let cache = self.ctx.cache(false)?;
                 let key = cache.key::<S>(self.id)?;
                 let outcome = cache.set_with(&key, value, version, opts(ttl)).await;
-                print_put(&key, version, cache_only_outcome(outcome)?)
+                let outcome = cache_only_outcome(outcome)?;
+                published(&cache).await;
+                print_put(&key, version, outcome)
             }
             PutMode::Through(db) => {
                 let cache = self.ctx.cache(true)?;
@@ -133,7 +135,9 @@ impl KindOp for Put<'_> {
                 let cache = self.ctx.cache(false)?;
                 let key = cache.key::<S>(self.id)?;
                 let outcome = cache.set_book_with(&key, side, version, opts(ttl)).await;
-                print_put(&key, version, cache_only_outcome(outcome)?)
+                let outcome = cache_only_outcome(outcome)?;
+                published(&cache).await;
+                print_put(&key, version, outcome)
             }
             PutMode::Through(db) => {
                 let cache = self.ctx.cache(true)?;
@@ -165,7 +169,10 @@ async fn finish_through<S: KeySchema>(
     match result {
         Ok(ack) => {
             let outcome = match ack.cached {
-                Some(outcome) => outcome_name(outcome),
+                Some(outcome) => {
+                    published(cache).await;
+                    outcome_name(outcome)
+                }
                 None => {
                     // The library recorded the key in its dirty log, to be deleted from Redis
                     // before Redis is trusted again; that log dies with this process, so try
@@ -197,6 +204,16 @@ async fn finish_through<S: KeySchema>(
         }
     }
 }
+
+/// After a write Redis took: waits (one backplane round, and never more than
+/// [`PUBLISH_WAIT`]) until it has been published, so running instances drop their older
+/// copies before this process exits. Nothing here changes what the command reports.
+pub(crate) async fn published(cache: &Cache) {
+    let _ = tokio::time::timeout(PUBLISH_WAIT, cache.flush()).await;
+}
+
+/// The most a key command waits for its backplane message to go out.
+const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A cache-only `put`'s result as its `outcome`, or the failure (exit 3 when Redis failed).
 ///
