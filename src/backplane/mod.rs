@@ -154,6 +154,8 @@ pub(crate) struct Backplane {
     opts: BackplaneOptions,
     outbox: Mutex<Outbox>,
     wake: Notify,
+    /// A caller waits in [`Backplane::drained`]: publish without waiting out the interval.
+    hurry: Notify,
     counters: Counters,
     canary_lag: LatencyHistogram,
     canary_lag_seconds: metrics::Histogram,
@@ -175,6 +177,7 @@ impl Backplane {
             opts,
             outbox: Mutex::default(),
             wake: Notify::new(),
+            hurry: Notify::new(),
             counters: Counters::default(),
             canary_lag: LatencyHistogram::default(),
             canary_lag_seconds: metrics::histogram!("mdcache_backplane_canary_lag_seconds"),
@@ -200,7 +203,8 @@ impl Backplane {
 
     /// Resolves once everything queued before the call has been published (or its publish
     /// failed): what `Cache::flush` waits for, so a process that writes and exits (a one-shot
-    /// command) still tells the other instances. At once when the backplane stops.
+    /// command) still tells the other instances. At once when the backplane stops or its
+    /// publisher task is gone.
     pub(crate) async fn drained(&self) {
         let mut done = self.done.subscribe();
         loop {
@@ -213,6 +217,8 @@ impl Backplane {
             if *done.borrow() >= waiting_for || self.stop.is_cancelled() {
                 return;
             }
+            // A stored permit at most makes one later round go early: harmless.
+            self.hurry.notify_one();
             self.wake.notify_one();
             tokio::select! {
                 _ = self.stop.cancelled() => return,
@@ -397,6 +403,15 @@ pub(crate) fn unix_ns() -> u64 {
 /// meanwhile); one that follows it by more — the last `PUBLISH` took that long, and items
 /// gathered while it ran — goes at once.
 async fn publish_loop(bp: Arc<Backplane>, l2: Arc<L2Tier>) {
+    // However the task ends (stopped, or dropped with its runtime), nobody waits for a round
+    // that will not come.
+    struct Ended(Arc<Backplane>);
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            self.0.done.send_replace(u64::MAX);
+        }
+    }
+    let _ended = Ended(Arc::clone(&bp));
     let mut seq = 0u64;
     let mut next_canary = tokio::time::Instant::now() + CANARY_EVERY;
     let mut last_round = tokio::time::Instant::now();
@@ -407,6 +422,7 @@ async fn publish_loop(bp: Arc<Backplane>, l2: Arc<L2Tier>) {
                 tokio::select! {
                     _ = bp.stop.cancelled() => return,
                     _ = tokio::time::sleep_until(last_round + bp.opts.interval) => {}
+                    _ = bp.hurry.notified() => {}
                 }
             }
             _ = tokio::time::sleep_until(next_canary) => {}
@@ -461,7 +477,7 @@ async fn publish_loop(bp: Arc<Backplane>, l2: Arc<L2Tier>) {
                 }
             }
         }
-        bp.done.send_modify(|d| *d += 1);
+        bp.done.send_modify(|d| *d = d.saturating_add(1));
     }
 }
 
