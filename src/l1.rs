@@ -221,31 +221,12 @@ impl L1 {
         )
     }
 
-    /// [`insert_versioned`](Self::insert_versioned) of a value this process wrote: an epoch
-    /// bump leaves it trusted (the process knows of nothing newer than its own write except
-    /// what the missed updates held, which the bump cannot recover either).
-    pub(crate) fn insert_own<V: Send + Sync + 'static>(
-        &self,
-        key: &Arc<str>,
-        value: Arc<V>,
-        version: u64,
-        deadline: Instant,
-        written_at: Instant,
-        encoded_bytes: usize,
-    ) -> InsertOutcome {
-        self.insert_entry(
-            key,
-            value,
-            version,
-            deadline,
-            written_at,
-            encoded_bytes,
-            true,
-        )
-    }
-
+    /// [`insert_versioned`](Self::insert_versioned), saying whether this process wrote the
+    /// value (`own`: an epoch bump leaves it trusted, since the process knows of nothing
+    /// newer than its own write except what missed updates held, which the bump cannot
+    /// recover either).
     #[allow(clippy::too_many_arguments)]
-    fn insert_entry<V: Send + Sync + 'static>(
+    pub(crate) fn insert_entry<V: Send + Sync + 'static>(
         &self,
         key: &Arc<str>,
         value: Arc<V>,

@@ -56,6 +56,22 @@ where
     }
 }
 
+/// Reads `key` on `cache` until it is gone (bounded like [`converges`]).
+async fn gone<S>(cache: &Cache, key: &mdcache::Key<S>)
+where
+    S: mdcache::ValueSchema,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cache.read(key).await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} still holds the deleted key",
+            key.as_str()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_on_b_reaches_a_without_waiting_for_a_ttl() {
     let server = RedisServer::start();
@@ -111,14 +127,7 @@ async fn a_write_on_b_reaches_a_without_waiting_for_a_ttl() {
 
     // A delete on B removes A's copy.
     b.delete(&kb).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while a.read(&ka).await.unwrap().is_some() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "A still holds the deleted key"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    gone(&a, &ka).await;
     let bp = a.stats().backplane.unwrap();
     assert!(bp.received > 0 && bp.applied > 0, "{bp:?}");
     assert_eq!((bp.gaps, bp.malformed), (0, 0), "{bp:?}");
@@ -460,12 +469,5 @@ async fn an_instance_without_l1_publishes_and_flush_waits_until_it_has() {
     w.delete(&kw).await.unwrap();
     w.flush().await.unwrap();
     assert!(w.stats().backplane.unwrap().published_items > before);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while a.read(&ka).await.unwrap().is_some() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "A still holds the deleted key"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    gone(&a, &ka).await;
 }

@@ -213,26 +213,15 @@ struct LocalWrite<V> {
 
 impl<V: Send + Sync + 'static> LocalWrite<V> {
     fn insert_into<S: KeySchema>(self, l1: &L1, key: &Key<S>) -> InsertOutcome {
-        let deadline = deadline_after(self.t0, self.ttl);
-        if self.own {
-            l1.insert_own(
-                key.shared(),
-                self.value,
-                self.version,
-                deadline,
-                self.t0,
-                self.bytes,
-            )
-        } else {
-            l1.insert_versioned(
-                key.shared(),
-                self.value,
-                self.version,
-                deadline,
-                self.t0,
-                self.bytes,
-            )
-        }
+        l1.insert_entry(
+            key.shared(),
+            self.value,
+            self.version,
+            deadline_after(self.t0, self.ttl),
+            self.t0,
+            self.bytes,
+            self.own,
+        )
     }
 }
 
