@@ -236,21 +236,77 @@ impl L1 {
         encoded_bytes: usize,
         own: bool,
     ) -> InsertOutcome {
-        let now = self.clock.now();
-        if deadline <= now {
-            return InsertOutcome::NotStored;
-        }
-        let new = Entry {
+        let Some((new, now)) = self.new_entry(
+            key,
             value,
             version,
             deadline,
-            stored_at: written_at,
-            weight: self.weight_of(key, encoded_bytes),
-            epoch: self.current_epoch(),
+            written_at,
+            encoded_bytes,
             own,
+        ) else {
+            return InsertOutcome::NotStored;
         };
         // A fresh entry with a higher version (a value or a version floor) stays.
         self.put(key, new, now, |cur| cur.version > version)
+    }
+
+    /// The entry an insert stores, of the current epoch, and now; `None` when `deadline` has
+    /// passed.
+    #[allow(clippy::too_many_arguments)]
+    fn new_entry<V: Send + Sync + 'static>(
+        &self,
+        key: &Arc<str>,
+        value: Arc<V>,
+        version: u64,
+        deadline: Instant,
+        written_at: Instant,
+        encoded_bytes: usize,
+        own: bool,
+    ) -> Option<(Entry, Instant)> {
+        let now = self.clock.now();
+        (deadline > now).then(|| {
+            let entry = Entry {
+                value,
+                version,
+                deadline,
+                stored_at: written_at,
+                weight: self.weight_of(key, encoded_bytes),
+                epoch: self.current_epoch(),
+                own,
+            };
+            (entry, now)
+        })
+    }
+
+    /// [`insert_versioned`](Self::insert_versioned) of an update another instance published
+    /// (the backplane): a fresh entry of a higher version is kept, and so is one of the same
+    /// version that is trusted (nothing to learn from it; a distrusted one is replaced, which
+    /// trusts it again). Decided under the key's lock, so the receiver looks nothing up first.
+    pub(crate) fn insert_received<V: Send + Sync + 'static>(
+        &self,
+        key: &Arc<str>,
+        value: Arc<V>,
+        version: u64,
+        deadline: Instant,
+        written_at: Instant,
+        encoded_bytes: usize,
+    ) -> InsertOutcome {
+        let Some((new, now)) = self.new_entry(
+            key,
+            value,
+            version,
+            deadline,
+            written_at,
+            encoded_bytes,
+            false,
+        ) else {
+            return InsertOutcome::NotStored;
+        };
+        let epoch = new.epoch;
+        self.put(key, new, now, |cur| {
+            cur.version > version || (cur.version == version && cur.trusted(epoch))
+        })
     }
 
     /// Sets a version floor at `key` (DESIGN §4 rule 9): until `hold_until`, no value, fill or
@@ -330,13 +386,6 @@ impl L1 {
     pub(crate) fn live_version(&self, key: &str) -> Option<u64> {
         let e = self.map.peek(key)?;
         (self.clock.now() < e.deadline).then_some(e.version)
-    }
-
-    /// The version of the entry at `key` if it is before its deadline and of the current
-    /// epoch (a served entry's version).
-    pub(crate) fn trusted_version(&self, key: &str) -> Option<u64> {
-        let e = self.map.peek(key)?;
-        (self.clock.now() < e.deadline && e.trusted(self.current_epoch())).then_some(e.version)
     }
 
     /// The deadline of the entry at `key`, whatever its type.

@@ -145,7 +145,7 @@ pub const METRICS: &[(&str, &str)] = &[
     ),
     (
         "mdcache_backplane_malformed_total",
-        "Backplane messages that did not decode.",
+        "Backplane messages that did not decode (another build's format, or damage); each bumps the L1 epoch.",
     ),
     (
         "mdcache_backplane_gaps_total",
@@ -153,7 +153,7 @@ pub const METRICS: &[(&str, &str)] = &[
     ),
     (
         "mdcache_backplane_epoch_bumps_total",
-        "L1 epoch bumps: everything cached before is no longer served (gaps, lost and re-established subscriptions).",
+        "L1 epoch bumps: everything cached before is no longer served (gaps, unreadable messages, lost and re-established subscriptions).",
     ),
     (
         "mdcache_backplane_subscription_losses_total",

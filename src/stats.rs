@@ -357,11 +357,13 @@ pub struct BackplaneSnapshot {
     pub ignored_older: u64,
     /// Messages ignored because their sequence number was already seen.
     pub duplicates: u64,
-    /// Messages that did not decode.
+    /// Messages that did not decode (another build's format, or damage); each bumps the L1
+    /// epoch.
     pub malformed: u64,
     /// Gaps seen in a publisher's sequence (each bumps the L1 epoch).
     pub gaps: u64,
-    /// L1 epoch bumps: gaps, and the loss and recovery of the subscription.
+    /// L1 epoch bumps: gaps, unreadable messages, and the loss and recovery of the
+    /// subscription.
     pub epoch_bumps: u64,
     /// Times the subscription was lost (including canaries that never came back).
     pub subscription_losses: u64,

@@ -133,16 +133,9 @@ async fn a_write_on_b_reaches_a_without_waiting_for_a_ttl() {
     assert_eq!((bp.gaps, bp.malformed), (0, 0), "{bp:?}");
 }
 
-/// The wire format, as a test publishes it by hand: `{p, s, c, i}` in MessagePack, each
-/// item `{"v": {k, v, e, x}}` (a value: key, version, envelope, expiry in Unix ms).
-#[derive(Serialize)]
-struct RawMessage {
-    p: u64,
-    s: u64,
-    c: u64,
-    i: Vec<RawItem>,
-}
-
+/// The wire format, as a test publishes it by hand: the format byte (2), then publisher id,
+/// sequence and canary time as big-endian `u64`s, then the items in compact MessagePack,
+/// each `{"v": [k, v, e, x]}` (a value: key, version, envelope, expiry in Unix ms).
 #[derive(Serialize)]
 enum RawItem {
     #[serde(rename = "v")]
@@ -157,13 +150,16 @@ enum RawItem {
 
 /// Publishes message `seq` of a publisher with id 42 that no instance has.
 async fn publish_raw(server: &RedisServer, seq: u64, items: Vec<RawItem>) {
-    let bytes = rmp_serde::to_vec_named(&RawMessage {
-        p: 42,
-        s: seq,
-        c: 0,
-        i: items,
-    })
-    .unwrap();
+    let mut bytes = vec![2u8];
+    for word in [42u64, seq, 0] {
+        bytes.extend_from_slice(&word.to_be_bytes());
+    }
+    bytes.extend_from_slice(&rmp_serde::to_vec(&items).unwrap());
+    publish_bytes(server, bytes).await;
+}
+
+/// Publishes `bytes` on the namespace's channel.
+async fn publish_bytes(server: &RedisServer, bytes: Vec<u8>) {
     let mut c = server.multiplexed().await;
     let _: i64 = redis::cmd("PUBLISH")
         .arg("mdc:backplane")
@@ -260,6 +256,18 @@ async fn a_gap_in_a_publishers_sequence_distrusts_l1() {
     })
     .await;
     assert_eq!(a.stats().backplane.unwrap().gaps, 1);
+    // A message of another format (an incompatible build): whatever it updated is unknown,
+    // so L1 is distrusted as for a gap.
+    assert_eq!(a.read(&pa).await.unwrap().unwrap().tier, Tier::L1);
+    let mut other_format = vec![1u8];
+    other_format.extend_from_slice(&[0; 40]);
+    publish_bytes(&server, other_format).await;
+    wait_for("the unreadable message", || {
+        a.stats().backplane.is_some_and(|s| s.malformed == 1)
+    })
+    .await;
+    assert_eq!(a.stats().backplane.unwrap().epoch_bumps, 2);
+    assert_eq!(a.read(&pa).await.unwrap().unwrap().tier, Tier::L2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

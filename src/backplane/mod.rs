@@ -4,22 +4,30 @@
 //! a delete replaces whatever was there) and holds at most `max_pending` keys. A publisher task
 //! sends what the outbox holds at most once per flush interval (at once when the last round
 //! is that old already: what gathered during a slow `PUBLISH` does not wait again), one message per
-//! [`MAX_ITEMS_PER_MESSAGE`] items: `PUBLISH` on `<namespace>:backplane` through the pooled
-//! connections, under the breaker and the operation deadline. Each message carries the
-//! instance's random id and its next sequence number. Market data (a conflating kind's
+//! [`MAX_ITEMS_PER_MESSAGE`] items: `PUBLISH` on `<namespace>:backplane` over its own
+//! connection (not the pool, not the breaker), under the writer's batch deadline. Each message carries the
+//! //! instance's random id and its next sequence number. Market data (a conflating kind's
 //! `set`/`set_book`) carries the value itself; a write-through or other synchronous write
 //! carries `(key, version)` (copies older than it go); a delete carries the key. Cache-aside
 //! fills are not published. If the outbox overflows, or a publish fails, the sequence skips a
 //! number, so every receiver sees the gap.
 //!
-//! **Receiving.** A subscriber task holds its own pub/sub connection. It skips the
-//! instance's own messages (apart from timing its canary) and ignores a sequence number it
-//! has already seen. A gap in a publisher's sequence bumps the L1 epoch; so does the loss of
+//! **Receiving.** A subscriber task holds its own pub/sub connection. It reads each
+//! message's header first: it skips the instance's own messages (apart from timing its
+//! canary) and ignores a sequence number it has already seen, without decoding their items.
+//! A gap in a publisher's sequence bumps the L1 epoch; so does a message it cannot read
+//! (another build's format: whatever it updated is unknown), and so does the loss of
 //! the subscription, both when it is lost and once it is re-established, since updates
 //! published in between are gone. A bumped epoch means nothing cached before it is served
 //! again (see [`L1::bump_epoch`](crate::l1::L1::bump_epoch)). Items are applied to L1 under
 //! the version rule: a value newer than what L1 holds replaces it, and an invalidation drops
 //! older copies and negative entries. Receiving never reads Redis.
+//!
+//! **Its own thread.** Publisher and subscriber run on a thread of their own (see
+//! [`Backplane::spawn`]), so an engine runtime kept busy by readers that hit L1 delays
+//! neither: in a 4-engine `simulate` on 2 cores, moving them off the runtime took the
+//! coherence lag's p99 from 9.4 ms to 6.0 ms and the reads out of date past 10 ms from 4,063
+//! to 167 (docs/benchmarks.md).
 //!
 //! **Canary.** Every [`CANARY_EVERY`] the publisher sends a message with no items and its
 //! send time. Its own subscriber times it (the backplane's lag) and so proves the path works:
@@ -36,9 +44,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::l2::L2Tier;
 use crate::stats::{BackplaneSnapshot, Count, LatencyHistogram};
-use wire::{Item, Message};
+use wire::{Header, Item, Message};
 
 /// Most items in one message (a bigger batch goes out as several messages).
 pub(crate) const MAX_ITEMS_PER_MESSAGE: usize = 512;
@@ -69,6 +76,9 @@ pub(crate) struct BackplaneOptions {
     pub(crate) connect_timeout: Duration,
     /// How long the publisher gathers before it sends (the writer's flush interval).
     pub(crate) interval: Duration,
+    /// Deadline of one `PUBLISH` (the writer's batch deadline: no caller waits on it, and a
+    /// publish given up is a gap that makes every receiver distrust its L1).
+    pub(crate) publish_timeout: Duration,
     /// Most keys the outbox holds.
     pub(crate) max_pending: usize,
 }
@@ -81,6 +91,7 @@ impl std::fmt::Debug for BackplaneOptions {
             .field("channel", &self.channel)
             .field("connect_timeout", &self.connect_timeout)
             .field("interval", &self.interval)
+            .field("publish_timeout", &self.publish_timeout)
             .field("max_pending", &self.max_pending)
             .finish()
     }
@@ -142,7 +153,7 @@ impl Default for Counters {
 /// engine implements it; the backplane does not know the engine).
 pub(crate) trait Receiver: Send + Sync {
     /// Applies one update; true when L1 changed.
-    fn apply(&self, item: &Item) -> bool;
+    fn apply(&self, item: Item) -> bool;
     /// Distrusts everything L1 holds now.
     fn bump_epoch(&self);
 }
@@ -190,14 +201,33 @@ impl Backplane {
         }
     }
 
-    /// Starts the publisher and the subscriber on the current runtime; they stop when
-    /// [`stop`](Self::stop) is called or the engine is gone.
     /// Starts the publisher, and the subscriber when there is an L1 to apply updates to (an
-    /// instance without one only publishes).
-    pub(crate) fn spawn(self: &Arc<Self>, l2: Arc<L2Tier>, receiver: Option<Weak<dyn Receiver>>) {
-        tokio::spawn(publish_loop(Arc::clone(self), l2));
-        if let Some(receiver) = receiver {
-            tokio::spawn(subscribe_loop(Arc::clone(self), receiver));
+    /// instance without one only publishes). They stop when [`stop`](Self::stop) is called.
+    ///
+    /// Both run on a thread of their own (`mdcache-backplane`, a current-thread runtime),
+    /// each with its own connection: an engine's runtime busy with its own work — readers
+    /// that hit L1 never wait — does not delay coherence, since the operating system wakes
+    /// that thread when there is something to publish or a message arrives. If the thread
+    /// cannot be started, they run on the current runtime instead.
+    pub(crate) fn spawn(self: &Arc<Self>, receiver: Option<Weak<dyn Receiver>>) {
+        let (bp, engine) = (Arc::clone(self), receiver.clone());
+        let thread = std::thread::Builder::new()
+            .name("mdcache-backplane".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(run(bp, engine)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "backplane: no runtime for its thread; the backplane is off");
+                        bp.done.send_replace(u64::MAX);
+                    }
+                }
+            });
+        if let Err(e) = thread {
+            tracing::warn!(error = %e, "backplane: no thread of its own; running on the runtime");
+            tokio::spawn(run(Arc::clone(self), receiver));
         }
     }
 
@@ -312,6 +342,14 @@ impl Backplane {
                 > u64::try_from(CANARY_GIVE_UP.as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// A message that cannot be read (another build's format, or damage): whatever it
+    /// updated is unknown, so L1 is distrusted as for a gap.
+    fn malformed(&self, engine: &Weak<dyn Receiver>, e: &crate::error::Error) {
+        self.counters.malformed.inc();
+        tracing::debug!(error = %e, "backplane: unreadable message");
+        self.bump(engine, "an unreadable message");
+    }
+
     /// Distrusts L1 (see [`L1::bump_epoch`](crate::l1::L1::bump_epoch)).
     fn bump(&self, engine: &Weak<dyn Receiver>, why: &'static str) {
         if let Some(engine) = engine.upgrade() {
@@ -324,13 +362,13 @@ impl Backplane {
         );
     }
 
-    /// Handles one received message.
+    /// Handles one received message: the header first, so the instance's own messages (and
+    /// duplicates) are skipped without decoding their batch.
     fn receive(&self, bytes: &[u8], engine: &Weak<dyn Receiver>) {
-        let m = match wire::decode(bytes) {
+        let m = match wire::decode_header(bytes) {
             Ok(m) => m,
             Err(e) => {
-                self.counters.malformed.inc();
-                tracing::debug!(error = %e, "backplane: malformed message ignored");
+                self.malformed(engine, &e);
                 return;
             }
         };
@@ -369,10 +407,17 @@ impl Backplane {
             self.counters.gaps.inc();
             self.bump(engine, "a gap in a publisher's sequence");
         }
+        let items = match wire::decode_items(bytes) {
+            Ok(items) => items,
+            Err(e) => {
+                self.malformed(engine, &e);
+                return;
+            }
+        };
         let Some(engine) = engine.upgrade() else {
             return;
         };
-        for item in &m.items {
+        for item in items {
             if engine.apply(item) {
                 self.counters.applied.inc();
             } else {
@@ -397,12 +442,96 @@ pub(crate) fn unix_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// The backplane's two loops, until it stops.
+async fn run(bp: Arc<Backplane>, receiver: Option<Weak<dyn Receiver>>) {
+    match receiver {
+        Some(engine) => {
+            tokio::join!(publish_loop(Arc::clone(&bp)), subscribe_loop(bp, engine));
+        }
+        None => publish_loop(bp).await,
+    }
+}
+
+/// The publisher's own connection: opened on first use, dropped after an error, and not
+/// reopened before a back-off (20 ms doubling to 1 s) while Redis refuses it. Outside the
+/// pool and the breaker: publishing does not compete with the engine's reads for a
+/// connection, and a slow publish does not count against Redis for the callers.
+#[derive(Default)]
+struct Publisher {
+    conn: Option<redis::aio::MultiplexedConnection>,
+    /// No connection attempt before this.
+    retry_at: Option<tokio::time::Instant>,
+    wait: Option<Duration>,
+}
+
+impl Publisher {
+    /// `PUBLISH` of `message`, within the options' deadlines.
+    async fn publish(&mut self, opts: &BackplaneOptions, message: &[u8]) -> Result<(), String> {
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => {
+                if self
+                    .retry_at
+                    .is_some_and(|at| tokio::time::Instant::now() < at)
+                {
+                    return Err("not connected (waiting to reconnect)".to_owned());
+                }
+                let opened = tokio::time::timeout(opts.connect_timeout, async {
+                    redis::Client::open(opts.url.as_str())?
+                        .get_multiplexed_async_connection()
+                        .await
+                })
+                .await;
+                match opened {
+                    Ok(Ok(c)) => {
+                        (self.retry_at, self.wait) = (None, None);
+                        self.conn.insert(c)
+                    }
+                    failed => {
+                        let wait = self
+                            .wait
+                            .map_or(RESUBSCRIBE_FIRST, |w| (w * 2).min(RESUBSCRIBE_MAX));
+                        self.wait = Some(wait);
+                        self.retry_at = Some(tokio::time::Instant::now() + wait);
+                        return Err(match failed {
+                            Ok(Err(e)) => format!("connecting: {e}"),
+                            _ => "connecting timed out".to_owned(),
+                        });
+                    }
+                }
+            }
+        };
+        let sent = tokio::time::timeout(
+            opts.publish_timeout,
+            redis::cmd("PUBLISH")
+                .arg(&opts.channel)
+                .arg(message)
+                .query_async::<i64>(conn),
+        )
+        .await;
+        match sent {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                // The connection may be broken: open a new one next time.
+                self.conn = None;
+                Err(e.to_string())
+            }
+            // Late, not necessarily lost (a multiplexed connection matches the late reply
+            // and discards it); the sequence number is spent either way.
+            Err(_) => Err(format!(
+                "no reply within {} ms",
+                opts.publish_timeout.as_millis()
+            )),
+        }
+    }
+}
+
 /// The publisher: waits for a first item (or the canary's time), then publishes everything
 /// in messages of at most [`MAX_ITEMS_PER_MESSAGE`] items, at most once per interval: a
 /// round that follows the last one by less than the interval waits out the rest (gathering
 /// meanwhile); one that follows it by more — the last `PUBLISH` took that long, and items
 /// gathered while it ran — goes at once.
-async fn publish_loop(bp: Arc<Backplane>, l2: Arc<L2Tier>) {
+async fn publish_loop(bp: Arc<Backplane>) {
     // However the task ends (stopped, or dropped with its runtime), nobody waits for a round
     // that will not come.
     struct Ended(Arc<Backplane>);
@@ -413,6 +542,7 @@ async fn publish_loop(bp: Arc<Backplane>, l2: Arc<L2Tier>) {
     }
     let _ended = Ended(Arc::clone(&bp));
     let mut seq = 0u64;
+    let mut conn = Publisher::default();
     let mut next_canary = tokio::time::Instant::now() + CANARY_EVERY;
     let mut last_round = tokio::time::Instant::now();
     loop {
@@ -453,14 +583,16 @@ async fn publish_loop(bp: Arc<Backplane>, l2: Arc<L2Tier>) {
             let count = chunk.len() as u64;
             let canary_ns = if canary && n == last { unix_ns() } else { 0 };
             let m = Message {
-                publisher: bp.id,
-                seq,
-                canary_unix_ns: canary_ns,
+                header: Header {
+                    publisher: bp.id,
+                    seq,
+                    canary_unix_ns: canary_ns,
+                },
                 items: chunk,
             };
             let sent = match wire::encode(&m) {
-                Ok(bytes) => l2.publish(&bp.opts.channel, &bytes).await,
-                Err(e) => Err(e),
+                Ok(bytes) => conn.publish(&bp.opts, &bytes).await,
+                Err(e) => Err(e.to_string()),
             };
             match sent {
                 Ok(()) => {

@@ -88,26 +88,23 @@ impl Engine {
     /// version rule with its remaining life (from its absolute expiry); a value of a kind this
     /// build cannot decode, or one already expired, acts as an invalidation. Returns whether
     /// L1 changed.
-    pub(crate) fn apply_backplane(&self, item: &Item) -> bool {
+    pub(crate) fn apply_backplane(&self, item: Item) -> bool {
         let Some(l1) = &self.l1 else {
             return false;
         };
         match item {
             Item::Evict { key } => {
-                let held = l1.deadline(key).is_some();
-                l1.remove(key);
+                let held = l1.deadline(&key).is_some();
+                l1.remove(&key);
                 held
             }
-            Item::Invalidate { key, version } => self.invalidate(key, *version),
+            Item::Invalidate { key, version } => self.invalidate(&key, version),
             Item::Value {
                 key,
                 version,
                 envelope,
                 expire_at_ms,
-            } => {
-                let payload = Payload::Value(envelope.clone());
-                self.apply_value(key, *version, &payload, *expire_at_ms, None)
-            }
+            } => self.apply_value(&key, version, Payload::Value(envelope), expire_at_ms, None),
             Item::Book {
                 key,
                 version,
@@ -115,11 +112,9 @@ impl Engine {
                 ttl_ms,
                 expire_at_ms,
             } => {
-                let payload = Payload::Book(Arc::new(BookSide {
-                    levels: levels.clone(),
-                }));
-                let ttl = Some(Duration::from_millis(*ttl_ms)).filter(|t| !t.is_zero());
-                self.apply_value(key, *version, &payload, *expire_at_ms, ttl)
+                let payload = Payload::Book(Arc::new(BookSide { levels }));
+                let ttl = Some(Duration::from_millis(ttl_ms)).filter(|t| !t.is_zero());
+                self.apply_value(&key, version, payload, expire_at_ms, ttl)
             }
         }
     }
@@ -140,19 +135,12 @@ impl Engine {
         &self,
         key: &str,
         version: u64,
-        payload: &Payload,
+        payload: Payload,
         expire_at_ms: u64,
         written_ttl: Option<Duration>,
     ) -> bool {
-        // The same version, already trusted: nothing to do (a newer one is refused below).
-        if self
-            .l1
-            .as_ref()
-            .and_then(|l1| l1.trusted_version(key))
-            .is_some_and(|held| held >= version)
-        {
-            return false;
-        }
+        // A newer version held, or the same one trusted, is kept: the insert decides under
+        // the key's lock (`L1::insert_received`), with no look-up before it.
         let remaining = Duration::from_millis(expire_at_ms.saturating_sub(unix_ms()));
         let apply = if remaining.is_zero() {
             None
@@ -185,7 +173,7 @@ impl Engine {
 }
 
 impl Receiver for Engine {
-    fn apply(&self, item: &Item) -> bool {
+    fn apply(&self, item: Item) -> bool {
         self.apply_backplane(item)
     }
 
@@ -195,12 +183,12 @@ impl Receiver for Engine {
 }
 
 /// Stores a received value in L1 (see [`Engine::apply_backplane`]).
-type ApplyFn = fn(&Engine, &str, &Payload, u64, Duration, Option<Duration>) -> InsertOutcome;
+type ApplyFn = fn(&Engine, &str, Payload, u64, Duration, Option<Duration>) -> InsertOutcome;
 
 fn apply_value<S: ValueSchema>(
     engine: &Engine,
     key: &str,
-    payload: &Payload,
+    payload: Payload,
     version: u64,
     remaining: Duration,
     _written_ttl: Option<Duration>,
@@ -211,7 +199,7 @@ fn apply_value<S: ValueSchema>(
     if bytes.len() > engine.config.max_value_bytes.get() {
         return InsertOutcome::NotStored;
     }
-    let Ok(env) = codec::decode_envelope::<S::Value>(bytes) else {
+    let Ok(env) = codec::decode_envelope::<S::Value>(&bytes) else {
         return InsertOutcome::NotStored;
     };
     if env.version != version {
@@ -230,7 +218,7 @@ fn apply_value<S: ValueSchema>(
 fn apply_book<S: BookSchema>(
     engine: &Engine,
     key: &str,
-    payload: &Payload,
+    payload: Payload,
     version: u64,
     remaining: Duration,
     written_ttl: Option<Duration>,
@@ -240,12 +228,12 @@ fn apply_book<S: BookSchema>(
     };
     // A side from the wire is checked (finite prices and quantities, no price twice, its
     // estimated size within the value limit) and sorted like one from a caller.
-    if crate::l2::book::estimated_bytes(side) > engine.config.max_value_bytes.get()
-        || crate::book::validate(side).is_err()
+    if crate::l2::book::estimated_bytes(&side) > engine.config.max_value_bytes.get()
+        || crate::book::validate(&side).is_err()
     {
         return InsertOutcome::NotStored;
     }
-    let side = <Books as Layout<S>>::normalise((**side).clone());
+    let side = <Books as Layout<S>>::normalise(Arc::unwrap_or_clone(side));
     insert::<S, Books>(engine, key, Arc::new(side), version, remaining, written_ttl)
 }
 
@@ -271,7 +259,7 @@ fn insert<S: KeySchema, L: Layout<S>>(
     let now = engine.clock.now();
     let written = now.checked_sub(ttl - remaining).unwrap_or(now);
     let (entry, bytes) = L::entry(value);
-    l1.insert_versioned(
+    l1.insert_received(
         &Arc::from(key),
         entry,
         version,

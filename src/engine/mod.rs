@@ -120,6 +120,7 @@ impl Engine {
                     channel: format!("{}:backplane", config.namespace),
                     connect_timeout: config.connect_timeout,
                     interval: config.writer.flush_interval,
+                    publish_timeout: config.writer.flush_timeout,
                     max_pending: config.writer.max_pending.get(),
                 })))
             }
@@ -162,10 +163,10 @@ impl Engine {
         if let Some(w) = &self.writer {
             w.spawn(Arc::downgrade(this));
         }
-        if let (Some(bp), Some(l2)) = (&self.backplane, &self.l2) {
+        if let Some(bp) = &self.backplane {
             let weak = Arc::downgrade(this);
             let receiver: std::sync::Weak<dyn crate::backplane::Receiver> = weak;
-            bp.spawn(Arc::clone(l2), self.l1.is_some().then_some(receiver));
+            bp.spawn(self.l1.is_some().then_some(receiver));
         }
     }
 

@@ -62,9 +62,6 @@ pub(crate) trait L2: Send + Sync + std::fmt::Debug {
     /// `PING`, guarded like a caller's operation.
     async fn ping(&self) -> Result<()>;
 
-    /// `PUBLISH` of one backplane message on `channel`, guarded like a caller's operation.
-    async fn publish(&self, channel: &str, message: &[u8]) -> Result<()>;
-
     /// Replaces a book side with `side`'s levels at `version`, expiring after `ttl`, unless
     /// a higher version is stored. True when stored.
     async fn book_replace(

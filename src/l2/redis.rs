@@ -495,19 +495,6 @@ impl L2 for RedisTier {
         Ok(())
     }
 
-    async fn publish(&self, channel: &str, message: &[u8]) -> Result<()> {
-        let _: i64 = self
-            .run("publish", channel, |mut c| async move {
-                redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(message)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        Ok(())
-    }
-
     async fn book_replace(
         &self,
         key: &str,

@@ -108,13 +108,6 @@ impl L2Tier {
         }
     }
 
-    /// See [`L2::publish`].
-    pub(crate) async fn publish(&self, channel: &str, message: &[u8]) -> Result<()> {
-        match self {
-            L2Tier::Redis(t) => t.publish(channel, message).await,
-        }
-    }
-
     /// See [`L2::book_replace`].
     pub(crate) async fn book_replace(
         &self,

@@ -209,6 +209,8 @@ pub(crate) struct Recorder {
     /// Measured reads (L1 or L2) whose version had been out of date for longer than
     /// [`COHERENCE_BOUND_US`].
     pub(crate) violations: u64,
+    /// Of `violations`, those L1 served (the rest Redis served).
+    pub(crate) violations_l1: u64,
 }
 
 /// The coherence bound: an engine read may return a version the feed has replaced for at
@@ -233,6 +235,7 @@ impl Default for Recorder {
             age_us: histogram(),
             l1_behind_us: histogram(),
             violations: 0,
+            violations_l1: 0,
         }
     }
 }
@@ -305,7 +308,11 @@ impl Recorder {
         if tier == Tier::L1 {
             self.l1_behind_us.saturating_record(behind_us);
         }
-        self.violations += u64::from(behind_us > COHERENCE_BOUND_US);
+        let violation = u64::from(behind_us > COHERENCE_BOUND_US);
+        self.violations += violation;
+        if tier == Tier::L1 {
+            self.violations_l1 += violation;
+        }
         self.current += u64::from(behind == 0);
         self.lower_bounds += u64::from(bounded);
         self.age(age_us, ttl_us);
@@ -343,6 +350,7 @@ impl Recorder {
         let _ = self.age_us.add(&other.age_us);
         let _ = self.l1_behind_us.add(&other.l1_behind_us);
         self.violations += other.violations;
+        self.violations_l1 += other.violations_l1;
     }
 }
 
@@ -391,6 +399,8 @@ pub(crate) struct Coherence {
     pub(crate) lag_max_us: u64,
     /// Measured reads (L1 or L2) out of date for longer than `bound_us`.
     pub(crate) violations: u64,
+    /// Of `violations`, those L1 served (the rest Redis served: its writer was behind).
+    pub(crate) violations_l1: u64,
     /// The bound, µs.
     pub(crate) bound_us: u64,
 }
@@ -413,6 +423,7 @@ impl Coherence {
             lag_p999_us: q(0.999),
             lag_max_us: if h.is_empty() { 0 } else { h.max() },
             violations: rec.violations,
+            violations_l1: rec.violations_l1,
             bound_us: COHERENCE_BOUND_US,
         }
     }
@@ -422,7 +433,7 @@ impl Coherence {
         use crate::output::{fmt_nanos, thousands};
         let us = |v: u64| fmt_nanos(v.saturating_mul(1_000));
         format!(
-            "coherence: engines' L1 reads behind the feed by p50 {} / p99 {} / p99.9 {} / max {} ({} reads); {} reads out of date past {}",
+            "coherence: engines' L1 reads behind the feed by p50 {} / p99 {} / p99.9 {} / max {} ({} reads); {} reads out of date past {} ({} from L1)",
             us(self.lag_p50_us),
             us(self.lag_p99_us),
             us(self.lag_p999_us),
@@ -430,6 +441,7 @@ impl Coherence {
             thousands(self.l1_reads),
             thousands(self.violations),
             us(self.bound_us),
+            thousands(self.violations_l1),
         )
     }
 }
