@@ -1,5 +1,5 @@
 # Developer and CI entry points. `make test` and `make bench` need redis-server
-# and PostgreSQL binaries: `make deps` installs them (it never starts or stops a
+# and PostgreSQL binaries (and openssl for the TLS test): `make deps` installs them (it never starts or stops a
 # system service; the tests spawn their own servers on free ports).
 
 SHELL := bash
@@ -25,6 +25,11 @@ deps:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; \
 	fi
 	@redis-server --version
+	@if ! command -v openssl >/dev/null 2>&1; then \
+		echo "installing openssl (tests/tls_acl.rs makes a throwaway CA with it)"; \
+		$(SUDO) apt-get update; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssl; \
+	fi
 	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 		echo "installing postgresql"; \
 		$(SUDO) apt-get update; \

@@ -55,9 +55,44 @@ impl CacheBuilder {
         self
     }
 
-    /// Redis URL (`redis://` or `rediss://`).
+    /// Redis URL (`redis://`, `rediss://` for TLS, or `redis+unix://`). It may carry an ACL
+    /// user and password (`redis://user:password@host:6379/`), or they may be set with
+    /// [`redis_username`](Self::redis_username) and [`redis_password`](Self::redis_password),
+    /// not both.
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.config.redis_url = Some(url.into());
+        self
+    }
+
+    /// The ACL user to authenticate as (`CACHE_USERNAME`); needs
+    /// [`redis_password`](Self::redis_password).
+    pub fn redis_username(mut self, user: impl Into<String>) -> Self {
+        self.config.redis_username = Some(user.into());
+        self
+    }
+
+    /// The password of the ACL user, or of Redis's `default` user without one
+    /// (`CACHE_PASSWORD`). Kept in a [`Password`](crate::Password): `Debug` shows `***`.
+    ///
+    /// ```
+    /// # async fn f() -> mdcache::Result<()> {
+    /// let cache = mdcache::Cache::builder()
+    ///     .redis_url("rediss://cache.internal:6380/")
+    ///     .redis_username("engine")
+    ///     .redis_password(std::env::var("REDIS_PASSWORD").unwrap_or_default())
+    ///     .tls_ca_file("/etc/mdcache/ca.pem")
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn redis_password(mut self, password: impl Into<String>) -> Self {
+        self.config.redis_password = Some(crate::Password::new(password));
+        self
+    }
+
+    /// PEM file of the certificate authorities a `rediss://` server's certificate must chain
+    /// to (`CACHE_TLS_CA_FILE`); without it, the system's roots.
+    pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.tls_ca_file = Some(path.into());
         self
     }
 

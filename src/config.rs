@@ -67,9 +67,19 @@ impl Backend {
 pub struct CacheConfig {
     /// Which tiers to use; `None` means `memory` without a Redis address, else `layered`.
     pub backend: Option<Backend>,
-    /// `redis://` or `rediss://` URL (`CACHE_REDIS_URL`, or built from `CACHE_ADDRESS`,
-    /// `CACHE_PORT`, `CACHE_PASSWORD`).
+    /// `redis://` or `rediss://` URL (`CACHE_REDIS_URL`, or built from `CACHE_ADDRESS` and
+    /// `CACHE_PORT`). It may carry an ACL user and password (`redis://user:pw@host/`), or
+    /// they may come from [`redis_username`](Self::redis_username) and
+    /// [`redis_password`](Self::redis_password): one place or the other, not both.
     pub redis_url: Option<String>,
+    /// ACL user Redis authenticates (`CACHE_USERNAME`); without it, a password authenticates
+    /// the `default` user.
+    pub redis_username: Option<String>,
+    /// Password of the ACL user, or of `default` (`CACHE_PASSWORD`).
+    pub redis_password: Option<Password>,
+    /// PEM file of the certificate authorities a `rediss://` server's certificate must chain
+    /// to (`CACHE_TLS_CA_FILE`); without it, the system's roots. Only with a `rediss://` URL.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Key prefix (`CACHE_NAMESPACE`), `mdc` by default.
     pub namespace: String,
     /// Multiplexed connections in the bb8 pool (`CACHE_POOL_SIZE`).
@@ -215,6 +225,9 @@ impl Default for CacheConfig {
         CacheConfig {
             backend: None,
             redis_url: None,
+            redis_username: None,
+            redis_password: None,
+            tls_ca_file: None,
             namespace: "mdc".to_owned(),
             pool_size: NonZeroU32::new(16).unwrap_or(NonZeroU32::MIN),
             op_timeout: DEFAULT_OP_TIMEOUT,
@@ -242,6 +255,9 @@ impl std::fmt::Debug for CacheConfig {
         let CacheConfig {
             backend,
             redis_url,
+            redis_username,
+            redis_password,
+            tls_ca_file,
             namespace,
             pool_size,
             op_timeout,
@@ -260,6 +276,9 @@ impl std::fmt::Debug for CacheConfig {
         f.debug_struct("CacheConfig")
             .field("backend", backend)
             .field("redis_url", &redis_url.as_deref().map(redact_url))
+            .field("redis_username", redis_username)
+            .field("redis_password", redis_password)
+            .field("tls_ca_file", tls_ca_file)
             .field("namespace", namespace)
             .field("pool_size", pool_size)
             .field("op_timeout", op_timeout)
@@ -314,7 +333,7 @@ impl CacheConfig {
         V: AsRef<str>,
     {
         let mut cfg = CacheConfig::default();
-        let (mut address, mut port, mut password) = (None, None, None);
+        let (mut address, mut port) = (None, None);
         // The breaker's policy is assembled after the loop: these three may come in any order.
         let (mut failures, mut failure_rate, mut window) = (None, None, None);
         for (name, value) in vars {
@@ -324,7 +343,9 @@ impl CacheConfig {
                 "CACHE_REDIS_URL" => cfg.redis_url = non_empty(name, value)?,
                 "CACHE_ADDRESS" => address = non_empty(name, value)?,
                 "CACHE_PORT" => port = Some(parse_num::<u16>(name, value, 1)?),
-                "CACHE_PASSWORD" => password = Some(value.to_owned()),
+                "CACHE_USERNAME" => cfg.redis_username = non_empty(name, value)?,
+                "CACHE_PASSWORD" => cfg.redis_password = Some(Password::new(value)),
+                "CACHE_TLS_CA_FILE" => cfg.tls_ca_file = non_empty(name, value)?.map(Into::into),
                 "CACHE_NAMESPACE" => cfg.namespace = value.to_owned(),
                 "CACHE_POOL_SIZE" => cfg.pool_size = nonzero_u32(name, value)?,
                 "CACHE_OP_TIMEOUT_MS" => cfg.op_timeout = millis(name, value)?,
@@ -413,10 +434,7 @@ impl CacheConfig {
         if cfg.redis_url.is_none()
             && let Some(address) = address
         {
-            let auth = password
-                .map(|p| format!(":{}@", percent_encode(&p)))
-                .unwrap_or_default();
-            cfg.redis_url = Some(format!("redis://{auth}{address}:{}/", port.unwrap_or(6379)));
+            cfg.redis_url = Some(format!("redis://{address}:{}/", port.unwrap_or(6379)));
         }
         Ok(cfg)
     }
@@ -544,11 +562,37 @@ impl CacheConfig {
                 "CACHE_REDIS_URL",
                 "the redis and layered backends need a Redis address (CACHE_REDIS_URL or CACHE_ADDRESS)",
             )),
-            (Backend::Redis | Backend::Layered, Some(url)) => redis::Client::open(url.as_str())
-                .map(|_| ())
-                .map_err(|e| Error::config("CACHE_REDIS_URL", redact_in(&e.to_string(), url))),
+            (Backend::Redis | Backend::Layered, Some(_)) => crate::l2::check_settings(self),
             _ => Ok(()),
         }
+    }
+}
+
+/// A password: shown as `***` by `Debug`, so a configuration that holds one can be logged.
+///
+/// ```
+/// let p = mdcache::Password::new("s3cret-pw");
+/// assert_eq!(format!("{p:?}"), "***");
+/// assert_eq!(p.expose(), "s3cret-pw");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    /// Wraps `password`.
+    pub fn new(password: impl Into<String>) -> Self {
+        Password(password.into())
+    }
+
+    /// The password itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
     }
 }
 
@@ -616,19 +660,6 @@ fn nonzero_usize(name: &str, value: &str) -> Result<NonZeroUsize> {
             .and_then(NonZeroUsize::new)
             .ok_or_else(|| Error::config(name, "too large"))
     })
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters (for a password in a URL).
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// What replaces a password in anything shown: `Debug` output, logs, error messages.
@@ -862,6 +893,7 @@ mod tests {
             ("CACHE_BACKEND", "redis"),
             ("CACHE_ADDRESS", "cache.internal"),
             ("CACHE_PORT", "6380"),
+            ("CACHE_USERNAME", "engine"),
             ("CACHE_PASSWORD", "p@ss word"),
             ("CACHE_NAMESPACE", "prod"),
             ("CACHE_POOL_SIZE", "4"),
@@ -877,10 +909,27 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.effective_backend(), Backend::Redis);
+        assert_eq!(c.redis_url.as_deref(), Some("redis://cache.internal:6380/"));
+        assert_eq!(c.redis_username.as_deref(), Some("engine"));
+        assert_eq!(c.redis_password, Some(Password::new("p@ss word")));
+        // A CA file goes with a rediss:// URL (read when a cache is built, not here).
+        let tls = CacheConfig::from_vars([
+            ("CACHE_REDIS_URL", "rediss://cache.internal:6380/"),
+            ("CACHE_TLS_CA_FILE", "/etc/mdcache/ca.pem"),
+        ])
+        .unwrap();
         assert_eq!(
-            c.redis_url.as_deref(),
-            Some("redis://:p%40ss%20word@cache.internal:6380/")
+            tls.tls_ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/mdcache/ca.pem"))
         );
+        tls.validate().unwrap();
+        let plain = CacheConfig::from_vars([
+            ("CACHE_REDIS_URL", "redis://cache.internal:6380/"),
+            ("CACHE_TLS_CA_FILE", "/etc/mdcache/ca.pem"),
+        ])
+        .unwrap();
+        let e = plain.validate().unwrap_err();
+        assert!(e.to_string().contains("CACHE_TLS_CA_FILE"), "{e}");
         assert_eq!(c.namespace, "prod");
         assert_eq!(c.pool_size.get(), 4);
         assert_eq!(c.op_timeout, Duration::from_millis(3));
@@ -1100,13 +1149,10 @@ mod tests {
         .unwrap();
         let shown = format!("{c:?}");
         assert!(
-            !shown.contains("p%40ss") && !shown.contains("hunter22"),
+            !shown.contains("p@ss") && !shown.contains("hunter22"),
             "{shown}"
         );
-        assert!(
-            shown.contains("redis://:***@cache.internal:6379/"),
-            "{shown}"
-        );
+        assert!(shown.contains("redis_password: Some(***)"), "{shown}");
         assert!(
             shown.contains("postgres://trader:***@db/trading"),
             "{shown}"

@@ -134,7 +134,8 @@ pub use builder::CacheBuilder;
 pub use cache::Cache;
 pub use clock::{Clock, MockClock};
 pub use config::{
-    Backend, CacheConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT, MAX_TTL, WriterOptions,
+    Backend, CacheConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT, MAX_TTL, Password,
+    WriterOptions,
 };
 pub use engine::FLOOR_HOLD;
 pub use engine::dirty::{DEFAULT_DIRTY_CAPACITY, DirtyLog, DirtySnapshot};

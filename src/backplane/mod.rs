@@ -68,26 +68,27 @@ const RESUBSCRIBE_MAX: Duration = Duration::from_secs(1);
 /// Settings of one instance's backplane.
 #[derive(Clone)]
 pub(crate) struct BackplaneOptions {
-    /// The Redis URL the subscriber connects to.
-    pub(crate) url: String,
+    /// Where and how the publisher and the subscriber connect (the L2's settings).
+    pub(crate) info: redis::ConnectionInfo,
     /// `<namespace>:backplane`.
     pub(crate) channel: String,
     /// Deadline of connecting and subscribing.
     pub(crate) connect_timeout: Duration,
     /// How long the publisher gathers before it sends (the writer's flush interval).
     pub(crate) interval: Duration,
-    /// Deadline of one `PUBLISH` (the writer's batch deadline: no caller waits on it, and a
-    /// publish given up is a gap that makes every receiver distrust its L1).
+    /// Deadline of one `PUBLISH`: the writer's batch deadline, or the operation deadline if
+    /// that is longer (no caller waits on it, and a publish given up is a gap that makes
+    /// every receiver distrust its L1).
     pub(crate) publish_timeout: Duration,
     /// Most keys the outbox holds.
     pub(crate) max_pending: usize,
 }
 
-/// Redacted: the URL may hold a password.
+/// By hand: the connection settings may hold a password.
 impl std::fmt::Debug for BackplaneOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BackplaneOptions")
-            .field("url", &crate::config::redact_url(&self.url))
+            .field("addr", &self.info.addr().to_string())
             .field("channel", &self.channel)
             .field("connect_timeout", &self.connect_timeout)
             .field("interval", &self.interval)
@@ -477,7 +478,7 @@ impl Publisher {
                     return Err("not connected (waiting to reconnect)".to_owned());
                 }
                 let opened = tokio::time::timeout(opts.connect_timeout, async {
-                    redis::Client::open(opts.url.as_str())?
+                    redis::Client::open(opts.info.clone())?
                         .get_multiplexed_async_connection()
                         .await
                 })
@@ -623,7 +624,7 @@ async fn subscribe_loop(bp: Arc<Backplane>, engine: Weak<dyn Receiver>) {
             return;
         }
         let stream = tokio::time::timeout(bp.opts.connect_timeout, async {
-            let client = redis::Client::open(bp.opts.url.as_str())?;
+            let client = redis::Client::open(bp.opts.info.clone())?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&bp.opts.channel).await?;
             Ok::<_, redis::RedisError>(pubsub.into_on_message())

@@ -93,8 +93,14 @@ impl Engine {
             )),
             Backend::Redis => None,
         };
-        let l2 = match (backend, &config.redis_url) {
-            (Backend::Redis | Backend::Layered, Some(url)) => {
+        // How to reach Redis (URL, credentials, TLS roots), worked out once for the pool and
+        // the backplane.
+        let info = match backend {
+            Backend::Redis | Backend::Layered => Some(crate::l2::connection_info(&config)?),
+            Backend::Memory => None,
+        };
+        let l2 = match &info {
+            Some(info) => {
                 if tokio::runtime::Handle::try_current().is_err() {
                     return Err(Error::config(
                         "CACHE_BACKEND",
@@ -102,7 +108,7 @@ impl Engine {
                     ));
                 }
                 Some(Arc::new(L2Tier::redis(RedisOptions {
-                    url: url.clone(),
+                    info: info.clone(),
                     pool_size: config.pool_size.get(),
                     op_timeout: config.op_timeout,
                     connect_timeout: config.connect_timeout,
@@ -113,14 +119,14 @@ impl Engine {
             _ => None,
         };
         // Every instance with Redis publishes its writes; only one with an L1 also receives.
-        let backplane = match &config.redis_url {
-            Some(url) if l2.is_some() && config.backplane => {
+        let backplane = match info {
+            Some(info) if l2.is_some() && config.backplane => {
                 Some(Arc::new(Backplane::new(BackplaneOptions {
-                    url: url.clone(),
+                    info,
                     channel: format!("{}:backplane", config.namespace),
                     connect_timeout: config.connect_timeout,
                     interval: config.writer.flush_interval,
-                    publish_timeout: config.writer.flush_timeout,
+                    publish_timeout: config.writer.flush_timeout.max(config.op_timeout),
                     max_pending: config.writer.max_pending.get(),
                 })))
             }

@@ -6,6 +6,7 @@
 //! | `tier.rs` | `L2Tier`, the L2 the engine holds: an enum over the implementations, and why an enum |
 //! | `redis.rs` | `RedisTier`, the implementation on one server: pool checkout, the guard around every operation |
 //! | `pool.rs` | the bb8 connection manager: multiplexed connections, broken flags, generations, last connect error |
+//! | `connect.rs` | how to reach Redis: the URL, the ACL credentials and the TLS roots as one `ConnectionInfo` |
 //! | `values.rs` | string values: the versioned-write and compare-and-delete scripts, `GET`+`PTTL` replies |
 //! | `book.rs` | book sides: sorted set + stamp layout, their scripts and replies, size and validity checks |
 //!
@@ -13,11 +14,13 @@
 
 pub(crate) mod book;
 mod boundary;
+mod connect;
 mod pool;
 mod redis;
 mod tier;
 mod values;
 
 pub(crate) use boundary::{Fetched, Put, PutReply, ttl_ms};
+pub(crate) use connect::{check_settings, connection_info};
 pub(crate) use redis::RedisOptions;
 pub(crate) use tier::L2Tier;

@@ -27,8 +27,9 @@ const SCAN_COUNT: u32 = 1000;
 /// Options for building a [`RedisTier`].
 #[derive(Clone)]
 pub(crate) struct RedisOptions {
-    /// May hold a password: `Debug` shows it redacted.
-    pub(crate) url: String,
+    /// Where and how to connect ([`connection_info`](super::connection_info)); may hold a
+    /// password, so `Debug` shows the address only.
+    pub(crate) info: redis::ConnectionInfo,
     pub(crate) pool_size: u32,
     pub(crate) op_timeout: Duration,
     pub(crate) connect_timeout: Duration,
@@ -39,7 +40,7 @@ pub(crate) struct RedisOptions {
 impl std::fmt::Debug for RedisOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let RedisOptions {
-            url,
+            info,
             pool_size,
             op_timeout,
             connect_timeout,
@@ -47,7 +48,7 @@ impl std::fmt::Debug for RedisOptions {
             retry,
         } = self;
         f.debug_struct("RedisOptions")
-            .field("url", &crate::config::redact_url(url))
+            .field("addr", &info.addr().to_string())
             .field("pool_size", pool_size)
             .field("op_timeout", op_timeout)
             .field("connect_timeout", connect_timeout)
@@ -85,10 +86,8 @@ impl RedisTier {
     /// Builds the pool without waiting for a connection: a cache must start (and serve L1 and
     /// errors quickly) even while Redis is down. Connections are opened in the background.
     pub(crate) fn new(opts: RedisOptions) -> Result<Self> {
-        let inner = RedisConnectionManager::new(opts.url.as_str()).map_err(|e| {
-            let reason = crate::config::redact_in(&e.to_string(), &opts.url);
-            Error::config("CACHE_REDIS_URL", reason)
-        })?;
+        let inner = RedisConnectionManager::new(opts.info.clone())
+            .map_err(|e| Error::config("CACHE_REDIS_URL", e.to_string()))?;
         let last_error = LastError::default();
         let generation = Generation::default();
         let manager = Manager {
@@ -648,7 +647,7 @@ mod tests {
 
     fn tier(server: &support::RedisServer) -> RedisTier {
         RedisTier::new(RedisOptions {
-            url: server.url(),
+            info: redis::IntoConnectionInfo::into_connection_info(server.url().as_str()).unwrap(),
             pool_size: 2,
             op_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),

@@ -60,12 +60,20 @@ pub struct RedisServer {
     port: u16,
     /// Holds `redis.log` and the process's stdout/stderr; removed on drop.
     dir: TempDir,
+    /// Extra arguments it was started with, kept for a restart.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a new empty server on a free ephemeral port and waits until it
     /// answers PING. Panics (with the server log) if it cannot.
     pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// [`start`](Self::start) with `extra` arguments for redis-server (a TLS port and its
+    /// certificates, say). The plain port stays on: readiness and the helpers use it.
+    pub fn start_with(extra: &[String]) -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("mdcache-redis-")
             .tempdir()
@@ -73,12 +81,13 @@ impl RedisServer {
         let mut last_failure = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
-            match spawn_ready(&dir, port) {
+            match spawn_ready(&dir, port, extra) {
                 Ok(child) => {
                     return RedisServer {
                         child: Some(child),
                         port,
                         dir,
+                        extra: extra.to_vec(),
                     };
                 }
                 Err(failure) => last_failure = failure,
@@ -161,7 +170,7 @@ impl RedisServer {
         // The port can briefly be unavailable; unlike `start` we must keep it,
         // so retry it a few times with a short pause instead of picking another.
         for _ in 0..START_ATTEMPTS {
-            match spawn_ready(&self.dir, self.port) {
+            match spawn_ready(&self.dir, self.port, &self.extra) {
                 Ok(child) => {
                     self.child = Some(child);
                     return;
@@ -222,7 +231,7 @@ fn server_binary() -> PathBuf {
 }
 
 /// A port the kernel just considered free. Racy by nature (see `START_ATTEMPTS`).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     loop {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind an ephemeral port");
         let port = listener.local_addr().expect("local addr").port();
@@ -235,7 +244,7 @@ fn free_port() -> u16 {
 
 /// Spawns redis-server on `port` and waits until *that* process answers.
 /// On failure the process is reaped and the reason returned.
-fn spawn_ready(dir: &TempDir, port: u16) -> Result<Child, String> {
+fn spawn_ready(dir: &TempDir, port: u16, extra: &[String]) -> Result<Child, String> {
     let output = File::options()
         .create(true)
         .append(true)
@@ -256,6 +265,7 @@ fn spawn_ready(dir: &TempDir, port: u16) -> Result<Child, String> {
         .arg(dir.path())
         .arg("--logfile")
         .arg(dir.path().join("redis.log"))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(output.try_clone().expect("clone output file"))
         .stderr(output)
