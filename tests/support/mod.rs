@@ -23,6 +23,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod cluster;
 pub mod faults;
 pub mod http;
 pub mod pg;

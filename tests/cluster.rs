@@ -1,0 +1,47 @@
+//! The test support's Redis Cluster (issue 13): 3 primaries and 3 replicas converge, and a redis-rs cluster client with bounded retries and timeouts reaches every slot through it.
+
+mod support;
+
+use std::time::Duration;
+
+use support::cluster::RedisCluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_cluster_converges_and_serves_every_slot() {
+    let cluster = RedisCluster::start();
+    assert_eq!(cluster.primaries().len(), 3);
+    // redis-rs's cluster defaults (16 retries, no response timeout) are not what mdcache
+    // will run with: bounded here as there.
+    let client = redis::cluster::ClusterClientBuilder::new(cluster.urls())
+        .retries(2)
+        .connection_timeout(Duration::from_secs(1))
+        .response_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut con = tokio::time::timeout(Duration::from_secs(10), client.get_async_connection())
+        .await
+        .expect("connected within 10 s")
+        .unwrap();
+    // Keys of 200 symbols land on slots of all three primaries (each symbol's hash tag
+    // picks one).
+    let mut slots = std::collections::HashSet::new();
+    for i in 0..200 {
+        let key = format!("mdc:price:{{SYM{i:04}}}");
+        let slot: u32 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        slots.insert(slot * 3 / 16_384);
+        let () = redis::cmd("SET")
+            .arg(&key)
+            .arg(i)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let got: u32 = redis::cmd("GET").arg(&key).query_async(&mut con).await.unwrap();
+        assert_eq!(got, i);
+    }
+    assert_eq!(slots.len(), 3, "the symbols' slots span the key space");
+}
