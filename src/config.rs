@@ -823,7 +823,7 @@ fn libpq_password_spans(conn: &str) -> Vec<std::ops::Range<usize>> {
 }
 
 /// Decodes `%XX` escapes; invalid escapes and non-UTF-8 results are kept as they are.
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -40,7 +40,11 @@ async fn the_local_cluster_converges_and_serves_every_slot() {
             .query_async(&mut con)
             .await
             .unwrap();
-        let got: u32 = redis::cmd("GET").arg(&key).query_async(&mut con).await.unwrap();
+        let got: u32 = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .unwrap();
         assert_eq!(got, i);
     }
     assert_eq!(slots.len(), 3, "the symbols' slots span the key space");

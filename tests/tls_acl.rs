@@ -1,4 +1,4 @@
-//! TLS and ACL against real redis-server processes (issue 13): `rediss://` with a throwaway CA made by `openssl`, an ACL user fenced to the namespace with exactly the commands the README lists, and a wrong password as a clear error that never shows it.
+//! TLS and ACL against real redis-server and PostgreSQL processes (issue 13): `rediss://` and PostgreSQL's `sslmode=verify-full` with a throwaway CA made by `openssl`, an ACL user fenced to the namespace with exactly the commands the README lists, and a wrong password as a clear error that never shows it.
 
 mod support;
 
@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use fixtures::{book, pos, price};
 use mdcache::{
-    Backend, BookBid, Cache, CacheAside, MemorySource, Position, Price, Tier, WriteThrough,
+    Backend, BookBid, Cache, CacheAside, Load, MemorySource, Position, PostgresSource, Price,
+    Store, Tier, WriteThrough,
 };
 use support::cli::mdcache;
+use support::pg::PgServer;
 use support::{RedisServer, free_port, wait_for};
 
 /// Runs `openssl ARGS` in `dir`; panics with its output if it fails.
@@ -414,4 +416,57 @@ fn a_wrong_password_exits_3_naming_the_cause_and_never_printing_it() {
         assert!(!stderr.contains(secret), "{how}: {stderr}");
         assert!(out.stdout.is_empty(), "{how}");
     }
+}
+
+/// How many of the server's client backends use TLS, asked over a plain connection.
+async fn tls_backends(pg: &PgServer) -> i64 {
+    let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .query_one("SELECT count(*) FROM pg_stat_ssl WHERE ssl", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_with_sslmode_verify_full_uses_verified_tls_and_plain_stays_plain() {
+    let certs = Certs::make();
+    let pg = PgServer::start_with_tls(&certs.path("server.pem"), &certs.path("server.key"));
+    let ca = certs.path("ca.pem");
+    let verified = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        pg.url(),
+        ca.display()
+    );
+    let src = PostgresSource::connect(&verified).await.unwrap();
+    let probe = Cache::builder().build().unwrap();
+    let key = probe.key::<Position>("TLS").unwrap();
+    let v = src.write(&key, &pos(7.0)).await.unwrap();
+    let loaded = src.load(&key).await.unwrap().unwrap();
+    assert_eq!((loaded.version, loaded.value.qty), (v, 7.0));
+    assert!(
+        tls_backends(&pg).await >= 1,
+        "the source's connections use TLS"
+    );
+    drop(src);
+
+    // `require` without a root file trusts only the system's roots: this CA is not one.
+    let untrusted = format!("{}?sslmode=require", pg.url());
+    let e = PostgresSource::connect(&untrusted)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.to_lowercase().contains("certificate") || e.contains("UnknownIssuer"),
+        "{e}"
+    );
+
+    // No sslmode: plain TCP, as before (the server offers TLS; mdcache does not take it).
+    let before = tls_backends(&pg).await;
+    let plain = PostgresSource::connect(&pg.url()).await.unwrap();
+    assert!(plain.load(&key).await.unwrap().is_some());
+    assert_eq!(tls_backends(&pg).await, before);
 }

@@ -9,6 +9,8 @@
 
 mod memory;
 #[cfg(feature = "postgres")]
+mod pg_tls;
+#[cfg(feature = "postgres")]
 mod postgres;
 
 use std::future::Future;

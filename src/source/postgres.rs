@@ -25,8 +25,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bb8_postgres::PostgresConnectionManager;
+use tokio_postgres::Config;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::types::{Json, Type};
-use tokio_postgres::{Config, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{Load, Loaded, Source, Store};
 use crate::key::{Key, KeySchema, validate_kind};
@@ -122,7 +124,7 @@ impl Default for PostgresOptions {
 /// The source of record on PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct PostgresSource {
-    pool: bb8::Pool<PostgresConnectionManager<NoTls>>,
+    pool: bb8::Pool<PostgresConnectionManager<MakeRustlsConnect>>,
     connect_timeout: Duration,
     failures: ConnectFailures,
 }
@@ -185,6 +187,12 @@ fn table(kind: &str) -> String {
 impl PostgresSource {
     /// Connects to `url` (e.g. `postgres://user@host:5432/db`) and creates the schema for the
     /// built-in kinds if it is missing. Errors and `Debug` output never show the URL's password.
+    ///
+    /// **TLS**: `sslmode=require` (or `verify-ca`, `verify-full`) connects over TLS (rustls)
+    /// and verifies the server's certificate and name against `sslrootcert=PATH` (a PEM
+    /// file) or the system's roots: `postgres://u@db/x?sslmode=verify-full&sslrootcert=/etc/ca.pem`.
+    /// Without it (or with `disable`, `allow`, `prefer`) the connection is plain TCP: mdcache
+    /// never negotiates a TLS it does not verify.
     pub async fn connect(url: &str) -> Result<Self, PostgresSourceError> {
         Self::connect_with(url, PostgresOptions::default()).await
     }
@@ -194,13 +202,22 @@ impl PostgresSource {
         url: &str,
         opts: PostgresOptions,
     ) -> Result<Self, PostgresSourceError> {
+        // TLS only for `sslmode=require` (or `verify-*`), verified: see `pg_tls`.
+        let wanted = super::pg_tls::wanted(url);
         // The parser's message may quote the part of the URL it choked on: never a password.
-        let mut config = Config::from_str(url).map_err(|e| {
+        let mut config = Config::from_str(&wanted.url).map_err(|e| {
             let reason = crate::config::redact_in(&e.to_string(), url);
             PostgresSourceError::Config(format!("DATABASE_URL: {reason}"))
         })?;
         config.connect_timeout(opts.connect_timeout);
-        let manager = PostgresConnectionManager::new(config, NoTls);
+        config.ssl_mode(if wanted.tls {
+            SslMode::Require
+        } else {
+            SslMode::Disable
+        });
+        let tls = super::pg_tls::connector(&wanted)
+            .map_err(|e| PostgresSourceError::Config(format!("DATABASE_URL: {e}")))?;
+        let manager = PostgresConnectionManager::new(config, tls);
         let failures = ConnectFailures::default();
         let pool = bb8::Pool::builder()
             .max_size(opts.pool_size.max(1))
@@ -254,8 +271,10 @@ impl PostgresSource {
 
     async fn conn(
         &self,
-    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, PostgresSourceError>
-    {
+    ) -> Result<
+        bb8::PooledConnection<'_, PostgresConnectionManager<MakeRustlsConnect>>,
+        PostgresSourceError,
+    > {
         let seen = self.failures.count();
         tokio::select! {
             // An idle connection first, even if connects are failing meanwhile.

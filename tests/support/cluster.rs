@@ -81,13 +81,18 @@ impl RedisCluster {
         let give_up = Instant::now() + CONVERGE_TIMEOUT;
         loop {
             let ok = self.nodes.iter().all(|n| {
-                cluster_info(n).is_some_and(|i| {
-                    i.contains("cluster_state:ok") && i.contains("cluster_size:3")
-                })
+                cluster_info(n)
+                    .is_some_and(|i| i.contains("cluster_state:ok") && i.contains("cluster_size:3"))
             });
             let roles: Vec<Option<String>> = self.nodes.iter().map(role).collect();
-            let primaries = roles.iter().filter(|r| r.as_deref() == Some("master")).count();
-            let replicas = roles.iter().filter(|r| r.as_deref() == Some("slave")).count();
+            let primaries = roles
+                .iter()
+                .filter(|r| r.as_deref() == Some("master"))
+                .count();
+            let replicas = roles
+                .iter()
+                .filter(|r| r.as_deref() == Some("slave"))
+                .count();
             if ok && primaries == 3 && replicas == 3 {
                 return;
             }

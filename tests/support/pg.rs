@@ -59,12 +59,24 @@ pub struct PgServer {
     /// `/var/run/postgresql`) and `postgres.log`; removed on drop, after the
     /// server has stopped.
     dir: TempDir,
+    /// Extra `postgres` options (TLS), kept for [`PgServer::start_again`].
+    extra: String,
 }
 
 impl PgServer {
     /// Starts a new cluster on a free ephemeral port and waits until it accepts
     /// connections. Panics if it cannot (the server log follows the panic).
     pub fn start() -> PgServer {
+        Self::start_inner(None)
+    }
+
+    /// [`start`](Self::start) with TLS on (`ssl=on`), serving `cert` (PEM, its chain) with
+    /// `key`, both copied into the server's directory for the user postgres runs as.
+    pub fn start_with_tls(cert: &Path, key: &Path) -> PgServer {
+        Self::start_inner(Some((cert, key)))
+    }
+
+    fn start_inner(tls: Option<(&Path, &Path)>) -> PgServer {
         let process = process_state();
         let dir = tempfile::Builder::new()
             .prefix("server-")
@@ -86,7 +98,28 @@ impl PgServer {
             .arg(dir.path().join("data")))
         .unwrap_or_else(|e| panic!("copy the template data directory: {e}"));
 
-        let mut server = PgServer { port: 0, dir };
+        let extra = match tls {
+            None => String::new(),
+            Some((cert, key)) => {
+                let (c, k) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+                fs::copy(cert, &c).expect("copy the server certificate");
+                fs::copy(key, &k).expect("copy the server key");
+                // postgres refuses a key others can read.
+                fs::set_permissions(&k, fs::Permissions::from_mode(0o600)).expect("chmod key");
+                process.toolchain.give_to_owner(&c);
+                process.toolchain.give_to_owner(&k);
+                format!(
+                    " -c ssl=on -c ssl_cert_file='{}' -c ssl_key_file='{}'",
+                    c.display(),
+                    k.display()
+                )
+            }
+        };
+        let mut server = PgServer {
+            port: 0,
+            dir,
+            extra,
+        };
         let mut last_failure = String::new();
         for _ in 0..START_ATTEMPTS {
             server.port = free_port();
@@ -202,9 +235,10 @@ impl PgServer {
         // shared memory, and a test must see its committed rows after
         // `start_again`. With fsync off a synchronous commit is only a write().
         let options = format!(
-            "-p {} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
+            "-p {} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off{}",
             self.port,
-            sock.display()
+            sock.display(),
+            self.extra
         );
         run(process_state()
             .toolchain
