@@ -7,7 +7,7 @@ mod fixtures;
 
 use std::time::Duration;
 
-use fixtures::{book, pos, price};
+use fixtures::{book, pos, price, subscribed};
 use mdcache::{Backend, BookBid, Cache, Position, Price, Tier};
 use serde::Serialize;
 use support::{RedisServer, TEST_OP_TIMEOUT, wait_for};
@@ -24,16 +24,6 @@ fn instance(server: &RedisServer) -> Cache {
         .ttl_kind("pos", Duration::from_secs(60))
         .build()
         .unwrap()
-}
-
-/// Waits until every cache's subscriber is listening.
-async fn subscribed(caches: &[&Cache]) {
-    wait_for("the subscribers", || {
-        caches
-            .iter()
-            .all(|c| c.stats().backplane.is_some_and(|b| b.subscribed))
-    })
-    .await;
 }
 
 /// Reads `key` on `cache` until it returns `version` (bounded by `wait_for`'s generous limit).

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fixtures::{book, pos, price};
+use fixtures::{book, pos, price, subscribed};
 use mdcache::{
     Backend, BookBid, Cache, CacheAside, Load, MemorySource, Position, PostgresSource, Price,
     Store, Tier, WriteThrough,
@@ -146,15 +146,6 @@ fn layered(url: &str) -> mdcache::CacheBuilder {
         .ttl_kind("price", Duration::from_secs(60))
         .ttl_kind("book", Duration::from_secs(60))
         .ttl_kind("pos", Duration::from_secs(60))
-}
-
-async fn subscribed(caches: &[&Cache]) {
-    wait_for("the subscribers", || {
-        caches
-            .iter()
-            .all(|c| c.stats().backplane.is_some_and(|b| b.subscribed))
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -61,3 +61,18 @@ pub fn uid(prefix: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// Waits (at most 30 s) until every cache's backplane subscriber is listening.
+pub async fn subscribed(caches: &[&mdcache::Cache]) {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !caches
+        .iter()
+        .all(|c| c.stats().backplane.is_some_and(|b| b.subscribed))
+    {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "timed out waiting for the subscribers"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
