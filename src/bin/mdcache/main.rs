@@ -33,15 +33,18 @@ use crate::output::Failure;
 /// simulate workload or the demo.
 ///
 /// Configuration comes from the CACHE_* environment variables (CACHE_REDIS_URL,
-/// CACHE_ADDRESS/CACHE_PORT/CACHE_PASSWORD, CACHE_NAMESPACE, CACHE_TTL_<KIND>_MS, ...) and
-/// DATABASE_URL; --redis overrides the Redis address, --database the database.
+/// CACHE_ADDRESS/CACHE_PORT, CACHE_USERNAME/CACHE_PASSWORD for an ACL user, CACHE_TLS_CA_FILE
+/// for rediss://, CACHE_NAMESPACE, CACHE_TTL_<KIND>_MS, ...) and DATABASE_URL (TLS with
+/// sslmode=verify-full&sslrootcert=PATH); --redis overrides the Redis address, --database the
+/// database.
 ///
 /// Exit status: 0 done or found; 1 not found; 2 invalid input or configuration;
 /// 3 Redis or the database unavailable (timed out, unreachable, or it refused the command).
 #[derive(Debug, Parser)]
 #[command(name = "mdcache", version)]
 struct Cli {
-    /// Redis URL (redis:// or rediss://), overriding CACHE_REDIS_URL and CACHE_ADDRESS.
+    /// Redis URL (redis:// or rediss:// for TLS, optionally redis://USER:PASSWORD@HOST:PORT/),
+    /// overriding CACHE_REDIS_URL and CACHE_ADDRESS.
     #[arg(long, global = true, value_name = "URL")]
     redis: Option<String>,
 
