@@ -158,9 +158,53 @@ impl<S: KeySchema> Key<S> {
         S::KIND
     }
 
+    /// The Redis Cluster hash slot (0..16384) this key lives in: every key of one identifier
+    /// (`{AAPL}`: its price, both book sides, its position) shares it, whatever the kind.
+    /// For grouping work by shard, e.g. giving each engine the symbols of some slots.
+    ///
+    /// ```
+    /// # fn main() -> mdcache::Result<()> {
+    /// use mdcache::{BookBid, Cache, Price};
+    /// let cache = Cache::builder().build()?;
+    /// let price = cache.key::<Price>("AAPL")?;
+    /// assert_eq!(price.slot(), cache.key::<BookBid>("AAPL")?.slot());
+    /// assert!(price.slot() < 16_384);
+    /// # Ok(()) }
+    /// ```
+    pub fn slot(&self) -> u16 {
+        key_slot(self.full.as_bytes())
+    }
+
     pub(crate) fn shared(&self) -> &Arc<str> {
         &self.full
     }
+}
+
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag (the bytes between
+/// the first `{` and the next `}`, when there are any) or of the whole key, modulo 16384.
+pub(crate) fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16_xmodem(tagged.unwrap_or(key)) % 16_384
+}
+
+/// CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0, as Redis Cluster hashes keys.
+fn crc16_xmodem(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
 }
 
 /// Checks an identifier against DESIGN §2: non-empty, at most [`MAX_ID_LEN`] bytes, and no
@@ -226,6 +270,25 @@ pub(crate) fn validate_kind(kind: &str) -> Result<()> {
 mod tests {
     use super::*;
     use crate::schema::{BookBid, Price};
+
+    #[test]
+    fn slots_are_redis_clusters() {
+        // The examples of the Redis Cluster specification and of CLUSTER KEYSLOT's docs.
+        assert_eq!(crc16_xmodem(b"123456789"), 0x31C3);
+        assert_eq!(key_slot(b"somekey"), 11_058);
+        assert_eq!(key_slot(b"foo{hash_tag}"), key_slot(b"hash_tag"));
+        assert_eq!(
+            key_slot(b"{user1000}.following"),
+            key_slot(b"{user1000}.followers")
+        );
+        // An empty tag hashes the whole key; only the first `{` counts.
+        assert_eq!(
+            key_slot(b"foo{}{bar}"),
+            crc16_xmodem(b"foo{}{bar}") % 16_384
+        );
+        assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
+        assert_eq!(key_slot(b"no tag}{"), crc16_xmodem(b"no tag}{") % 16_384);
+    }
 
     fn stats(kind: &'static str) -> Arc<KindStats> {
         Arc::new(KindStats::new(0, kind))

@@ -1,4 +1,4 @@
-//! The test support's Redis Cluster (issue 13): 3 primaries and 3 replicas converge, and a redis-rs cluster client with bounded retries and timeouts reaches every slot through it.
+//! The test support's Redis Cluster (issue 13): 3 primaries and 3 replicas converge, a redis-rs cluster client with bounded retries and timeouts reaches every slot through it, and `Key::slot` agrees with the cluster's own `CLUSTER KEYSLOT`.
 
 mod support;
 
@@ -24,15 +24,18 @@ async fn the_local_cluster_converges_and_serves_every_slot() {
         .unwrap();
     // Keys of 200 symbols land on slots of all three primaries (each symbol's hash tag
     // picks one).
+    let cache = mdcache::Cache::builder().build().unwrap();
     let mut slots = std::collections::HashSet::new();
     for i in 0..200 {
-        let key = format!("mdc:price:{{SYM{i:04}}}");
+        let typed = cache.key::<mdcache::Price>(&format!("SYM{i:04}")).unwrap();
+        let key = typed.as_str().to_owned();
         let slot: u32 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(&key)
             .query_async(&mut con)
             .await
             .unwrap();
+        assert_eq!(u32::from(typed.slot()), slot, "{key}");
         slots.insert(slot * 3 / 16_384);
         let () = redis::cmd("SET")
             .arg(&key)
