@@ -64,6 +64,27 @@ impl CacheBuilder {
         self
     }
 
+    /// A Redis Cluster (Valkey cluster, ElastiCache in cluster mode) instead of one server
+    /// (`CACHE_REDIS_CLUSTER`): its seed nodes as `host:port` or `redis://`/`rediss://`
+    /// URLs. The cache learns the other nodes from them; credentials and TLS roots are set
+    /// as for one server.
+    ///
+    /// ```
+    /// # async fn f() -> mdcache::Result<()> {
+    /// let cache = mdcache::Cache::builder()
+    ///     .redis_cluster(["10.0.0.1:6379", "10.0.0.2:6379", "10.0.0.3:6379"])
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn redis_cluster<I, S>(mut self, seeds: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.redis_cluster = seeds.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// The ACL user to authenticate as (`CACHE_USERNAME`); needs
     /// [`redis_password`](Self::redis_password).
     pub fn redis_username(mut self, user: impl Into<String>) -> Self {

@@ -72,6 +72,11 @@ pub struct CacheConfig {
     /// they may come from [`redis_username`](Self::redis_username) and
     /// [`redis_password`](Self::redis_password): one place or the other, not both.
     pub redis_url: Option<String>,
+    /// Seed nodes of a Redis Cluster (Valkey cluster, ElastiCache in cluster mode), instead of
+    /// [`redis_url`](Self::redis_url): `CACHE_REDIS_CLUSTER=host:port,host:port,…`. Each seed
+    /// is `host:port` or a `redis://`/`rediss://` URL (all of one scheme); the cache learns
+    /// the rest of the cluster from them. Empty: no cluster.
+    pub redis_cluster: Vec<String>,
     /// ACL user Redis authenticates (`CACHE_USERNAME`); without it, a password authenticates
     /// the `default` user.
     pub redis_username: Option<String>,
@@ -225,6 +230,7 @@ impl Default for CacheConfig {
         CacheConfig {
             backend: None,
             redis_url: None,
+            redis_cluster: Vec::new(),
             redis_username: None,
             redis_password: None,
             tls_ca_file: None,
@@ -255,6 +261,7 @@ impl std::fmt::Debug for CacheConfig {
         let CacheConfig {
             backend,
             redis_url,
+            redis_cluster,
             redis_username,
             redis_password,
             tls_ca_file,
@@ -276,6 +283,13 @@ impl std::fmt::Debug for CacheConfig {
         f.debug_struct("CacheConfig")
             .field("backend", backend)
             .field("redis_url", &redis_url.as_deref().map(redact_url))
+            .field(
+                "redis_cluster",
+                &redis_cluster
+                    .iter()
+                    .map(|n| redact_url(n))
+                    .collect::<Vec<_>>(),
+            )
             .field("redis_username", redis_username)
             .field("redis_password", redis_password)
             .field("tls_ca_file", tls_ca_file)
@@ -341,6 +355,7 @@ impl CacheConfig {
             match name {
                 "CACHE_BACKEND" => cfg.backend = Some(value.parse()?),
                 "CACHE_REDIS_URL" => cfg.redis_url = non_empty(name, value)?,
+                "CACHE_REDIS_CLUSTER" => cfg.redis_cluster = seed_list(name, value)?,
                 "CACHE_ADDRESS" => address = non_empty(name, value)?,
                 "CACHE_PORT" => port = Some(parse_num::<u16>(name, value, 1)?),
                 "CACHE_USERNAME" => cfg.redis_username = non_empty(name, value)?,
@@ -432,6 +447,7 @@ impl CacheConfig {
             None => cfg.breaker.policy.with_failures(failures),
         };
         if cfg.redis_url.is_none()
+            && cfg.redis_cluster.is_empty()
             && let Some(address) = address
         {
             cfg.redis_url = Some(format!("redis://{address}:{}/", port.unwrap_or(6379)));
@@ -455,11 +471,17 @@ impl CacheConfig {
     /// The backend actually used: the configured one, else `layered` with a Redis address and
     /// `memory` without.
     pub fn effective_backend(&self) -> Backend {
-        self.backend.unwrap_or(if self.redis_url.is_some() {
+        self.backend.unwrap_or(if self.has_redis() {
             Backend::Layered
         } else {
             Backend::Memory
         })
+    }
+
+    /// True when a Redis is configured: a server ([`redis_url`](Self::redis_url)) or a
+    /// cluster ([`redis_cluster`](Self::redis_cluster)).
+    pub fn has_redis(&self) -> bool {
+        self.redis_url.is_some() || !self.redis_cluster.is_empty()
     }
 
     /// Checks the settings that cannot be expressed in the types; errors name the variable.
@@ -557,12 +579,12 @@ impl CacheConfig {
             }
             at_most_max_ttl(&var(), *ttl)?;
         }
-        match (self.effective_backend(), &self.redis_url) {
-            (Backend::Redis | Backend::Layered, None) => Err(Error::config(
+        match (self.effective_backend(), self.has_redis()) {
+            (Backend::Redis | Backend::Layered, false) => Err(Error::config(
                 "CACHE_REDIS_URL",
-                "the redis and layered backends need a Redis address (CACHE_REDIS_URL or CACHE_ADDRESS)",
+                "the redis and layered backends need a Redis address (CACHE_REDIS_URL, CACHE_ADDRESS or CACHE_REDIS_CLUSTER)",
             )),
-            (Backend::Redis | Backend::Layered, Some(_)) => crate::l2::check_settings(self),
+            (Backend::Redis | Backend::Layered, true) => crate::l2::check_settings(self),
             _ => Ok(()),
         }
     }
@@ -594,6 +616,27 @@ impl std::fmt::Debug for Password {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(REDACTED)
     }
+}
+
+/// Most seed nodes `CACHE_REDIS_CLUSTER` takes (a cluster is learnt from any one of them).
+const MAX_SEEDS: usize = 64;
+
+/// A comma-separated list of cluster seed nodes: trimmed, none empty, at most [`MAX_SEEDS`].
+fn seed_list(name: &str, value: &str) -> Result<Vec<String>> {
+    let seeds: Vec<String> = value.split(',').map(|s| s.trim().to_owned()).collect();
+    if seeds.iter().any(String::is_empty) {
+        return Err(Error::config(
+            name,
+            "wants host:port seed nodes separated by commas, none empty",
+        ));
+    }
+    if seeds.len() > MAX_SEEDS {
+        return Err(Error::config(
+            name,
+            format!("at most {MAX_SEEDS} seed nodes (any one of them finds the rest)"),
+        ));
+    }
+    Ok(seeds)
 }
 
 fn non_empty(name: &str, value: &str) -> Result<Option<String>> {

@@ -7,16 +7,25 @@ mod fixtures;
 
 use std::time::Duration;
 
+use fixtures::OnTarget;
 use fixtures::{book, pos, price, subscribed};
 use mdcache::{Backend, BookBid, Cache, Position, Price, Tier};
 use serde::Serialize;
+use support::target::{Reach, Target, on_both};
 use support::{RedisServer, TEST_OP_TIMEOUT, wait_for};
+
+// Writes, deletes and flushes reach the other instances on one server and on a cluster
+// (classic pub/sub, which a cluster forwards to every node).
+on_both!(
+    a_write_on_b_reaches_a_without_waiting_for_a_ttl,
+    an_instance_without_l1_publishes_and_flush_waits_until_it_has,
+);
 
 /// A layered cache on `server` whose kinds live a minute: nothing here may depend on a TTL
 /// running out.
-fn instance(server: &RedisServer) -> Cache {
+fn instance(server: &impl Reach) -> Cache {
     Cache::builder()
-        .redis_url(server.url())
+        .on(server)
         .backend(Backend::Layered)
         .op_timeout(TEST_OP_TIMEOUT)
         .ttl_kind("price", Duration::from_secs(60))
@@ -62,9 +71,7 @@ where
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_on_b_reaches_a_without_waiting_for_a_ttl() {
-    let server = RedisServer::start();
+async fn a_write_on_b_reaches_a_without_waiting_for_a_ttl(server: Target) {
     let (a, b) = (instance(&server), instance(&server));
     subscribed(&[&a, &b]).await;
 
@@ -434,14 +441,12 @@ async fn a_received_value_ages_from_its_write_and_expires_with_it() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_instance_without_l1_publishes_and_flush_waits_until_it_has() {
-    let server = RedisServer::start();
+async fn an_instance_without_l1_publishes_and_flush_waits_until_it_has(server: Target) {
     let a = instance(&server);
     // Like the command-line tool: Redis only, no L1 (so nothing to receive into), writes
     // synchronous.
     let w = Cache::builder()
-        .redis_url(server.url())
+        .on(&server)
         .backend(Backend::Redis)
         .op_timeout(TEST_OP_TIMEOUT)
         .ttl_kind("pos", Duration::from_secs(60))

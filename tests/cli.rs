@@ -59,6 +59,12 @@ impl Out {
         self.json()
     }
 
+    /// Exit `code`, whatever was printed.
+    #[track_caller]
+    fn assert_code(&self, code: i32) {
+        assert_eq!(self.code, Some(code), "{self:?}");
+    }
+
     /// Exit `code`, nothing on stdout, and exactly one `mdcache: …` line on stderr that
     /// contains `needle`.
     #[track_caller]
@@ -442,7 +448,7 @@ fn no_redis_address_exits_2() {
         out.assert_error(2, "no Redis address");
         assert_eq!(
             out.stderr,
-            "mdcache: no Redis address: pass --redis URL or set CACHE_REDIS_URL\n"
+            "mdcache: no Redis address: pass --redis URL (or --redis-cluster NODES) or set CACHE_REDIS_URL (or CACHE_REDIS_CLUSTER)\n"
         );
     }
 }
@@ -994,4 +1000,50 @@ fn demo_refuses_a_database() {
         "100",
     ])
     .assert_error(2, "--database");
+}
+
+/// Every key command on a Redis Cluster, from `--redis-cluster` or `CACHE_REDIS_CLUSTER`;
+/// a cluster and a server together, or a seed that does not parse, are refused (exit 2) and
+/// the message names the flag.
+#[test]
+fn the_key_commands_take_a_cluster() {
+    let cluster = support::cluster::RedisCluster::start();
+    let nodes = cluster.nodes_arg();
+    let on = |args: &[&str]| run(mdcache().arg("--redis-cluster").arg(&nodes).args(args));
+    on(&["put", "pos", "P1", &example("pos")]).ok_json();
+    let got = on(&["get", "pos", "P1"]).ok_json();
+    assert_eq!(got["tier"], "l2", "{got}");
+    assert!(
+        on(&["ttl", "pos", "P1"]).ok_json()["ttl_ms"]
+            .as_u64()
+            .is_some()
+    );
+    on(&[
+        "put",
+        "book:bid",
+        "B1",
+        "[[10.5, 2.0]]",
+        "--ttl-ms",
+        "60000",
+    ])
+    .ok_json();
+    on(&["del", "pos", "P1"]).ok_json();
+    assert_eq!(on(&["get", "pos", "P1"]).code, Some(1));
+    let via_env = run(mdcache()
+        .env("CACHE_REDIS_CLUSTER", &nodes)
+        .args(["get", "book:bid", "B1"]));
+    let book = via_env.ok_json();
+    assert!(book["value"].to_string().contains("10.5"), "{book}");
+
+    run(mdcache()
+        .args(["--redis", "redis://127.0.0.1:1/", "--redis-cluster", &nodes])
+        .args(["get", "pos", "P1"]))
+    .assert_code(2);
+    run(mdcache().args(["--redis-cluster", "127.0.0.1:notaport", "get", "pos", "P1"]))
+        .assert_error(2, "--redis-cluster");
+    run(mdcache()
+        .env("CACHE_REDIS_URL", "redis://127.0.0.1:1/")
+        .env("CACHE_REDIS_CLUSTER", &nodes)
+        .args(["get", "pos", "P1"]))
+    .assert_error(2, "CACHE_REDIS_CLUSTER");
 }

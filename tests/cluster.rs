@@ -1,6 +1,9 @@
-//! The test support's Redis Cluster (issue 13): 3 primaries and 3 replicas converge, a redis-rs cluster client with bounded retries and timeouts reaches every slot through it, and `Key::slot` agrees with the cluster's own `CLUSTER KEYSLOT`.
+//! The test support's Redis Cluster and the cache on it (issue 13): 3 primaries and 3 replicas converge, `Key::slot` agrees with the cluster's own `CLUSTER KEYSLOT`, and the conflating writer's batches split by slot reach every primary and read back across slots.
 
 mod support;
+
+#[path = "support/fixtures.rs"]
+mod fixtures;
 
 use std::time::Duration;
 
@@ -51,4 +54,52 @@ async fn the_local_cluster_converges_and_serves_every_slot() {
         assert_eq!(got, i);
     }
     assert_eq!(slots.len(), 3, "the symbols' slots span the key space");
+}
+
+/// The conflating writer on a cluster: prices and book sides of 200 symbols (every primary
+/// holds some) queued, flushed in one batch split by slot, and read back by another instance
+/// in one `get_many` across slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_flushes_across_slots_and_another_instance_reads_them() {
+    let cluster = RedisCluster::start();
+    let build = || {
+        mdcache::Cache::builder()
+            .redis_cluster(cluster.urls())
+            .op_timeout(Duration::from_secs(2))
+            .ttl_kind("price", Duration::from_secs(60))
+            .ttl_kind("book", Duration::from_secs(60))
+            .build()
+            .unwrap()
+    };
+    let (feed, engine) = (build(), build());
+    for i in 0..200u64 {
+        let k = feed.key::<mdcache::Price>(&format!("S{i}")).unwrap();
+        assert_eq!(
+            feed.set(&k, fixtures::price(i + 1), i + 1).await.unwrap(),
+            mdcache::WriteOutcome::Queued
+        );
+        let b = feed.key::<mdcache::BookBid>(&format!("S{i}")).unwrap();
+        feed.set_book(&b, fixtures::book([(i as f64, 1.0)]), i + 1)
+            .await
+            .unwrap();
+    }
+    feed.flush().await.unwrap();
+    let w = feed.stats().writer.unwrap();
+    assert_eq!((w.flushed, w.failed), (400, 0), "{w:?}");
+    for node in cluster.primaries() {
+        assert!(node.dbsize() > 0, "a primary holds none of the keys");
+    }
+    let keys: Vec<_> = (0..210u64)
+        .map(|i| engine.key::<mdcache::Price>(&format!("S{i}")).unwrap())
+        .collect();
+    let got = engine.get_many(&keys).await.unwrap();
+    for (i, r) in got.iter().enumerate() {
+        match r {
+            Some(r) => assert_eq!((i < 200, r.version), (true, i as u64 + 1)),
+            None => assert!(i >= 200, "S{i} missing"),
+        }
+    }
+    let b = engine.key::<mdcache::BookBid>("S7").unwrap();
+    let side = engine.read_book(&b, 0).await.unwrap().unwrap();
+    assert_eq!((side.version, side.value.levels[0].price), (8, 7.0));
 }

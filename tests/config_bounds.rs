@@ -2,6 +2,8 @@
 //! every duration a builder or the environment accepts is at most `MAX_TTL`, and anything
 //! larger is an error naming the setting at `build()`, never a panic on first use.
 
+mod support;
+
 #[path = "support/fixtures.rs"]
 mod fixtures;
 

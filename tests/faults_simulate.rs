@@ -28,7 +28,7 @@ fn run_simulate(
     let dir = tempfile::tempdir().expect("temp dir");
     let report_path = dir.path().join("report.json");
     let name = fault.name();
-    let redis_url = env.redis_url();
+    let redis_args = env.redis_args();
     // `mdcache()` takes nothing from the host's environment: only the settings below.
     let mut child = mdcache()
         .args(["simulate", "--quiet", "--verify"])
@@ -48,8 +48,7 @@ fn run_simulate(
         } else {
             Vec::new()
         })
-        .arg("--redis")
-        .arg(&redis_url)
+        .args(&redis_args)
         .arg("--database")
         .arg(env.pg.url())
         .arg("--report")
@@ -151,7 +150,7 @@ fn sim_scenario_with(fault: Fault, engines: u32) {
     } else {
         fault.name().to_owned()
     };
-    let mut env = Env::start(fault.through_proxy());
+    let mut env = Env::start_for(fault);
     let (report, status, output) = run_simulate(fault, engines, &mut env);
     if let Ok(dir) = std::env::var("MDCACHE_FAULTS_OUT") {
         let file = format!(
@@ -286,4 +285,16 @@ fn simulate_redis_killed_then_restarted_empty_with_two_engines() {
 #[ignore = "run by `make faults`"]
 fn simulate_backplane_subscriber_killed_with_two_engines() {
     sim_scenario_with(Fault::SubscriberKilled, 2);
+}
+
+#[test]
+#[ignore = "run by `make faults`"]
+fn simulate_cluster_manual_failover() {
+    sim_scenario(Fault::ClusterFailover);
+}
+
+#[test]
+#[ignore = "run by `make faults`"]
+fn simulate_cluster_primary_hung() {
+    sim_scenario(Fault::ClusterPrimaryHung);
 }

@@ -9,6 +9,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fixtures::OnTarget;
 use fixtures::{book, price, uid};
 use mdcache::{
     Backend, BookAsk, BookBid, BookSide, BreakerState, Cache, ErrorKind, KeySchema, KeyTtl, Order,
@@ -16,13 +17,28 @@ use mdcache::{
 };
 use proptest::prelude::*;
 use redis::AsyncCommands;
+use support::target::{Reach, Target, on_both};
 use support::{RedisServer, TEST_OP_TIMEOUT};
+
+// The core data path (keys, TTLs, versions, books, batches) on one server and on a cluster.
+on_both!(
+    every_kind_gets_its_ttl_in_milliseconds_and_expires,
+    l1_promotion_uses_the_remaining_ttl_and_never_outlives_l2,
+    a_lower_version_never_replaces_a_higher_one_in_either_tier,
+    garbage_bytes_are_a_miss_and_a_decode_error_never_a_value,
+    a_key_of_the_wrong_redis_type_is_a_typed_error,
+    an_oversize_value_is_refused_before_any_io,
+    batches_mix_hits_and_misses_in_one_round_trip,
+    books_are_sorted_sets_read_top_n_best_first,
+    delete_unlinks_and_evicts_and_ttl_reports,
+    scripts_are_reloaded_after_the_server_forgets_them,
+);
 
 /// These tests hold the synchronous write path (each `set` in Redis before it returns), so
 /// conflation is off; the conflating market-data writer has `tests/writer.rs`.
-fn cache(server: &RedisServer, backend: Backend) -> Cache {
+fn cache(server: &impl Reach, backend: Backend) -> Cache {
     Cache::builder()
-        .redis_url(server.url())
+        .on(server)
         .no_conflation()
         .backend(backend)
         .op_timeout(TEST_OP_TIMEOUT)
@@ -30,18 +46,18 @@ fn cache(server: &RedisServer, backend: Backend) -> Cache {
         .expect("cache builds")
 }
 
-async fn pttl(server: &RedisServer, key: &str) -> i64 {
-    let mut c = server.multiplexed().await;
+async fn pttl(server: &impl Reach, key: &str) -> i64 {
+    let mut c = server.raw().await;
     c.pttl(key).await.expect("PTTL")
 }
 
-async fn exists(server: &RedisServer, key: &str) -> bool {
-    let mut c = server.multiplexed().await;
+async fn exists(server: &impl Reach, key: &str) -> bool {
+    let mut c = server.raw().await;
     c.exists(key).await.expect("EXISTS")
 }
 
 /// Waits (generously) until Redis itself reports `key` gone.
-async fn wait_gone(server: &RedisServer, key: &str, ttl: Duration) {
+async fn wait_gone(server: &impl Reach, key: &str, ttl: Duration) {
     let give_up = Instant::now() + ttl + Duration::from_secs(10);
     while exists(server, key).await {
         assert!(
@@ -52,13 +68,11 @@ async fn wait_gone(server: &RedisServer, key: &str, ttl: Duration) {
     }
 }
 
-#[tokio::test]
-async fn every_kind_gets_its_ttl_in_milliseconds_and_expires() {
-    let server = RedisServer::start();
+async fn every_kind_gets_its_ttl_in_milliseconds_and_expires(server: Target) {
     // Long kinds get shortened TTLs so the test can watch them expire; the short kinds keep
     // their design defaults (price 100 ms, book 50 ms).
     let cache = Cache::builder()
-        .redis_url(server.url())
+        .on(&server)
         .no_conflation()
         .backend(Backend::Layered)
         .op_timeout(TEST_OP_TIMEOUT)
@@ -147,9 +161,7 @@ async fn every_kind_gets_its_ttl_in_milliseconds_and_expires() {
     assert!(cache.read_book(&ask, 0).await.unwrap().is_none());
 }
 
-#[tokio::test]
-async fn l1_promotion_uses_the_remaining_ttl_and_never_outlives_l2() {
-    let server = RedisServer::start();
+async fn l1_promotion_uses_the_remaining_ttl_and_never_outlives_l2(server: Target) {
     let writer = cache(&server, Backend::Redis);
     let key = writer.key::<Order>("o-42").unwrap();
     let o = Order {
@@ -198,9 +210,7 @@ async fn l1_promotion_uses_the_remaining_ttl_and_never_outlives_l2() {
     assert_eq!(s.total.l1_hits, 1);
 }
 
-#[tokio::test]
-async fn a_lower_version_never_replaces_a_higher_one_in_either_tier() {
-    let server = RedisServer::start();
+async fn a_lower_version_never_replaces_a_higher_one_in_either_tier(server: Target) {
     let cache = cache(&server, Backend::Layered);
     let key = cache.key::<Price>("MSFT").unwrap();
     assert_eq!(
@@ -215,7 +225,7 @@ async fn a_lower_version_never_replaces_a_higher_one_in_either_tier() {
     let r = cache.read(&key).await.unwrap().unwrap();
     assert_eq!((r.tier, r.version, r.value.seq), (Tier::L1, 5, 5));
     // L2, raw
-    let mut c = server.multiplexed().await;
+    let mut c = server.raw().await;
     let raw: Vec<u8> = c.get(key.as_str()).await.unwrap();
     assert_eq!(codec::peek_version(&raw), Ok(5));
     // L2, through a fresh instance
@@ -247,7 +257,7 @@ async fn a_lower_version_never_replaces_a_higher_one_in_either_tier() {
     // Books follow the same rule.
     let bk = cache.key::<BookBid>("MSFT").unwrap();
     let long = Cache::builder()
-        .redis_url(server.url())
+        .on(&server)
         .no_conflation()
         .op_timeout(TEST_OP_TIMEOUT)
         .ttl_kind("book", Duration::from_secs(30))
@@ -297,12 +307,10 @@ async fn every_forbidden_identifier_is_refused_and_nothing_is_sent() {
     assert_eq!(server.dbsize(), before);
 }
 
-#[tokio::test]
-async fn garbage_bytes_are_a_miss_and_a_decode_error_never_a_value() {
-    let server = RedisServer::start();
+async fn garbage_bytes_are_a_miss_and_a_decode_error_never_a_value(server: Target) {
     let cache = cache(&server, Backend::Layered);
     let key = cache.key::<Price>("JUNK").unwrap();
-    let mut c = server.multiplexed().await;
+    let mut c = server.raw().await;
     for garbage in [
         b"hello world".to_vec(),
         vec![0x4D, 1, 0, 0],
@@ -325,11 +333,9 @@ async fn garbage_bytes_are_a_miss_and_a_decode_error_never_a_value() {
     assert_eq!(cache.get(&key).await.unwrap().unwrap().seq, 1);
 }
 
-#[tokio::test]
-async fn a_key_of_the_wrong_redis_type_is_a_typed_error() {
-    let server = RedisServer::start();
+async fn a_key_of_the_wrong_redis_type_is_a_typed_error(server: Target) {
     let cache = cache(&server, Backend::Layered);
-    let mut c = server.multiplexed().await;
+    let mut c = server.raw().await;
     let key = cache.key::<Price>("LIST").unwrap();
     let _: () = c.lpush(key.as_str(), "x").await.unwrap();
     let err = cache.get(&key).await.unwrap_err();
@@ -353,11 +359,9 @@ async fn a_key_of_the_wrong_redis_type_is_a_typed_error() {
     assert_eq!(cache.stats().total.writes_local_only, 0);
 }
 
-#[tokio::test]
-async fn an_oversize_value_is_refused_before_any_io() {
-    let server = RedisServer::start();
+async fn an_oversize_value_is_refused_before_any_io(server: Target) {
     let cache = Cache::builder()
-        .redis_url(server.url())
+        .on(&server)
         .no_conflation()
         .op_timeout(TEST_OP_TIMEOUT)
         .max_value_bytes(NonZeroUsize::new(4096).unwrap())
@@ -391,9 +395,7 @@ async fn an_oversize_value_is_refused_before_any_io() {
     assert_eq!(server.dbsize(), 0);
 }
 
-#[tokio::test]
-async fn batches_mix_hits_and_misses_in_one_round_trip() {
-    let server = RedisServer::start();
+async fn batches_mix_hits_and_misses_in_one_round_trip(server: Target) {
     let writer = cache(&server, Backend::Redis);
     let keys: Vec<_> = (0..8)
         .map(|i| writer.key::<Price>(&format!("S{i}")).unwrap())
@@ -440,7 +442,7 @@ async fn batches_mix_hits_and_misses_in_one_round_trip() {
     }
     // An invalid value anywhere in a batch writes nothing.
     let small = Cache::builder()
-        .redis_url(server.url())
+        .on(&server)
         .no_conflation()
         .op_timeout(TEST_OP_TIMEOUT)
         .max_value_bytes(NonZeroUsize::new(128).unwrap())
@@ -478,11 +480,9 @@ async fn batches_mix_hits_and_misses_in_one_round_trip() {
     assert_eq!(server.dbsize(), before + 1);
 }
 
-#[tokio::test]
-async fn books_are_sorted_sets_read_top_n_best_first() {
-    let server = RedisServer::start();
+async fn books_are_sorted_sets_read_top_n_best_first(server: Target) {
     let cache = Cache::builder()
-        .redis_url(server.url())
+        .on(&server)
         .no_conflation()
         .backend(Backend::Layered)
         .op_timeout(TEST_OP_TIMEOUT)
@@ -494,7 +494,7 @@ async fn books_are_sorted_sets_read_top_n_best_first() {
     let levels = [(5000.25, 3.0), (5000.75, 1.0), (5000.5, 2.0), (4999.0, 9.0)];
     cache.set_book(&bid, book(levels), 1).await.unwrap();
     cache.set_book(&ask, book(levels), 1).await.unwrap();
-    let mut c = server.multiplexed().await;
+    let mut c = server.raw().await;
     let t: String = redis::cmd("TYPE")
         .arg(bid.as_str())
         .query_async(&mut c)
@@ -540,9 +540,7 @@ async fn books_are_sorted_sets_read_top_n_best_first() {
     assert!(!exists(&server, &format!("{}:v", bid.as_str())).await);
 }
 
-#[tokio::test]
-async fn delete_unlinks_and_evicts_and_ttl_reports() {
-    let server = RedisServer::start();
+async fn delete_unlinks_and_evicts_and_ttl_reports(server: Target) {
     let cache = cache(&server, Backend::Layered);
     let key = cache.key::<Order>("o-9").unwrap();
     assert_eq!(cache.ttl(&key).await.unwrap(), KeyTtl::Missing);
@@ -567,7 +565,7 @@ async fn delete_unlinks_and_evicts_and_ttl_reports() {
         "L1 kept a deleted key"
     );
     assert!(!exists(&server, key.as_str()).await);
-    let mut c = server.multiplexed().await;
+    let mut c = server.raw().await;
     let _: () = c.set(key.as_str(), "persistent").await.unwrap();
     assert_eq!(cache.ttl(&key).await.unwrap(), KeyTtl::Persistent);
 }
@@ -771,15 +769,13 @@ fn assert_send_sync() {
     is::<Arc<Price>>();
 }
 
-#[tokio::test]
-async fn scripts_are_reloaded_after_the_server_forgets_them() {
-    let server = RedisServer::start();
+async fn scripts_are_reloaded_after_the_server_forgets_them(server: Target) {
     let cache = cache(&server, Backend::Redis);
     let key = cache.key::<Price>("NOSCRIPT").unwrap();
     let bk = cache.key::<BookAsk>("NOSCRIPT").unwrap();
     cache.set(&key, price(1), 1).await.unwrap();
     cache.set_book(&bk, book([(1.0, 1.0)]), 1).await.unwrap();
-    let mut c = server.multiplexed().await;
+    let mut c = server.raw().await;
     for round in 2..4u64 {
         let _: () = redis::cmd("SCRIPT")
             .arg("FLUSH")

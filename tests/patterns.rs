@@ -8,6 +8,7 @@ mod fixtures;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fixtures::OnTarget;
 use fixtures::{price, uid};
 use mdcache::{
     Backend, BookBid, BookSide, Cache, CacheAside, Counted, Level, Load, MemorySource, Order,
@@ -15,11 +16,20 @@ use mdcache::{
 };
 use redis::AsyncCommands;
 use support::pg::{self, PgServer};
+use support::target::{Reach, Target, on_both};
 use support::{RedisServer, TEST_OP_TIMEOUT};
 
-fn layered(server: &RedisServer) -> Cache {
+// Cache-aside and write-through on one server and on a cluster.
+on_both!(
+    a_thousand_concurrent_readers_of_a_cold_key_load_it_once,
+    a_constraint_violation_returns_the_error_and_clears_both_tiers,
+    concurrent_writers_leave_the_databases_latest_version_cached,
+    books_go_through_both_patterns,
+);
+
+fn layered(server: &impl Reach) -> Cache {
     Cache::builder()
-        .redis_url(server.url())
+        .on(server)
         .backend(Backend::Layered)
         .op_timeout(TEST_OP_TIMEOUT)
         .build()
@@ -47,14 +57,12 @@ fn order(id: &str, qty: f64) -> Order {
     }
 }
 
-async fn in_redis(server: &RedisServer, key: &str) -> bool {
-    let mut c = server.multiplexed().await;
+async fn in_redis(server: &impl Reach, key: &str) -> bool {
+    let mut c = server.raw().await;
     c.exists(key).await.expect("EXISTS")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_concurrent_readers_of_a_cold_key_load_it_once() {
-    let redis = RedisServer::start();
+async fn a_thousand_concurrent_readers_of_a_cold_key_load_it_once(redis: Target) {
     let src = postgres(&pg::database_url()).await;
     let cache = layered(&redis);
     let id = uid("cold");
@@ -173,9 +181,7 @@ async fn negative_caching_remembers_not_found_only_when_enabled() {
     assert_eq!(r.value.qty, 1.0);
 }
 
-#[tokio::test]
-async fn a_constraint_violation_returns_the_error_and_clears_both_tiers() {
-    let redis = RedisServer::start();
+async fn a_constraint_violation_returns_the_error_and_clears_both_tiers(redis: Target) {
     let url = pg::database_url();
     let src = postgres(&url).await;
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -321,9 +327,7 @@ async fn redis_killed_during_write_through_acknowledges_and_logs_the_key_dirty()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writers_leave_the_databases_latest_version_cached() {
-    let redis = RedisServer::start();
+async fn concurrent_writers_leave_the_databases_latest_version_cached(redis: Target) {
     let src = postgres(&pg::database_url()).await;
     let cache = layered(&redis);
     let id = uid("race");
@@ -356,12 +360,10 @@ async fn concurrent_writers_leave_the_databases_latest_version_cached() {
     assert_eq!((there.version, there.value.qty), (db.version, db.value.qty));
 }
 
-#[tokio::test]
-async fn books_go_through_both_patterns() {
-    let redis = RedisServer::start();
+async fn books_go_through_both_patterns(redis: Target) {
     let src = postgres(&pg::database_url()).await;
     let cache = Cache::builder()
-        .redis_url(redis.url())
+        .on(&redis)
         .backend(Backend::Layered)
         .op_timeout(TEST_OP_TIMEOUT)
         .ttl_kind("book", Duration::from_secs(30))
@@ -384,9 +386,9 @@ async fn books_go_through_both_patterns() {
     };
     let ack = writer.write_book(&key, side).await.unwrap();
     cache.clear_l1();
-    let _: () = redis.multiplexed().await.del(key.as_str()).await.unwrap();
+    let _: () = redis.raw().await.del(key.as_str()).await.unwrap();
     let _: () = redis
-        .multiplexed()
+        .raw()
         .await
         .del(format!("{}:v", key.as_str()))
         .await

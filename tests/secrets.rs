@@ -3,6 +3,8 @@
 //! No server is needed: every address here refuses connections (port 1), so the cache and the
 //! source are built, tried and fail without ever sending a password anywhere.
 
+mod support;
+
 #[path = "support/fixtures.rs"]
 mod fixtures;
 

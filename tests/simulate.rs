@@ -467,19 +467,26 @@ fn past_ttl_within_writer_lag(freshness: &Value, _lag_max_us: u64, _slack_us: u6
 #[test]
 fn engines_read_what_the_feed_wrote_through_redis() {
     let redis = RedisServer::start();
+    engines_read_what_the_feed_wrote(&["--redis", &redis.url()]);
+}
+
+#[test]
+fn engines_read_what_the_feed_wrote_through_a_cluster() {
+    let cluster = support::cluster::RedisCluster::start();
+    engines_read_what_the_feed_wrote(&["--redis-cluster", &cluster.nodes_arg()]);
+}
+
+/// A feed and two engines in one process, sharing the Redis `redis_args` name (`--redis URL`
+/// or `--redis-cluster NODES`): the report's figures and the `--verify` check.
+#[track_caller]
+fn engines_read_what_the_feed_wrote(redis_args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
     let mut args = SMALL.to_vec();
-    let (redis_url, report_s) = (redis.url(), report.to_str().unwrap());
-    args.extend([
-        "--engines",
-        "2",
-        "--redis",
-        &redis_url,
-        "--report",
-        report_s,
-        "--verify",
-    ]);
+    let report_s = report.to_str().unwrap();
+    args.extend(["--engines", "2"]);
+    args.extend(redis_args);
+    args.extend(["--report", report_s, "--verify"]);
     let out = simulate_patient_ok(&args);
     let stdout = text(&out.stdout);
     for needle in [

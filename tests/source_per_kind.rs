@@ -1,5 +1,7 @@
 //! A source of record for one kind only — typed rows, no serde, no kind string — used through cache-aside and write-through.
 
+mod support;
+
 #[path = "support/fixtures.rs"]
 mod fixtures;
 

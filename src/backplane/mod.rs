@@ -68,8 +68,10 @@ const RESUBSCRIBE_MAX: Duration = Duration::from_secs(1);
 /// Settings of one instance's backplane.
 #[derive(Clone)]
 pub(crate) struct BackplaneOptions {
-    /// Where and how the publisher and the subscriber connect (the L2's settings).
-    pub(crate) info: redis::ConnectionInfo,
+    /// Where and how the publisher and the subscriber connect (the L2's settings): one
+    /// server, or a cluster's seeds, tried in turn (classic pub/sub reaches every node of a
+    /// cluster, so any node will do).
+    pub(crate) servers: Vec<redis::ConnectionInfo>,
     /// `<namespace>:backplane`.
     pub(crate) channel: String,
     /// Deadline of connecting and subscribing.
@@ -84,11 +86,31 @@ pub(crate) struct BackplaneOptions {
     pub(crate) max_pending: usize,
 }
 
+impl BackplaneOptions {
+    /// The server for connection attempt `n`: the servers in turn.
+    fn server(&self, n: usize) -> redis::RedisResult<redis::ConnectionInfo> {
+        match self.servers.len() {
+            0 => Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "the backplane has no server to connect to",
+            ))),
+            len => Ok(self.servers[n % len].clone()),
+        }
+    }
+}
+
 /// By hand: the connection settings may hold a password.
 impl std::fmt::Debug for BackplaneOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BackplaneOptions")
-            .field("addr", &self.info.addr().to_string())
+            .field(
+                "addrs",
+                &self
+                    .servers
+                    .iter()
+                    .map(|i| i.addr().to_string())
+                    .collect::<Vec<_>>(),
+            )
             .field("channel", &self.channel)
             .field("connect_timeout", &self.connect_timeout)
             .field("interval", &self.interval)
@@ -463,6 +485,8 @@ struct Publisher {
     /// No connection attempt before this.
     retry_at: Option<tokio::time::Instant>,
     wait: Option<Duration>,
+    /// Connection attempts so far: picks the server to try ([`BackplaneOptions::server`]).
+    attempts: usize,
 }
 
 impl Publisher {
@@ -477,8 +501,10 @@ impl Publisher {
                 {
                     return Err("not connected (waiting to reconnect)".to_owned());
                 }
+                let server = opts.server(self.attempts);
+                self.attempts = self.attempts.wrapping_add(1);
                 let opened = tokio::time::timeout(opts.connect_timeout, async {
-                    redis::Client::open(opts.info.clone())?
+                    redis::Client::open(server?)?
                         .get_multiplexed_async_connection()
                         .await
                 })
@@ -619,12 +645,15 @@ async fn publish_loop(bp: Arc<Backplane>) {
 async fn subscribe_loop(bp: Arc<Backplane>, engine: Weak<dyn Receiver>) {
     let mut wait = RESUBSCRIBE_FIRST;
     let mut lost_before = false;
+    let mut attempts = 0usize;
     loop {
         if bp.stop.is_cancelled() {
             return;
         }
+        let server = bp.opts.server(attempts);
+        attempts = attempts.wrapping_add(1);
         let stream = tokio::time::timeout(bp.opts.connect_timeout, async {
-            let client = redis::Client::open(bp.opts.info.clone())?;
+            let client = redis::Client::open(server?)?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&bp.opts.channel).await?;
             Ok::<_, redis::RedisError>(pubsub.into_on_message())

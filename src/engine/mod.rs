@@ -31,7 +31,7 @@ use crate::fallback::FallbackHandler;
 use crate::key::{BookSchema, Key, KeySchema, Storage, ValueSchema, validate_kind};
 use crate::l1::{InsertOutcome, L1};
 use crate::l2::book;
-use crate::l2::{Fetched, L2Tier, RedisOptions, ttl_ms};
+use crate::l2::{ClusterOptions, Endpoint, Fetched, L2Tier, RedisOptions, ttl_ms};
 use crate::outcome::{KeyTtl, Read, SetOptions, Tier, WriteOutcome};
 use crate::recovery::Supervisor;
 use crate::resilience::{BreakerSnapshot, BreakerState};
@@ -93,36 +93,44 @@ impl Engine {
             )),
             Backend::Redis => None,
         };
-        // How to reach Redis (URL, credentials, TLS roots), worked out once for the pool and
-        // the backplane.
-        let info = match backend {
-            Backend::Redis | Backend::Layered => Some(crate::l2::connection_info(&config)?),
+        // How to reach Redis (URL or cluster seeds, credentials, TLS roots), worked out once
+        // for the L2 and the backplane.
+        let endpoint = match backend {
+            Backend::Redis | Backend::Layered => Some(crate::l2::endpoint(&config)?),
             Backend::Memory => None,
         };
-        let l2 = match &info {
-            Some(info) => {
-                if tokio::runtime::Handle::try_current().is_err() {
-                    return Err(Error::config(
-                        "CACHE_BACKEND",
-                        "the redis and layered backends must be built inside a Tokio runtime",
-                    ));
-                }
-                Some(Arc::new(L2Tier::redis(RedisOptions {
-                    info: info.clone(),
-                    pool_size: config.pool_size.get(),
+        if endpoint.is_some() && tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::config(
+                "CACHE_BACKEND",
+                "the redis and layered backends must be built inside a Tokio runtime",
+            ));
+        }
+        let l2 = match &endpoint {
+            Some(Endpoint::Server(info)) => Some(Arc::new(L2Tier::redis(RedisOptions {
+                info: info.clone(),
+                pool_size: config.pool_size.get(),
+                op_timeout: config.op_timeout,
+                connect_timeout: config.connect_timeout,
+                breaker: config.breaker.clone(),
+                retry: config.retry.clone(),
+            })?)),
+            Some(Endpoint::Cluster { seeds, ca }) => {
+                Some(Arc::new(L2Tier::cluster(ClusterOptions {
+                    seeds: seeds.clone(),
+                    ca: ca.clone(),
                     op_timeout: config.op_timeout,
                     connect_timeout: config.connect_timeout,
                     breaker: config.breaker.clone(),
                     retry: config.retry.clone(),
                 })?))
             }
-            _ => None,
+            None => None,
         };
         // Every instance with Redis publishes its writes; only one with an L1 also receives.
-        let backplane = match info {
-            Some(info) if l2.is_some() && config.backplane => {
+        let backplane = match endpoint {
+            Some(endpoint) if l2.is_some() && config.backplane => {
                 Some(Arc::new(Backplane::new(BackplaneOptions {
-                    info,
+                    servers: endpoint.servers(),
                     channel: format!("{}:backplane", config.namespace),
                     connect_timeout: config.connect_timeout,
                     interval: config.writer.flush_interval,

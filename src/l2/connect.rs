@@ -1,7 +1,9 @@
-//! How mdcache reaches Redis: the URL, the ACL credentials and the TLS roots of a configuration as one redis-rs `ConnectionInfo`, which the pool, the backplane and configuration checks all use.
+//! How mdcache reaches Redis: the URL or the cluster's seeds, the ACL credentials and the TLS roots of a configuration as one `Endpoint`, which the L2, the backplane and configuration checks all use.
 //!
 //! - **URL**: `redis://`, `rediss://` (TLS) or `redis+unix://`. A `rediss://` URL ending in
 //!   `#insecure` skips certificate verification (redis-rs's convention): for tests only.
+//! - **Cluster**: [`CacheConfig::redis_cluster`] (`CACHE_REDIS_CLUSTER`), seeds as
+//!   `host:port` or URLs, all plain or all `rediss://`; exclusive with the URL.
 //! - **Credentials**: in the URL (`redis://user:password@host/`) or in
 //!   [`CacheConfig::redis_username`] / [`CacheConfig::redis_password`] (`CACHE_USERNAME`,
 //!   `CACHE_PASSWORD`), not both: two sources that disagree would make a failed login a
@@ -15,14 +17,81 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 use crate::config::{CacheConfig, redact_in};
 use crate::error::{Error, Result};
 
-/// The connection settings of `cfg`'s Redis: its URL with the credentials and the TLS roots
-/// applied. A configuration error names the variable at fault and never shows a password.
-/// Reads the CA file, if one is set.
-pub(crate) fn connection_info(cfg: &CacheConfig) -> Result<ConnectionInfo> {
-    let info = settings(cfg)?;
-    let Some(path) = &cfg.tls_ca_file else {
-        return Ok(info);
+/// Where the L2 lives: one server, or the seed nodes of a cluster.
+#[derive(Clone)]
+pub(crate) enum Endpoint {
+    /// One Redis server (`CACHE_REDIS_URL`).
+    Server(ConnectionInfo),
+    /// A Redis Cluster (`CACHE_REDIS_CLUSTER`): its seeds, each with the credentials and TLS
+    /// roots applied, and the TLS roots again for the cluster client (which takes them apart
+    /// from the seeds, for the nodes it discovers).
+    Cluster {
+        seeds: Vec<ConnectionInfo>,
+        ca: Option<Vec<u8>>,
+    },
+}
+
+impl Endpoint {
+    /// Every address a plain connection (the backplane's) may use, in order of preference.
+    pub(crate) fn servers(&self) -> Vec<ConnectionInfo> {
+        match self {
+            Endpoint::Server(info) => vec![info.clone()],
+            Endpoint::Cluster { seeds, .. } => seeds.clone(),
+        }
+    }
+}
+
+/// Where and how to reach `cfg`'s Redis: its URL (or each cluster seed) with the credentials
+/// and the TLS roots applied. A configuration error names the variable at fault and never
+/// shows a password. Reads the CA file, if one is set.
+pub(crate) fn endpoint(cfg: &CacheConfig) -> Result<Endpoint> {
+    // The settings first: a CA file without TLS is that mistake, whatever the file holds.
+    let endpoint = settings(cfg)?;
+    let ca = match &cfg.tls_ca_file {
+        Some(path) => Some(read_ca(path)?),
+        None => None,
     };
+    let with_ca = |info: ConnectionInfo| -> Result<ConnectionInfo> {
+        let Some(pem) = &ca else { return Ok(info) };
+        let client = redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            },
+        )
+        .map_err(|e| ca_error(cfg, e.to_string()))?;
+        Ok(client.get_connection_info().clone())
+    };
+    Ok(match endpoint {
+        Endpoint::Server(info) => Endpoint::Server(with_ca(info)?),
+        Endpoint::Cluster { seeds, .. } => Endpoint::Cluster {
+            seeds: seeds.into_iter().map(with_ca).collect::<Result<_>>()?,
+            ca,
+        },
+    })
+}
+
+/// [`endpoint`] of a configuration with one server: its `ConnectionInfo`.
+#[cfg(test)]
+pub(crate) fn connection_info(cfg: &CacheConfig) -> Result<ConnectionInfo> {
+    match endpoint(cfg)? {
+        Endpoint::Server(info) => Ok(info),
+        Endpoint::Cluster { .. } => Err(Error::Unsupported("a cluster has no one server")),
+    }
+}
+
+fn ca_error(cfg: &CacheConfig, reason: String) -> Error {
+    let path = cfg
+        .tls_ca_file
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    Error::config("CACHE_TLS_CA_FILE", format!("{path}: {reason}"))
+}
+
+/// The PEM file of TLS roots, checked to hold a certificate.
+fn read_ca(path: &std::path::Path) -> Result<Vec<u8>> {
     let unreadable = |reason: String| {
         Error::config("CACHE_TLS_CA_FILE", format!("{}: {reason}", path.display()))
     };
@@ -33,35 +102,81 @@ pub(crate) fn connection_info(cfg: &CacheConfig) -> Result<ConnectionInfo> {
     {
         return Err(unreadable("holds no PEM certificate".to_owned()));
     }
-    let client = redis::Client::build_with_tls(
-        info,
-        redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(pem),
-        },
-    )
-    .map_err(|e| unreadable(e.to_string()))?;
-    Ok(client.get_connection_info().clone())
+    Ok(pem)
 }
 
 /// Checks `cfg`'s Redis settings without any I/O (the CA file is read when the cache is
-/// built): the URL parses, credentials come from one place, a CA file goes with TLS.
+/// built): the URL or seeds parse, one of them only, credentials come from one place, a CA
+/// file goes with TLS.
 pub(crate) fn check_settings(cfg: &CacheConfig) -> Result<()> {
     settings(cfg).map(|_| ())
 }
 
-/// The URL with the credentials applied; refuses a CA file without TLS.
-fn settings(cfg: &CacheConfig) -> Result<ConnectionInfo> {
-    let Some(url) = &cfg.redis_url else {
-        return Err(Error::config(
-            "CACHE_REDIS_URL",
-            "no Redis address (CACHE_REDIS_URL or CACHE_ADDRESS)",
-        ));
+/// The URL or the seeds with the credentials applied (no TLS roots yet).
+fn settings(cfg: &CacheConfig) -> Result<Endpoint> {
+    let endpoint = match (&cfg.redis_url, cfg.redis_cluster.as_slice()) {
+        (Some(_), [_, ..]) => {
+            return Err(Error::config(
+                "CACHE_REDIS_CLUSTER",
+                "is set with CACHE_REDIS_URL (or CACHE_ADDRESS): give one server or one cluster",
+            ));
+        }
+        (None, []) => {
+            return Err(Error::config(
+                "CACHE_REDIS_URL",
+                "no Redis address (CACHE_REDIS_URL, CACHE_ADDRESS or CACHE_REDIS_CLUSTER)",
+            ));
+        }
+        (Some(url), []) => Endpoint::Server(server(cfg, "CACHE_REDIS_URL", url)?),
+        (None, seeds) => {
+            let seeds = seeds
+                .iter()
+                .map(|seed| {
+                    let url = if seed.contains("://") {
+                        seed.clone()
+                    } else {
+                        format!("redis://{seed}")
+                    };
+                    let info = server(cfg, "CACHE_REDIS_CLUSTER", &url)?;
+                    if matches!(info.addr(), ConnectionAddr::Unix(_)) {
+                        return Err(Error::config(
+                            "CACHE_REDIS_CLUSTER",
+                            "a cluster node is reached over TCP (host:port), not a Unix socket",
+                        ));
+                    }
+                    Ok(info)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let tls = |i: &ConnectionInfo| matches!(i.addr(), ConnectionAddr::TcpTls { .. });
+            if seeds.iter().any(tls) && !seeds.iter().all(tls) {
+                return Err(Error::config(
+                    "CACHE_REDIS_CLUSTER",
+                    "mixes rediss:// (TLS) and plain seeds: every node of a cluster speaks the same",
+                ));
+            }
+            Endpoint::Cluster { seeds, ca: None }
+        }
     };
+    let tls = endpoint
+        .servers()
+        .first()
+        .is_some_and(|i| matches!(i.addr(), ConnectionAddr::TcpTls { .. }));
+    if tls {
+        install_crypto_provider();
+    } else if cfg.tls_ca_file.is_some() {
+        return Err(Error::config(
+            "CACHE_TLS_CA_FILE",
+            "is set, but the Redis URL is not rediss:// (TLS)",
+        ));
+    }
+    Ok(endpoint)
+}
+
+/// One server's URL (`var` names where it came from) with the credentials applied.
+fn server(cfg: &CacheConfig, var: &str, url: &str) -> Result<ConnectionInfo> {
     let mut info = url
-        .as_str()
         .into_connection_info()
-        .map_err(|e| Error::config("CACHE_REDIS_URL", redact_in(&e.to_string(), url)))?;
+        .map_err(|e| Error::config(var, redact_in(&e.to_string(), url)))?;
     if cfg.redis_username.is_some() || cfg.redis_password.is_some() {
         let settings = info.redis_settings();
         if settings.username().is_some() || settings.password().is_some() {
@@ -79,15 +194,6 @@ fn settings(cfg: &CacheConfig) -> Result<ConnectionInfo> {
             settings = settings.set_password(password.expose());
         }
         info = info.set_redis_settings(settings);
-    }
-    let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
-    if tls {
-        install_crypto_provider();
-    } else if cfg.tls_ca_file.is_some() {
-        return Err(Error::config(
-            "CACHE_TLS_CA_FILE",
-            "is set, but the Redis URL is not rediss:// (TLS)",
-        ));
     }
     Ok(info)
 }

@@ -13,16 +13,14 @@ use bb8_redis::RedisConnectionManager;
 use redis::aio::MultiplexedConnection;
 use redis::{RedisError, RedisResult, Value};
 
-use super::book::{self, BookScripts};
-use super::boundary::{Fetched, L2, Put, PutReply, TopReply, ttl_ms};
+use super::book;
+use super::boundary::{Fetched, L2, Put, PutReply, TopReply};
+use super::commands::{self, Scripts};
 use super::pool::{Conn, Generation, LastError, Manager};
-use super::values::{self, ValueScripts};
+use super::values;
 use crate::error::{Error, Result};
 use crate::resilience::{BreakerConfig, CircuitBreaker, Guard, RetryConfig};
 use crate::schema::{BookSide, BookSideKind};
-
-/// Keys per `SCAN` step of a recovery (a hint to Redis, not a bound).
-const SCAN_COUNT: u32 = 1000;
 
 /// Options for building a [`RedisTier`].
 #[derive(Clone)]
@@ -69,8 +67,7 @@ pub(crate) struct RedisTier {
     /// Shared with the manager; bumped to retire every open connection.
     generation: Generation,
     pool_size: u32,
-    values: ValueScripts,
-    books: BookScripts,
+    scripts: Scripts,
 }
 
 impl std::fmt::Debug for RedisTier {
@@ -117,8 +114,7 @@ impl RedisTier {
             last_error,
             generation,
             pool_size: opts.pool_size,
-            values: ValueScripts::new(),
-            books: BookScripts::new(),
+            scripts: Scripts::new(),
         })
     }
 
@@ -232,13 +228,6 @@ impl RedisTier {
     }
 }
 
-/// The key a batch item writes.
-fn put_key<'a>(p: &Put<'a>) -> &'a str {
-    match *p {
-        Put::Value { key, .. } | Put::Book { key, .. } => key,
-    }
-}
-
 impl L2 for RedisTier {
     /// `GET` and `PTTL` of one key in one round trip, atomically (`MULTI`/`EXEC`), so the TTL
     /// belongs to the value read.
@@ -275,191 +264,52 @@ impl L2 for RedisTier {
     }
 
     async fn set_versioned(&self, key: &str, envelope: &[u8], ttl: Duration) -> Result<bool> {
-        let ttl_ms = ttl_ms(ttl);
-        let script = &self.values.set_versioned;
-        let stored: i64 = self
+        let scripts = &self.scripts;
+        let stored = self
             .run("set", key, |mut c| async move {
-                script
-                    .key(key)
-                    .arg(envelope)
-                    .arg(ttl_ms)
-                    .invoke_async(&mut c)
-                    .await
+                commands::set_versioned(&mut c, scripts, key, envelope, ttl).await
             })
             .await?;
         Ok(stored == 1)
     }
 
-    /// Many versioned writes in one round trip. On `NOSCRIPT` (the server lost its script
-    /// cache, e.g. after a restart) the script is loaded and the batch sent once more; the
-    /// writes are idempotent, so a partial first attempt is harmless.
+    /// Many versioned writes in one round trip (see [`commands::set_many`]).
     async fn set_many(&self, items: &[(&str, Vec<u8>, Duration)]) -> Result<Vec<bool>> {
         let Some(first) = items.first().map(|i| i.0) else {
             return Ok(Vec::new());
         };
-        let script = &self.values.set_versioned;
-        let build = || {
-            let mut p = redis::pipe();
-            for (key, bytes, ttl) in items {
-                p.cmd("EVALSHA")
-                    .arg(script.get_hash())
-                    .arg(1)
-                    .arg(*key)
-                    .arg(bytes.as_slice())
-                    .arg(ttl_ms(*ttl));
-            }
-            p
-        };
-        let stored: Vec<i64> = self
+        let items: Vec<(&str, &[u8], Duration)> = items
+            .iter()
+            .map(|(k, b, t)| (*k, b.as_slice(), *t))
+            .collect();
+        let (scripts, items) = (&self.scripts, items.as_slice());
+        let stored = self
             .run("set_many", first, |mut c| async move {
-                match build().query_async(&mut c).await {
-                    Err(e)
-                        if e.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
-                        script.load_async(&mut c).await?;
-                        build().query_async(&mut c).await
-                    }
-                    other => other,
-                }
+                commands::set_many(&mut c, scripts, items).await
             })
             .await?;
         Ok(stored.into_iter().map(|s| s == 1).collect())
     }
 
-    /// One pipeline, not a transaction: the values in calls of the multi-key versioned
-    /// script (at most [`values::MANY_CHUNK`] keys each), then one book-side script per side;
-    /// each script is atomic on its own, and the batch needs no more. Errors are per call
-    /// (`ignore_errors`) and per key inside the multi-key script, so one key of another type
-    /// does not fail the batch; a `NOSCRIPT` (the server lost its scripts) loads them and
-    /// sends the batch once more — the writes are idempotent.
+    /// The whole batch as one pipeline (see [`commands::put_many`]).
     async fn put_many(&self, items: &[Put<'_>], within: Duration) -> Result<Vec<PutReply>> {
         let Some(first) = items.first() else {
             return Ok(Vec::new());
         };
-        let first_key = put_key(first);
-        let values: Vec<usize> = (0..items.len())
-            .filter(|&i| matches!(items[i], Put::Value { .. }))
-            .collect();
-        let books: Vec<usize> = (0..items.len())
-            .filter(|&i| matches!(items[i], Put::Book { .. }))
-            .collect();
-        let (vmany, breplace) = (&self.values.set_versioned_many, &self.books.replace);
-        let build = || {
-            let mut p = redis::pipe();
-            p.ignore_errors();
-            for chunk in values.chunks(values::MANY_CHUNK) {
-                let c = p.cmd("EVALSHA").arg(vmany.get_hash()).arg(chunk.len());
-                for &i in chunk {
-                    c.arg(put_key(&items[i]));
-                }
-                for &i in chunk {
-                    if let Put::Value {
-                        envelope,
-                        expire_at_ms,
-                        ..
-                    } = items[i]
-                    {
-                        c.arg(envelope).arg(expire_at_ms);
-                    }
-                }
-            }
-            for &i in &books {
-                if let Put::Book {
-                    key,
-                    side,
-                    version,
-                    written_ttl,
-                    expire_at_ms,
-                } = items[i]
-                {
-                    let stamp = book::encode_stamp(version, ttl_ms(written_ttl), side.levels.len());
-                    let c = p
-                        .cmd("EVALSHA")
-                        .arg(breplace.get_hash())
-                        .arg(2)
-                        .arg(key)
-                        .arg(book::version_key(key))
-                        .arg(&stamp[..])
-                        .arg(format!("@{expire_at_ms}"));
-                    for l in book::zadd_order(side) {
-                        c.arg(l.price).arg(book::member(l));
-                    }
-                }
-            }
-            p
-        };
-        let no_script = |r: &RedisResult<Value>| {
-            r.as_ref().is_err_and(|e| {
-                e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
-            })
-        };
-        let replies: Vec<RedisResult<Value>> = self
-            .run_within("put_many", first_key, within, |mut c| async move {
-                let replies: Vec<RedisResult<Value>> = build().query_async(&mut c).await?;
-                if !replies.iter().any(no_script) {
-                    return Ok(replies);
-                }
-                vmany.load_async(&mut c).await?;
-                breplace.load_async(&mut c).await?;
-                build().query_async(&mut c).await
-            })
-            .await?;
-        let mut out: Vec<Option<PutReply>> = items.iter().map(|_| None).collect();
-        let mut replies = replies.into_iter();
-        for chunk in values.chunks(values::MANY_CHUNK) {
-            let codes = match replies.next() {
-                Some(Ok(Value::Array(codes))) if codes.len() == chunk.len() => Ok(codes),
-                Some(Ok(_)) | None => Err(None),
-                Some(Err(e)) => Err(Some(e)),
-            };
-            for (n, &i) in chunk.iter().enumerate() {
-                let key = put_key(&items[i]);
-                out[i] = Some(match &codes {
-                    Ok(codes) => match codes[n] {
-                        Value::Int(1) => PutReply::Stored,
-                        Value::Int(0) => PutReply::Superseded,
-                        Value::Int(-1) => PutReply::Refused(Error::WrongType {
-                            key: key.to_owned(),
-                        }),
-                        _ => PutReply::Refused(Error::InvalidValue {
-                            reason: format!("{key}: the stored envelope could not be compared"),
-                        }),
-                    },
-                    Err(Some(e)) => PutReply::Refused(Error::from_redis(e.clone(), key)),
-                    Err(None) => PutReply::Refused(Error::Decode {
-                        key: key.to_owned(),
-                        reason: "unexpected reply from the versioned batch script".to_owned(),
-                    }),
-                });
-            }
-        }
-        for &i in &books {
-            let key = put_key(&items[i]);
-            out[i] = Some(match replies.next() {
-                Some(Ok(Value::Int(1))) => PutReply::Stored,
-                Some(Ok(Value::Int(_))) => PutReply::Superseded,
-                Some(Err(e)) => PutReply::Refused(Error::from_redis(e, key)),
-                Some(Ok(_)) | None => PutReply::Refused(Error::Decode {
-                    key: key.to_owned(),
-                    reason: "unexpected reply from the book script".to_owned(),
-                }),
-            });
-        }
-        Ok(out
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or(PutReply::Refused(Error::Unsupported(
-                    "internal: a batch item without a reply",
-                )))
-            })
-            .collect())
+        let scripts = &self.scripts;
+        self.run_within(
+            "put_many",
+            commands::put_key(first),
+            within,
+            |mut c| async move { commands::put_many(&mut c, scripts, items).await },
+        )
+        .await
     }
 
     async fn unlink(&self, keys: &[&str]) -> Result<u64> {
         let first = keys.first().copied().unwrap_or_default();
         self.run("delete", first, |mut c| async move {
-            redis::cmd("UNLINK").arg(keys).query_async(&mut c).await
+            commands::unlink(&mut c, keys).await
         })
         .await
     }
@@ -467,19 +317,19 @@ impl L2 for RedisTier {
     /// For a value that failed to decode: it goes, so a fill can replace it, unless someone
     /// wrote the key since it was read.
     async fn unlink_if_equals(&self, key: &str, bytes: &[u8]) -> Result<bool> {
-        let script = &self.values.unlink_if_equals;
-        let deleted: i64 = self
+        let scripts = &self.scripts;
+        let deleted = self
             .run("unlink_if_equals", key, |mut c| async move {
-                script.key(key).arg(bytes).invoke_async(&mut c).await
+                commands::unlink_if_equals(&mut c, scripts, key, bytes).await
             })
             .await?;
         Ok(deleted == 1)
     }
 
     async fn pttl(&self, key: &str) -> Result<Option<Option<Duration>>> {
-        let pttl: i64 = self
+        let pttl = self
             .run("ttl", key, |mut c| async move {
-                redis::cmd("PTTL").arg(key).query_async(&mut c).await
+                commands::pttl(&mut c, key).await
             })
             .await?;
         Ok(values::remaining(pttl))
@@ -501,57 +351,34 @@ impl L2 for RedisTier {
         version: u64,
         ttl: Duration,
     ) -> Result<bool> {
-        let vkey = book::version_key(key);
-        let vkey = vkey.as_str();
-        let script = &self.books.replace;
-        let ttl_ms = ttl_ms(ttl);
-        let stamp = book::encode_stamp(version, ttl_ms, side.levels.len());
-        let stamp = &stamp[..];
-        let stored: i64 = self
+        let scripts = &self.scripts;
+        let stored = self
             .run("book_set", key, |mut c| async move {
-                let mut inv = script.key(key);
-                inv.key(vkey).arg(stamp).arg(ttl_ms);
-                for l in book::zadd_order(side) {
-                    inv.arg(l.price).arg(book::member(l));
-                }
-                inv.invoke_async(&mut c).await
+                commands::book_replace(&mut c, scripts, key, side, version, ttl).await
             })
             .await?;
         Ok(stored == 1)
     }
 
     async fn book_top(&self, key: &str, side: BookSideKind, depth: usize) -> Result<TopReply> {
-        let vkey = book::version_key(key);
-        let vkey = vkey.as_str();
-        let script = &self.books.top;
-        let dir = book::direction(side);
-        let depth = book::redis_depth(depth);
-        let reply: Value = self
+        let (scripts, dir, depth) = (
+            &self.scripts,
+            book::direction(side),
+            book::redis_depth(depth),
+        );
+        let reply = self
             .run("book_get", key, |mut c| async move {
-                script
-                    .key(key)
-                    .key(vkey)
-                    .arg(dir)
-                    .arg(depth)
-                    .invoke_async(&mut c)
-                    .await
+                commands::book_top(&mut c, scripts, key, dir, depth).await
             })
             .await?;
         book::parse_top(key, reply)
     }
 
     async fn book_unlink_if_stamp(&self, key: &str, stamp: &[u8]) -> Result<bool> {
-        let vkey = book::version_key(key);
-        let vkey = vkey.as_str();
-        let script = &self.books.unlink_if_stamp;
-        let deleted: i64 = self
+        let scripts = &self.scripts;
+        let deleted = self
             .run("book_repair", key, |mut c| async move {
-                script
-                    .key(key)
-                    .key(vkey)
-                    .arg(stamp)
-                    .invoke_async(&mut c)
-                    .await
+                commands::book_unlink_if_stamp(&mut c, scripts, key, stamp).await
             })
             .await?;
         Ok(deleted == 1)
@@ -597,7 +424,7 @@ impl L2 for RedisTier {
 
     async fn recovery_unlink(&self, keys: &[&str]) -> Result<u64> {
         self.run_for_recovery("recovery_unlink", |mut c| async move {
-            redis::cmd("UNLINK").arg(keys).query_async(&mut c).await
+            commands::unlink(&mut c, keys).await
         })
         .await
     }
@@ -605,16 +432,9 @@ impl L2 for RedisTier {
     async fn recovery_unlink_matching(&self, pattern: &str) -> Result<()> {
         let mut cursor = 0u64;
         loop {
-            let (next, keys): (u64, Vec<String>) = self
+            let (next, keys) = self
                 .run_for_recovery("recovery_scan", |mut c| async move {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(SCAN_COUNT)
-                        .query_async(&mut c)
-                        .await
+                    commands::scan(&mut c, cursor, pattern).await
                 })
                 .await?;
             if !keys.is_empty() {
@@ -629,21 +449,13 @@ impl L2 for RedisTier {
     }
 }
 
-// The integration tests' harness (a real redis-server on a free port, killed on drop),
-// shared rather than copied. A `#[path]` inside `mod tests` would resolve through a
-// directory that does not exist, hence here.
-#[cfg(test)]
-#[allow(unreachable_pub, missing_docs, missing_debug_implementations)]
-#[path = "../../tests/support/mod.rs"]
-mod test_support;
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codec;
     use crate::resilience::BreakerState;
 
-    use super::test_support as support;
+    use crate::l2::test_support as support;
 
     fn tier(server: &support::RedisServer) -> RedisTier {
         RedisTier::new(RedisOptions {

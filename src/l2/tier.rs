@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::boundary::{Fetched, L2, Put, PutReply, TopReply};
+use super::cluster::{ClusterOptions, ClusterTier};
 use super::redis::{RedisOptions, RedisTier};
 use crate::error::Result;
 use crate::resilience::CircuitBreaker;
@@ -20,12 +21,13 @@ use crate::schema::{BookSide, BookSideKind};
 ///   with two, and each arm's future stays inline in the caller's (the enum of futures is as
 ///   large as the largest, no larger).
 ///
-/// Adding an implementation (issue 13: Redis Cluster through redis-rs `cluster-async`) is
-/// one variant, its `impl L2`, and one arm per method here.
+/// An implementation is one variant, its `impl L2`, and one arm per method here.
 #[derive(Debug)]
 pub(crate) enum L2Tier {
     /// One Redis (or Valkey) server through a bb8 pool of multiplexed connections.
     Redis(RedisTier),
+    /// A Redis Cluster through one redis-rs cluster connection.
+    Cluster(ClusterTier),
 }
 
 impl L2Tier {
@@ -34,11 +36,17 @@ impl L2Tier {
         RedisTier::new(opts).map(L2Tier::Redis)
     }
 
+    /// The L2 on a cluster; see [`ClusterTier::new`].
+    pub(crate) fn cluster(opts: ClusterOptions) -> Result<Self> {
+        ClusterTier::new(opts).map(L2Tier::Cluster)
+    }
+
     /// See [`L2::get`].
     #[inline]
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Fetched>> {
         match self {
             L2Tier::Redis(t) => t.get(key).await,
+            L2Tier::Cluster(t) => t.get(key).await,
         }
     }
 
@@ -46,6 +54,7 @@ impl L2Tier {
     pub(crate) async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Fetched>>> {
         match self {
             L2Tier::Redis(t) => t.get_many(keys).await,
+            L2Tier::Cluster(t) => t.get_many(keys).await,
         }
     }
 
@@ -59,6 +68,7 @@ impl L2Tier {
     ) -> Result<bool> {
         match self {
             L2Tier::Redis(t) => t.set_versioned(key, envelope, ttl).await,
+            L2Tier::Cluster(t) => t.set_versioned(key, envelope, ttl).await,
         }
     }
 
@@ -66,6 +76,7 @@ impl L2Tier {
     pub(crate) async fn set_many(&self, items: &[(&str, Vec<u8>, Duration)]) -> Result<Vec<bool>> {
         match self {
             L2Tier::Redis(t) => t.set_many(items).await,
+            L2Tier::Cluster(t) => t.set_many(items).await,
         }
     }
 
@@ -77,6 +88,7 @@ impl L2Tier {
     ) -> Result<Vec<PutReply>> {
         match self {
             L2Tier::Redis(t) => t.put_many(items, within).await,
+            L2Tier::Cluster(t) => t.put_many(items, within).await,
         }
     }
 
@@ -84,6 +96,7 @@ impl L2Tier {
     pub(crate) async fn unlink(&self, keys: &[&str]) -> Result<u64> {
         match self {
             L2Tier::Redis(t) => t.unlink(keys).await,
+            L2Tier::Cluster(t) => t.unlink(keys).await,
         }
     }
 
@@ -91,6 +104,7 @@ impl L2Tier {
     pub(crate) async fn unlink_if_equals(&self, key: &str, bytes: &[u8]) -> Result<bool> {
         match self {
             L2Tier::Redis(t) => t.unlink_if_equals(key, bytes).await,
+            L2Tier::Cluster(t) => t.unlink_if_equals(key, bytes).await,
         }
     }
 
@@ -98,6 +112,7 @@ impl L2Tier {
     pub(crate) async fn pttl(&self, key: &str) -> Result<Option<Option<Duration>>> {
         match self {
             L2Tier::Redis(t) => t.pttl(key).await,
+            L2Tier::Cluster(t) => t.pttl(key).await,
         }
     }
 
@@ -105,6 +120,7 @@ impl L2Tier {
     pub(crate) async fn ping(&self) -> Result<()> {
         match self {
             L2Tier::Redis(t) => t.ping().await,
+            L2Tier::Cluster(t) => t.ping().await,
         }
     }
 
@@ -118,6 +134,7 @@ impl L2Tier {
     ) -> Result<bool> {
         match self {
             L2Tier::Redis(t) => t.book_replace(key, side, version, ttl).await,
+            L2Tier::Cluster(t) => t.book_replace(key, side, version, ttl).await,
         }
     }
 
@@ -130,6 +147,7 @@ impl L2Tier {
     ) -> Result<TopReply> {
         match self {
             L2Tier::Redis(t) => t.book_top(key, side, depth).await,
+            L2Tier::Cluster(t) => t.book_top(key, side, depth).await,
         }
     }
 
@@ -137,6 +155,7 @@ impl L2Tier {
     pub(crate) async fn book_unlink_if_stamp(&self, key: &str, stamp: &[u8]) -> Result<bool> {
         match self {
             L2Tier::Redis(t) => t.book_unlink_if_stamp(key, stamp).await,
+            L2Tier::Cluster(t) => t.book_unlink_if_stamp(key, stamp).await,
         }
     }
 
@@ -145,6 +164,7 @@ impl L2Tier {
     pub(crate) fn breaker(&self) -> &CircuitBreaker {
         match self {
             L2Tier::Redis(t) => t.breaker(),
+            L2Tier::Cluster(t) => t.breaker(),
         }
     }
 
@@ -152,6 +172,7 @@ impl L2Tier {
     pub(crate) async fn probe_ping(&self) -> Result<()> {
         match self {
             L2Tier::Redis(t) => t.probe_ping().await,
+            L2Tier::Cluster(t) => t.probe_ping().await,
         }
     }
 
@@ -159,6 +180,7 @@ impl L2Tier {
     pub(crate) fn reset_connections(&self) {
         match self {
             L2Tier::Redis(t) => t.reset_connections(),
+            L2Tier::Cluster(t) => t.reset_connections(),
         }
     }
 
@@ -166,6 +188,7 @@ impl L2Tier {
     pub(crate) async fn recovery_unlink(&self, keys: &[&str]) -> Result<u64> {
         match self {
             L2Tier::Redis(t) => t.recovery_unlink(keys).await,
+            L2Tier::Cluster(t) => t.recovery_unlink(keys).await,
         }
     }
 
@@ -173,6 +196,7 @@ impl L2Tier {
     pub(crate) async fn recovery_unlink_matching(&self, pattern: &str) -> Result<()> {
         match self {
             L2Tier::Redis(t) => t.recovery_unlink_matching(pattern).await,
+            L2Tier::Cluster(t) => t.recovery_unlink_matching(pattern).await,
         }
     }
 }

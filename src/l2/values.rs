@@ -94,12 +94,25 @@ redis.call('UNLINK', KEYS[1])
 return 1
 "#;
 
+/// `GET` and `PTTL` of every key (all of one hash slot), atomically: the cluster's read,
+/// where a `MULTI` block is not followed across a redirect. Returns a flat array, value then
+/// PTTL per key (a missing value is nil).
+const GET_WITH_TTL: &str = r#"
+local out = {}
+for i = 1, #KEYS do
+  out[2 * i - 1] = redis.call('GET', KEYS[i])
+  out[2 * i] = redis.call('PTTL', KEYS[i])
+end
+return out
+"#;
+
 /// The value scripts, hashed once.
 #[derive(Debug)]
 pub(crate) struct ValueScripts {
     pub(crate) set_versioned: Script,
     pub(crate) set_versioned_many: Script,
     pub(crate) unlink_if_equals: Script,
+    pub(crate) get_with_ttl: Script,
 }
 
 impl ValueScripts {
@@ -108,6 +121,7 @@ impl ValueScripts {
             set_versioned: Script::new(SET_VERSIONED),
             set_versioned_many: Script::new(SET_VERSIONED_MANY),
             unlink_if_equals: Script::new(UNLINK_IF_EQUALS),
+            get_with_ttl: Script::new(GET_WITH_TTL),
         }
     }
 }
@@ -149,6 +163,23 @@ pub(crate) fn parse_get_many(first: &str, values: Vec<Value>) -> Result<Vec<Opti
     Ok(out)
 }
 
+/// The reply of [`GET_WITH_TTL`]: one read result per key. `first` names the keys in errors.
+pub(crate) fn parse_pairs(first: &str, values: Vec<Value>) -> Result<Vec<Option<Fetched>>> {
+    if !values.len().is_multiple_of(2) {
+        return Err(malformed(first));
+    }
+    let mut out = Vec::with_capacity(values.len() / 2);
+    let mut it = values.into_iter();
+    while let (Some(blob), Some(pttl)) = (it.next(), it.next()) {
+        let blob: Option<Vec<u8>> =
+            redis::from_redis_value(blob).map_err(|e| Error::from_redis(e.into(), first))?;
+        let pttl: i64 =
+            redis::from_redis_value(pttl).map_err(|e| Error::from_redis(e.into(), first))?;
+        out.push(blob.and_then(|b| fetched(b, pttl)));
+    }
+    Ok(out)
+}
+
 /// A `PTTL` reply: `None` when the key does not exist, `Some(None)` when it has no expiry.
 pub(crate) fn remaining(pttl: i64) -> Option<Option<Duration>> {
     match pttl {
@@ -158,7 +189,8 @@ pub(crate) fn remaining(pttl: i64) -> Option<Option<Duration>> {
     }
 }
 
-fn malformed(key: &str) -> Error {
+/// A reply of an unexpected shape, for `key`.
+pub(crate) fn malformed(key: &str) -> Error {
     Error::Decode {
         key: key.to_owned(),
         reason: "unexpected reply shape from redis".to_owned(),

@@ -76,6 +76,46 @@ impl RedisCluster {
             .collect()
     }
 
+    /// A primary (the first node that is one now) and its replica, as indices into `nodes`.
+    /// Panics if the primary reports no replica it knows among the nodes.
+    pub fn primary_and_replica(&self) -> (usize, usize) {
+        let primary = (0..self.nodes.len())
+            .find(|&i| role(&self.nodes[i]).as_deref() == Some("master"))
+            .expect("a primary");
+        let mut con = self.nodes[primary]
+            .client()
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .expect("connect to the primary");
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut con)
+            .expect("INFO replication");
+        // slave0:ip=127.0.0.1,port=40105,state=online,offset=…,lag=0
+        let port: u16 = info
+            .lines()
+            .find(|l| l.starts_with("slave0:"))
+            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("port=")))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the primary names no replica: {info}"));
+        let replica = (0..self.nodes.len())
+            .find(|&i| self.nodes[i].port() == port)
+            .expect("the replica is one of the nodes");
+        (primary, replica)
+    }
+
+    /// `CLUSTER FAILOVER` on replica `i`: it takes over its primary's slots (the primary
+    /// agreeing), which here takes tens of milliseconds.
+    pub fn failover(&self, i: usize) {
+        let mut con = self.nodes[i]
+            .client()
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .expect("connect to the replica");
+        let () = redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .query(&mut con)
+            .expect("CLUSTER FAILOVER");
+    }
+
     /// Polls until every node answers `cluster_state:ok` with 3 primaries and 3 replicas.
     pub fn wait_until_converged(&self) {
         let give_up = Instant::now() + CONVERGE_TIMEOUT;

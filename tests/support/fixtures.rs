@@ -76,3 +76,19 @@ pub async fn subscribed(caches: &[&mdcache::Cache]) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// Points a cache builder at a test server or cluster (`crate::support::target::Reach`): the
+/// server's URL, or the cluster's seeds.
+pub trait OnTarget {
+    /// The builder, aimed at `target`.
+    fn on(self, target: &impl crate::support::target::Reach) -> Self;
+}
+
+impl OnTarget for mdcache::CacheBuilder {
+    fn on(self, target: &impl crate::support::target::Reach) -> Self {
+        match target.server_url() {
+            Some(url) => self.redis_url(url),
+            None => self.redis_cluster(target.seeds()),
+        }
+    }
+}

@@ -12,8 +12,9 @@
 //!
 //! The submodules hold the rest of what more than one test file needs: [`pg`]
 //! (PostgreSQL), [`proxy`] (the fault-injecting TCP proxy), [`faults`] (the
-//! fault scenarios' machinery), [`http`] (the Prometheus endpoint from outside)
-//! and [`cli`] (the `mdcache` binary with a clean environment).
+//! fault scenarios' machinery), [`http`] (the Prometheus endpoint from outside),
+//! [`cli`] (the `mdcache` binary with a clean environment), [`cluster`] (a local Redis
+//! Cluster) and [`target`] (a server or a cluster, for tests that run on both).
 //!
 //! The library's own unit tests include this file too (`src/l2/redis.rs`), so
 //! nothing declared here may name `mdcache::`: the typed test values live in
@@ -28,6 +29,7 @@ pub mod faults;
 pub mod http;
 pub mod pg;
 pub mod proxy;
+pub mod target;
 
 use std::fs::{self, File};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};

@@ -11,6 +11,7 @@
 //! | `main` | the command line (clap), logging, the runtime, dispatch to a command |
 //! | `cmd` | the key commands and `example`, one file each (`cmd/put.rs`, `cmd/get.rs`, …) |
 //! | `simulate` | the synthetic trading workload: live line, summary, JSON report, plot, Prometheus; `demo` is its preset |
+//! | `redis_flags` | `--redis` / `--redis-cluster` over the environment's configuration |
 //! | `output` | what every command shares to show results and end: printing, formatting, exit statuses |
 
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@
 
 mod cmd;
 mod output;
+mod redis_flags;
 mod simulate;
 
 use std::io::IsTerminal;
@@ -33,7 +35,7 @@ use crate::output::Failure;
 /// simulate workload or the demo.
 ///
 /// Configuration comes from the CACHE_* environment variables (CACHE_REDIS_URL,
-/// CACHE_ADDRESS/CACHE_PORT, CACHE_USERNAME/CACHE_PASSWORD for an ACL user, CACHE_TLS_CA_FILE
+/// CACHE_ADDRESS/CACHE_PORT, CACHE_REDIS_CLUSTER for a cluster, CACHE_USERNAME/CACHE_PASSWORD for an ACL user, CACHE_TLS_CA_FILE
 /// for rediss://, CACHE_NAMESPACE, CACHE_TTL_<KIND>_MS, ...) and DATABASE_URL (TLS with
 /// sslmode=verify-full&sslrootcert=PATH); --redis overrides the Redis address, --database the
 /// database.
@@ -47,6 +49,12 @@ struct Cli {
     /// overriding CACHE_REDIS_URL and CACHE_ADDRESS.
     #[arg(long, global = true, value_name = "URL")]
     redis: Option<String>,
+
+    /// Seed nodes of a Redis Cluster (Valkey cluster, ElastiCache in cluster mode), as
+    /// HOST:PORT,HOST:PORT,… (or redis:// / rediss:// URLs), instead of --redis; overrides
+    /// CACHE_REDIS_CLUSTER. Credentials from CACHE_USERNAME/CACHE_PASSWORD.
+    #[arg(long, global = true, value_name = "NODES", conflicts_with = "redis")]
+    redis_cluster: Option<String>,
 
     /// PostgreSQL URL of the source of record, overriding DATABASE_URL: `get` then loads what
     /// the cache misses, `put` writes the database first. Redis becomes optional for both.
@@ -99,10 +107,15 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Failure> {
     let Cli {
         redis,
+        redis_cluster,
         database,
         timeout_ms,
         command,
     } = cli;
+    let redis = redis_flags::RedisFlags {
+        url: redis,
+        cluster: redis_cluster,
+    };
     let args = match command {
         Command::Example(args) => return cmd::example::run(args),
         Command::Key(command) => {
@@ -117,7 +130,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Simulate(args) => args,
     };
     block_on(
-        simulate::runtime(&args, redis.as_deref()),
+        simulate::runtime(&args, &redis),
         simulate::run(args, redis, database, timeout_ms),
     )?
 }

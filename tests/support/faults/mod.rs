@@ -38,6 +38,12 @@ pub enum Fault {
     /// `CLIENT KILL TYPE pubsub` every 50 ms: every backplane subscriber loses its
     /// subscription again and again while Redis itself stays healthy.
     SubscriberKilled,
+    /// On a 3+3 cluster: `CLUSTER FAILOVER` on a replica, which takes over its primary's
+    /// slots (in ~30 ms here) while the old primary becomes its replica.
+    ClusterFailover,
+    /// On a 3+3 cluster: a primary SIGSTOPped; the cluster promotes its replica (in ~2 s,
+    /// `cluster-node-timeout` 1000 ms) and the old primary, resumed, rejoins as a replica.
+    ClusterPrimaryHung,
 }
 
 impl Fault {
@@ -51,7 +57,14 @@ impl Fault {
             Fault::PostgresStopped => "postgres stopped",
             Fault::BothDown => "both down",
             Fault::SubscriberKilled => "backplane subscriber killed",
+            Fault::ClusterFailover => "cluster: manual failover",
+            Fault::ClusterPrimaryHung => "cluster: primary hung",
         }
+    }
+
+    /// The scenario runs on a cluster ([`Env::cluster`]).
+    pub fn on_cluster(self) -> bool {
+        matches!(self, Fault::ClusterFailover | Fault::ClusterPrimaryHung)
     }
 
     /// The client talks to Redis through the fault proxy.
@@ -62,9 +75,17 @@ impl Fault {
     pub fn expect(self) -> Expect {
         Expect {
             // Resets are absorbed by per-operation retries as often as not.
+            // A manual failover is over in tens of milliseconds. A hung primary times out
+            // the reads of its third of the slots while the other primaries answer the rest:
+            // their successes keep the one breaker of the cluster from seeing five failures
+            // in a row, so L2 stays on for the healthy shards (that is the point).
             breaker_opens: !matches!(
                 self,
-                Fault::ConnectionResets | Fault::PostgresStopped | Fault::SubscriberKilled
+                Fault::ConnectionResets
+                    | Fault::PostgresStopped
+                    | Fault::SubscriberKilled
+                    | Fault::ClusterFailover
+                    | Fault::ClusterPrimaryHung
             ),
             source_down: matches!(self, Fault::PostgresStopped | Fault::BothDown),
         }
@@ -86,7 +107,24 @@ impl Fault {
                 env.pg.stop();
             }
             Fault::SubscriberKilled => kill_subscribers(env),
+            Fault::ClusterFailover => {
+                let cluster = Self::cluster(env);
+                let (_, replica) = cluster.primary_and_replica();
+                cluster.failover(replica);
+            }
+            Fault::ClusterPrimaryHung => {
+                let cluster = Self::cluster(env);
+                let (primary, _) = cluster.primary_and_replica();
+                cluster.nodes[primary].pause();
+                env.paused = Some(primary);
+            }
         }
+    }
+
+    fn cluster(env: &Env) -> &super::cluster::RedisCluster {
+        env.cluster
+            .as_ref()
+            .expect("a cluster scenario has a cluster")
     }
 
     /// Called every 50 ms while the fault is on.
@@ -109,7 +147,12 @@ impl Fault {
                 env.pg.start_again();
                 env.redis.restart();
             }
-            Fault::SubscriberKilled => {}
+            Fault::SubscriberKilled | Fault::ClusterFailover => {}
+            Fault::ClusterPrimaryHung => {
+                if let (Some(cluster), Some(i)) = (&env.cluster, env.paused.take()) {
+                    cluster.nodes[i].resume();
+                }
+            }
         }
     }
 }
@@ -133,6 +176,10 @@ pub struct Env {
     pub redis: RedisServer,
     pub pg: PgServer,
     pub proxy: Option<FaultProxy>,
+    /// A 3+3 cluster, for the cluster scenarios (which use it instead of `redis`).
+    pub cluster: Option<super::cluster::RedisCluster>,
+    /// The cluster node a scenario SIGSTOPped, to resume when it heals.
+    pub paused: Option<usize>,
 }
 
 impl Env {
@@ -141,7 +188,31 @@ impl Env {
         let redis = RedisServer::start();
         let pg = PgServer::start();
         let proxy = through_proxy.then(|| FaultProxy::start(redis.addr()));
-        Env { redis, pg, proxy }
+        Env {
+            redis,
+            pg,
+            proxy,
+            cluster: None,
+            paused: None,
+        }
+    }
+
+    /// The servers `fault` needs: [`start`](Self::start), and a cluster for a cluster fault.
+    pub fn start_for(fault: Fault) -> Env {
+        let mut env = Env::start(fault.through_proxy());
+        if fault.on_cluster() {
+            env.cluster = Some(super::cluster::RedisCluster::start());
+        }
+        env
+    }
+
+    /// How `mdcache` is told where Redis is: `--redis-cluster NODES` on a cluster, else
+    /// `--redis URL` (the proxy's, if there is one).
+    pub fn redis_args(&self) -> [String; 2] {
+        match &self.cluster {
+            Some(c) => ["--redis-cluster".to_owned(), c.nodes_arg()],
+            None => ["--redis".to_owned(), self.redis_url()],
+        }
     }
 
     /// The Redis URL clients use: the proxy's, if there is one.

@@ -8,6 +8,7 @@ use mdcache::{Backend, Cache, CacheConfig};
 
 use super::database::Database;
 use crate::output::Failure;
+use crate::redis_flags::RedisFlags;
 
 /// Operation deadline of the key commands unless `--timeout-ms` or `CACHE_OP_TIMEOUT_MS` says
 /// otherwise. The library's default (5 ms) suits an engine on the same rack as Redis; a person
@@ -19,9 +20,9 @@ const INTERACTIVE_OP_TIMEOUT: Duration = Duration::from_millis(1000);
 #[derive(Debug)]
 pub(crate) struct Ctx {
     config: CacheConfig,
-    /// True when the URL came from `--redis`, so a bad URL is reported as the flag's fault,
-    /// not as `CACHE_REDIS_URL`'s.
-    url_from_flag: bool,
+    /// `--redis` / `--redis-cluster`, so a bad address is reported as the flag's fault, not
+    /// as the variable's.
+    redis: RedisFlags,
     /// The source of record for `get` and `put`, when `--database` or `DATABASE_URL` names one.
     database: Option<Database>,
 }
@@ -30,15 +31,12 @@ impl Ctx {
     /// Reads `CACHE_*` and `DATABASE_URL` from the environment, then applies the command-line
     /// overrides. A database URL that does not parse is refused here, before any I/O.
     pub(crate) fn new(
-        redis: Option<String>,
+        redis: RedisFlags,
         database: Option<String>,
         timeout_ms: Option<u64>,
     ) -> Result<Ctx, Failure> {
         let mut config = CacheConfig::from_env()?;
-        let url_from_flag = redis.is_some();
-        if let Some(url) = redis {
-            config.redis_url = Some(url);
-        }
+        redis.apply(&mut config);
         let db_timeout = timeout_ms.map_or(INTERACTIVE_OP_TIMEOUT, Duration::from_millis);
         if let Some(ms) = timeout_ms {
             config.op_timeout = Duration::from_millis(ms);
@@ -64,7 +62,7 @@ impl Ctx {
         };
         Ok(Ctx {
             config,
-            url_from_flag,
+            redis,
             database,
         })
     }
@@ -81,12 +79,12 @@ impl Ctx {
     /// Writes are synchronous (no conflation).
     pub(crate) fn cache(&self, for_database: bool) -> Result<Cache, Failure> {
         let mut config = self.config.clone();
-        config.backend = Some(match (&config.redis_url, for_database) {
-            (Some(_), _) => Backend::Redis,
-            (None, true) => Backend::Memory,
-            (None, false) => {
+        config.backend = Some(match (config.has_redis(), for_database) {
+            (true, _) => Backend::Redis,
+            (false, true) => Backend::Memory,
+            (false, false) => {
                 return Err(Failure::invalid(
-                    "no Redis address: pass --redis URL or set CACHE_REDIS_URL",
+                    "no Redis address: pass --redis URL (or --redis-cluster NODES) or set CACHE_REDIS_URL (or CACHE_REDIS_CLUSTER)",
                 ));
             }
         });
@@ -96,13 +94,6 @@ impl Ctx {
             .config(config)
             .no_conflation()
             .build()
-            .map_err(|e| match e {
-                mdcache::Error::Config { name, reason, .. }
-                    if self.url_from_flag && name == "CACHE_REDIS_URL" =>
-                {
-                    Failure::invalid(format!("invalid --redis URL: {reason}"))
-                }
-                other => other.into(),
-            })
+            .map_err(|e| self.redis.blame(e))
     }
 }

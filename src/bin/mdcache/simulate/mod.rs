@@ -57,7 +57,8 @@ use mdcache::{
 };
 use tokio::task::JoinHandle;
 
-use crate::output::{Failure, Status, print_line, redact};
+use crate::output::{Failure, Status, print_line};
+use crate::redis_flags::{RedisFlags, place};
 use freshness::{FeedHistory, Mode};
 use instance::{Instance, Role};
 use live::Progress;
@@ -119,7 +120,7 @@ fn write_output(path: &Path, mut file: File, text: &str) -> Result<(), Failure> 
 /// The runtime for `simulate`: multi-threaded, with `--threads` workers (see its help for the
 /// default). `redis` is the `--redis` flag; without it, `CACHE_REDIS_URL` (or
 /// `CACHE_ADDRESS`) decides whether Redis is on this host.
-pub(crate) fn runtime(args: &SimulateArgs, redis: Option<&str>) -> tokio::runtime::Builder {
+pub(crate) fn runtime(args: &SimulateArgs, redis: &RedisFlags) -> tokio::runtime::Builder {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let threads = args.threads.map_or_else(
         || {
@@ -128,10 +129,17 @@ pub(crate) fn runtime(args: &SimulateArgs, redis: Option<&str>) -> tokio::runtim
                 CacheConfig::from_env()
                     .ok()
                     .filter(|c| c.effective_backend() != Backend::Memory)
-                    .and_then(|c| c.redis_url)
+                    .and_then(|c| {
+                        RedisFlags {
+                            url: c.redis_url,
+                            cluster: (!c.redis_cluster.is_empty())
+                                .then(|| c.redis_cluster.join(",")),
+                        }
+                        .first_url()
+                    })
             };
             let local = redis
-                .map(str::to_owned)
+                .first_url()
                 .or_else(from_env)
                 .is_some_and(|url| args::is_loopback(&url));
             if local {
@@ -150,7 +158,7 @@ pub(crate) fn runtime(args: &SimulateArgs, redis: Option<&str>) -> tokio::runtim
 /// Runs `simulate`. Needs a multi-threaded runtime: readers, feed and orders run in parallel.
 pub(crate) async fn run(
     args: SimulateArgs,
-    redis: Option<String>,
+    redis: RedisFlags,
     database: Option<String>,
     timeout_ms: Option<u64>,
 ) -> Result<(), Failure> {
@@ -174,9 +182,8 @@ pub(crate) async fn run(
     }
     let outputs = Outputs::create(&args)?;
     let mut config = CacheConfig::from_env()?;
-    let redis_from_flag = redis.is_some();
-    if let Some(url) = redis {
-        config.redis_url = Some(url);
+    if redis.given() {
+        redis.apply(&mut config);
         if config.backend != Some(Backend::Redis) {
             config.backend = Some(Backend::Layered);
         }
@@ -206,7 +213,7 @@ pub(crate) async fn run(
             "--role"
         };
         return Err(Failure::invalid(format!(
-            "{flag} needs Redis (--redis URL): instances share nothing else"
+            "{flag} needs Redis (--redis URL or --redis-cluster NODES): instances share nothing else"
         )));
     }
 
@@ -225,14 +232,7 @@ pub(crate) async fn run(
         let cache = Cache::builder()
             .config(config.clone())
             .build()
-            .map_err(|e| match e {
-                mdcache::Error::Config { name, reason, .. }
-                    if redis_from_flag && name == "CACHE_REDIS_URL" =>
-                {
-                    Failure::invalid(format!("invalid --redis URL: {reason}"))
-                }
-                other => other.into(),
-            })?;
+            .map_err(|e| redis.blame(e))?;
         instances.push(Instance { name, role, cache });
     }
     for i in &instances {
@@ -282,11 +282,7 @@ async fn wait_for_redis(cache: &Cache) -> Result<(), Failure> {
                     last = Some(e);
                 }
                 if Instant::now() >= give_up {
-                    let url = cache
-                        .config()
-                        .redis_url
-                        .as_deref()
-                        .map_or_else(String::new, redact);
+                    let url = place(cache.config()).unwrap_or_default();
                     let why = last.map_or_else(|| "no answer".to_owned(), |e| e.to_string());
                     return Err(Failure::unavailable(format!(
                         "Redis at {url} did not answer within {within:?}: {why}"
@@ -317,8 +313,7 @@ fn describe_instances(args: &SimulateArgs) -> String {
 
 /// The backend's description for the first line.
 fn describe(cache: &Cache, postgres: bool) -> String {
-    let url = cache.config().redis_url.as_deref().map(redact);
-    let tiers = match (cache.backend(), url) {
+    let tiers = match (cache.backend(), place(cache.config())) {
         (Backend::Memory, _) => "embedded (in-process L1)".to_owned(),
         (Backend::Layered, Some(url)) => format!("layered (L1 + Redis at {url})"),
         (Backend::Redis, Some(url)) => format!("Redis only (at {url})"),
@@ -369,7 +364,7 @@ async fn simulate<Src: SourceWriter>(
     let setup = Setup {
         backend: cache.backend().name(),
         postgres,
-        redis_url: cache.config().redis_url.as_deref().map(redact),
+        redis_url: place(cache.config()),
         workload: Workload {
             symbols: args.symbols,
             zipf: args.zipf,

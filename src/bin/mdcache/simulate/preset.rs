@@ -8,7 +8,8 @@ use clap::Parser;
 use mdcache::{Backend, Cache};
 
 use super::args::{Preset, SimulateArgs};
-use crate::output::{Failure, redact};
+use crate::output::Failure;
+use crate::redis_flags::place;
 
 /// `demo`'s options; every other setting is `simulate`'s default.
 #[derive(Debug, clap::Args)]
@@ -57,10 +58,10 @@ impl DemoArgs {
 
 /// The demo's first line: `mdcache demo (embedded: in-process L1 only)`, or the Redis it uses.
 pub(crate) fn title(cache: &Cache) -> String {
-    let tiers = match (cache.backend(), cache.config().redis_url.as_deref()) {
+    let tiers = match (cache.backend(), place(cache.config())) {
         (Backend::Memory, _) => "embedded: in-process L1 only".to_owned(),
-        (Backend::Layered, Some(url)) => format!("layered: L1 + Redis at {}", redact(url)),
-        (Backend::Redis, Some(url)) => format!("Redis only: L2 at {}", redact(url)),
+        (Backend::Layered, Some(at)) => format!("layered: L1 + Redis at {at}"),
+        (Backend::Redis, Some(at)) => format!("Redis only: L2 at {at}"),
         (other, _) => other.name().to_owned(),
     };
     format!("mdcache demo ({tiers})")

@@ -54,7 +54,7 @@ pub(crate) struct Setup {
     pub(crate) backend: &'static str,
     /// True when the source of record is PostgreSQL (else the in-process `MemorySource`).
     pub(crate) postgres: bool,
-    /// The Redis URL with credentials removed, if Redis was used.
+    /// The Redis URL with credentials removed (or `cluster <seeds>`), if Redis was used.
     pub(crate) redis_url: Option<String>,
     /// The workload.
     pub(crate) workload: Workload,
@@ -86,7 +86,7 @@ pub(crate) struct Report {
     pub(crate) postgres: bool,
     /// `memory` or `postgres`.
     pub(crate) source: &'static str,
-    /// The Redis URL, credentials removed.
+    /// The Redis URL, credentials removed, or `cluster <seeds>`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) redis_url: Option<String>,
     /// True when Ctrl-C ended the run before `--duration`.

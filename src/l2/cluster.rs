@@ -1,0 +1,848 @@
+//! `ClusterTier`: the L2 on a Redis Cluster (Valkey cluster, ElastiCache in cluster mode) through one redis-rs cluster connection, its retries and timeouts inside mdcache's deadline, batches split by hash slot.
+//!
+//! **The connection.** One `cluster_async::ClusterConnection`: a multiplexed connection per
+//! node, commands routed by their key's slot, `MOVED`/`ASK` followed. No pool: the cluster
+//! connection already spreads the load over the nodes. It is opened in the background on
+//! first use (a cache starts while the cluster is down) under the connect deadline —
+//! redis-rs's own `get_async_connection` has no deadline of its own — and dropped by
+//! [`reset_connections`](L2::reset_connections), so the next one learns the cluster's
+//! topology afresh from the seeds (after a failover, say).
+//!
+//! **Retries and timeouts.** redis-rs's cluster defaults (16 retries, a 1.28 s minimum wait
+//! between them, no response timeout) would hold a caller for seconds. Here redis-rs makes
+//! at most [`REDIRECTS`] more tries — enough to follow a redirect after a failover or a
+//! slot migration — with waits of 1 to [`MAX_RETRY_WAIT_MS`] ms, and every answer is due
+//! within the operation deadline. Above it, the same [`Guard`] as on one server applies the
+//! deadline, the retry policy and the breaker.
+//!
+//! **Slots.** Multi-key commands and scripts only work within one hash slot on a cluster,
+//! so every batch (`get_many`, `set_many`, the writer's `put_many`, `UNLINK`) is split by
+//! slot ([`Key::slot`](crate::Key::slot)'s CRC16), the groups sent concurrently over the
+//! one connection (redis-rs pipelines them per node) within one guarded operation. A book
+//! side and its stamp share their symbol's `{SYM}` hash tag, so the book scripts run as on
+//! one server. A read is one script (`GET` and `PTTL` of a slot's keys, atomically),
+//! because a `MULTI` block is not followed across a redirect.
+//!
+//! **One breaker.** The whole cluster has one breaker here, not one per shard: see DESIGN
+//! §5 and `docs/architecture.md` for what that costs while one primary fails over. `SCAN`
+//! (recovery) visits every primary.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures_util::future::try_join_all;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo, SingleNodeRoutingInfo,
+};
+use redis::{ConnectionInfo, RedisError, RedisResult, Value};
+use tokio::sync::watch;
+
+use super::book;
+use super::boundary::{Fetched, L2, Put, PutReply, TopReply};
+use super::commands::{self, Scripts};
+use super::values;
+use crate::error::{Error, Result};
+use crate::key::key_slot;
+use crate::resilience::{BreakerConfig, CircuitBreaker, Guard, RetryConfig};
+use crate::schema::{BookSide, BookSideKind};
+
+/// Further tries redis-rs makes of one command inside an operation (following `MOVED`,
+/// `ASK`, `TRYAGAIN`, or reconnecting a node), all within the operation deadline.
+const REDIRECTS: u32 = 2;
+
+/// Longest wait redis-rs takes between two of those tries, in ms.
+const MAX_RETRY_WAIT_MS: u64 = 10;
+
+/// Options for building a [`ClusterTier`].
+#[derive(Clone)]
+pub(crate) struct ClusterOptions {
+    /// The seed nodes, credentials and TLS settings applied
+    /// ([`endpoint`](super::connect::endpoint)); may hold a password, so `Debug` shows the
+    /// addresses only.
+    pub(crate) seeds: Vec<ConnectionInfo>,
+    /// PEM roots a `rediss://` cluster's certificates must chain to.
+    pub(crate) ca: Option<Vec<u8>>,
+    pub(crate) op_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) breaker: BreakerConfig,
+    pub(crate) retry: RetryConfig,
+}
+
+impl std::fmt::Debug for ClusterOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterOptions")
+            .field(
+                "seeds",
+                &self
+                    .seeds
+                    .iter()
+                    .map(|s| s.addr().to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .field("op_timeout", &self.op_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// The cluster connection, opened in the background and replaced after an outage.
+struct Link {
+    client: ClusterClient,
+    connect_timeout: Duration,
+    conn: RwLock<Option<ClusterConnection>>,
+    /// True while a connect task runs (one at a time).
+    connecting: AtomicBool,
+    /// Bumped when a connect attempt ends, successful or not.
+    attempts: watch::Sender<u64>,
+    /// Why the last attempt failed, cleared by a success.
+    last_error: Mutex<Option<Error>>,
+}
+
+impl Link {
+    fn current(&self) -> Option<ClusterConnection> {
+        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn last_error(&self) -> Option<Error> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Starts a connect task unless one runs: it outlives the operation that started it, so
+    /// an operation deadline shorter than a cluster's connect time still ends connected.
+    fn start_connect(self: &Arc<Self>) {
+        if self.connecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let link = Arc::clone(self);
+        tokio::spawn(async move {
+            let outcome =
+                tokio::time::timeout(link.connect_timeout, link.client.get_async_connection())
+                    .await;
+            let error = match outcome {
+                Ok(Ok(conn)) => {
+                    *link.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+                    None
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "redis cluster connect failed");
+                    Some(Error::redis(e))
+                }
+                Err(_) => Some(Error::Timeout {
+                    op: "connect",
+                    after: link.connect_timeout,
+                }),
+            };
+            *link.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+            link.connecting.store(false, Ordering::Release);
+            link.attempts.send_modify(|n| *n = n.wrapping_add(1));
+        });
+    }
+
+    /// The connection, opening one if there is none (waiting for the attempt, unbounded
+    /// here: callers run under a deadline).
+    async fn get(self: &Arc<Self>) -> Result<ClusterConnection> {
+        let mut attempts = self.attempts.subscribe();
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        self.start_connect();
+        // The sender lives in `self`: `changed` cannot fail while we hold it.
+        let _ = attempts.changed().await;
+        match self.current() {
+            Some(c) => Ok(c),
+            None => Err(self.last_error().unwrap_or(Error::Timeout {
+                op: "connect",
+                after: self.connect_timeout,
+            })),
+        }
+    }
+
+    fn forget(&self) {
+        *self.conn.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// The L2 on a Redis Cluster.
+pub(crate) struct ClusterTier {
+    link: Arc<Link>,
+    /// Admission, deadline, retries and the breaker of every caller's operation.
+    guard: Guard,
+    scripts: Scripts,
+}
+
+impl std::fmt::Debug for ClusterTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterTier")
+            .field("connected", &self.link.current().is_some())
+            .field("op_timeout", &self.guard.deadline())
+            .finish()
+    }
+}
+
+impl ClusterTier {
+    /// Builds the client without connecting: the first operation opens the connection in
+    /// the background.
+    pub(crate) fn new(opts: ClusterOptions) -> Result<Self> {
+        let wait = u64::try_from(opts.op_timeout.as_millis() / 4)
+            .unwrap_or(MAX_RETRY_WAIT_MS)
+            .clamp(2, MAX_RETRY_WAIT_MS);
+        let mut builder = ClusterClientBuilder::new(opts.seeds.clone())
+            .retries(REDIRECTS)
+            .min_retry_wait(1)
+            .max_retry_wait(wait)
+            .retry_wait_formula(1, 2)
+            .connection_timeout(opts.connect_timeout)
+            .response_timeout(opts.op_timeout);
+        if let Some(pem) = &opts.ca {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            });
+        }
+        let client = builder
+            .build()
+            .map_err(|e| Error::config("CACHE_REDIS_CLUSTER", e.to_string()))?;
+        let (attempts, _) = watch::channel(0);
+        Ok(ClusterTier {
+            link: Arc::new(Link {
+                client,
+                connect_timeout: opts.connect_timeout,
+                conn: RwLock::new(None),
+                connecting: AtomicBool::new(false),
+                attempts,
+                last_error: Mutex::new(None),
+            }),
+            guard: Guard::new(&opts.breaker, opts.retry, opts.op_timeout),
+            scripts: Scripts::new(),
+        })
+    }
+
+    /// Runs `f` for a caller through the [`Guard`], as [`RedisTier`](super::redis) does.
+    #[inline]
+    async fn run<T, F, Fut>(&self, op: &'static str, key: &str, f: F) -> Result<T>
+    where
+        F: Fn(ClusterConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        self.run_within(op, key, self.guard.deadline(), f).await
+    }
+
+    async fn run_within<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &str,
+        deadline: Duration,
+        f: F,
+    ) -> Result<T>
+    where
+        F: Fn(ClusterConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        self.guard
+            .run_within(
+                op,
+                deadline,
+                || self.attempt(key, &f),
+                || self.link.last_error().filter(|e| !e.is_timeout()),
+            )
+            .await
+    }
+
+    /// Runs `f` once under the probe deadline, bypassing the breaker.
+    async fn run_for_recovery<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
+    where
+        F: Fn(ClusterConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let deadline = self.guard.breaker().probe_timeout();
+        Guard::run_unguarded(op, deadline, self.attempt("", &f)).await
+    }
+
+    async fn attempt<T, F, Fut>(&self, key: &str, f: &F) -> Result<T>
+    where
+        F: Fn(ClusterConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let conn = self.link.get().await?;
+        f(conn).await.map_err(|e| Error::from_redis(e, key))
+    }
+
+    /// The primaries' addresses, from `CLUSTER SLOTS` (each slot range's first node).
+    async fn primaries(mut c: ClusterConnection) -> RedisResult<Vec<(String, u16)>> {
+        let reply = c
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await?;
+        Ok(primaries_of(reply))
+    }
+}
+
+/// The distinct primaries of a `CLUSTER SLOTS` reply: each range is
+/// `[start, end, [host, port, id, …], replicas…]`.
+fn primaries_of(reply: Value) -> Vec<(String, u16)> {
+    let mut out: Vec<(String, u16)> = Vec::new();
+    let Value::Array(ranges) = reply else {
+        return out;
+    };
+    for range in ranges {
+        let Value::Array(fields) = range else {
+            continue;
+        };
+        let Some(Value::Array(node)) = fields.get(2) else {
+            continue;
+        };
+        let host = match node.first() {
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(Value::SimpleString(s)) => s.clone(),
+            _ => continue,
+        };
+        let Some(Value::Int(port)) = node.get(1) else {
+            continue;
+        };
+        let Ok(port) = u16::try_from(*port) else {
+            continue;
+        };
+        if !out.iter().any(|(h, p)| *h == host && *p == port) {
+            out.push((host, port));
+        }
+    }
+    out
+}
+
+/// Indices of `keys` grouped by hash slot, in first-seen order (bounded by the batch).
+fn by_slot<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<Vec<usize>> {
+    let mut slots: HashMap<u16, usize> = HashMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, key) in keys.enumerate() {
+        let g = *slots.entry(key_slot(key.as_bytes())).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
+    }
+    groups
+}
+
+/// `UNLINK` of `keys` on a cluster: one command per slot, concurrently; how many existed.
+async fn unlink_by_slot(c: ClusterConnection, keys: &[&str]) -> RedisResult<u64> {
+    let groups = by_slot(keys.iter().copied());
+    let counts = try_join_all(groups.iter().map(|g| {
+        let mut c = c.clone();
+        let slot_keys: Vec<&str> = g.iter().map(|&i| keys[i]).collect();
+        async move { commands::unlink(&mut c, &slot_keys).await }
+    }))
+    .await?;
+    Ok(counts.into_iter().sum())
+}
+
+impl L2 for ClusterTier {
+    /// One script: `GET` and `PTTL` together, atomically, on the key's primary.
+    async fn get(&self, key: &str) -> Result<Option<Fetched>> {
+        let script = &self.scripts.values.get_with_ttl;
+        let reply: Vec<Value> = self
+            .run("get", key, |mut c| async move {
+                script.key(key).invoke_async(&mut c).await
+            })
+            .await?;
+        values::parse_pairs(key, reply)?
+            .pop()
+            .ok_or_else(|| values::malformed(key))
+    }
+
+    /// One script per slot (`GET` and `PTTL` of its keys), the slots concurrently.
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Fetched>>> {
+        let Some(&first) = keys.first() else {
+            return Ok(Vec::new());
+        };
+        let groups = by_slot(keys.iter().copied());
+        let (script, groups) = (&self.scripts.values.get_with_ttl, &groups);
+        let replies: Vec<Vec<Value>> = self
+            .run("get_many", first, |c| async move {
+                try_join_all(groups.iter().map(|g| {
+                    let mut c = c.clone();
+                    let mut inv = script.prepare_invoke();
+                    for &i in g {
+                        inv.key(keys[i]);
+                    }
+                    async move { inv.invoke_async(&mut c).await }
+                }))
+                .await
+            })
+            .await?;
+        let mut out: Vec<Option<Fetched>> = keys.iter().map(|_| None).collect();
+        for (g, reply) in groups.iter().zip(replies) {
+            let found = values::parse_pairs(first, reply)?;
+            if found.len() != g.len() {
+                return Err(values::malformed(first));
+            }
+            for (&i, f) in g.iter().zip(found) {
+                out[i] = f;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set_versioned(&self, key: &str, envelope: &[u8], ttl: Duration) -> Result<bool> {
+        let scripts = &self.scripts;
+        let stored = self
+            .run("set", key, |mut c| async move {
+                commands::set_versioned(&mut c, scripts, key, envelope, ttl).await
+            })
+            .await?;
+        Ok(stored == 1)
+    }
+
+    /// One pipeline per slot, the slots concurrently.
+    async fn set_many(&self, items: &[(&str, Vec<u8>, Duration)]) -> Result<Vec<bool>> {
+        let Some(first) = items.first().map(|i| i.0) else {
+            return Ok(Vec::new());
+        };
+        let groups = by_slot(items.iter().map(|i| i.0));
+        let (scripts, groups_ref) = (&self.scripts, &groups);
+        let replies: Vec<Vec<i64>> = self
+            .run("set_many", first, |c| async move {
+                try_join_all(groups_ref.iter().map(|g| {
+                    let mut c = c.clone();
+                    let slot_items: Vec<(&str, &[u8], Duration)> = g
+                        .iter()
+                        .map(|&i| (items[i].0, items[i].1.as_slice(), items[i].2))
+                        .collect();
+                    async move { commands::set_many(&mut c, scripts, &slot_items).await }
+                }))
+                .await
+            })
+            .await?;
+        let mut out = vec![false; items.len()];
+        for (g, codes) in groups.iter().zip(replies) {
+            for (&i, code) in g.iter().zip(codes) {
+                out[i] = code == 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One pipeline per slot (the same batch as on one server, cut by slot), the slots
+    /// concurrently: one guarded operation, one breaker outcome, under `within`.
+    async fn put_many(&self, items: &[Put<'_>], within: Duration) -> Result<Vec<PutReply>> {
+        let Some(first) = items.first() else {
+            return Ok(Vec::new());
+        };
+        let groups = by_slot(items.iter().map(commands::put_key));
+        let (scripts, groups_ref) = (&self.scripts, &groups);
+        let replies: Vec<Vec<PutReply>> = self
+            .run_within(
+                "put_many",
+                commands::put_key(first),
+                within,
+                |c| async move {
+                    try_join_all(groups_ref.iter().map(|g| {
+                        let mut c = c.clone();
+                        let slot_items: Vec<Put<'_>> = g.iter().map(|&i| items[i]).collect();
+                        async move { commands::put_many(&mut c, scripts, &slot_items).await }
+                    }))
+                    .await
+                },
+            )
+            .await?;
+        let mut out: Vec<Option<PutReply>> = items.iter().map(|_| None).collect();
+        for (g, got) in groups.iter().zip(replies) {
+            for (&i, reply) in g.iter().zip(got) {
+                out[i] = Some(reply);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or(PutReply::Refused(Error::Unsupported(
+                    "internal: a batch item without a reply",
+                )))
+            })
+            .collect())
+    }
+
+    async fn unlink(&self, keys: &[&str]) -> Result<u64> {
+        let first = keys.first().copied().unwrap_or_default();
+        self.run("delete", first, |c| unlink_by_slot(c, keys)).await
+    }
+
+    async fn unlink_if_equals(&self, key: &str, bytes: &[u8]) -> Result<bool> {
+        let scripts = &self.scripts;
+        let deleted = self
+            .run("unlink_if_equals", key, |mut c| async move {
+                commands::unlink_if_equals(&mut c, scripts, key, bytes).await
+            })
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    async fn pttl(&self, key: &str) -> Result<Option<Option<Duration>>> {
+        let pttl = self
+            .run("ttl", key, |mut c| async move {
+                commands::pttl(&mut c, key).await
+            })
+            .await?;
+        Ok(values::remaining(pttl))
+    }
+
+    /// `PING` of every primary.
+    async fn ping(&self) -> Result<()> {
+        self.run("ping", "", ping_primaries).await
+    }
+
+    async fn book_replace(
+        &self,
+        key: &str,
+        side: &BookSide,
+        version: u64,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let scripts = &self.scripts;
+        let stored = self
+            .run("book_set", key, |mut c| async move {
+                commands::book_replace(&mut c, scripts, key, side, version, ttl).await
+            })
+            .await?;
+        Ok(stored == 1)
+    }
+
+    async fn book_top(&self, key: &str, side: BookSideKind, depth: usize) -> Result<TopReply> {
+        let (scripts, dir, depth) = (
+            &self.scripts,
+            book::direction(side),
+            book::redis_depth(depth),
+        );
+        let reply = self
+            .run("book_get", key, |mut c| async move {
+                commands::book_top(&mut c, scripts, key, dir, depth).await
+            })
+            .await?;
+        book::parse_top(key, reply)
+    }
+
+    async fn book_unlink_if_stamp(&self, key: &str, stamp: &[u8]) -> Result<bool> {
+        let scripts = &self.scripts;
+        let deleted = self
+            .run("book_repair", key, |mut c| async move {
+                commands::book_unlink_if_stamp(&mut c, scripts, key, stamp).await
+            })
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    #[inline]
+    fn breaker(&self) -> &CircuitBreaker {
+        self.guard.breaker()
+    }
+
+    /// `PING` of every primary: the connection within the probe deadline, the answers within
+    /// the operation deadline. The one breaker closes only when the whole cluster answers.
+    /// A failed probe drops the connection, so the next one learns the topology again.
+    async fn probe_ping(&self) -> Result<()> {
+        let within = self.guard.breaker().probe_timeout();
+        let conn = match tokio::time::timeout(within, self.link.get()).await {
+            Ok(conn) => conn?,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    op: "probe_connect",
+                    after: within,
+                });
+            }
+        };
+        let answer_within = self.guard.deadline();
+        let answer = match tokio::time::timeout(answer_within, ping_primaries(conn)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::from_redis(e, "")),
+            Err(_) => Err(Error::Timeout {
+                op: "probe",
+                after: answer_within,
+            }),
+        };
+        if answer.is_err() {
+            // The connection's view of the cluster may predate a failover (a hung primary
+            // it still pings while its replica took over): the next probe asks the seeds
+            // for the topology afresh.
+            self.link.forget();
+        }
+        answer
+    }
+
+    /// Drops the cluster connection: the next operation opens a new one, which asks the
+    /// seeds for the cluster's topology again.
+    fn reset_connections(&self) {
+        self.link.forget();
+    }
+
+    async fn recovery_unlink(&self, keys: &[&str]) -> Result<u64> {
+        self.run_for_recovery("recovery_unlink", |c| unlink_by_slot(c, keys))
+            .await
+    }
+
+    /// `SCAN` of every primary in turn, each step under the probe deadline.
+    async fn recovery_unlink_matching(&self, pattern: &str) -> Result<()> {
+        let primaries = self
+            .run_for_recovery("recovery_nodes", ClusterTier::primaries)
+            .await?;
+        for (host, port) in primaries {
+            let mut cursor = 0u64;
+            loop {
+                let host = host.as_str();
+                let (next, keys) = self
+                    .run_for_recovery("recovery_scan", |mut c| async move {
+                        let reply = c
+                            .route_command(
+                                redis::cmd("SCAN")
+                                    .arg(cursor)
+                                    .arg("MATCH")
+                                    .arg(pattern)
+                                    .arg("COUNT")
+                                    .arg(commands::SCAN_COUNT)
+                                    .clone(),
+                                RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                                    host: host.to_owned(),
+                                    port,
+                                }),
+                            )
+                            .await?;
+                        redis::from_redis_value::<(u64, Vec<String>)>(reply)
+                            .map_err(RedisError::from)
+                    })
+                    .await?;
+                if !keys.is_empty() {
+                    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    self.recovery_unlink(&keys).await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `PING` of every primary; an error if any does not answer.
+async fn ping_primaries(mut c: ClusterConnection) -> RedisResult<()> {
+    c.route_command(
+        redis::cmd("PING"),
+        RoutingInfo::MultiNode((
+            MultipleNodeRoutingInfo::AllMasters,
+            Some(ResponsePolicy::AllSucceeded),
+        )),
+    )
+    .await
+    .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+    use crate::l2::test_support::cluster::RedisCluster;
+
+    fn tier(cluster: &RedisCluster) -> ClusterTier {
+        ClusterTier::new(ClusterOptions {
+            seeds: cluster
+                .urls()
+                .iter()
+                .map(|u| redis::IntoConnectionInfo::into_connection_info(u.as_str()).unwrap())
+                .collect(),
+            ca: None,
+            op_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(5),
+            breaker: BreakerConfig::default(),
+            retry: RetryConfig::default(),
+        })
+        .unwrap()
+    }
+
+    fn dbsize(cluster: &RedisCluster) -> i64 {
+        cluster.primaries().iter().map(|n| n.dbsize()).sum()
+    }
+
+    /// Batches whose keys span every primary, then a recovery `SCAN` that must find keys on
+    /// all three: the cross-slot paths of the tier, on a real cluster.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_and_scans_cover_every_slot_and_every_primary() {
+        let cluster = RedisCluster::start();
+        let l2 = tier(&cluster);
+        let keys: Vec<String> = (0..300).map(|i| format!("mdc:price:{{S{i}}}")).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let ttl = Duration::from_secs(60);
+        let items: Vec<(&str, Vec<u8>, Duration)> = keys
+            .iter()
+            .map(|k| (*k, codec::encode(7, &1u32, 1024).unwrap(), ttl))
+            .collect();
+        assert_eq!(l2.set_many(&items).await.unwrap(), vec![true; 300]);
+        // The writer's batch: values and a book side across slots, one key of another type.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let newer = codec::encode(8, &2u32, 1024).unwrap();
+        let older = codec::encode(6, &3u32, 1024).unwrap();
+        let side = BookSide {
+            levels: vec![crate::book::Level {
+                price: 10.0,
+                qty: 1.0,
+            }],
+        };
+        let mut conn = l2.link.get().await.unwrap();
+        let () = redis::cmd("RPUSH")
+            .arg("mdc:price:{LIST}")
+            .arg("x")
+            .query_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .unwrap();
+        let puts = [
+            Put::Value {
+                key: keys[0],
+                envelope: &newer,
+                expire_at_ms: now_ms + 60_000,
+            },
+            Put::Value {
+                key: keys[1],
+                envelope: &older,
+                expire_at_ms: now_ms + 60_000,
+            },
+            Put::Value {
+                key: "mdc:price:{LIST}",
+                envelope: &newer,
+                expire_at_ms: now_ms + 60_000,
+            },
+            Put::Book {
+                key: "mdc:book:{S0}:bid",
+                side: &side,
+                version: 1,
+                written_ttl: ttl,
+                expire_at_ms: now_ms + 60_000,
+            },
+        ];
+        let replies = l2.put_many(&puts, Duration::from_secs(2)).await.unwrap();
+        assert!(matches!(replies[0], PutReply::Stored), "{replies:?}");
+        assert!(matches!(replies[1], PutReply::Superseded), "{replies:?}");
+        assert!(
+            matches!(&replies[2], PutReply::Refused(Error::WrongType { .. })),
+            "{replies:?}"
+        );
+        assert!(matches!(replies[3], PutReply::Stored), "{replies:?}");
+        let top = l2
+            .book_top("mdc:book:{S0}:bid", BookSideKind::Bid, 0)
+            .await
+            .unwrap();
+        assert!(
+            matches!(top, TopReply::Found(ref b) if b.version == 1),
+            "{top:?}"
+        );
+        // Reads in one batch across slots, in order, misses included.
+        let mut asked = keys.clone();
+        asked.push("mdc:price:{ABSENT}");
+        let got = l2.get_many(&asked).await.unwrap();
+        assert_eq!(got.len(), 301);
+        assert!(got[..300].iter().all(Option::is_some));
+        assert!(got[300].is_none());
+        assert_eq!(codec::peek_version(&got[0].as_ref().unwrap().bytes), Ok(8));
+        assert_eq!(codec::peek_version(&got[1].as_ref().unwrap().bytes), Ok(7));
+        // Every primary holds some of them.
+        for node in cluster.primaries() {
+            assert!(node.dbsize() > 0, "a primary holds none of 300 keys");
+        }
+        // UNLINK across slots.
+        assert_eq!(l2.unlink(&keys[..10]).await.unwrap(), 10);
+        // Recovery's SCAN visits every primary: every price key goes, the rest stays.
+        let () = redis::cmd("SET")
+            .arg("other:{x}")
+            .arg("1")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        l2.recovery_unlink_matching("mdc:price:*").await.unwrap();
+        assert_eq!(
+            dbsize(&cluster),
+            3,
+            "the book side, its stamp and other:{{x}} remain"
+        );
+        l2.ping().await.unwrap();
+        l2.probe_ping().await.unwrap();
+    }
+
+    /// A cluster that is not there: the tier builds, and an operation fails within its
+    /// deadline with the cause, not a hang.
+    #[tokio::test]
+    async fn an_unreachable_cluster_fails_within_the_deadline() {
+        let port = crate::l2::test_support::free_port();
+        let l2 = ClusterTier::new(ClusterOptions {
+            seeds: vec![
+                redis::IntoConnectionInfo::into_connection_info(
+                    format!("redis://127.0.0.1:{port}").as_str(),
+                )
+                .unwrap(),
+            ],
+            ca: None,
+            op_timeout: Duration::from_millis(200),
+            connect_timeout: Duration::from_millis(500),
+            breaker: BreakerConfig::default(),
+            retry: RetryConfig::default(),
+        })
+        .unwrap();
+        let started = std::time::Instant::now();
+        let err = l2.get("mdc:price:{X}").await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2), "{err}");
+        assert!(err.trips_breaker(), "{err}");
+    }
+
+    #[test]
+    fn batches_split_by_slot_keep_a_symbols_keys_together() {
+        let keys = [
+            "mdc:price:{AAPL}",
+            "mdc:price:{MSFT}",
+            "mdc:pos:{AAPL}",
+            "mdc:book:{AAPL}:bid",
+        ];
+        let groups = by_slot(keys.iter().copied());
+        assert_eq!(groups, vec![vec![0, 2, 3], vec![1]]);
+        assert!(by_slot(std::iter::empty()).is_empty());
+    }
+
+    #[test]
+    fn primaries_are_read_from_cluster_slots() {
+        let node = |port: i64| {
+            Value::Array(vec![
+                Value::BulkString(b"10.0.0.1".to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let range = |a: i64, b: i64, primary: i64, replica: i64| {
+            Value::Array(vec![
+                Value::Int(a),
+                Value::Int(b),
+                node(primary),
+                node(replica),
+            ])
+        };
+        let reply = Value::Array(vec![
+            range(0, 5460, 7000, 7003),
+            range(5461, 10922, 7001, 7004),
+            range(10923, 12000, 7002, 7005),
+            // A primary owning two ranges is one primary.
+            range(12001, 16383, 7002, 7005),
+            // Garbage is skipped, not fatal.
+            Value::Int(3),
+            Value::Array(vec![Value::Int(0), Value::Int(1), node(70_000)]),
+        ]);
+        let ports: Vec<u16> = primaries_of(reply).into_iter().map(|(_, p)| p).collect();
+        assert_eq!(ports, vec![7000, 7001, 7002]);
+        assert!(primaries_of(Value::Nil).is_empty());
+    }
+}
