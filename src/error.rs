@@ -189,6 +189,19 @@ impl Error {
         Error::Redis(BackendError(e))
     }
 
+    /// True when Redis Cluster redirected the command (`MOVED`, `ASK`, `TRYAGAIN`,
+    /// `CROSSSLOT`): the slot it was sent for is served elsewhere now.
+    pub(crate) fn is_redirect(&self) -> bool {
+        use redis::{ErrorKind as K, ServerErrorKind as S};
+        match self {
+            Error::Redis(BackendError(e)) => matches!(
+                e.kind(),
+                K::Server(S::Moved | S::Ask | S::TryAgain | S::CrossSlot)
+            ),
+            _ => false,
+        }
+    }
+
     /// Maps a Redis error for `key`, turning `WRONGTYPE` replies into [`Error::WrongType`].
     pub(crate) fn from_redis(e: redis::RedisError, key: &str) -> Self {
         if is_wrongtype(&e) {

@@ -100,6 +100,12 @@ struct Link {
     attempts: watch::Sender<u64>,
     /// Why the last attempt failed, cleared by a success.
     last_error: Mutex<Option<Error>>,
+    /// Which primary serves each slot, for the writer's batches per node; fetched when
+    /// first needed, dropped when a batch finds it out of date.
+    slots: RwLock<Option<Arc<SlotMap>>>,
+    /// False once the cluster refused the cross-slot script (a server older than Redis
+    /// 7.0): batches then go per slot.
+    node_batches: AtomicBool,
 }
 
 impl Link {
@@ -166,6 +172,90 @@ impl Link {
 
     fn forget(&self) {
         *self.conn.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.forget_slots();
+    }
+
+    fn forget_slots(&self) {
+        *self.slots.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The slot map, asking the cluster (`CLUSTER SLOTS`) when there is none.
+    async fn slot_map(&self, c: &mut ClusterConnection) -> RedisResult<Arc<SlotMap>> {
+        if let Some(map) = self.slots.read().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(map);
+        }
+        let reply = c
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await?;
+        let map = Arc::new(SlotMap::of(reply));
+        *self.slots.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&map));
+        Ok(map)
+    }
+}
+
+/// No primary serves the slot (as far as `CLUSTER SLOTS` said).
+const NO_NODE: u16 = u16::MAX;
+
+/// Which primary serves each of the 16384 slots: an index into `nodes`, or [`NO_NODE`].
+#[derive(Debug)]
+struct SlotMap {
+    owner: Vec<u16>,
+    nodes: Vec<(String, u16)>,
+}
+
+impl SlotMap {
+    /// From a `CLUSTER SLOTS` reply: each range is `[start, end, [host, port, id, …],
+    /// replicas…]`. Malformed ranges are skipped (their slots have no node).
+    fn of(reply: Value) -> SlotMap {
+        let mut map = SlotMap {
+            owner: vec![NO_NODE; 16_384],
+            nodes: Vec::new(),
+        };
+        let Value::Array(ranges) = reply else {
+            return map;
+        };
+        for range in ranges {
+            let Value::Array(fields) = range else {
+                continue;
+            };
+            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(node))) =
+                (fields.first(), fields.get(1), fields.get(2))
+            else {
+                continue;
+            };
+            let host = match node.first() {
+                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(Value::SimpleString(s)) => s.clone(),
+                _ => continue,
+            };
+            let Some(Ok(port)) = node.get(1).map(|p| match p {
+                Value::Int(p) => u16::try_from(*p).map_err(|_| ()),
+                _ => Err(()),
+            }) else {
+                continue;
+            };
+            let (Ok(start), Ok(end)) = (usize::try_from(*start), usize::try_from(*end)) else {
+                continue;
+            };
+            if start > end || end >= 16_384 {
+                continue;
+            }
+            let index = match map.nodes.iter().position(|(h, p)| *h == host && *p == port) {
+                Some(i) => i,
+                None => {
+                    map.nodes.push((host, port));
+                    map.nodes.len() - 1
+                }
+            };
+            let Ok(index) = u16::try_from(index) else {
+                continue;
+            };
+            map.owner[start..=end].fill(index);
+        }
+        map
     }
 }
 
@@ -218,6 +308,8 @@ impl ClusterTier {
                 connecting: AtomicBool::new(false),
                 attempts,
                 last_error: Mutex::new(None),
+                slots: RwLock::new(None),
+                node_batches: AtomicBool::new(true),
             }),
             guard: Guard::new(&opts.breaker, opts.retry, opts.op_timeout),
             scripts: Scripts::new(),
@@ -282,40 +374,8 @@ impl ClusterTier {
                 RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
             )
             .await?;
-        Ok(primaries_of(reply))
+        Ok(SlotMap::of(reply).nodes)
     }
-}
-
-/// The distinct primaries of a `CLUSTER SLOTS` reply: each range is
-/// `[start, end, [host, port, id, …], replicas…]`.
-fn primaries_of(reply: Value) -> Vec<(String, u16)> {
-    let mut out: Vec<(String, u16)> = Vec::new();
-    let Value::Array(ranges) = reply else {
-        return out;
-    };
-    for range in ranges {
-        let Value::Array(fields) = range else {
-            continue;
-        };
-        let Some(Value::Array(node)) = fields.get(2) else {
-            continue;
-        };
-        let host = match node.first() {
-            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-            Some(Value::SimpleString(s)) => s.clone(),
-            _ => continue,
-        };
-        let Some(Value::Int(port)) = node.get(1) else {
-            continue;
-        };
-        let Ok(port) = u16::try_from(*port) else {
-            continue;
-        };
-        if !out.iter().any(|(h, p)| *h == host && *p == port) {
-            out.push((host, port));
-        }
-    }
-    out
 }
 
 /// Indices of `keys` grouped by hash slot, in first-seen order (bounded by the batch).
@@ -342,6 +402,85 @@ async fn unlink_by_slot(c: ClusterConnection, keys: &[&str]) -> RedisResult<u64>
     }))
     .await?;
     Ok(counts.into_iter().sum())
+}
+
+/// A node's address (`host`, `port`), or none for a group sent per slot, and the group's
+/// item indices.
+type NodeGroup = (Option<(String, u16)>, Vec<usize>);
+
+/// A batch's items grouped by the primary that serves their slot (per `map`); items of a
+/// slot with no known primary grouped per slot, without a node.
+fn by_node_then_slot(map: &SlotMap, items: &[Put<'_>]) -> Vec<NodeGroup> {
+    let mut per_node: Vec<Vec<usize>> = vec![Vec::new(); map.nodes.len()];
+    let mut orphans: Vec<usize> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let slot = usize::from(key_slot(commands::put_key(item).as_bytes()));
+        match map.owner.get(slot).copied() {
+            Some(n) if n != NO_NODE => per_node[usize::from(n)].push(i),
+            _ => orphans.push(i),
+        }
+    }
+    let mut groups: Vec<NodeGroup> = per_node
+        .into_iter()
+        .enumerate()
+        .filter(|(_, g)| !g.is_empty())
+        .map(|(n, g)| (Some(map.nodes[n].clone()), g))
+        .collect();
+    for g in by_slot(orphans.iter().map(|&i| commands::put_key(&items[i]))) {
+        groups.push((None, g.into_iter().map(|j| orphans[j]).collect()));
+    }
+    groups
+}
+
+/// [`commands::put_many`] of one node's items, sent to that node (`host:port`) whatever
+/// their slots, with the cross-slot variant of the multi-key script.
+async fn put_on_node(
+    mut c: ClusterConnection,
+    scripts: &Scripts,
+    items: &[Put<'_>],
+    host: &str,
+    port: u16,
+) -> RedisResult<Vec<PutReply>> {
+    let batch = commands::PutBatch::new(items);
+    let (vmany, breplace) = (
+        &scripts.values.set_versioned_many_any_slot,
+        &scripts.books.replace,
+    );
+    let route = || SingleNodeRoutingInfo::ByAddress {
+        host: host.to_owned(),
+        port,
+    };
+    let pipeline = batch.pipeline(vmany, breplace, true);
+    let n = pipeline.len();
+    let mut replies: Vec<RedisResult<Value>> = c
+        .route_pipeline(pipeline, 0, n, route())
+        .await?
+        .into_iter()
+        .map(Value::extract_error)
+        .collect();
+    if replies
+        .iter()
+        .any(|r| r.as_ref().is_err_and(commands::is_no_script))
+    {
+        // `SCRIPT LOAD` goes to every node of the cluster.
+        vmany.load_async(&mut c).await?;
+        breplace.load_async(&mut c).await?;
+        let pipeline = batch.pipeline(vmany, breplace, true);
+        replies = c
+            .route_pipeline(pipeline, 0, n, route())
+            .await?
+            .into_iter()
+            .map(Value::extract_error)
+            .collect();
+    }
+    Ok(batch.replies(replies))
+}
+
+/// True when `e` says the server cannot run a script with flags (its shebang line): Redis
+/// before 7.0.
+fn cross_slot_unsupported(e: &RedisError) -> bool {
+    let text = e.to_string();
+    text.contains("shebang") || text.contains("Unexpected flag")
 }
 
 impl L2 for ClusterTier {
@@ -430,32 +569,75 @@ impl L2 for ClusterTier {
         Ok(out)
     }
 
-    /// One pipeline per slot (the same batch as on one server, cut by slot), the slots
-    /// concurrently: one guarded operation, one breaker outcome, under `within`.
+    /// One pipeline per primary, the primaries concurrently: the batch cut by the node that
+    /// serves each key's slot ([`SlotMap`]), the values of all of a node's slots in calls of
+    /// the cross-slot variant of the multi-key script, as on one server. Keys of a slot the
+    /// map knows no node for (or every key, on a server without cross-slot scripts) go one
+    /// pipeline per slot. One guarded operation, one breaker outcome, under `within`. A
+    /// batch that fails, or finds a key moved, drops the map: the next asks the cluster.
     async fn put_many(&self, items: &[Put<'_>], within: Duration) -> Result<Vec<PutReply>> {
         let Some(first) = items.first() else {
             return Ok(Vec::new());
         };
-        let groups = by_slot(items.iter().map(commands::put_key));
-        let (scripts, groups_ref) = (&self.scripts, &groups);
-        let replies: Vec<Vec<PutReply>> = self
+        let (link, scripts) = (&self.link, &self.scripts);
+        let result = self
             .run_within(
                 "put_many",
                 commands::put_key(first),
                 within,
-                |c| async move {
-                    try_join_all(groups_ref.iter().map(|g| {
-                        let mut c = c.clone();
+                |mut c| async move {
+                    let by_node = link.node_batches.load(Ordering::Acquire);
+                    let groups = if by_node {
+                        let map = link.slot_map(&mut c).await?;
+                        by_node_then_slot(&map, items)
+                    } else {
+                        by_slot(items.iter().map(commands::put_key))
+                            .into_iter()
+                            .map(|g| (None, g))
+                            .collect()
+                    };
+                    let replies = try_join_all(groups.iter().map(|(node, g)| {
+                        let c = c.clone();
                         let slot_items: Vec<Put<'_>> = g.iter().map(|&i| items[i]).collect();
-                        async move { commands::put_many(&mut c, scripts, &slot_items).await }
+                        async move {
+                            match node {
+                                Some((host, port)) => {
+                                    put_on_node(c, scripts, &slot_items, host, *port).await
+                                }
+                                None => {
+                                    let mut c = c;
+                                    commands::put_many(&mut c, scripts, &slot_items).await
+                                }
+                            }
+                        }
                     }))
-                    .await
+                    .await;
+                    if let Err(e) = &replies
+                        && by_node
+                        && cross_slot_unsupported(e)
+                    {
+                        tracing::warn!(error = %e, "the cluster refuses cross-slot scripts (Redis < 7.0?): batches go per slot");
+                        link.node_batches.store(false, Ordering::Release);
+                    }
+                    Ok::<_, RedisError>((groups, replies?))
                 },
             )
-            .await?;
+            .await;
+        let (groups, replies) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.link.forget_slots();
+                return Err(e);
+            }
+        };
         let mut out: Vec<Option<PutReply>> = items.iter().map(|_| None).collect();
-        for (g, got) in groups.iter().zip(replies) {
+        for ((_, g), got) in groups.iter().zip(replies) {
             for (&i, reply) in g.iter().zip(got) {
+                if let PutReply::Refused(e) = &reply
+                    && e.is_redirect()
+                {
+                    self.link.forget_slots();
+                }
                 out[i] = Some(reply);
             }
         }
@@ -720,6 +902,12 @@ mod tests {
                 envelope: &newer,
                 expire_at_ms: now_ms + 60_000,
             },
+            // Same slot (so same node and same script call) as the list: written anyway.
+            Put::Value {
+                key: "mdc:pos:{LIST}",
+                envelope: &newer,
+                expire_at_ms: now_ms + 60_000,
+            },
             Put::Book {
                 key: "mdc:book:{S0}:bid",
                 side: &side,
@@ -736,6 +924,7 @@ mod tests {
             "{replies:?}"
         );
         assert!(matches!(replies[3], PutReply::Stored), "{replies:?}");
+        assert!(matches!(replies[4], PutReply::Stored), "{replies:?}");
         let top = l2
             .book_top("mdc:book:{S0}:bid", BookSideKind::Bid, 0)
             .await
@@ -769,8 +958,8 @@ mod tests {
         l2.recovery_unlink_matching("mdc:price:*").await.unwrap();
         assert_eq!(
             dbsize(&cluster),
-            3,
-            "the book side, its stamp and other:{{x}} remain"
+            4,
+            "the book side, its stamp, mdc:pos:{{LIST}} and other:{{x}} remain"
         );
         l2.ping().await.unwrap();
         l2.probe_ping().await.unwrap();
@@ -815,7 +1004,7 @@ mod tests {
     }
 
     #[test]
-    fn primaries_are_read_from_cluster_slots() {
+    fn the_slot_map_is_read_from_cluster_slots() {
         let node = |port: i64| {
             Value::Array(vec![
                 Value::BulkString(b"10.0.0.1".to_vec()),
@@ -836,13 +1025,57 @@ mod tests {
             range(5461, 10922, 7001, 7004),
             range(10923, 12000, 7002, 7005),
             // A primary owning two ranges is one primary.
-            range(12001, 16383, 7002, 7005),
-            // Garbage is skipped, not fatal.
+            range(12001, 16000, 7002, 7005),
+            // Garbage is skipped, not fatal: slots 16001.. have no node.
             Value::Int(3),
-            Value::Array(vec![Value::Int(0), Value::Int(1), node(70_000)]),
+            Value::Array(vec![Value::Int(16001), Value::Int(16383), node(70_000)]),
+            range(16001, 99_999, 7000, 7003),
         ]);
-        let ports: Vec<u16> = primaries_of(reply).into_iter().map(|(_, p)| p).collect();
+        let map = SlotMap::of(reply);
+        let ports: Vec<u16> = map.nodes.iter().map(|(_, p)| *p).collect();
         assert_eq!(ports, vec![7000, 7001, 7002]);
-        assert!(primaries_of(Value::Nil).is_empty());
+        assert_eq!(
+            (
+                map.owner[0],
+                map.owner[5461],
+                map.owner[12001],
+                map.owner[16001]
+            ),
+            (0, 1, 2, NO_NODE)
+        );
+        let empty = SlotMap::of(Value::Nil);
+        assert!(empty.nodes.is_empty() && empty.owner.iter().all(|&o| o == NO_NODE));
+    }
+
+    #[test]
+    fn a_batch_goes_per_node_and_unknown_slots_per_slot() {
+        let mut map = SlotMap {
+            owner: vec![NO_NODE; 16_384],
+            nodes: vec![("h".to_owned(), 1), ("h".to_owned(), 2)],
+        };
+        let keys = [
+            "mdc:price:{A}",
+            "mdc:price:{B}",
+            "mdc:price:{C}",
+            "mdc:pos:{A}",
+        ];
+        let slot = |k: &str| usize::from(key_slot(k.as_bytes()));
+        map.owner[slot(keys[0])] = 0;
+        map.owner[slot(keys[1])] = 0;
+        map.owner[slot(keys[2])] = NO_NODE;
+        let envelope = [0u8; 1];
+        let items: Vec<Put<'_>> = keys
+            .iter()
+            .map(|&key| Put::Value {
+                key,
+                envelope: &envelope,
+                expire_at_ms: 1,
+            })
+            .collect();
+        let groups = by_node_then_slot(&map, &items);
+        assert_eq!(
+            groups,
+            vec![(Some(("h".to_owned(), 1)), vec![0, 1, 3]), (None, vec![2]),]
+        );
     }
 }

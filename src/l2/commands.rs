@@ -121,18 +121,64 @@ pub(crate) async fn put_many<C: ConnectionLike>(
     scripts: &Scripts,
     items: &[Put<'_>],
 ) -> RedisResult<Vec<PutReply>> {
-    let values: Vec<usize> = (0..items.len())
-        .filter(|&i| matches!(items[i], Put::Value { .. }))
-        .collect();
-    let books: Vec<usize> = (0..items.len())
-        .filter(|&i| matches!(items[i], Put::Book { .. }))
-        .collect();
+    let batch = PutBatch::new(items);
     let (vmany, breplace) = (&scripts.values.set_versioned_many, &scripts.books.replace);
-    let build = || {
+    let mut replies: Vec<RedisResult<Value>> = batch
+        .pipeline(vmany, breplace, false)
+        .query_async(c)
+        .await?;
+    if replies.iter().any(|r| r.as_ref().is_err_and(is_no_script)) {
+        vmany.load_async(c).await?;
+        breplace.load_async(c).await?;
+        replies = batch
+            .pipeline(vmany, breplace, false)
+            .query_async(c)
+            .await?;
+    }
+    Ok(batch.replies(replies))
+}
+
+/// A writer batch laid out for one pipeline: which items are values (sent by the multi-key
+/// script, in chunks) and which are book sides (one script each), and how to read the
+/// replies back in the items' order.
+pub(crate) struct PutBatch<'b, 'a> {
+    items: &'b [Put<'a>],
+    values: Vec<usize>,
+    books: Vec<usize>,
+}
+
+impl<'b, 'a> PutBatch<'b, 'a> {
+    pub(crate) fn new(items: &'b [Put<'a>]) -> Self {
+        PutBatch {
+            items,
+            values: (0..items.len())
+                .filter(|&i| matches!(items[i], Put::Value { .. }))
+                .collect(),
+            books: (0..items.len())
+                .filter(|&i| matches!(items[i], Put::Book { .. }))
+                .collect(),
+        }
+    }
+
+    /// The pipeline: `vmany` per chunk of values, `breplace` per side; errors kept per
+    /// call. `vmany` is the multi-key versioned script, with the keys declared, or with
+    /// `any_slot` its cross-slot variant, with one key declared and all of them in ARGV.
+    pub(crate) fn pipeline(
+        &self,
+        vmany: &Script,
+        breplace: &Script,
+        any_slot: bool,
+    ) -> redis::Pipeline {
+        let items = self.items;
         let mut p = redis::pipe();
         p.ignore_errors();
-        for chunk in values.chunks(values::MANY_CHUNK) {
-            let c = p.cmd("EVALSHA").arg(vmany.get_hash()).arg(chunk.len());
+        for chunk in self.values.chunks(values::MANY_CHUNK) {
+            let c = p.cmd("EVALSHA").arg(vmany.get_hash());
+            if any_slot {
+                c.arg(1).arg(put_key(&items[chunk[0]])).arg(chunk.len());
+            } else {
+                c.arg(chunk.len());
+            }
             for &i in chunk {
                 c.arg(put_key(&items[i]));
             }
@@ -147,7 +193,7 @@ pub(crate) async fn put_many<C: ConnectionLike>(
                 }
             }
         }
-        for &i in &books {
+        for &i in &self.books {
             if let Put::Book {
                 key,
                 side,
@@ -171,62 +217,60 @@ pub(crate) async fn put_many<C: ConnectionLike>(
             }
         }
         p
-    };
-    let mut replies: Vec<RedisResult<Value>> = build().query_async(c).await?;
-    if replies.iter().any(|r| r.as_ref().is_err_and(is_no_script)) {
-        vmany.load_async(c).await?;
-        breplace.load_async(c).await?;
-        replies = build().query_async(c).await?;
     }
-    let mut out: Vec<Option<PutReply>> = items.iter().map(|_| None).collect();
-    let mut replies = replies.into_iter();
-    for chunk in values.chunks(values::MANY_CHUNK) {
-        let codes = match replies.next() {
-            Some(Ok(Value::Array(codes))) if codes.len() == chunk.len() => Ok(codes),
-            Some(Ok(_)) | None => Err(None),
-            Some(Err(e)) => Err(Some(e)),
-        };
-        for (n, &i) in chunk.iter().enumerate() {
-            let key = put_key(&items[i]);
-            out[i] = Some(match &codes {
-                Ok(codes) => match codes[n] {
-                    Value::Int(1) => PutReply::Stored,
-                    Value::Int(0) => PutReply::Superseded,
-                    Value::Int(-1) => PutReply::Refused(Error::WrongType {
+
+    /// One reply per item, in order, from the pipeline's replies.
+    pub(crate) fn replies(&self, replies: Vec<RedisResult<Value>>) -> Vec<PutReply> {
+        let items = self.items;
+        let mut out: Vec<Option<PutReply>> = items.iter().map(|_| None).collect();
+        let mut replies = replies.into_iter();
+        for chunk in self.values.chunks(values::MANY_CHUNK) {
+            let codes = match replies.next() {
+                Some(Ok(Value::Array(codes))) if codes.len() == chunk.len() => Ok(codes),
+                Some(Ok(_)) | None => Err(None),
+                Some(Err(e)) => Err(Some(e)),
+            };
+            for (n, &i) in chunk.iter().enumerate() {
+                let key = put_key(&items[i]);
+                out[i] = Some(match &codes {
+                    Ok(codes) => match codes[n] {
+                        Value::Int(1) => PutReply::Stored,
+                        Value::Int(0) => PutReply::Superseded,
+                        Value::Int(-1) => PutReply::Refused(Error::WrongType {
+                            key: key.to_owned(),
+                        }),
+                        _ => PutReply::Refused(Error::InvalidValue {
+                            reason: format!("{key}: the stored envelope could not be compared"),
+                        }),
+                    },
+                    Err(Some(e)) => PutReply::Refused(Error::from_redis(e.clone(), key)),
+                    Err(None) => PutReply::Refused(Error::Decode {
                         key: key.to_owned(),
+                        reason: "unexpected reply from the versioned batch script".to_owned(),
                     }),
-                    _ => PutReply::Refused(Error::InvalidValue {
-                        reason: format!("{key}: the stored envelope could not be compared"),
-                    }),
-                },
-                Err(Some(e)) => PutReply::Refused(Error::from_redis(e.clone(), key)),
-                Err(None) => PutReply::Refused(Error::Decode {
+                });
+            }
+        }
+        for &i in &self.books {
+            let key = put_key(&items[i]);
+            out[i] = Some(match replies.next() {
+                Some(Ok(Value::Int(1))) => PutReply::Stored,
+                Some(Ok(Value::Int(_))) => PutReply::Superseded,
+                Some(Err(e)) => PutReply::Refused(Error::from_redis(e, key)),
+                Some(Ok(_)) | None => PutReply::Refused(Error::Decode {
                     key: key.to_owned(),
-                    reason: "unexpected reply from the versioned batch script".to_owned(),
+                    reason: "unexpected reply from the book script".to_owned(),
                 }),
             });
         }
+        out.into_iter()
+            .map(|r| {
+                r.unwrap_or(PutReply::Refused(Error::Unsupported(
+                    "internal: a batch item without a reply",
+                )))
+            })
+            .collect()
     }
-    for &i in &books {
-        let key = put_key(&items[i]);
-        out[i] = Some(match replies.next() {
-            Some(Ok(Value::Int(1))) => PutReply::Stored,
-            Some(Ok(Value::Int(_))) => PutReply::Superseded,
-            Some(Err(e)) => PutReply::Refused(Error::from_redis(e, key)),
-            Some(Ok(_)) | None => PutReply::Refused(Error::Decode {
-                key: key.to_owned(),
-                reason: "unexpected reply from the book script".to_owned(),
-            }),
-        });
-    }
-    Ok(out
-        .into_iter()
-        .map(|r| {
-            r.unwrap_or(PutReply::Refused(Error::Unsupported(
-                "internal: a batch item without a reply",
-            )))
-        })
-        .collect())
 }
 
 /// `UNLINK` of `keys`: how many existed.

@@ -82,6 +82,47 @@ end
 return out
 "#;
 
+/// [`SET_VERSIONED_MANY`] for one cluster node's keys of any slots (Redis 7.0+, Valkey):
+/// flagged `allow-cross-slot-keys`, which lets a script touch keys of other slots the node
+/// serves, but not *declare* them — so KEYS[1] is one of the keys (it routes the call) and
+/// ARGV holds n, the n keys, then the (envelope, expiry) pairs. Keys are read one `GET` at a
+/// time (a command of the script may not span slots either), a `GET` refused for the key's
+/// type being the -1 code. Same codes as [`SET_VERSIONED_MANY`].
+const SET_VERSIONED_MANY_ANY_SLOT: &str = r#"#!lua flags=allow-cross-slot-keys
+local n = tonumber(ARGV[1])
+if not n or #ARGV ~= 1 + 3 * n then
+  return redis.error_reply('ERR set_versioned_many_any_slot wants n, n keys, n (envelope, expiry) pairs')
+end
+local out = {}
+for k = 1, n do
+  local key, new = ARGV[1 + k], ARGV[n + 2 * k]
+  local cur = redis.pcall('GET', key)
+  local code = 1
+  if type(cur) == 'table' then
+    code = -1
+  else
+    local versioned = false
+    if cur and string.byte(cur, 1) == 77 then
+      local f, len = string.byte(cur, 2), string.len(cur)
+      versioned = (f == 1 and len >= 10) or (f == 2 and len >= 18)
+    end
+    if versioned then
+      for i = 3, 10 do
+        local a, b = string.byte(cur, i), string.byte(new, i)
+        if b == nil then code = -2 break end
+        if a > b then code = 0 break end
+        if a < b then break end
+      end
+    end
+    if code == 1 then
+      redis.call('SET', key, new, 'PXAT', ARGV[n + 2 * k + 1])
+    end
+  end
+  out[k] = code
+end
+return out
+"#;
+
 /// Most keys per [`SET_VERSIONED_MANY`] call.
 pub(crate) const MANY_CHUNK: usize = 64;
 
@@ -113,6 +154,9 @@ pub(crate) struct ValueScripts {
     pub(crate) set_versioned_many: Script,
     pub(crate) unlink_if_equals: Script,
     pub(crate) get_with_ttl: Script,
+    /// [`SET_VERSIONED_MANY_ANY_SLOT`]: on a cluster, the keys of every slot one node serves
+    /// in one call.
+    pub(crate) set_versioned_many_any_slot: Script,
 }
 
 impl ValueScripts {
@@ -122,6 +166,7 @@ impl ValueScripts {
             set_versioned_many: Script::new(SET_VERSIONED_MANY),
             unlink_if_equals: Script::new(UNLINK_IF_EQUALS),
             get_with_ttl: Script::new(GET_WITH_TTL),
+            set_versioned_many_any_slot: Script::new(SET_VERSIONED_MANY_ANY_SLOT),
         }
     }
 }
