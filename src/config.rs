@@ -1286,6 +1286,56 @@ mod tests {
     }
 
     #[test]
+    fn cluster_seeds_are_a_list_exclusive_with_the_url() {
+        let c = CacheConfig::from_vars([(
+            "CACHE_REDIS_CLUSTER",
+            " 10.0.0.1:6379, rediss://u:pw@10.0.0.2:6380 ",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.redis_cluster,
+            vec!["10.0.0.1:6379", "rediss://u:pw@10.0.0.2:6380"]
+        );
+        assert!(c.has_redis());
+        assert_eq!(c.effective_backend(), Backend::Layered);
+        assert!(!format!("{c:?}").contains("pw"), "{c:?}");
+        // CACHE_ADDRESS does not make a URL beside a cluster.
+        let c = CacheConfig::from_vars([
+            ("CACHE_REDIS_CLUSTER", "10.0.0.1:6379"),
+            ("CACHE_ADDRESS", "10.0.0.9"),
+        ])
+        .unwrap();
+        assert_eq!(c.redis_url, None);
+        for bad in ["", "a:1,,b:2", " , "] {
+            let e = CacheConfig::from_vars([("CACHE_REDIS_CLUSTER", bad)]).unwrap_err();
+            assert!(
+                e.to_string().contains("CACHE_REDIS_CLUSTER"),
+                "{bad:?}: {e}"
+            );
+        }
+        let many = vec!["h:1"; 65].join(",");
+        let e = CacheConfig::from_vars([("CACHE_REDIS_CLUSTER", many.as_str())]).unwrap_err();
+        assert!(e.to_string().contains("at most 64"), "{e}");
+        // A URL and a cluster: refused, naming the cluster variable.
+        let both = CacheConfig::from_vars([
+            ("CACHE_REDIS_CLUSTER", "10.0.0.1:6379"),
+            ("CACHE_REDIS_URL", "redis://10.0.0.2:6379/"),
+        ])
+        .unwrap();
+        let e = both.validate().unwrap_err();
+        assert!(e.to_string().contains("CACHE_REDIS_CLUSTER"), "{e}");
+        // Mixed TLS and plain seeds, and a seed that does not parse.
+        for seeds in ["rediss://a:1,b:2", "a:notaport"] {
+            let c = CacheConfig::from_vars([("CACHE_REDIS_CLUSTER", seeds)]).unwrap();
+            let e = c.validate().unwrap_err();
+            assert!(
+                e.to_string().contains("CACHE_REDIS_CLUSTER"),
+                "{seeds}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn a_bad_redis_url_error_does_not_show_its_password() {
         let c = CacheConfig::from_vars([("CACHE_REDIS_URL", "redis://u:hunter22@h:99999999/")])
             .unwrap();

@@ -493,7 +493,7 @@ pub(crate) async fn put_one(
     match replies.into_iter().next() {
         Some(PutReply::Stored) => Ok(true),
         Some(PutReply::Superseded) => Ok(false),
-        Some(PutReply::Refused(e)) => Err(e),
+        Some(PutReply::Refused(e) | PutReply::Failed(e)) => Err(e),
         None => Err(Error::Unsupported("internal: a write without a reply")),
     }
 }
@@ -590,7 +590,7 @@ impl Engine {
             Ok(replies) => {
                 for ((key, p), reply) in batch.iter().zip(replies) {
                     let book = matches!(p.payload, Payload::Book(_));
-                    if !matches!(reply, PutReply::Refused(_)) {
+                    if !matches!(reply, PutReply::Refused(_) | PutReply::Failed(_)) {
                         // Redis now holds this version or a higher one: a dirty entry from an
                         // earlier failed flush of the key no longer stands for anything.
                         self.settle_dirty(key, book, mark);
@@ -611,6 +611,11 @@ impl Engine {
                                 l1.remove_older_than(key, p.version);
                             }
                         }
+                        PutReply::Failed(e) => {
+                            // Its shard failed while the rest of the batch landed: as a
+                            // write of a failed batch, it may or may not be in Redis.
+                            self.fail_one(writer, key, p, e);
+                        }
                         PutReply::Refused(e) => {
                             // Redis is healthy and the key holds another type: not ours to
                             // delete; nothing local may claim this version.
@@ -625,6 +630,17 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// One write of a batch not confirmed while the rest was (its shard failed): counted
+    /// failed and its key recorded dirty, as a write of a failed batch.
+    fn fail_one(&self, writer: &Writer, key: &Arc<str>, p: &Pending, e: Error) {
+        writer.counters.failed.inc();
+        if !p.fill {
+            self.record_dirty_key(key, p.prefix, matches!(p.payload, Payload::Book(_)));
+        }
+        tracing::debug!(key = &**key, error = %e, "market-data write not confirmed; key recorded dirty");
+        *writer.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
     }
 
     fn fail_batch(&self, writer: &Writer, batch: &[(Arc<str>, Pending)], e: Error) {

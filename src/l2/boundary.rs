@@ -129,6 +129,10 @@ pub(crate) enum PutReply {
     Superseded,
     /// Refused by Redis for this key alone (e.g. [`Error::WrongType`]).
     Refused(Error),
+    /// Not confirmed: the part of the batch it went to failed (a cluster's primary that did
+    /// not answer while the others did). It may or may not have landed, like every write of
+    /// a failed batch.
+    Failed(Error),
 }
 
 /// What a successful L2 read of a string key returns: the envelope and its remaining TTL.

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{
@@ -476,6 +476,14 @@ async fn put_on_node(
     Ok(batch.replies(replies))
 }
 
+/// The error of a part of a batch that did not answer within `after`.
+fn part_timed_out(after: Duration) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("a cluster node did not answer its part of the batch within {after:?}"),
+    ))
+}
+
 /// True when `e` says the server cannot run a script with flags (its shebang line): Redis
 /// before 7.0.
 fn cross_slot_unsupported(e: &RedisError) -> bool {
@@ -573,13 +581,18 @@ impl L2 for ClusterTier {
     /// serves each key's slot ([`SlotMap`]), the values of all of a node's slots in calls of
     /// the cross-slot variant of the multi-key script, as on one server. Keys of a slot the
     /// map knows no node for (or every key, on a server without cross-slot scripts) go one
-    /// pipeline per slot. One guarded operation, one breaker outcome, under `within`. A
-    /// batch that fails, or finds a key moved, drops the map: the next asks the cluster.
+    /// pipeline per slot. One guarded operation under `within`: a part that fails (its
+    /// primary hung, say) makes its items [`PutReply::Failed`] while the others land, and
+    /// only a batch of which no part landed is an error (one breaker failure). A batch that
+    /// fails, or finds a key moved, drops the map: the next asks the cluster.
     async fn put_many(&self, items: &[Put<'_>], within: Duration) -> Result<Vec<PutReply>> {
         let Some(first) = items.first() else {
             return Ok(Vec::new());
         };
         let (link, scripts) = (&self.link, &self.scripts);
+        // A primary that does not answer fails its own part of the batch, not the others':
+        // each part has most of the batch's deadline (the rest is for the guard's retry).
+        let part_within = within * 3 / 4;
         let result = self
             .run_within(
                 "put_many",
@@ -596,34 +609,46 @@ impl L2 for ClusterTier {
                             .map(|g| (None, g))
                             .collect()
                     };
-                    let replies = try_join_all(groups.iter().map(|(node, g)| {
+                    let parts = join_all(groups.iter().map(|(node, g)| {
                         let c = c.clone();
                         let slot_items: Vec<Put<'_>> = g.iter().map(|&i| items[i]).collect();
                         async move {
-                            match node {
-                                Some((host, port)) => {
-                                    put_on_node(c, scripts, &slot_items, host, *port).await
+                            let part = async {
+                                match node {
+                                    Some((host, port)) => {
+                                        put_on_node(c, scripts, &slot_items, host, *port).await
+                                    }
+                                    None => {
+                                        let mut c = c;
+                                        commands::put_many(&mut c, scripts, &slot_items).await
+                                    }
                                 }
-                                None => {
-                                    let mut c = c;
-                                    commands::put_many(&mut c, scripts, &slot_items).await
-                                }
-                            }
+                            };
+                            tokio::time::timeout(part_within, part)
+                                .await
+                                .unwrap_or_else(|_| Err(part_timed_out(part_within)))
                         }
                     }))
                     .await;
-                    if let Err(e) = &replies
-                        && by_node
-                        && cross_slot_unsupported(e)
+                    if by_node
+                        && parts
+                            .iter()
+                            .any(|r| r.as_ref().is_err_and(cross_slot_unsupported))
                     {
-                        tracing::warn!(error = %e, "the cluster refuses cross-slot scripts (Redis < 7.0?): batches go per slot");
+                        tracing::warn!("the cluster refuses cross-slot scripts (Redis < 7.0?): batches go per slot");
                         link.node_batches.store(false, Ordering::Release);
                     }
-                    Ok::<_, RedisError>((groups, replies?))
+                    // Nothing landed: the batch failed, for the breaker and the retry.
+                    if let Some(Err(e)) = parts.iter().find(|r| r.is_err())
+                        && parts.iter().all(Result::is_err)
+                    {
+                        return Err(e.clone());
+                    }
+                    Ok::<_, RedisError>((groups, parts))
                 },
             )
             .await;
-        let (groups, replies) = match result {
+        let (groups, parts) = match result {
             Ok(r) => r,
             Err(e) => {
                 self.link.forget_slots();
@@ -631,14 +656,26 @@ impl L2 for ClusterTier {
             }
         };
         let mut out: Vec<Option<PutReply>> = items.iter().map(|_| None).collect();
-        for ((_, g), got) in groups.iter().zip(replies) {
-            for (&i, reply) in g.iter().zip(got) {
-                if let PutReply::Refused(e) = &reply
-                    && e.is_redirect()
-                {
-                    self.link.forget_slots();
+        for ((_, g), part) in groups.iter().zip(parts) {
+            match part {
+                Ok(got) => {
+                    for (&i, reply) in g.iter().zip(got) {
+                        if let PutReply::Refused(e) = &reply
+                            && e.is_redirect()
+                        {
+                            self.link.forget_slots();
+                        }
+                        out[i] = Some(reply);
+                    }
                 }
-                out[i] = Some(reply);
+                Err(e) => {
+                    tracing::debug!(error = %e, keys = g.len(), "part of a cluster batch failed");
+                    self.link.forget_slots();
+                    for &i in g {
+                        let key = commands::put_key(&items[i]);
+                        out[i] = Some(PutReply::Failed(Error::from_redis(e.clone(), key)));
+                    }
+                }
             }
         }
         Ok(out
@@ -831,8 +868,8 @@ mod tests {
     use crate::codec;
     use crate::l2::test_support::cluster::RedisCluster;
 
-    fn tier(cluster: &RedisCluster) -> ClusterTier {
-        ClusterTier::new(ClusterOptions {
+    fn options(cluster: &RedisCluster) -> ClusterOptions {
+        ClusterOptions {
             seeds: cluster
                 .urls()
                 .iter()
@@ -843,8 +880,11 @@ mod tests {
             connect_timeout: Duration::from_secs(5),
             breaker: BreakerConfig::default(),
             retry: RetryConfig::default(),
-        })
-        .unwrap()
+        }
+    }
+
+    fn tier(cluster: &RedisCluster) -> ClusterTier {
+        ClusterTier::new(options(cluster)).unwrap()
     }
 
     fn dbsize(cluster: &RedisCluster) -> i64 {
@@ -963,6 +1003,55 @@ mod tests {
         );
         l2.ping().await.unwrap();
         l2.probe_ping().await.unwrap();
+    }
+
+    /// A hung primary fails its own part of a writer batch: the keys the other primaries
+    /// serve land, its keys come back `Failed` (not `Refused`), within the batch deadline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_primary_fails_its_part_of_a_batch_only() {
+        let cluster = RedisCluster::start();
+        let l2 = ClusterTier::new(ClusterOptions {
+            op_timeout: Duration::from_millis(100),
+            ..options(&cluster)
+        })
+        .unwrap();
+        let keys: Vec<String> = (0..60).map(|i| format!("mdc:price:{{H{i}}}")).collect();
+        let envelope = codec::encode(1, &1u32, 1024).unwrap();
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            + 60_000;
+        let puts: Vec<Put<'_>> = keys
+            .iter()
+            .map(|key| Put::Value {
+                key,
+                envelope: &envelope,
+                expire_at_ms: at,
+            })
+            .collect();
+        // Connected, with the slot map, before the fault.
+        let healthy = l2.put_many(&puts, Duration::from_secs(2)).await.unwrap();
+        assert!(healthy.iter().all(|r| matches!(r, PutReply::Stored)));
+        let hung = cluster.primaries()[0];
+        hung.pause();
+        let started = std::time::Instant::now();
+        let replies = l2.put_many(&puts, Duration::from_millis(400)).await;
+        let took = started.elapsed();
+        hung.resume();
+        let replies = replies.unwrap();
+        let (mut stored, mut failed) = (0, 0);
+        for r in &replies {
+            match r {
+                PutReply::Stored | PutReply::Superseded => stored += 1,
+                PutReply::Failed(_) => failed += 1,
+                PutReply::Refused(e) => panic!("refused: {e}"),
+            }
+        }
+        assert!(stored > 0 && failed > 0, "{stored} landed, {failed} failed");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        // The breaker saw a batch that (in part) landed: no failure counted.
+        assert_eq!(l2.breaker().snapshot().opened, 0);
     }
 
     /// A cluster that is not there: the tier builds, and an operation fails within its
