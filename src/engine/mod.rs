@@ -119,6 +119,7 @@ impl Engine {
                     seeds: seeds.clone(),
                     ca: ca.clone(),
                     op_timeout: config.op_timeout,
+                    longest_op: config.writer.flush_timeout,
                     connect_timeout: config.connect_timeout,
                     breaker: config.breaker.clone(),
                     retry: config.retry.clone(),

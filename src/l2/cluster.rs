@@ -11,9 +11,10 @@
 //! **Retries and timeouts.** redis-rs's cluster defaults (16 retries, a 1.28 s minimum wait
 //! between them, no response timeout) would hold a caller for seconds. Here redis-rs makes
 //! at most [`REDIRECTS`] more tries — enough to follow a redirect after a failover or a
-//! slot migration — with waits of 1 to [`MAX_RETRY_WAIT_MS`] ms, and every answer is due
-//! within the operation deadline. Above it, the same [`Guard`] as on one server applies the
-//! deadline, the retry policy and the breaker.
+//! slot migration — with waits of 1 to [`MAX_RETRY_WAIT_MS`] ms, and gives up on an answer
+//! after the longest deadline of any operation (a writer batch's). Above it, the same
+//! [`Guard`] as on one server applies each operation's deadline, the retry policy and the
+//! breaker: a caller never waits past its own deadline.
 //!
 //! **Slots.** Multi-key commands and scripts only work within one hash slot on a cluster,
 //! so every batch (`get_many`, `set_many`, the writer's `put_many`, `UNLINK`) is split by
@@ -67,6 +68,10 @@ pub(crate) struct ClusterOptions {
     /// PEM roots a `rediss://` cluster's certificates must chain to.
     pub(crate) ca: Option<Vec<u8>>,
     pub(crate) op_timeout: Duration,
+    /// The longest deadline of any operation (the writer's batches', `CACHE_FLUSH_TIMEOUT_MS`,
+    /// is longer than a caller's): how long redis-rs waits for any one answer. Each
+    /// operation's own deadline still cuts it short.
+    pub(crate) longest_op: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) breaker: BreakerConfig,
     pub(crate) retry: RetryConfig,
@@ -289,7 +294,10 @@ impl ClusterTier {
             .max_retry_wait(wait)
             .retry_wait_formula(1, 2)
             .connection_timeout(opts.connect_timeout)
-            .response_timeout(opts.op_timeout);
+            // Not the op deadline: a writer batch may take longer than a read, and redis-rs
+            // would time it out and retry it. Every operation's own deadline (the guard's)
+            // ends the wait for its caller; this bounds what redis-rs keeps pending.
+            .response_timeout(opts.longest_op.max(opts.op_timeout));
         if let Some(pem) = &opts.ca {
             builder = builder.certs(redis::TlsCertificates {
                 client_tls: None,
@@ -877,6 +885,7 @@ mod tests {
                 .collect(),
             ca: None,
             op_timeout: Duration::from_secs(2),
+            longest_op: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
             breaker: BreakerConfig::default(),
             retry: RetryConfig::default(),
@@ -1068,6 +1077,7 @@ mod tests {
             ],
             ca: None,
             op_timeout: Duration::from_millis(200),
+            longest_op: Duration::from_millis(200),
             connect_timeout: Duration::from_millis(500),
             breaker: BreakerConfig::default(),
             retry: RetryConfig::default(),
