@@ -83,7 +83,9 @@ fn markdown(rows: &[Value]) -> String {
         "# Fault-injection results\n\n\
          Produced by `make faults`: each scenario runs `mdcache simulate` (release build) \
          against a throwaway redis-server (through a TCP proxy for the latency and reset \
-         scenarios) and a throwaway PostgreSQL, with\n\n\
+         scenarios; the `cluster:` scenarios against a local cluster of 3 primaries and 3 \
+         replicas, `--redis-cluster NODES`, with `cluster-node-timeout` 1000 ms) and a \
+         throwaway PostgreSQL, with\n\n\
          ```\n\
          mdcache simulate --duration {SIM_DURATION} --fault-window {}ms..{}ms --verify \\\n    \
          --symbols 50 --readers 4 \\\n    \

@@ -1,4 +1,4 @@
-//! TLS and ACL against real redis-server and PostgreSQL processes (issue 13): `rediss://` and PostgreSQL's `sslmode=verify-full` with a throwaway CA made by `openssl`, an ACL user fenced to the namespace with exactly the commands the README lists, and a wrong password as a clear error that never shows it.
+//! TLS and ACL against real redis-server and PostgreSQL processes (issue 13): `rediss://` and PostgreSQL's `sslmode=verify-full` with a throwaway CA made by `openssl`, an ACL user fenced to the namespace with exactly the commands the README lists (on one server and on a cluster), and a wrong password as a clear error that never shows it.
 
 mod support;
 
@@ -17,7 +17,7 @@ use mdcache::{
 };
 use support::cli::mdcache;
 use support::pg::PgServer;
-use support::{RedisServer, free_port, wait_for};
+use support::{RedisServer, TEST_OP_TIMEOUT, free_port, wait_for};
 
 /// Runs `openssl ARGS` in `dir`; panics with its output if it fails.
 fn openssl(dir: &Path, args: &[&str]) {
@@ -259,10 +259,19 @@ const ACL_RULE: &[&str] = &[
 /// Runs `ACL SETUSER engine RULE…` on `server`, with `+client|setinfo` where the server has
 /// that command (Redis 7.2 and later, Valkey: redis-rs sends it on connect).
 async fn acl_user(server: &RedisServer) {
+    acl_user_with(server, &[]).await;
+}
+
+/// [`acl_user`] with `more` rules.
+async fn acl_user_with(server: &RedisServer, more: &[&str]) {
     let mut c = server.multiplexed().await;
     let setuser = |extra: Option<&'static str>| {
         let mut cmd = redis::cmd("ACL");
-        cmd.arg("SETUSER").arg("engine").arg(ACL_RULE).arg(extra);
+        cmd.arg("SETUSER")
+            .arg("engine")
+            .arg(ACL_RULE)
+            .arg(more)
+            .arg(extra);
         cmd
     };
     if setuser(Some("+client|setinfo"))
@@ -460,4 +469,71 @@ async fn postgres_with_sslmode_verify_full_uses_verified_tls_and_plain_stays_pla
     let plain = PostgresSource::connect(&pg.url()).await.unwrap();
     assert!(plain.load(&key).await.unwrap().is_some());
     assert_eq!(tls_backends(&pg).await, before);
+}
+
+/// On a cluster the same user needs one more command, `CLUSTER SLOTS` (the topology), as the
+/// README says: every node runs the rule, and none logs a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_on_a_cluster_needs_cluster_slots_too() {
+    let cluster = support::cluster::RedisCluster::start();
+    for node in &cluster.nodes {
+        acl_user_with(node, &["+cluster|slots"]).await;
+    }
+    let seeds: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port()))
+        .collect();
+    let engine = || {
+        mdcache::Cache::builder()
+            .redis_cluster(seeds.clone())
+            .redis_username("engine")
+            .redis_password("Engine-Pw-7c1f0e")
+            .op_timeout(TEST_OP_TIMEOUT)
+            .ttl_kind("price", Duration::from_secs(60))
+            .ttl_kind("book", Duration::from_secs(60))
+    };
+    let (a, b) = (engine().build().unwrap(), engine().build().unwrap());
+    subscribed(&[&a, &b]).await;
+    let keys: Vec<_> = (0..30)
+        .map(|i| b.key::<Price>(&format!("C{i}")).unwrap())
+        .collect();
+    for k in &keys {
+        b.set(k, price(1), 1).await.unwrap();
+    }
+    let bid = b.key::<BookBid>("C0").unwrap();
+    b.set_book(&bid, book([(10.0, 1.0)]), 1).await.unwrap();
+    b.flush().await.unwrap();
+    b.set_many(keys.iter().map(|k| (k, price(2), 2)))
+        .await
+        .unwrap();
+    let fresh = engine().backplane(false).build().unwrap();
+    let many = fresh.get_many(&keys).await.unwrap();
+    assert!(
+        many.iter()
+            .all(|r| r.as_ref().is_some_and(|r| r.version == 2))
+    );
+    assert_eq!(
+        fresh.read_book(&bid, 1).await.unwrap().unwrap().tier,
+        Tier::L2
+    );
+    assert!(fresh.ttl(&keys[0]).await.is_ok());
+    assert!(b.delete(&keys[0]).await.unwrap());
+    fresh.ping().await.unwrap();
+    wait_for("A to hear of B's writes", || {
+        a.stats().backplane.is_some_and(|s| s.applied >= 1)
+    })
+    .await;
+    for node in &cluster.nodes {
+        let refused = acl_log(node).await;
+        assert!(
+            refused.is_empty(),
+            "node {}: commands, keys or channels the ACL refused: {refused:#?}",
+            node.port()
+        );
+    }
+    for c in [&a, &b, &fresh] {
+        let s = c.stats();
+        assert_eq!(s.total.errors, 0, "{s:?}");
+    }
 }

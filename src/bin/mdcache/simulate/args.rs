@@ -78,13 +78,13 @@ pub(crate) struct SimulateArgs {
     /// order flow write through one cache, the readers are spread over N more caches (each its
     /// own L1, Redis connections, breaker, writer and counters, as separate processes would
     /// have) that share only Redis and the source of record. The report adds per-instance
-    /// figures and the engines' freshness against the feed. Needs Redis (--redis). 0: one
+    /// figures and the engines' freshness against the feed. Needs Redis (--redis or --redis-cluster). 0: one
     /// cache for everything (the default).
     #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "role",
           value_parser = clap::value_parser!(u32).range(0..=64))]
     pub(crate) engines: u32,
 
-    /// Run one part of a multi-process deployment against a shared Redis (--redis): `feed`
+    /// Run one part of a multi-process deployment against a shared Redis (--redis or --redis-cluster): `feed`
     /// runs the market-data feed and the order flow, `engine` the readers (no feed, no
     /// orders). Start one feed and any number of engines, each with its own --report; see
     /// docs/simulate.md and `make multi`.

@@ -1,7 +1,7 @@
 //! `mdcache simulate`: a synthetic trading workload (market-data feed, scalp readers, order flow) against the configured cache, with a live line, a summary, a JSON report, a plot and Prometheus metrics.
 //!
 //! Embedded by default: an in-process cache (L1 only) in front of a [`MemorySource`], no
-//! servers needed. `--redis URL` (or `CACHE_REDIS_URL`) puts Redis behind L1 (`layered`;
+//! servers needed. `--redis URL` (or `CACHE_REDIS_URL`; a cluster: `--redis-cluster NODES`) puts Redis behind L1 (`layered`;
 //! `CACHE_BACKEND=redis` for Redis alone); `--database URL` (or `DATABASE_URL`) makes
 //! PostgreSQL the source of record.
 //!
