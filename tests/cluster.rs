@@ -103,3 +103,75 @@ async fn the_writer_flushes_across_slots_and_another_instance_reads_them() {
     let side = engine.read_book(&b, 0).await.unwrap().unwrap();
     assert_eq!((side.version, side.value.levels[0].price), (8, 7.0));
 }
+
+/// A hung primary fails only its own keys of a writer flush: the other primaries' keys land,
+/// the hung one's are counted failed and recorded dirty (distrusted until recovery deletes
+/// them from Redis), and nothing else is. Once the primary answers again, recovery empties
+/// the dirty log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_primary_fails_only_its_keys_of_a_flush() {
+    let cluster = RedisCluster::start();
+    let feed = mdcache::Cache::builder()
+        .redis_cluster(cluster.urls())
+        .op_timeout(Duration::from_millis(200))
+        .flush_timeout(Duration::from_millis(400))
+        .ttl_kind("price", Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let keys: Vec<_> = (0..90u64)
+        .map(|i| feed.key::<mdcache::Price>(&format!("H{i}")).unwrap())
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        feed.set(k, fixtures::price(1), 1 + i as u64).await.unwrap();
+    }
+    feed.flush().await.unwrap();
+    let hung = cluster.primaries()[0];
+    // The slots the hung primary serves.
+    let mut c = hung.multiplexed().await;
+    let mine: Vec<bool> = {
+        let mut v = Vec::new();
+        for k in &keys {
+            let here: i64 = redis::cmd("CLUSTER")
+                .arg("COUNTKEYSINSLOT")
+                .arg(k.slot())
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            // A primary counts only keys of its own slots.
+            v.push(here > 0);
+        }
+        v
+    };
+    let on_hung = mine.iter().filter(|&&m| m).count();
+    assert!(
+        on_hung > 0 && on_hung < keys.len(),
+        "{on_hung} of 90 on one primary"
+    );
+    hung.pause();
+    for (i, k) in keys.iter().enumerate() {
+        feed.set(k, fixtures::price(2), 100 + i as u64)
+            .await
+            .unwrap();
+    }
+    let flushed = feed.flush().await;
+    let w = feed.stats().writer.unwrap();
+    let dirty: Vec<bool> = keys
+        .iter()
+        .map(|k| feed.dirty_log().contains(k.as_str()))
+        .collect();
+    hung.resume();
+    assert!(flushed.is_err(), "a flush with failed keys reports it");
+    assert_eq!(w.failed as usize, on_hung, "{w:?}");
+    assert_eq!(dirty, mine, "exactly the hung primary's keys are dirty");
+    // The breaker stayed closed: two primaries of three answered.
+    assert_eq!(feed.breaker().unwrap().opened, 0);
+    // Recovery deletes them from Redis once the primary answers.
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
+    while !feed.dirty_log().is_empty() {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "dirty keys never replayed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
