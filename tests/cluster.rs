@@ -175,3 +175,51 @@ async fn a_hung_primary_fails_only_its_keys_of_a_flush() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A primary hung for good: the cluster promotes its replica, and the cache must find it —
+/// reads of that primary's keys come back from L2 (not the source) without the old primary
+/// ever answering again, although the other primaries' successes keep the breaker closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_hung_for_good_is_replaced_by_its_replica_for_the_cache_too() {
+    let cluster = RedisCluster::start();
+    let cache = mdcache::Cache::builder()
+        .redis_cluster(cluster.urls())
+        .backend(mdcache::Backend::Redis)
+        .op_timeout(Duration::from_millis(100))
+        .no_conflation()
+        .ttl_kind("pos", Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let keys: Vec<_> = (0..30u64)
+        .map(|i| cache.key::<mdcache::Position>(&format!("G{i}")).unwrap())
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        cache.set(k, fixtures::pos(i as f64), 1).await.unwrap();
+    }
+    // Replicated before the primary hangs (WAIT on every primary would be stricter; the
+    // replicas are local and diskless).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hung = cluster.primaries()[0];
+    hung.pause();
+    // Keep reading every key until each one is served by Redis again (its replica, promoted).
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut all = true;
+        for k in &keys {
+            match cache.get(k).await {
+                Ok(Some(_)) => {}
+                _ => all = false,
+            }
+        }
+        if all {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the hung primary's keys never came back: {:?}",
+            cache.breaker()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    hung.resume();
+}

@@ -24,12 +24,16 @@
 //! one server. A read is one script (`GET` and `PTTL` of a slot's keys, atomically),
 //! because a `MULTI` block is not followed across a redirect.
 //!
-//! **One breaker.** The whole cluster has one breaker here, not one per shard: see DESIGN
-//! §5 and `docs/architecture.md` for what that costs while one primary fails over. `SCAN`
-//! (recovery) visits every primary.
+//! **Failover.** redis-rs follows a `MOVED` from a demoted primary, but a primary that hangs
+//! answers nothing: the tier notices a slot failing [`STALE_AFTER`] times in a row (see
+//! `Staleness`) and opens a new connection, with the topology asked afresh, beside the old.
+//!
+//! **One breaker.** The whole cluster has one breaker here, not one per shard: a hung
+//! primary's failures are interleaved with the other primaries' successes, so it rarely
+//! opens (README "Redis Cluster"; `make faults`). `SCAN` (recovery) visits every primary.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -57,6 +61,14 @@ const REDIRECTS: u32 = 2;
 
 /// Longest wait redis-rs takes between two of those tries, in ms.
 const MAX_RETRY_WAIT_MS: u64 = 10;
+
+/// Failures in a row of one slot's operations (while the breaker stays closed, the other
+/// primaries answering) after which the cluster's topology is asked again (see
+/// [`Staleness`]).
+const STALE_AFTER: u8 = 3;
+
+/// Least time between two of those topology refreshes.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 /// Options for building a [`ClusterTier`].
 #[derive(Clone)]
@@ -138,7 +150,9 @@ impl Link {
                     .await;
             let error = match outcome {
                 Ok(Ok(conn)) => {
+                    // Swapped in: operations that hold the old one finish on it.
                     *link.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+                    link.forget_slots();
                     None
                 }
                 Ok(Err(e)) => {
@@ -270,6 +284,58 @@ pub(crate) struct ClusterTier {
     /// Admission, deadline, retries and the breaker of every caller's operation.
     guard: Guard,
     scripts: Scripts,
+    /// Which slots keep failing: a primary replaced while the connection still routes to it.
+    staleness: Staleness,
+}
+
+/// A primary that hangs for good while its replica takes over is not noticed by redis-rs:
+/// it refreshes its slot map on a `MOVED`, and a hung node answers nothing. Nor by the
+/// breaker, which the other primaries' successes keep closed. So the tier counts failures
+/// in a row per slot (a symbol's keys share one), and when a slot reaches [`STALE_AFTER`]
+/// it opens a new connection in the background — which asks the seeds for the topology —
+/// and swaps it in when ready, the old one serving meanwhile. At most one refresh per
+/// [`REFRESH_EVERY`]. Bounded: one byte per slot.
+struct Staleness {
+    failures: Box<[AtomicU8]>,
+    last_refresh: Mutex<Option<std::time::Instant>>,
+}
+
+impl Staleness {
+    fn new() -> Self {
+        Staleness {
+            failures: (0..16_384).map(|_| AtomicU8::new(0)).collect(),
+            last_refresh: Mutex::new(None),
+        }
+    }
+
+    /// An operation on `slot` answered.
+    #[inline]
+    fn answered(&self, slot: u16) {
+        if let Some(f) = self.failures.get(usize::from(slot))
+            && f.load(Ordering::Relaxed) != 0
+        {
+            f.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// An operation on `slot` failed; true when the topology should be asked again now.
+    fn failed(&self, slot: u16) -> bool {
+        let Some(f) = self.failures.get(usize::from(slot)) else {
+            return false;
+        };
+        let n = f.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        if n < STALE_AFTER {
+            return false;
+        }
+        f.store(0, Ordering::Relaxed);
+        let mut last = self.last_refresh.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < REFRESH_EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
 }
 
 impl std::fmt::Debug for ClusterTier {
@@ -293,7 +359,9 @@ impl ClusterTier {
             .min_retry_wait(1)
             .max_retry_wait(wait)
             .retry_wait_formula(1, 2)
-            .connection_timeout(opts.connect_timeout)
+            // Each node's connection within half the connect deadline, so one hung seed
+            // leaves the rest of the deadline to the others and the topology query.
+            .connection_timeout((opts.connect_timeout / 2).max(Duration::from_millis(1)))
             // Not the op deadline: a writer batch may take longer than a read, and redis-rs
             // would time it out and retry it. Every operation's own deadline (the guard's)
             // ends the wait for its caller; this bounds what redis-rs keeps pending.
@@ -321,6 +389,7 @@ impl ClusterTier {
             }),
             guard: Guard::new(&opts.breaker, opts.retry, opts.op_timeout),
             scripts: Scripts::new(),
+            staleness: Staleness::new(),
         })
     }
 
@@ -345,14 +414,32 @@ impl ClusterTier {
         F: Fn(ClusterConnection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        self.guard
+        let result = self
+            .guard
             .run_within(
                 op,
                 deadline,
                 || self.attempt(key, &f),
                 || self.link.last_error().filter(|e| !e.is_timeout()),
             )
-            .await
+            .await;
+        if !key.is_empty() {
+            let slot = key_slot(key.as_bytes());
+            match &result {
+                Err(e) if e.trips_breaker() => {
+                    if self.staleness.failed(slot) {
+                        tracing::info!(
+                            slot,
+                            "a slot's primary keeps failing while others answer: asking the cluster for its topology again"
+                        );
+                        self.link.start_connect();
+                    }
+                }
+                Err(_) => {}
+                Ok(_) => self.staleness.answered(slot),
+            }
+        }
+        result
     }
 
     /// Runs `f` once under the probe deadline, bypassing the breaker.
@@ -1100,6 +1187,21 @@ mod tests {
         let groups = by_slot(keys.iter().copied());
         assert_eq!(groups, vec![vec![0, 2, 3], vec![1]]);
         assert!(by_slot(std::iter::empty()).is_empty());
+    }
+
+    #[test]
+    fn a_slot_failing_three_times_in_a_row_asks_for_the_topology_once_a_second() {
+        let s = Staleness::new();
+        assert!(!s.failed(7) && !s.failed(7));
+        s.answered(7);
+        assert!(!s.failed(7) && !s.failed(7));
+        assert!(s.failed(7), "the third failure in a row");
+        // Counted afresh, and within the second no second refresh, whichever slot asks.
+        assert!(!s.failed(7) && !s.failed(7) && !s.failed(7));
+        assert!(!s.failed(9) && !s.failed(9) && !s.failed(9));
+        // Out of range is ignored, not a panic.
+        assert!(!s.failed(u16::MAX));
+        s.answered(u16::MAX);
     }
 
     #[test]
