@@ -587,6 +587,8 @@ fn cross_slot_unsupported(e: &RedisError) -> bool {
 }
 
 impl L2 for ClusterTier {
+    commands::keyed_operations!();
+
     /// One script: `GET` and `PTTL` together, atomically, on the key's primary.
     async fn get(&self, key: &str) -> Result<Option<Fetched>> {
         let script = &self.scripts.values.get_with_ttl;
@@ -631,16 +633,6 @@ impl L2 for ClusterTier {
             }
         }
         Ok(out)
-    }
-
-    async fn set_versioned(&self, key: &str, envelope: &[u8], ttl: Duration) -> Result<bool> {
-        let scripts = &self.scripts;
-        let stored = self
-            .run("set", key, |mut c| async move {
-                commands::set_versioned(&mut c, scripts, key, envelope, ttl).await
-            })
-            .await?;
-        Ok(stored == 1)
     }
 
     /// One pipeline per slot, the slots concurrently.
@@ -788,68 +780,9 @@ impl L2 for ClusterTier {
         self.run("delete", first, |c| unlink_by_slot(c, keys)).await
     }
 
-    async fn unlink_if_equals(&self, key: &str, bytes: &[u8]) -> Result<bool> {
-        let scripts = &self.scripts;
-        let deleted = self
-            .run("unlink_if_equals", key, |mut c| async move {
-                commands::unlink_if_equals(&mut c, scripts, key, bytes).await
-            })
-            .await?;
-        Ok(deleted == 1)
-    }
-
-    async fn pttl(&self, key: &str) -> Result<Option<Option<Duration>>> {
-        let pttl = self
-            .run("ttl", key, |mut c| async move {
-                commands::pttl(&mut c, key).await
-            })
-            .await?;
-        Ok(values::remaining(pttl))
-    }
-
     /// `PING` of every primary.
     async fn ping(&self) -> Result<()> {
         self.run("ping", "", ping_primaries).await
-    }
-
-    async fn book_replace(
-        &self,
-        key: &str,
-        side: &BookSide,
-        version: u64,
-        ttl: Duration,
-    ) -> Result<bool> {
-        let scripts = &self.scripts;
-        let stored = self
-            .run("book_set", key, |mut c| async move {
-                commands::book_replace(&mut c, scripts, key, side, version, ttl).await
-            })
-            .await?;
-        Ok(stored == 1)
-    }
-
-    async fn book_top(&self, key: &str, side: BookSideKind, depth: usize) -> Result<TopReply> {
-        let (scripts, dir, depth) = (
-            &self.scripts,
-            book::direction(side),
-            book::redis_depth(depth),
-        );
-        let reply = self
-            .run("book_get", key, |mut c| async move {
-                commands::book_top(&mut c, scripts, key, dir, depth).await
-            })
-            .await?;
-        book::parse_top(key, reply)
-    }
-
-    async fn book_unlink_if_stamp(&self, key: &str, stamp: &[u8]) -> Result<bool> {
-        let scripts = &self.scripts;
-        let deleted = self
-            .run("book_repair", key, |mut c| async move {
-                commands::book_unlink_if_stamp(&mut c, scripts, key, stamp).await
-            })
-            .await?;
-        Ok(deleted == 1)
     }
 
     #[inline]

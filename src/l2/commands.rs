@@ -372,3 +372,87 @@ pub(crate) async fn scan<C: ConnectionLike>(
         .query_async(c)
         .await
 }
+
+/// The six keyed operations of the [`L2`](super::boundary::L2) boundary that are the same on
+/// every implementation, written once: each is one guarded try (`self.run`, the
+/// implementation's own) of the shared command body above, its reply read the same way.
+/// Expanded inside each `impl L2`: a macro rather than generic functions over a trait with
+/// the guard as an `impl Future` method, which rustc rejects at the engine's call sites
+/// ("one type is more general than the other": the guard's closure returns a future that
+/// borrows its arguments). Needs `self.run`, `self.scripts` and this module's imports
+/// (`commands`, `values`, `book`, the boundary types) in scope.
+macro_rules! keyed_operations {
+    () => {
+        async fn set_versioned(&self, key: &str, envelope: &[u8], ttl: Duration) -> Result<bool> {
+            let scripts = &self.scripts;
+            let stored = self
+                .run("set", key, |mut c| async move {
+                    commands::set_versioned(&mut c, scripts, key, envelope, ttl).await
+                })
+                .await?;
+            Ok(stored == 1)
+        }
+
+        /// For a value that failed to decode: it goes, so a fill can replace it, unless
+        /// someone wrote the key since it was read.
+        async fn unlink_if_equals(&self, key: &str, bytes: &[u8]) -> Result<bool> {
+            let scripts = &self.scripts;
+            let deleted = self
+                .run("unlink_if_equals", key, |mut c| async move {
+                    commands::unlink_if_equals(&mut c, scripts, key, bytes).await
+                })
+                .await?;
+            Ok(deleted == 1)
+        }
+
+        async fn pttl(&self, key: &str) -> Result<Option<Option<Duration>>> {
+            let pttl = self
+                .run("ttl", key, |mut c| async move {
+                    commands::pttl(&mut c, key).await
+                })
+                .await?;
+            Ok(values::remaining(pttl))
+        }
+
+        async fn book_replace(
+            &self,
+            key: &str,
+            side: &BookSide,
+            version: u64,
+            ttl: Duration,
+        ) -> Result<bool> {
+            let scripts = &self.scripts;
+            let stored = self
+                .run("book_set", key, |mut c| async move {
+                    commands::book_replace(&mut c, scripts, key, side, version, ttl).await
+                })
+                .await?;
+            Ok(stored == 1)
+        }
+
+        async fn book_top(&self, key: &str, side: BookSideKind, depth: usize) -> Result<TopReply> {
+            let (scripts, dir, depth) = (
+                &self.scripts,
+                book::direction(side),
+                book::redis_depth(depth),
+            );
+            let reply = self
+                .run("book_get", key, |mut c| async move {
+                    commands::book_top(&mut c, scripts, key, dir, depth).await
+                })
+                .await?;
+            book::parse_top(key, reply)
+        }
+
+        async fn book_unlink_if_stamp(&self, key: &str, stamp: &[u8]) -> Result<bool> {
+            let scripts = &self.scripts;
+            let deleted = self
+                .run("book_repair", key, |mut c| async move {
+                    commands::book_unlink_if_stamp(&mut c, scripts, key, stamp).await
+                })
+                .await?;
+            Ok(deleted == 1)
+        }
+    };
+}
+pub(crate) use keyed_operations;

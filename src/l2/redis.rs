@@ -229,6 +229,8 @@ impl RedisTier {
 }
 
 impl L2 for RedisTier {
+    commands::keyed_operations!();
+
     /// `GET` and `PTTL` of one key in one round trip, atomically (`MULTI`/`EXEC`), so the TTL
     /// belongs to the value read.
     async fn get(&self, key: &str) -> Result<Option<Fetched>> {
@@ -261,16 +263,6 @@ impl L2 for RedisTier {
             })
             .await?;
         values::parse_get_many(first, replies)
-    }
-
-    async fn set_versioned(&self, key: &str, envelope: &[u8], ttl: Duration) -> Result<bool> {
-        let scripts = &self.scripts;
-        let stored = self
-            .run("set", key, |mut c| async move {
-                commands::set_versioned(&mut c, scripts, key, envelope, ttl).await
-            })
-            .await?;
-        Ok(stored == 1)
     }
 
     /// Many versioned writes in one round trip (see [`commands::set_many`]).
@@ -314,27 +306,6 @@ impl L2 for RedisTier {
         .await
     }
 
-    /// For a value that failed to decode: it goes, so a fill can replace it, unless someone
-    /// wrote the key since it was read.
-    async fn unlink_if_equals(&self, key: &str, bytes: &[u8]) -> Result<bool> {
-        let scripts = &self.scripts;
-        let deleted = self
-            .run("unlink_if_equals", key, |mut c| async move {
-                commands::unlink_if_equals(&mut c, scripts, key, bytes).await
-            })
-            .await?;
-        Ok(deleted == 1)
-    }
-
-    async fn pttl(&self, key: &str) -> Result<Option<Option<Duration>>> {
-        let pttl = self
-            .run("ttl", key, |mut c| async move {
-                commands::pttl(&mut c, key).await
-            })
-            .await?;
-        Ok(values::remaining(pttl))
-    }
-
     async fn ping(&self) -> Result<()> {
         let _: String = self
             .run("ping", "", |mut c| async move {
@@ -342,46 +313,6 @@ impl L2 for RedisTier {
             })
             .await?;
         Ok(())
-    }
-
-    async fn book_replace(
-        &self,
-        key: &str,
-        side: &BookSide,
-        version: u64,
-        ttl: Duration,
-    ) -> Result<bool> {
-        let scripts = &self.scripts;
-        let stored = self
-            .run("book_set", key, |mut c| async move {
-                commands::book_replace(&mut c, scripts, key, side, version, ttl).await
-            })
-            .await?;
-        Ok(stored == 1)
-    }
-
-    async fn book_top(&self, key: &str, side: BookSideKind, depth: usize) -> Result<TopReply> {
-        let (scripts, dir, depth) = (
-            &self.scripts,
-            book::direction(side),
-            book::redis_depth(depth),
-        );
-        let reply = self
-            .run("book_get", key, |mut c| async move {
-                commands::book_top(&mut c, scripts, key, dir, depth).await
-            })
-            .await?;
-        book::parse_top(key, reply)
-    }
-
-    async fn book_unlink_if_stamp(&self, key: &str, stamp: &[u8]) -> Result<bool> {
-        let scripts = &self.scripts;
-        let deleted = self
-            .run("book_repair", key, |mut c| async move {
-                commands::book_unlink_if_stamp(&mut c, scripts, key, stamp).await
-            })
-            .await?;
-        Ok(deleted == 1)
     }
 
     #[inline]
