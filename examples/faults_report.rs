@@ -140,12 +140,16 @@ fn markdown(rows: &[Value]) -> String {
             u(&v["lost_acked_writes"]),
             u(&v["l2_differs_from_source"]),
             u(&v["l2_compared"]),
-            u(&w["breaker_opened"]),
+            breaker_cell(&w["breaker_opened"], &r["breaker"]["shards"]),
             w["recovered_after_ms"]
                 .as_f64()
                 .map_or_else(|| "not within 30 s".to_owned(), |ms| format!("{ms:.0}")),
         ));
     }
+    md.push_str(
+        "\nOn a cluster every shard has its own breaker: \"breaker opened\" adds them up, \
+         and names the shards (by lowest hash slot) that opened over the whole run.\n",
+    );
     md.push_str(
         "\nRead errors while PostgreSQL is down are fail-closed `pos` and `risk` reads whose \
          L1 entry had expired (`source`: the database refused; `source_timeout`: no answer \
@@ -153,4 +157,24 @@ fn markdown(rows: &[Value]) -> String {
          are in `docs/faults.json`.\n",
     );
     md
+}
+
+/// The "breaker opened" cell: the count, and on a cluster which shards opened (by lowest
+/// slot) over the run.
+fn breaker_cell(opened: &Value, shards: &Value) -> String {
+    let u = |v: &Value| v.as_u64().unwrap_or_default();
+    let named: Vec<String> = shards
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter(|s| u(&s["opened"]) > 0)
+                .map(|s| format!("{} × shard {}", u(&s["opened"]), u(&s["first_slot"])))
+                .collect()
+        })
+        .unwrap_or_default();
+    if named.is_empty() {
+        u(opened).to_string()
+    } else {
+        format!("{} ({})", u(opened), named.join(", "))
+    }
 }

@@ -256,9 +256,26 @@ impl Cache {
         self.inner.ping().await
     }
 
-    /// The circuit breaker's figures; `None` without Redis.
+    /// The circuit breaker's figures; `None` without Redis. On a Redis Cluster, every
+    /// shard's breaker and the cluster's own together: counts summed, and the least healthy
+    /// state (one open shard shows `Open`); [`shard_breakers`](Self::shard_breakers) has them
+    /// one by one.
     pub fn breaker(&self) -> Option<BreakerSnapshot> {
         self.inner.breaker()
+    }
+
+    /// Each shard's circuit breaker on a Redis Cluster, by lowest hash slot: one failed
+    /// primary opens its own shard's breaker only, so its keys fail fast (and fall back to
+    /// the source) while the other shards serve as usual. Empty on one server.
+    ///
+    /// ```
+    /// # let cache = mdcache::Cache::builder().build().unwrap();
+    /// for shard in cache.shard_breakers() {
+    ///     println!("slots from {}: {:?}", shard.first_slot, shard.breaker.state);
+    /// }
+    /// ```
+    pub fn shard_breakers(&self) -> Vec<crate::ShardBreaker> {
+        self.inner.shard_breakers()
     }
 
     /// The dirty log: keys whose Redis copy is distrusted until recovery deletes them.

@@ -68,7 +68,9 @@
 //!   [`CacheAside`] serves fresh L1 entries, then the source, behind a concurrency limit. A
 //!   background probe (`PING`) runs while open; when it succeeds, the dirty log is replayed
 //!   (`UNLINK` of every key written while Redis was unavailable, or `SCAN` + `UNLINK` of the
-//!   affected kinds if the log overflowed) and only then does the breaker close.
+//!   affected kinds if the log overflowed) and only then does the breaker close. On a Redis
+//!   Cluster each shard has its own breaker ([`Cache::shard_breakers`]): one failed primary
+//!   sends its own keys to the fallback, not the others'.
 //! - **Cache-only writes while Redis fails.** A [`Cache::set`] or [`Cache::set_book`] whose
 //!   Redis write fails (a timeout, a dead connection, an error reply, or the breaker open)
 //!   records the key in the dirty log and, with an L1, keeps the value there under the version
@@ -146,7 +148,9 @@ pub use outcome::{KeyTtl, Read, SetOptions, Tier, WriteOutcome};
 pub use patterns::aside::{AsideOptions, CacheAside, CacheAsideBuilder, DEFAULT_SOURCE_TIMEOUT};
 pub use patterns::write::{DEFAULT_WRITE_TIMEOUT, WriteAck, WriteThrough, WriteThroughBuilder};
 pub use patterns::{LoadError, WriteError};
-pub use resilience::{BreakerConfig, BreakerPolicy, BreakerSnapshot, BreakerState, RetryConfig};
+pub use resilience::{
+    BreakerConfig, BreakerPolicy, BreakerSnapshot, BreakerState, RetryConfig, ShardBreaker,
+};
 pub use schema::{
     BookAsk, BookBid, BookSide, BookSideKind, Kind, Level, Order, OrderStatus, Position, Price,
     Risk, Side, StrategyState,

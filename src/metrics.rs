@@ -69,7 +69,7 @@ pub const METRICS: &[(&str, &str)] = &[
     ),
     (
         "mdcache_breaker_transitions_total",
-        "Circuit breaker transitions (label: to = open|half_open|closed).",
+        "Circuit breaker transitions (labels: to = open|half_open|closed; shard = all for one server, or a cluster shard's lowest hash slot).",
     ),
     (
         "mdcache_breaker_overlapping_failures_total",
@@ -77,7 +77,7 @@ pub const METRICS: &[(&str, &str)] = &[
     ),
     (
         "mdcache_breaker_state",
-        "Circuit breaker state: 0 closed, 1 open, 2 half-open (gauge).",
+        "Circuit breaker state: 0 closed, 1 open, 2 half-open (gauge; label: shard = all for one server, or a cluster shard's lowest hash slot).",
     ),
     (
         "mdcache_fallbacks_total",

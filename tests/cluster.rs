@@ -223,3 +223,123 @@ async fn a_primary_hung_for_good_is_replaced_by_its_replica_for_the_cache_too() 
     }
     hung.resume();
 }
+
+/// A shard with no replica left to promote (its primary and replica both hung): its own
+/// breaker opens, so its keys fail fast (`BreakerOpen`, no deadline spent) while the other
+/// shards keep serving from Redis; a write to it is recorded dirty. Once the shard answers
+/// again, its breaker closes, the dirty key is deleted from Redis, and every key reads again.
+///
+/// The other shards' first reads load the read script there (`NOSCRIPT`, then `SCRIPT
+/// LOAD`), which redis-rs alone would send to every node, the hung ones too, failing them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_shard_opens_its_own_breaker_and_the_other_shards_serve() {
+    let cluster = RedisCluster::start();
+    let cache = mdcache::Cache::builder()
+        .redis_cluster(cluster.urls())
+        .backend(mdcache::Backend::Redis)
+        .op_timeout(Duration::from_millis(100))
+        .breaker_open(Duration::from_millis(300))
+        .no_conflation()
+        .ttl_kind("pos", Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let keys: Vec<_> = (0..30u64)
+        .map(|i| cache.key::<mdcache::Position>(&format!("D{i}")).unwrap())
+        .collect();
+    for k in &keys {
+        cache.set(k, fixtures::pos(1.0), 1).await.unwrap();
+    }
+    let (p, r) = cluster.primary_and_replica();
+    let mut c = cluster.nodes[p].multiplexed().await;
+    let mut dead = Vec::new();
+    for k in &keys {
+        let here: i64 = redis::cmd("CLUSTER")
+            .arg("COUNTKEYSINSLOT")
+            .arg(k.slot())
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        dead.push(here > 0);
+    }
+    let on_dead = dead.iter().filter(|&&d| d).count();
+    assert!(on_dead > 0 && on_dead < keys.len(), "{on_dead} of 30");
+    // Every shard known before the fault (the cache asked the cluster when it connected).
+    assert_eq!(
+        cache.shard_breakers().len(),
+        3,
+        "{:?}",
+        cache.shard_breakers()
+    );
+    cluster.nodes[r].pause();
+    cluster.nodes[p].pause();
+    // Reads of the dead shard's keys time out until its breaker opens.
+    let first_dead = keys.iter().zip(&dead).find(|(_, d)| **d).unwrap().0;
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let err = cache.get(first_dead).await.unwrap_err();
+        if err.kind() == mdcache::ErrorKind::BreakerOpen {
+            break;
+        }
+        assert!(err.trips_breaker(), "{err}");
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the shard never opened"
+        );
+    }
+    let open: Vec<_> = cache
+        .shard_breakers()
+        .into_iter()
+        .filter(|s| s.breaker.state != mdcache::BreakerState::Closed)
+        .collect();
+    assert_eq!(
+        open.len(),
+        1,
+        "only the dead shard's breaker opened: {open:?}"
+    );
+    assert_eq!(
+        open[0].primary.as_deref(),
+        Some(format!("127.0.0.1:{}", cluster.nodes[p].port()).as_str())
+    );
+    assert_eq!(
+        cache.breaker().unwrap().state,
+        mdcache::BreakerState::Open,
+        "the summary shows the open shard"
+    );
+    // The open period (300 ms) may end and a probe fail in between: an open shard's keys
+    // fail fast or (while half-open) are refused too, never served, and the others serve.
+    for (k, &d) in keys.iter().zip(&dead) {
+        match cache.get(k).await {
+            Ok(Some(v)) => assert!(!d, "a dead shard's key was served: {v:?}"),
+            Ok(None) => panic!("{} missing", k.as_str()),
+            Err(e) => assert!(d, "a live shard's key failed: {e}"),
+        }
+    }
+    // A write to the dead shard: not in Redis, recorded dirty.
+    assert!(cache.set(first_dead, fixtures::pos(2.0), 2).await.is_err());
+    assert!(cache.dirty_log().contains(first_dead.as_str()));
+    cluster.nodes[p].resume();
+    cluster.nodes[r].resume();
+    tokio::time::timeout(Duration::from_secs(30), cache.recovered())
+        .await
+        .expect("recovered within 30 s");
+    assert!(cache.dirty_log().is_empty());
+    assert!(
+        cache
+            .shard_breakers()
+            .iter()
+            .all(|s| s.breaker.state == mdcache::BreakerState::Closed
+                && s.breaker.opened <= s.breaker.closed),
+        "{:?}",
+        cache.shard_breakers()
+    );
+    // The dirty key was deleted from Redis (a reader would otherwise see version 1 after
+    // the source's 2); every other key reads from Redis again.
+    for (k, _) in keys.iter().zip(&dead) {
+        let got = cache.get(k).await.unwrap();
+        if k.as_str() == first_dead.as_str() {
+            assert!(got.is_none(), "the dirty key is gone from Redis");
+        } else {
+            assert_eq!(got.unwrap().qty, 1.0);
+        }
+    }
+}

@@ -60,6 +60,21 @@ pub struct DirtySnapshot {
     seq: u64,
 }
 
+impl DirtySnapshot {
+    /// The part of this snapshot a partial replay cleaned: the keys at `done` (indices into
+    /// `keys`), and the overflow when `overflow_cleaned`. [`DirtyLog::forget`] of it forgets
+    /// those alone.
+    pub(crate) fn only(&self, done: &[usize], overflow_cleaned: bool) -> DirtySnapshot {
+        DirtySnapshot {
+            keys: done.iter().map(|&i| Arc::clone(&self.keys[i])).collect(),
+            overflowed: self.overflowed && overflow_cleaned,
+            kinds: self.kinds.clone(),
+            seqs: done.iter().map(|&i| self.seqs[i]).collect(),
+            seq: self.seq,
+        }
+    }
+}
+
 impl DirtyLog {
     /// An empty log holding at most `capacity` keys.
     pub(crate) fn new(capacity: usize) -> Self {

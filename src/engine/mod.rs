@@ -422,7 +422,15 @@ impl Engine {
 
     /// See [`Cache::breaker`](crate::Cache::breaker).
     pub(crate) fn breaker(&self) -> Option<BreakerSnapshot> {
-        self.l2.as_ref().map(|l2| l2.breaker().snapshot())
+        self.l2.as_ref().map(|l2| l2.breaker_snapshot())
+    }
+
+    /// See [`Cache::shard_breakers`](crate::Cache::shard_breakers).
+    pub(crate) fn shard_breakers(&self) -> Vec<crate::resilience::ShardBreaker> {
+        self.l2
+            .as_ref()
+            .map(|l2| l2.shard_breakers())
+            .unwrap_or_default()
     }
 
     /// See [`Cache::recovered`](crate::Cache::recovered).

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::resilience::CircuitBreaker;
+use crate::resilience::{CircuitBreaker, ShardBreaker};
 use crate::schema::{BookSide, BookSideKind};
 
 /// What the engine and recovery need from an L2, in the engine's terms: keys, envelopes,
@@ -79,8 +79,22 @@ pub(crate) trait L2: Send + Sync + std::fmt::Debug {
     /// True when deleted.
     async fn book_unlink_if_stamp(&self, key: &str, stamp: &[u8]) -> Result<bool>;
 
-    /// The breaker guarding the callers' operations.
+    /// The breaker guarding the callers' operations (on a cluster, those that span it; each
+    /// shard has its own).
     fn breaker(&self) -> &CircuitBreaker;
+
+    /// Probes the shards whose breaker is open (a cluster's; nothing on one server), each
+    /// once its open period is over — or at once when the cluster names a new primary for
+    /// it. Recovery calls it every round. True when a shard's breaker closed.
+    async fn probe_shards(&self) -> bool;
+
+    /// Every shard's breaker: a cluster's, by lowest slot; empty on one server.
+    fn shard_breakers(&self) -> Vec<ShardBreaker>;
+
+    /// Which group a dirty key is replayed with (its shard; one group on one server), or
+    /// `None` while its shard's breaker is not closed: its replay waits, and the other
+    /// shards' keys are not held up by it.
+    fn replay_group(&self, key: &str) -> Option<u16>;
 
     /// The breaker's probe: one `PING`, bypassing the breaker. Getting a connection may take
     /// the probe deadline; the answer must come within the callers' operation deadline (a

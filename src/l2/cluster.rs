@@ -24,13 +24,23 @@
 //! one server. A read is one script (`GET` and `PTTL` of a slot's keys, atomically),
 //! because a `MULTI` block is not followed across a redirect.
 //!
+//! **A breaker per shard.** Every key's operation goes through its shard's guard
+//! ([`Shards`]): a primary that stops answering opens its own shard's breaker, so its keys
+//! fail fast while the other shards serve. Batches run one guarded part per shard. No
+//! cluster-wide breaker opens: a `PING` of every primary is not counted on one.
+//!
 //! **Failover.** redis-rs follows a `MOVED` from a demoted primary, but a primary that hangs
 //! answers nothing: the tier notices a slot failing [`STALE_AFTER`] times in a row (see
-//! `Staleness`) and opens a new connection, with the topology asked afresh, beside the old.
+//! `Staleness`), or a shard's breaker opening, and opens a new connection, with the topology
+//! asked afresh, beside the old (at most once per [`REFRESH_EVERY`], and again each round
+//! while a shard stays open). When the answer names a new primary for an open shard, its
+//! probe runs at once instead of after the open period.
 //!
-//! **One breaker.** The whole cluster has one breaker here, not one per shard: a hung
-//! primary's failures are interleaved with the other primaries' successes, so it rarely
-//! opens (README "Redis Cluster"; `make faults`). `SCAN` (recovery) visits every primary.
+//! **Nothing waits on a hung node but its own keys.** redis-rs sends `SCRIPT LOAD` to every
+//! node and waits for all: [`SlotConn`] sends it to the slot's primary only. And a command
+//! for a node the connection cannot reach makes redis-rs reconnect while every other command
+//! waits: shard probes go on a connection of their own. `SCAN` (recovery) visits every
+//! primary.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -41,18 +51,21 @@ use futures_util::future::{join_all, try_join_all};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{
-    MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo, SingleNodeRoutingInfo,
+    MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
 };
-use redis::{ConnectionInfo, RedisError, RedisResult, Value};
+use redis::{ConnectionAddr, ConnectionInfo, RedisError, RedisResult, Value};
 use tokio::sync::watch;
 
 use super::book;
 use super::boundary::{Fetched, L2, Put, PutReply, TopReply};
 use super::commands::{self, Scripts};
+use super::shards::{SLOTS, Shard, Shards, SlotMap};
 use super::values;
 use crate::error::{Error, Result};
 use crate::key::key_slot;
-use crate::resilience::{BreakerConfig, CircuitBreaker, Guard, RetryConfig};
+use crate::resilience::{
+    BreakerConfig, BreakerState, CircuitBreaker, Guard, RetryConfig, ShardBreaker,
+};
 use crate::schema::{BookSide, BookSideKind};
 
 /// Further tries redis-rs makes of one command inside an operation (following `MOVED`,
@@ -69,6 +82,25 @@ const STALE_AFTER: u8 = 3;
 
 /// Least time between two of those topology refreshes.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+/// Least time a node's connection gets to open (see [`node_connect_timeout`]).
+const MIN_NODE_CONNECT: Duration = Duration::from_millis(20);
+
+/// How long redis-rs gives one node's connection to open: 4 operation deadlines, at least
+/// [`MIN_NODE_CONNECT`], at most half the connect deadline (so one hung seed leaves the rest
+/// of it to the others and the topology query).
+///
+/// Short on purpose. While redis-rs reconnects a node or refreshes its slots (after a
+/// command found no connection to its node, say), the cluster connection sends nothing
+/// else: every shard's commands wait, up to this long, for a node that may be hung. Measured
+/// in `make faults` (cluster: primary hung): with half the 1 s default, the hung primary's
+/// return stalled every shard for ~500 ms and opened all three breakers.
+fn node_connect_timeout(op_timeout: Duration, connect_timeout: Duration) -> Duration {
+    (op_timeout * 4)
+        .max(MIN_NODE_CONNECT)
+        .min(connect_timeout / 2)
+        .max(Duration::from_millis(1))
+}
 
 /// Options for building a [`ClusterTier`].
 #[derive(Clone)]
@@ -117,15 +149,36 @@ struct Link {
     attempts: watch::Sender<u64>,
     /// Why the last attempt failed, cleared by a success.
     last_error: Mutex<Option<Error>>,
-    /// Which primary serves each slot, for the writer's batches per node; fetched when
-    /// first needed, dropped when a batch finds it out of date.
-    slots: RwLock<Option<Arc<SlotMap>>>,
+    /// The shards (which primary serves each slot, a breaker per shard), from the last
+    /// `CLUSTER SLOTS`; shared by both connections.
+    shards: Arc<Shards>,
+    /// False when the shards' view of the cluster may be out of date (a batch failed or
+    /// found a key moved): the next writer batch asks again.
+    map_fresh: AtomicBool,
+    /// When the last topology refresh started (see [`refresh_topology`](Link::refresh_topology)).
+    last_refresh: Mutex<Option<std::time::Instant>>,
     /// False once the cluster refused the cross-slot script (a server older than Redis
     /// 7.0): batches then go per slot.
     node_batches: AtomicBool,
 }
 
 impl Link {
+    fn new(client: ClusterClient, connect_timeout: Duration, shards: &Arc<Shards>) -> Arc<Self> {
+        let (attempts, _) = watch::channel(0);
+        Arc::new(Link {
+            client,
+            connect_timeout,
+            conn: RwLock::new(None),
+            connecting: AtomicBool::new(false),
+            attempts,
+            last_error: Mutex::new(None),
+            shards: Arc::clone(shards),
+            map_fresh: AtomicBool::new(false),
+            last_refresh: Mutex::new(None),
+            node_batches: AtomicBool::new(true),
+        })
+    }
+
     fn current(&self) -> Option<ClusterConnection> {
         self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -151,8 +204,13 @@ impl Link {
             let error = match outcome {
                 Ok(Ok(conn)) => {
                     // Swapped in: operations that hold the old one finish on it.
-                    *link.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+                    *link.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
                     link.forget_slots();
+                    // The shards as the new connection sees the cluster: a failover shows
+                    // here as a shard's new primary, which its probe then tries at once.
+                    let mut conn = conn;
+                    let _ = tokio::time::timeout(link.connect_timeout, link.refresh_map(&mut conn))
+                        .await;
                     None
                 }
                 Ok(Err(e)) => {
@@ -195,116 +253,70 @@ impl Link {
     }
 
     fn forget_slots(&self) {
-        *self.slots.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.map_fresh.store(false, Ordering::Release);
     }
 
-    /// The slot map, asking the cluster (`CLUSTER SLOTS`) when there is none.
-    async fn slot_map(&self, c: &mut ClusterConnection) -> RedisResult<Arc<SlotMap>> {
-        if let Some(map) = self.slots.read().unwrap_or_else(|p| p.into_inner()).clone() {
-            return Ok(map);
-        }
+    /// Asks the cluster which primary serves each slot (`CLUSTER SLOTS`) and updates the
+    /// shards.
+    async fn refresh_map(&self, c: &mut ClusterConnection) -> RedisResult<()> {
         let reply = c
             .route_command(
                 redis::cmd("CLUSTER").arg("SLOTS").clone(),
                 RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
             )
             .await?;
-        let map = Arc::new(SlotMap::of(reply));
-        *self.slots.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&map));
-        Ok(map)
+        self.shards.update(&SlotMap::of(reply));
+        self.map_fresh.store(true, Ordering::Release);
+        Ok(())
     }
-}
 
-/// No primary serves the slot (as far as `CLUSTER SLOTS` said).
-const NO_NODE: u16 = u16::MAX;
-
-/// Which primary serves each of the 16384 slots: an index into `nodes`, or [`NO_NODE`].
-#[derive(Debug)]
-struct SlotMap {
-    owner: Vec<u16>,
-    nodes: Vec<(String, u16)>,
-}
-
-impl SlotMap {
-    /// From a `CLUSTER SLOTS` reply: each range is `[start, end, [host, port, id, …],
-    /// replicas…]`. Malformed ranges are skipped (their slots have no node).
-    fn of(reply: Value) -> SlotMap {
-        let mut map = SlotMap {
-            owner: vec![NO_NODE; 16_384],
-            nodes: Vec::new(),
-        };
-        let Value::Array(ranges) = reply else {
-            return map;
-        };
-        for range in ranges {
-            let Value::Array(fields) = range else {
-                continue;
-            };
-            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(node))) =
-                (fields.first(), fields.get(1), fields.get(2))
-            else {
-                continue;
-            };
-            let host = match node.first() {
-                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-                Some(Value::SimpleString(s)) => s.clone(),
-                _ => continue,
-            };
-            let Some(Ok(port)) = node.get(1).map(|p| match p {
-                Value::Int(p) => u16::try_from(*p).map_err(|_| ()),
-                _ => Err(()),
-            }) else {
-                continue;
-            };
-            let (Ok(start), Ok(end)) = (usize::try_from(*start), usize::try_from(*end)) else {
-                continue;
-            };
-            if start > end || end >= 16_384 {
-                continue;
+    /// Opens a new connection beside the current one — which asks the seeds for the
+    /// topology — and swaps it in when ready, at most once per [`REFRESH_EVERY`]: for a
+    /// primary that stopped answering while its replica may be taking over.
+    fn refresh_topology(self: &Arc<Self>) -> bool {
+        let now = std::time::Instant::now();
+        {
+            let mut last = self.last_refresh.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| now.duration_since(at) < REFRESH_EVERY) {
+                return false;
             }
-            let index = match map.nodes.iter().position(|(h, p)| *h == host && *p == port) {
-                Some(i) => i,
-                None => {
-                    map.nodes.push((host, port));
-                    map.nodes.len() - 1
-                }
-            };
-            let Ok(index) = u16::try_from(index) else {
-                continue;
-            };
-            map.owner[start..=end].fill(index);
+            *last = Some(now);
         }
-        map
+        self.start_connect();
+        true
     }
 }
 
 /// The L2 on a Redis Cluster.
 pub(crate) struct ClusterTier {
+    /// The callers' connection: answers due within the op deadline.
     link: Arc<Link>,
-    /// Admission, deadline, retries and the breaker of every caller's operation.
+    /// The writer's batches and recovery's commands, on a connection of their own (answers
+    /// due within the longest deadline, a batch's).
+    batches: Arc<Link>,
+    /// The operation deadline, retries, and a cluster-wide breaker that nothing records on
+    /// (see [`L2::breaker`]); a key's operations go through its shard's guard ([`Shards`]).
     guard: Guard,
     scripts: Scripts,
     /// Which slots keep failing: a primary replaced while the connection still routes to it.
     staleness: Staleness,
+    /// The seeds (credentials, TLS settings): a shard's probe reaches its primary with them.
+    seeds: Vec<ConnectionInfo>,
 }
 
 /// A primary that hangs for good while its replica takes over is not noticed by redis-rs:
-/// it refreshes its slot map on a `MOVED`, and a hung node answers nothing. Nor by the
-/// breaker, which the other primaries' successes keep closed. So the tier counts failures
-/// in a row per slot (a symbol's keys share one), and when a slot reaches [`STALE_AFTER`]
-/// it opens a new connection in the background — which asks the seeds for the topology —
-/// and swaps it in when ready, the old one serving meanwhile. At most one refresh per
-/// [`REFRESH_EVERY`]. Bounded: one byte per slot.
+/// it refreshes its slot map on a `MOVED`, and a hung node answers nothing. So the tier
+/// counts failures in a row per slot (a symbol's keys share one), and when a slot reaches
+/// [`STALE_AFTER`] — before its shard's breaker opens — it asks for the topology again
+/// ([`Link::refresh_topology`]). Bounded: one byte per slot.
 struct Staleness {
     failures: Box<[AtomicU8]>,
-    last_refresh: Mutex<Option<std::time::Instant>>,
 }
 
 impl Staleness {
     fn new() -> Self {
         Staleness {
-            failures: (0..16_384).map(|_| AtomicU8::new(0)).collect(),
-            last_refresh: Mutex::new(None),
+            failures: (0..SLOTS).map(|_| AtomicU8::new(0)).collect(),
         }
     }
 
@@ -318,7 +330,7 @@ impl Staleness {
         }
     }
 
-    /// An operation on `slot` failed; true when the topology should be asked again now.
+    /// An operation on `slot` failed; true when the topology should be asked again.
     fn failed(&self, slot: u16) -> bool {
         let Some(f) = self.failures.get(usize::from(slot)) else {
             return false;
@@ -328,12 +340,6 @@ impl Staleness {
             return false;
         }
         f.store(0, Ordering::Relaxed);
-        let mut last = self.last_refresh.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        if last.is_some_and(|at| now.duration_since(at) < REFRESH_EVERY) {
-            return false;
-        }
-        *last = Some(now);
         true
     }
 }
@@ -354,50 +360,54 @@ impl ClusterTier {
         let wait = u64::try_from(opts.op_timeout.as_millis() / 4)
             .unwrap_or(MAX_RETRY_WAIT_MS)
             .clamp(2, MAX_RETRY_WAIT_MS);
-        let mut builder = ClusterClientBuilder::new(opts.seeds.clone())
-            .retries(REDIRECTS)
-            .min_retry_wait(1)
-            .max_retry_wait(wait)
-            .retry_wait_formula(1, 2)
-            // Each node's connection within half the connect deadline, so one hung seed
-            // leaves the rest of the deadline to the others and the topology query.
-            .connection_timeout((opts.connect_timeout / 2).max(Duration::from_millis(1)))
-            // Not the op deadline: a writer batch may take longer than a read, and redis-rs
-            // would time it out and retry it. Every operation's own deadline (the guard's)
-            // ends the wait for its caller; this bounds what redis-rs keeps pending.
-            .response_timeout(opts.longest_op.max(opts.op_timeout));
-        if let Some(pem) = &opts.ca {
-            builder = builder.certs(redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem.clone()),
-            });
-        }
-        let client = builder
-            .build()
-            .map_err(|e| Error::config("CACHE_REDIS_CLUSTER", e.to_string()))?;
-        let (attempts, _) = watch::channel(0);
+        let client = |response_timeout: Duration| {
+            let mut builder = ClusterClientBuilder::new(opts.seeds.clone())
+                .retries(REDIRECTS)
+                .min_retry_wait(1)
+                .max_retry_wait(wait)
+                .retry_wait_formula(1, 2)
+                .connection_timeout(node_connect_timeout(opts.op_timeout, opts.connect_timeout))
+                .response_timeout(response_timeout);
+            if let Some(pem) = &opts.ca {
+                builder = builder.certs(redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                });
+            }
+            builder
+                .build()
+                .map_err(|e| Error::config("CACHE_REDIS_CLUSTER", e.to_string()))
+        };
+        let shards = Arc::new(Shards::new(
+            &opts.breaker,
+            opts.retry.clone(),
+            opts.op_timeout,
+        ));
         Ok(ClusterTier {
-            link: Arc::new(Link {
-                client,
-                connect_timeout: opts.connect_timeout,
-                conn: RwLock::new(None),
-                connecting: AtomicBool::new(false),
-                attempts,
-                last_error: Mutex::new(None),
-                slots: RwLock::new(None),
-                node_batches: AtomicBool::new(true),
-            }),
+            // Callers wait at most the op deadline, so redis-rs need not wait longer: and
+            // while it refreshes its slots it sends nothing else, each node it asks bounded
+            // by this.
+            link: Link::new(client(opts.op_timeout)?, opts.connect_timeout, &shards),
+            // A writer batch may take longer than a read; redis-rs would time it out and
+            // retry it. On a connection of its own, its waits hold up no caller.
+            batches: Link::new(
+                client(opts.longest_op.max(opts.op_timeout))?,
+                opts.connect_timeout,
+                &shards,
+            ),
             guard: Guard::new(&opts.breaker, opts.retry, opts.op_timeout),
             scripts: Scripts::new(),
             staleness: Staleness::new(),
+            seeds: opts.seeds,
         })
     }
 
-    /// Runs `f` for a caller through the [`Guard`], as [`RedisTier`](super::redis) does.
+    /// Runs `f` for a caller through the guard of `key`'s shard (of the whole cluster for
+    /// no key), as [`RedisTier`](super::redis) does through its one guard.
     #[inline]
     async fn run<T, F, Fut>(&self, op: &'static str, key: &str, f: F) -> Result<T>
     where
-        F: Fn(ClusterConnection) -> Fut,
+        F: Fn(SlotConn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         self.run_within(op, key, self.guard.deadline(), f).await
@@ -411,28 +421,54 @@ impl ClusterTier {
         f: F,
     ) -> Result<T>
     where
-        F: Fn(ClusterConnection) -> Fut,
+        F: Fn(SlotConn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let result = self
-            .guard
+        if key.is_empty() {
+            return self
+                .run_guarded(&self.link, &self.guard, op, key, deadline, f)
+                .await;
+        }
+        let shard = self.link.shards.of_key(key);
+        self.run_guarded(&self.link, &shard.guard, op, key, deadline, f)
+            .await
+    }
+
+    /// Runs `f` through `guard` (a shard's, or the cluster's for `key` empty): admission,
+    /// deadline, retries, breaker bookkeeping; a slot that keeps failing, or a shard whose
+    /// breaker just opened, asks for the topology again.
+    async fn run_guarded<T, F, Fut>(
+        &self,
+        link: &Arc<Link>,
+        guard: &Guard,
+        op: &'static str,
+        key: &str,
+        deadline: Duration,
+        f: F,
+    ) -> Result<T>
+    where
+        F: Fn(SlotConn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let result = guard
             .run_within(
                 op,
                 deadline,
-                || self.attempt(key, &f),
-                || self.link.last_error().filter(|e| !e.is_timeout()),
+                || self.attempt(link, key, &f),
+                || link.last_error().filter(|e| !e.is_timeout()),
             )
             .await;
         if !key.is_empty() {
             let slot = key_slot(key.as_bytes());
             match &result {
                 Err(e) if e.trips_breaker() => {
-                    if self.staleness.failed(slot) {
+                    let opened = guard.breaker().state() != BreakerState::Closed;
+                    if (self.staleness.failed(slot) || opened) && link.refresh_topology() {
                         tracing::info!(
                             slot,
-                            "a slot's primary keeps failing while others answer: asking the cluster for its topology again"
+                            opened,
+                            "a slot's primary keeps failing: asking the cluster for its topology again"
                         );
-                        self.link.start_connect();
                     }
                 }
                 Err(_) => {}
@@ -442,27 +478,198 @@ impl ClusterTier {
         result
     }
 
+    /// Asks for the topology again on both connections (each at most once a second).
+    fn refresh_topology(&self) {
+        self.link.refresh_topology();
+        self.batches.refresh_topology();
+    }
+
+    /// Probes every shard whose breaker is open (see [`L2::probe_shards`]); true when one
+    /// of them closed or moved.
+    async fn probe_open_shards(&self) -> bool {
+        let mut open = Vec::new();
+        for shard in self.link.shards.all() {
+            if shard.guard.breaker().state() == BreakerState::Closed {
+                // A failover seen while closed is no reason to skip a future open period.
+                shard.take_moved();
+            } else {
+                open.push(shard);
+            }
+        }
+        if open.is_empty() {
+            return false;
+        }
+        join_all(open.iter().map(|s| self.probe_shard(s)))
+            .await
+            .into_iter()
+            .any(|changed| changed)
+    }
+
+    /// One open shard: probed once its open period is over, or at once when the cluster
+    /// named a new primary for it (a failover: the outage is over when the new primary
+    /// answers). Otherwise the topology is asked again (at most once a second), so a
+    /// promotion is seen. True when the shard closed.
+    async fn probe_shard(&self, shard: &Shard) -> bool {
+        let breaker = shard.guard.breaker();
+        let moved = shard.take_moved();
+        let due = breaker.begin_probe();
+        if !moved && !due {
+            self.refresh_topology();
+            return false;
+        }
+        match self.ping_shard(shard).await {
+            Ok(()) => {
+                if breaker.state() == BreakerState::HalfOpen {
+                    breaker.probe_succeeded();
+                } else {
+                    breaker.close_now();
+                }
+                // The node that answered may have been demoted meanwhile (a hung primary
+                // resumed after its replica took over): the next batch asks the cluster.
+                self.link.forget_slots();
+                self.batches.forget_slots();
+                tracing::info!(
+                    shard = shard.first_slot,
+                    failover = moved,
+                    "a cluster shard answers again: its breaker closed"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::debug!(shard = shard.first_slot, error = %e, "shard probe failed");
+                if breaker.state() == BreakerState::HalfOpen {
+                    breaker.probe_failed();
+                } else if moved {
+                    // The new connection that knows the new primary may not be in yet:
+                    // try again on the next round rather than after the open period.
+                    shard.mark_moved();
+                }
+                self.refresh_topology();
+                false
+            }
+        }
+    }
+
+    /// `PING` of `shard`'s primary: the connection within the probe deadline, the answer
+    /// within the operation deadline (a node too slow for callers is not healthy).
+    ///
+    /// On a connection of its own, to the address the cluster last named, not through the
+    /// cluster connection: there, a command for a node it has no connection to makes
+    /// redis-rs refresh its slots and reconnect, and while it does (up to a node's
+    /// connection deadline) every other shard's commands wait too.
+    async fn ping_shard(&self, shard: &Shard) -> Result<()> {
+        let Some((host, port)) = shard.primary() else {
+            return self.ping_slot(shard.first_slot).await;
+        };
+        let within = self.guard.breaker().probe_timeout();
+        let answer_within = self.guard.deadline();
+        let Some(info) = self.node_info(&host, port) else {
+            return self.ping_slot(shard.first_slot).await;
+        };
+        let client = redis::Client::open(info).map_err(|e| Error::from_redis(e, ""))?;
+        let mut conn =
+            match tokio::time::timeout(within, client.get_multiplexed_async_connection()).await {
+                Ok(conn) => conn.map_err(|e| Error::from_redis(e, ""))?,
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        op: "probe_connect",
+                        after: within,
+                    });
+                }
+            };
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(answer_within, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Error::from_redis(e, "")),
+            Err(_) => Err(Error::Timeout {
+                op: "probe",
+                after: answer_within,
+            }),
+        }
+    }
+
+    /// How to reach the node at `host:port`: the first seed's settings (credentials, TLS and
+    /// its roots) with that address.
+    fn node_info(&self, host: &str, port: u16) -> Option<ConnectionInfo> {
+        let seed = self.seeds.first()?;
+        let addr = match seed.addr() {
+            ConnectionAddr::Tcp(..) => ConnectionAddr::Tcp(host.to_owned(), port),
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => return None,
+        };
+        Some(seed.clone().set_addr(addr))
+    }
+
+    /// `PING` of the primary serving `slot` through the cluster connection (for a shard
+    /// whose primary the cluster has not named).
+    async fn ping_slot(&self, slot: u16) -> Result<()> {
+        let within = self.guard.breaker().probe_timeout();
+        let mut conn = match tokio::time::timeout(within, self.link.get()).await {
+            Ok(conn) => conn?,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    op: "probe_connect",
+                    after: within,
+                });
+            }
+        };
+        let answer_within = self.guard.deadline();
+        let ping = conn.route_command(
+            redis::cmd("PING"),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+                slot,
+                SlotAddr::Master,
+            ))),
+        );
+        match tokio::time::timeout(answer_within, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Error::from_redis(e, "")),
+            Err(_) => Err(Error::Timeout {
+                op: "probe",
+                after: answer_within,
+            }),
+        }
+    }
+
     /// Runs `f` once under the probe deadline, bypassing the breaker.
     async fn run_for_recovery<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
     where
-        F: Fn(ClusterConnection) -> Fut,
+        F: Fn(SlotConn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let deadline = self.guard.breaker().probe_timeout();
-        Guard::run_unguarded(op, deadline, self.attempt("", &f)).await
+        let result = Guard::run_unguarded(op, deadline, self.attempt(&self.batches, "", &f)).await;
+        if result.as_ref().is_err_and(Error::trips_breaker) {
+            // The connection may be stuck (redis-rs can wedge in a slot refresh after a node
+            // came back): a fresh one replaces it, at most once a second.
+            self.batches.refresh_topology();
+        }
+        result
     }
 
-    async fn attempt<T, F, Fut>(&self, key: &str, f: &F) -> Result<T>
+    async fn attempt<T, F, Fut>(&self, link: &Arc<Link>, key: &str, f: &F) -> Result<T>
     where
-        F: Fn(ClusterConnection) -> Fut,
+        F: Fn(SlotConn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let conn = self.link.get().await?;
-        f(conn).await.map_err(|e| Error::from_redis(e, key))
+        let conn = link.get().await?;
+        f(SlotConn::new(conn, key))
+            .await
+            .map_err(|e| Error::from_redis(e, key))
     }
 
     /// The primaries' addresses, from `CLUSTER SLOTS` (each slot range's first node).
-    async fn primaries(mut c: ClusterConnection) -> RedisResult<Vec<(String, u16)>> {
+    async fn primaries(mut c: SlotConn) -> RedisResult<Vec<(String, u16)>> {
         let reply = c
             .route_command(
                 redis::cmd("CLUSTER").arg("SLOTS").clone(),
@@ -470,6 +677,92 @@ impl ClusterTier {
             )
             .await?;
         Ok(SlotMap::of(reply).nodes)
+    }
+}
+
+/// The cluster connection, for the commands of one hash slot: everything goes through
+/// redis-rs's routing as usual except `SCRIPT LOAD` (sent after a `NOSCRIPT`), which redis-rs
+/// would send to every node and wait on all — a hung one included, so one hung node would
+/// fail every other shard's first script call. Here it goes to the slot's primary, the node
+/// that said `NOSCRIPT`.
+#[derive(Clone)]
+struct SlotConn {
+    conn: ClusterConnection,
+    /// Where a `SCRIPT LOAD` goes.
+    load_to: SingleNodeRoutingInfo,
+}
+
+impl SlotConn {
+    fn new(conn: ClusterConnection, key: &str) -> Self {
+        SlotConn {
+            conn,
+            load_to: SingleNodeRoutingInfo::SpecificNode(Route::new(
+                key_slot(key.as_bytes()),
+                SlotAddr::Master,
+            )),
+        }
+    }
+
+    /// The same connection for `key`'s slot.
+    fn for_key(&self, key: &str) -> Self {
+        SlotConn::new(self.conn.clone(), key)
+    }
+
+    /// The same connection for commands sent to the node at `host:port` (a batch routed by
+    /// address): its `SCRIPT LOAD` goes there too, whatever redis-rs's slot map says (after
+    /// a failover it may still name the old primary).
+    fn for_node(self, host: &str, port: u16) -> Self {
+        SlotConn {
+            conn: self.conn,
+            load_to: SingleNodeRoutingInfo::ByAddress {
+                host: host.to_owned(),
+                port,
+            },
+        }
+    }
+}
+
+impl std::ops::Deref for SlotConn {
+    type Target = ClusterConnection;
+    fn deref(&self) -> &ClusterConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for SlotConn {
+    fn deref_mut(&mut self) -> &mut ClusterConnection {
+        &mut self.conn
+    }
+}
+
+/// True for `SCRIPT LOAD …`.
+fn is_script_load(cmd: &redis::Cmd) -> bool {
+    let mut args = cmd.args_iter();
+    let word = |a: Option<redis::Arg<&[u8]>>, w: &[u8]| matches!(a, Some(redis::Arg::Simple(b)) if b.eq_ignore_ascii_case(w));
+    word(args.next(), b"SCRIPT") && word(args.next(), b"LOAD")
+}
+
+impl redis::aio::ConnectionLike for SlotConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        if is_script_load(cmd) {
+            let route = RoutingInfo::SingleNode(self.load_to.clone());
+            Box::pin(async move { self.conn.route_command(cmd.clone(), route).await })
+        } else {
+            self.conn.req_packed_command(cmd)
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        self.conn.req_packed_commands(cmd, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
     }
 }
 
@@ -488,7 +781,7 @@ fn by_slot<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<Vec<usize>> {
 }
 
 /// `UNLINK` of `keys` on a cluster: one command per slot, concurrently; how many existed.
-async fn unlink_by_slot(c: ClusterConnection, keys: &[&str]) -> RedisResult<u64> {
+async fn unlink_by_slot(c: SlotConn, keys: &[&str]) -> RedisResult<u64> {
     let groups = by_slot(keys.iter().copied());
     let counts = try_join_all(groups.iter().map(|g| {
         let mut c = c.clone();
@@ -499,44 +792,48 @@ async fn unlink_by_slot(c: ClusterConnection, keys: &[&str]) -> RedisResult<u64>
     Ok(counts.into_iter().sum())
 }
 
-/// A node's address (`host`, `port`), or none for a group sent per slot, and the group's
-/// item indices.
-type NodeGroup = (Option<(String, u16)>, Vec<usize>);
-
-/// A batch's items grouped by the primary that serves their slot (per `map`); items of a
-/// slot with no known primary grouped per slot, without a node.
-fn by_node_then_slot(map: &SlotMap, items: &[Put<'_>]) -> Vec<NodeGroup> {
-    let mut per_node: Vec<Vec<usize>> = vec![Vec::new(); map.nodes.len()];
-    let mut orphans: Vec<usize> = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let slot = usize::from(key_slot(commands::put_key(item).as_bytes()));
-        match map.owner.get(slot).copied() {
-            Some(n) if n != NO_NODE => per_node[usize::from(n)].push(i),
-            _ => orphans.push(i),
+/// [`commands::put_many`] of `items`, one pipeline per slot, the slots concurrently; the
+/// replies in the items' order.
+async fn put_per_slot(
+    c: SlotConn,
+    scripts: &Scripts,
+    items: &[Put<'_>],
+) -> RedisResult<Vec<PutReply>> {
+    let groups = by_slot(items.iter().map(commands::put_key));
+    let parts = try_join_all(groups.iter().map(|g| {
+        let mut c = c.for_key(commands::put_key(&items[g[0]]));
+        let slot_items: Vec<Put<'_>> = g.iter().map(|&i| items[i]).collect();
+        async move { commands::put_many(&mut c, scripts, &slot_items).await }
+    }))
+    .await?;
+    let mut out: Vec<Option<PutReply>> = items.iter().map(|_| None).collect();
+    for (g, replies) in groups.iter().zip(parts) {
+        for (&i, reply) in g.iter().zip(replies) {
+            out[i] = Some(reply);
         }
     }
-    let mut groups: Vec<NodeGroup> = per_node
+    Ok(out
         .into_iter()
-        .enumerate()
-        .filter(|(_, g)| !g.is_empty())
-        .map(|(n, g)| (Some(map.nodes[n].clone()), g))
-        .collect();
-    for g in by_slot(orphans.iter().map(|&i| commands::put_key(&items[i]))) {
-        groups.push((None, g.into_iter().map(|j| orphans[j]).collect()));
-    }
-    groups
+        .map(|r| {
+            r.unwrap_or(PutReply::Refused(Error::Unsupported(
+                "internal: a batch item without a reply",
+            )))
+        })
+        .collect())
 }
 
 /// [`commands::put_many`] of one node's items, sent to that node (`host:port`) whatever
 /// their slots, with the cross-slot variant of the multi-key script.
 async fn put_on_node(
-    mut c: ClusterConnection,
+    c: SlotConn,
     scripts: &Scripts,
     items: &[Put<'_>],
     host: &str,
     port: u16,
 ) -> RedisResult<Vec<PutReply>> {
     let batch = commands::PutBatch::new(items);
+    // A `SCRIPT LOAD` goes to this node.
+    let mut c = c.for_node(host, port);
     let (vmany, breplace) = (
         &scripts.values.set_versioned_many_any_slot,
         &scripts.books.replace,
@@ -557,7 +854,6 @@ async fn put_on_node(
         .iter()
         .any(|r| r.as_ref().is_err_and(commands::is_no_script))
     {
-        // `SCRIPT LOAD` goes to every node of the cluster.
         vmany.load_async(&mut c).await?;
         breplace.load_async(&mut c).await?;
         let pipeline = batch.pipeline(vmany, breplace, true);
@@ -567,21 +863,22 @@ async fn put_on_node(
             .into_iter()
             .map(Value::extract_error)
             .collect();
+        // Loaded on that node and still unknown there: the batch did not run on the node
+        // it was sent to (a `MOVED` followed to a promoted replica that never loaded it),
+        // so the shard map is out of date. The part fails; the next batch asks again.
+        if let Some(Err(e)) = replies
+            .iter()
+            .find(|r| r.as_ref().is_err_and(commands::is_no_script))
+        {
+            return Err(e.clone());
+        }
     }
     Ok(batch.replies(replies))
 }
 
-/// The error of a part of a batch that did not answer within `after`.
-fn part_timed_out(after: Duration) -> RedisError {
-    RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        format!("a cluster node did not answer its part of the batch within {after:?}"),
-    ))
-}
-
 /// True when `e` says the server cannot run a script with flags (its shebang line): Redis
 /// before 7.0.
-fn cross_slot_unsupported(e: &RedisError) -> bool {
+fn cross_slot_unsupported(e: &Error) -> bool {
     let text = e.to_string();
     text.contains("shebang") || text.contains("Unexpected flag")
 }
@@ -602,165 +899,189 @@ impl L2 for ClusterTier {
             .ok_or_else(|| values::malformed(key))
     }
 
-    /// One script per slot (`GET` and `PTTL` of its keys), the slots concurrently.
+    /// One script per slot (`GET` and `PTTL` of its keys), the slots concurrently, each
+    /// shard's slots under that shard's guard: one open shard fails the whole read (the
+    /// caller falls back for every key), fast.
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Fetched>>> {
         let Some(&first) = keys.first() else {
             return Ok(Vec::new());
         };
-        let groups = by_slot(keys.iter().copied());
-        let (script, groups) = (&self.scripts.values.get_with_ttl, &groups);
-        let replies: Vec<Vec<Value>> = self
-            .run("get_many", first, |c| async move {
-                try_join_all(groups.iter().map(|g| {
-                    let mut c = c.clone();
-                    let mut inv = script.prepare_invoke();
-                    for &i in g {
-                        inv.key(keys[i]);
-                    }
-                    async move { inv.invoke_async(&mut c).await }
-                }))
-                .await
-            })
-            .await?;
+        let script = &self.scripts.values.get_with_ttl;
+        let shards = self.link.shards.group(keys.iter().copied());
+        let parts = try_join_all(shards.iter().map(|(shard, g)| async move {
+            let shard_keys: Vec<&str> = g.iter().map(|&i| keys[i]).collect();
+            let groups = by_slot(shard_keys.iter().copied());
+            let (shard_keys, groups_ref) = (&shard_keys, &groups);
+            let replies: Vec<Vec<Value>> = self
+                .run_guarded(
+                    &self.link,
+                    &shard.guard,
+                    "get_many",
+                    shard_keys[0],
+                    self.guard.deadline(),
+                    |c| async move {
+                        try_join_all(groups_ref.iter().map(|g| {
+                            let mut c = c.for_key(shard_keys[g[0]]);
+                            let mut inv = script.prepare_invoke();
+                            for &i in g {
+                                inv.key(shard_keys[i]);
+                            }
+                            async move { inv.invoke_async(&mut c).await }
+                        }))
+                        .await
+                    },
+                )
+                .await?;
+            Ok::<_, Error>((groups, replies))
+        }))
+        .await?;
         let mut out: Vec<Option<Fetched>> = keys.iter().map(|_| None).collect();
-        for (g, reply) in groups.iter().zip(replies) {
-            let found = values::parse_pairs(first, reply)?;
-            if found.len() != g.len() {
-                return Err(values::malformed(first));
-            }
-            for (&i, f) in g.iter().zip(found) {
-                out[i] = f;
+        for ((_, shard_indices), (groups, replies)) in shards.iter().zip(parts) {
+            for (g, reply) in groups.iter().zip(replies) {
+                let found = values::parse_pairs(first, reply)?;
+                if found.len() != g.len() {
+                    return Err(values::malformed(first));
+                }
+                for (&i, f) in g.iter().zip(found) {
+                    out[shard_indices[i]] = f;
+                }
             }
         }
         Ok(out)
     }
 
-    /// One pipeline per slot, the slots concurrently.
+    /// One pipeline per slot, the slots concurrently, each shard's under its guard.
     async fn set_many(&self, items: &[(&str, Vec<u8>, Duration)]) -> Result<Vec<bool>> {
-        let Some(first) = items.first().map(|i| i.0) else {
+        if items.is_empty() {
             return Ok(Vec::new());
-        };
-        let groups = by_slot(items.iter().map(|i| i.0));
-        let (scripts, groups_ref) = (&self.scripts, &groups);
-        let replies: Vec<Vec<i64>> = self
-            .run("set_many", first, |c| async move {
-                try_join_all(groups_ref.iter().map(|g| {
-                    let mut c = c.clone();
-                    let slot_items: Vec<(&str, &[u8], Duration)> = g
-                        .iter()
-                        .map(|&i| (items[i].0, items[i].1.as_slice(), items[i].2))
-                        .collect();
-                    async move { commands::set_many(&mut c, scripts, &slot_items).await }
-                }))
-                .await
-            })
-            .await?;
+        }
+        let scripts = &self.scripts;
+        let shards = self.link.shards.group(items.iter().map(|i| i.0));
+        let parts = try_join_all(shards.iter().map(|(shard, g)| async move {
+            let shard_items: Vec<(&str, &[u8], Duration)> = g
+                .iter()
+                .map(|&i| (items[i].0, items[i].1.as_slice(), items[i].2))
+                .collect();
+            let groups = by_slot(shard_items.iter().map(|i| i.0));
+            let (shard_items, groups_ref) = (&shard_items, &groups);
+            let replies: Vec<Vec<i64>> = self
+                .run_guarded(
+                    &self.link,
+                    &shard.guard,
+                    "set_many",
+                    shard_items[0].0,
+                    self.guard.deadline(),
+                    |c| async move {
+                        try_join_all(groups_ref.iter().map(|g| {
+                            let mut c = c.for_key(shard_items[g[0]].0);
+                            let slot_items: Vec<(&str, &[u8], Duration)> =
+                                g.iter().map(|&i| shard_items[i]).collect();
+                            async move { commands::set_many(&mut c, scripts, &slot_items).await }
+                        }))
+                        .await
+                    },
+                )
+                .await?;
+            Ok::<_, Error>((groups, replies))
+        }))
+        .await?;
         let mut out = vec![false; items.len()];
-        for (g, codes) in groups.iter().zip(replies) {
-            for (&i, code) in g.iter().zip(codes) {
-                out[i] = code == 1;
+        for ((_, shard_indices), (groups, replies)) in shards.iter().zip(parts) {
+            for (g, codes) in groups.iter().zip(replies) {
+                for (&i, code) in g.iter().zip(codes) {
+                    out[shard_indices[i]] = code == 1;
+                }
             }
         }
         Ok(out)
     }
 
-    /// One pipeline per primary, the primaries concurrently: the batch cut by the node that
-    /// serves each key's slot ([`SlotMap`]), the values of all of a node's slots in calls of
-    /// the cross-slot variant of the multi-key script, as on one server. Keys of a slot the
-    /// map knows no node for (or every key, on a server without cross-slot scripts) go one
-    /// pipeline per slot. One guarded operation under `within`: a part that fails (its
-    /// primary hung, say) makes its items [`PutReply::Failed`] while the others land, and
-    /// only a batch of which no part landed is an error (one breaker failure). A batch that
-    /// fails, or finds a key moved, drops the map: the next asks the cluster.
+    /// One part per shard, the shards concurrently, each under its shard's guard and the
+    /// deadline `within`: a part goes to the shard's primary as one pipeline, its values in
+    /// calls of the cross-slot variant of the multi-key script, as on one server (per slot
+    /// when the primary is not known, or on a server without cross-slot scripts). A part
+    /// that fails (its primary hung, its breaker open) makes its items
+    /// [`PutReply::Failed`] while the others land; only a batch of which no part landed is
+    /// an error. A part that fails, or finds a key moved, has the next batch ask the cluster
+    /// which primary serves each slot.
     async fn put_many(&self, items: &[Put<'_>], within: Duration) -> Result<Vec<PutReply>> {
-        let Some(first) = items.first() else {
+        if items.is_empty() {
             return Ok(Vec::new());
-        };
-        let (link, scripts) = (&self.link, &self.scripts);
-        // A primary that does not answer fails its own part of the batch, not the others':
-        // each part has most of the batch's deadline (the rest is for the guard's retry).
-        let part_within = within * 3 / 4;
-        let result = self
-            .run_within(
+        }
+        let (link, scripts) = (&self.batches, &self.scripts);
+        let by_node = link.node_batches.load(Ordering::Acquire);
+        if by_node && !link.map_fresh.load(Ordering::Acquire) {
+            // Bounded: a cluster that does not answer leaves the shards as they were.
+            let ask = async {
+                let mut c = link.get().await?;
+                link.refresh_map(&mut c)
+                    .await
+                    .map_err(|e| Error::from_redis(e, ""))
+            };
+            if let Ok(Err(e)) = tokio::time::timeout(within / 4, ask).await {
+                tracing::debug!(error = %e, "CLUSTER SLOTS failed; the batch goes by the last answer");
+            }
+        }
+        let shards = link.shards.group(items.iter().map(commands::put_key));
+        let parts = join_all(shards.iter().map(|(shard, g)| async move {
+            let shard_items: Vec<Put<'_>> = g.iter().map(|&i| items[i]).collect();
+            let node = if by_node { shard.primary() } else { None };
+            let (shard_items, node) = (&shard_items, &node);
+            self.run_guarded(
+                link,
+                &shard.guard,
                 "put_many",
-                commands::put_key(first),
+                commands::put_key(&shard_items[0]),
                 within,
-                |mut c| async move {
-                    let by_node = link.node_batches.load(Ordering::Acquire);
-                    let groups = if by_node {
-                        let map = link.slot_map(&mut c).await?;
-                        by_node_then_slot(&map, items)
-                    } else {
-                        by_slot(items.iter().map(commands::put_key))
-                            .into_iter()
-                            .map(|g| (None, g))
-                            .collect()
-                    };
-                    let parts = join_all(groups.iter().map(|(node, g)| {
-                        let c = c.clone();
-                        let slot_items: Vec<Put<'_>> = g.iter().map(|&i| items[i]).collect();
-                        async move {
-                            let part = async {
-                                match node {
-                                    Some((host, port)) => {
-                                        put_on_node(c, scripts, &slot_items, host, *port).await
-                                    }
-                                    None => {
-                                        let mut c = c;
-                                        commands::put_many(&mut c, scripts, &slot_items).await
-                                    }
-                                }
-                            };
-                            tokio::time::timeout(part_within, part)
-                                .await
-                                .unwrap_or_else(|_| Err(part_timed_out(part_within)))
+                |c| async move {
+                    match node {
+                        Some((host, port)) => {
+                            put_on_node(c, scripts, shard_items, host, *port).await
                         }
-                    }))
-                    .await;
-                    if by_node
-                        && parts
-                            .iter()
-                            .any(|r| r.as_ref().is_err_and(cross_slot_unsupported))
-                    {
-                        tracing::warn!("the cluster refuses cross-slot scripts (Redis < 7.0?): batches go per slot");
-                        link.node_batches.store(false, Ordering::Release);
+                        None => put_per_slot(c, scripts, shard_items).await,
                     }
-                    // Nothing landed: the batch failed, for the breaker and the retry.
-                    if let Some(Err(e)) = parts.iter().find(|r| r.is_err())
-                        && parts.iter().all(Result::is_err)
-                    {
-                        return Err(e.clone());
-                    }
-                    Ok::<_, RedisError>((groups, parts))
                 },
             )
-            .await;
-        let (groups, parts) = match result {
-            Ok(r) => r,
-            Err(e) => {
-                self.link.forget_slots();
-                return Err(e);
-            }
-        };
+            .await
+        }))
+        .await;
+        if by_node
+            && parts
+                .iter()
+                .any(|r| r.as_ref().is_err_and(cross_slot_unsupported))
+        {
+            tracing::warn!(
+                "the cluster refuses cross-slot scripts (Redis < 7.0?): batches go per slot"
+            );
+            link.node_batches.store(false, Ordering::Release);
+        }
+        // Nothing landed: the batch failed.
+        if let Some(Err(e)) = parts.iter().find(|r| r.is_err())
+            && parts.iter().all(Result::is_err)
+        {
+            link.forget_slots();
+            return Err(e.clone());
+        }
         let mut out: Vec<Option<PutReply>> = items.iter().map(|_| None).collect();
-        for ((_, g), part) in groups.iter().zip(parts) {
+        for ((_, g), part) in shards.iter().zip(parts) {
             match part {
                 Ok(got) => {
                     for (&i, reply) in g.iter().zip(got) {
                         if let PutReply::Refused(e) = &reply
                             && e.is_redirect()
                         {
-                            self.link.forget_slots();
+                            link.forget_slots();
                         }
                         out[i] = Some(reply);
                     }
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, keys = g.len(), "part of a cluster batch failed");
-                    self.link.forget_slots();
+                    if !e.is_breaker_open() {
+                        link.forget_slots();
+                    }
                     for &i in g {
-                        let key = commands::put_key(&items[i]);
-                        out[i] = Some(PutReply::Failed(Error::from_redis(e.clone(), key)));
+                        out[i] = Some(PutReply::Failed(e.clone()));
                     }
                 }
             }
@@ -775,23 +1096,64 @@ impl L2 for ClusterTier {
             .collect())
     }
 
+    /// One `UNLINK` per slot, the slots concurrently, each shard's under its guard.
     async fn unlink(&self, keys: &[&str]) -> Result<u64> {
-        let first = keys.first().copied().unwrap_or_default();
-        self.run("delete", first, |c| unlink_by_slot(c, keys)).await
+        let shards = self.link.shards.group(keys.iter().copied());
+        let counts = try_join_all(shards.iter().map(|(shard, g)| async move {
+            let shard_keys: Vec<&str> = g.iter().map(|&i| keys[i]).collect();
+            let shard_keys = &shard_keys;
+            self.run_guarded(
+                &self.link,
+                &shard.guard,
+                "delete",
+                shard_keys[0],
+                self.guard.deadline(),
+                |c| unlink_by_slot(c, shard_keys),
+            )
+            .await
+        }))
+        .await?;
+        Ok(counts.into_iter().sum())
     }
 
-    /// `PING` of every primary.
+    /// `PING` of every primary, under the operation deadline. Its outcome is no breaker's:
+    /// a failure says some shard is down, and each shard's own breaker already judges that
+    /// (counted on a cluster-wide breaker, callers' pings during one shard's outage would
+    /// turn L2 off for every shard).
     async fn ping(&self) -> Result<()> {
-        self.run("ping", "", ping_primaries).await
+        Guard::run_unguarded(
+            "ping",
+            self.guard.deadline(),
+            self.attempt(&self.link, "", &ping_primaries),
+        )
+        .await
     }
 
+    /// The cluster-wide breaker: no caller's operation counts on it (each key's goes to its
+    /// shard's, [`shard_breakers`](L2::shard_breakers)), so it stays closed and recovery's
+    /// whole-L2 outage path never runs on a cluster; each shard recovers on its own
+    /// ([`probe_shards`](L2::probe_shards)).
     #[inline]
     fn breaker(&self) -> &CircuitBreaker {
         self.guard.breaker()
     }
 
+    async fn probe_shards(&self) -> bool {
+        self.probe_open_shards().await
+    }
+
+    fn shard_breakers(&self) -> Vec<ShardBreaker> {
+        self.link.shards.reports()
+    }
+
+    fn replay_group(&self, key: &str) -> Option<u16> {
+        let shard = self.link.shards.of_key(key);
+        (shard.guard.breaker().state() == BreakerState::Closed).then_some(shard.first_slot)
+    }
+
     /// `PING` of every primary: the connection within the probe deadline, the answers within
-    /// the operation deadline. The one breaker closes only when the whole cluster answers.
+    /// the operation deadline. The cluster's breaker closes only when the whole cluster
+    /// answers.
     /// A failed probe drops the connection, so the next one learns the topology again.
     async fn probe_ping(&self) -> Result<()> {
         let within = self.guard.breaker().probe_timeout();
@@ -805,7 +1167,12 @@ impl L2 for ClusterTier {
             }
         };
         let answer_within = self.guard.deadline();
-        let answer = match tokio::time::timeout(answer_within, ping_primaries(conn)).await {
+        let answer = match tokio::time::timeout(
+            answer_within,
+            ping_primaries(SlotConn::new(conn, "")),
+        )
+        .await
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::from_redis(e, "")),
             Err(_) => Err(Error::Timeout {
@@ -826,6 +1193,7 @@ impl L2 for ClusterTier {
     /// seeds for the cluster's topology again.
     fn reset_connections(&self) {
         self.link.forget();
+        self.batches.forget();
     }
 
     async fn recovery_unlink(&self, keys: &[&str]) -> Result<u64> {
@@ -878,7 +1246,7 @@ impl L2 for ClusterTier {
 }
 
 /// `PING` of every primary; an error if any does not answer.
-async fn ping_primaries(mut c: ClusterConnection) -> RedisResult<()> {
+async fn ping_primaries(mut c: SlotConn) -> RedisResult<()> {
     c.route_command(
         redis::cmd("PING"),
         RoutingInfo::MultiNode((
@@ -1110,6 +1478,17 @@ mod tests {
     }
 
     #[test]
+    fn only_script_load_is_routed_to_the_slot() {
+        assert!(is_script_load(
+            redis::cmd("SCRIPT").arg("LOAD").arg("return 1")
+        ));
+        assert!(is_script_load(redis::cmd("script").arg("load").arg("x")));
+        assert!(!is_script_load(redis::cmd("SCRIPT").arg("EXISTS").arg("x")));
+        assert!(!is_script_load(&redis::cmd("EVALSHA")));
+        assert!(!is_script_load(&redis::cmd("SCRIPT")));
+    }
+
+    #[test]
     fn batches_split_by_slot_keep_a_symbols_keys_together() {
         let keys = [
             "mdc:price:{AAPL}",
@@ -1123,93 +1502,17 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_failing_three_times_in_a_row_asks_for_the_topology_once_a_second() {
+    fn a_slot_failing_three_times_in_a_row_asks_for_the_topology() {
         let s = Staleness::new();
         assert!(!s.failed(7) && !s.failed(7));
         s.answered(7);
         assert!(!s.failed(7) && !s.failed(7));
         assert!(s.failed(7), "the third failure in a row");
-        // Counted afresh, and within the second no second refresh, whichever slot asks.
-        assert!(!s.failed(7) && !s.failed(7) && !s.failed(7));
-        assert!(!s.failed(9) && !s.failed(9) && !s.failed(9));
+        // Counted afresh, per slot.
+        assert!(!s.failed(7) && !s.failed(9) && !s.failed(9));
+        assert!(s.failed(9));
         // Out of range is ignored, not a panic.
         assert!(!s.failed(u16::MAX));
         s.answered(u16::MAX);
-    }
-
-    #[test]
-    fn the_slot_map_is_read_from_cluster_slots() {
-        let node = |port: i64| {
-            Value::Array(vec![
-                Value::BulkString(b"10.0.0.1".to_vec()),
-                Value::Int(port),
-                Value::BulkString(b"id".to_vec()),
-            ])
-        };
-        let range = |a: i64, b: i64, primary: i64, replica: i64| {
-            Value::Array(vec![
-                Value::Int(a),
-                Value::Int(b),
-                node(primary),
-                node(replica),
-            ])
-        };
-        let reply = Value::Array(vec![
-            range(0, 5460, 7000, 7003),
-            range(5461, 10922, 7001, 7004),
-            range(10923, 12000, 7002, 7005),
-            // A primary owning two ranges is one primary.
-            range(12001, 16000, 7002, 7005),
-            // Garbage is skipped, not fatal: slots 16001.. have no node.
-            Value::Int(3),
-            Value::Array(vec![Value::Int(16001), Value::Int(16383), node(70_000)]),
-            range(16001, 99_999, 7000, 7003),
-        ]);
-        let map = SlotMap::of(reply);
-        let ports: Vec<u16> = map.nodes.iter().map(|(_, p)| *p).collect();
-        assert_eq!(ports, vec![7000, 7001, 7002]);
-        assert_eq!(
-            (
-                map.owner[0],
-                map.owner[5461],
-                map.owner[12001],
-                map.owner[16001]
-            ),
-            (0, 1, 2, NO_NODE)
-        );
-        let empty = SlotMap::of(Value::Nil);
-        assert!(empty.nodes.is_empty() && empty.owner.iter().all(|&o| o == NO_NODE));
-    }
-
-    #[test]
-    fn a_batch_goes_per_node_and_unknown_slots_per_slot() {
-        let mut map = SlotMap {
-            owner: vec![NO_NODE; 16_384],
-            nodes: vec![("h".to_owned(), 1), ("h".to_owned(), 2)],
-        };
-        let keys = [
-            "mdc:price:{A}",
-            "mdc:price:{B}",
-            "mdc:price:{C}",
-            "mdc:pos:{A}",
-        ];
-        let slot = |k: &str| usize::from(key_slot(k.as_bytes()));
-        map.owner[slot(keys[0])] = 0;
-        map.owner[slot(keys[1])] = 0;
-        map.owner[slot(keys[2])] = NO_NODE;
-        let envelope = [0u8; 1];
-        let items: Vec<Put<'_>> = keys
-            .iter()
-            .map(|&key| Put::Value {
-                key,
-                envelope: &envelope,
-                expire_at_ms: 1,
-            })
-            .collect();
-        let groups = by_node_then_slot(&map, &items);
-        assert_eq!(
-            groups,
-            vec![(Some(("h".to_owned(), 1)), vec![0, 1, 3]), (None, vec![2]),]
-        );
     }
 }

@@ -6,6 +6,7 @@
 //! | `tier.rs` | `L2Tier`, the L2 the engine holds: an enum over the implementations, and why an enum |
 //! | `redis.rs` | `RedisTier`, the implementation on one server: pool checkout, the guard around every operation |
 //! | `cluster.rs` | `ClusterTier`, the implementation on a Redis Cluster: one cluster connection, batches split by slot, `SCAN` of every primary |
+//! | `shards.rs` | a cluster's shards: which primary serves each slot, one guard (breaker) per shard |
 //! | `commands.rs` | the commands and scripts both implementations send, over any redis-rs connection |
 //! | `pool.rs` | the bb8 connection manager: multiplexed connections, broken flags, generations, last connect error |
 //! | `connect.rs` | how to reach Redis: the URL, the ACL credentials and the TLS roots as one `ConnectionInfo` |
@@ -21,6 +22,7 @@ mod commands;
 mod connect;
 mod pool;
 mod redis;
+mod shards;
 mod tier;
 mod values;
 

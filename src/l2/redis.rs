@@ -19,7 +19,7 @@ use super::commands::{self, Scripts};
 use super::pool::{Conn, Generation, LastError, Manager};
 use super::values;
 use crate::error::{Error, Result};
-use crate::resilience::{BreakerConfig, CircuitBreaker, Guard, RetryConfig};
+use crate::resilience::{BreakerConfig, CircuitBreaker, Guard, RetryConfig, ShardBreaker};
 use crate::schema::{BookSide, BookSideKind};
 
 /// Options for building a [`RedisTier`].
@@ -318,6 +318,19 @@ impl L2 for RedisTier {
     #[inline]
     fn breaker(&self) -> &CircuitBreaker {
         self.guard.breaker()
+    }
+
+    /// One server is one shard.
+    async fn probe_shards(&self) -> bool {
+        false
+    }
+
+    fn shard_breakers(&self) -> Vec<ShardBreaker> {
+        Vec::new()
+    }
+
+    fn replay_group(&self, _key: &str) -> Option<u16> {
+        Some(0)
     }
 
     async fn probe_ping(&self) -> Result<()> {

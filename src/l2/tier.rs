@@ -6,7 +6,7 @@ use super::boundary::{Fetched, L2, Put, PutReply, TopReply};
 use super::cluster::{ClusterOptions, ClusterTier};
 use super::redis::{RedisOptions, RedisTier};
 use crate::error::Result;
-use crate::resilience::CircuitBreaker;
+use crate::resilience::{BreakerSnapshot, BreakerState, CircuitBreaker, ShardBreaker};
 use crate::schema::{BookSide, BookSideKind};
 
 /// The engine's L2: an enum over the implementations of [`L2`], not a `dyn L2` nor a type
@@ -165,6 +165,46 @@ impl L2Tier {
         match self {
             L2Tier::Redis(t) => t.breaker(),
             L2Tier::Cluster(t) => t.breaker(),
+        }
+    }
+
+    /// The breaker figures callers see: one server's breaker; on a cluster its own and every
+    /// shard's together ([`BreakerSnapshot::merge`]: counts summed, the least healthy state).
+    pub(crate) fn breaker_snapshot(&self) -> BreakerSnapshot {
+        let own = self.breaker().snapshot();
+        self.shard_breakers()
+            .into_iter()
+            .fold(own, |all, s| all.merge(s.breaker))
+    }
+
+    /// True when every shard's breaker is closed (on one server: always).
+    pub(crate) fn shards_closed(&self) -> bool {
+        self.shard_breakers()
+            .iter()
+            .all(|s| s.breaker.state == BreakerState::Closed)
+    }
+
+    /// See [`L2::probe_shards`].
+    pub(crate) async fn probe_shards(&self) -> bool {
+        match self {
+            L2Tier::Redis(t) => t.probe_shards().await,
+            L2Tier::Cluster(t) => t.probe_shards().await,
+        }
+    }
+
+    /// See [`L2::shard_breakers`].
+    pub(crate) fn shard_breakers(&self) -> Vec<ShardBreaker> {
+        match self {
+            L2Tier::Redis(t) => t.shard_breakers(),
+            L2Tier::Cluster(t) => t.shard_breakers(),
+        }
+    }
+
+    /// See [`L2::replay_group`].
+    pub(crate) fn replay_group(&self, key: &str) -> Option<u16> {
+        match self {
+            L2Tier::Redis(t) => t.replay_group(key),
+            L2Tier::Cluster(t) => t.replay_group(key),
         }
     }
 

@@ -59,8 +59,9 @@ impl Supervisor {
         }
     }
 
-    /// Resolves once L2 is trusted again: the breaker closed and the dirty log empty (every
-    /// key written during the outage deleted from Redis). At once if it already is.
+    /// Resolves once L2 is trusted again: the breaker closed (on a cluster, every shard's
+    /// too) and the dirty log empty (every key written during the outage deleted from
+    /// Redis). At once if it already is.
     ///
     /// Wakes on the breaker's transitions and after each replay, never on a timer. If the
     /// supervisor task is gone (its runtime shut down), an open breaker can never close and
@@ -73,7 +74,10 @@ impl Supervisor {
             // Marked seen before the check: a change after it wakes the wait below.
             state.borrow_and_update();
             replays.borrow_and_update();
-            if breaker.state() == BreakerState::Closed && self.dirty.is_empty() {
+            if breaker.state() == BreakerState::Closed
+                && self.dirty.is_empty()
+                && self.l2.shards_closed()
+            {
                 return;
             }
             tokio::select! {
@@ -90,7 +94,8 @@ impl Supervisor {
     }
 }
 
-/// The supervisor: while the breaker is closed it replays a non-empty dirty log now and then;
+/// The supervisor: while the breaker is closed it probes a cluster's open shards and replays
+/// a non-empty dirty log now and then;
 /// when the breaker opens it waits out the open period, then probes (`PING`), replays the
 /// dirty log and only then closes the breaker. Stops when `stop` is cancelled.
 async fn supervise(
@@ -123,6 +128,11 @@ async fn supervise(
             _ = tokio::time::sleep(CLOSED_REPLAY_EVERY) => {}
         }
         if breaker.state() == BreakerState::Closed {
+            // A cluster's open shards, probed every round (a shard that closed wakes
+            // `Supervisor::recovered`).
+            if l2.probe_shards().await {
+                replayed.send_modify(|n| *n = n.wrapping_add(1));
+            }
             if dirty.is_empty() {
                 continue;
             }

@@ -136,6 +136,48 @@ pub struct BreakerSnapshot {
     pub probes: u64,
 }
 
+impl BreakerSnapshot {
+    /// Several breakers' figures as one (a cluster's shards): counts summed, the least
+    /// healthy state (open, then half-open, then closed).
+    pub(crate) fn merge(self, other: BreakerSnapshot) -> BreakerSnapshot {
+        let rank = |s: BreakerState| match s {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        };
+        BreakerSnapshot {
+            state: if rank(other.state) > rank(self.state) {
+                other.state
+            } else {
+                self.state
+            },
+            opened: self.opened + other.opened,
+            closed: self.closed + other.closed,
+            rejected: self.rejected + other.rejected,
+            overlapping_failures: self.overlapping_failures + other.overlapping_failures,
+            probes: self.probes + other.probes,
+        }
+    }
+}
+
+/// One shard's breaker on a Redis Cluster ([`Cache::shard_breakers`](crate::Cache::shard_breakers)).
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardBreaker {
+    /// The lowest hash slot the shard serves: its name, kept across a failover (the replica
+    /// promoted serves the same slots), and the `shard` label of the breaker metrics.
+    pub first_slot: u16,
+    /// The shard's primary (`host:port`) as the cluster last named it; `None` before the
+    /// cluster was asked.
+    pub primary: Option<String>,
+    /// Its breaker.
+    pub breaker: BreakerSnapshot,
+}
+
+/// The `shard` label of a breaker that guards a whole L2 (one server, or a cluster's
+/// operations that span it, like `PING` of every primary).
+pub(crate) const ALL_SHARDS: &str = "all";
+
 /// The failsafe policy: one of the two, chosen by configuration.
 #[derive(Debug)]
 enum Policy {
@@ -178,6 +220,9 @@ struct MirrorInner {
     closed: AtomicU64,
     rejected: AtomicU64,
     probes: AtomicU64,
+    /// The `shard` label of its metrics: `all` for a whole L2 (one server), a cluster
+    /// shard's lowest hash slot otherwise.
+    shard: String,
     /// Sent after the atomic is stored, on transitions only (never on the hot path). failsafe
     /// calls the instrument under its own lock, so sends arrive in transition order.
     watch: watch::Sender<BreakerState>,
@@ -189,12 +234,14 @@ impl Instrument for Mirror {
     fn on_open(&self) {
         let m = &self.0;
         let was = m.state.swap(OPEN, Ordering::AcqRel);
-        metrics::counter!("mdcache_breaker_transitions_total", "to" => "open").increment(1);
-        metrics::gauge!("mdcache_breaker_state").set(f64::from(OPEN));
+        let shard = m.shard.clone();
+        metrics::counter!("mdcache_breaker_transitions_total", "to" => "open", "shard" => shard.clone())
+            .increment(1);
+        metrics::gauge!("mdcache_breaker_state", "shard" => shard).set(f64::from(OPEN));
         if was == CLOSED {
             // Counted once per outage; a failed probe re-opens without counting again.
             m.opened.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("circuit breaker opened: Redis is not used until a probe succeeds");
+            tracing::warn!(shard = %m.shard, "circuit breaker opened: Redis is not used until a probe succeeds");
         } else {
             tracing::debug!("breaker probe failed; open again");
         }
@@ -204,9 +251,11 @@ impl Instrument for Mirror {
     fn on_half_open(&self) {
         let m = &self.0;
         m.state.store(HALF_OPEN, Ordering::Release);
-        metrics::counter!("mdcache_breaker_transitions_total", "to" => "half_open").increment(1);
-        metrics::gauge!("mdcache_breaker_state").set(f64::from(HALF_OPEN));
-        tracing::info!("circuit breaker half-open: probing Redis");
+        let shard = m.shard.clone();
+        metrics::counter!("mdcache_breaker_transitions_total", "to" => "half_open", "shard" => shard.clone())
+            .increment(1);
+        metrics::gauge!("mdcache_breaker_state", "shard" => shard).set(f64::from(HALF_OPEN));
+        tracing::info!(shard = %m.shard, "circuit breaker half-open: probing Redis");
         m.watch.send_replace(BreakerState::HalfOpen);
     }
 
@@ -215,11 +264,12 @@ impl Instrument for Mirror {
         // failsafe reports the initial Closed state at construction; count real closings only.
         if m.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
             m.closed.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("mdcache_breaker_transitions_total", "to" => "closed").increment(1);
-            tracing::info!("circuit breaker closed: Redis trusted again");
+            metrics::counter!("mdcache_breaker_transitions_total", "to" => "closed", "shard" => m.shard.clone())
+                .increment(1);
+            tracing::info!(shard = %m.shard, "circuit breaker closed: Redis trusted again");
             m.watch.send_replace(BreakerState::Closed);
         }
-        metrics::gauge!("mdcache_breaker_state").set(f64::from(CLOSED));
+        metrics::gauge!("mdcache_breaker_state", "shard" => m.shard.clone()).set(f64::from(CLOSED));
     }
 }
 
@@ -249,6 +299,11 @@ pub(crate) struct CircuitBreaker {
 
 impl CircuitBreaker {
     pub(crate) fn new(config: &BreakerConfig) -> Self {
+        Self::labelled(config, ALL_SHARDS.to_owned())
+    }
+
+    /// A breaker whose metrics carry `shard` as their `shard` label (a cluster shard's).
+    pub(crate) fn labelled(config: &BreakerConfig, shard: String) -> Self {
         let open = backoff::constant(config.open_for);
         let policy = match config.policy {
             BreakerPolicy::ConsecutiveFailures(n) => Policy::Consecutive(
@@ -271,6 +326,7 @@ impl CircuitBreaker {
             closed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             probes: AtomicU64::new(0),
+            shard,
             watch: watch::Sender::new(BreakerState::Closed),
         }));
         CircuitBreaker {
@@ -383,6 +439,13 @@ impl CircuitBreaker {
     /// The probe or recovery failed: open again for another period.
     pub(crate) fn probe_failed(&self) {
         self.machine.on_error();
+    }
+
+    /// Closes now, open period or not: for a probe that found a new server answering in the
+    /// place of the failed one (a cluster shard whose replica was promoted).
+    pub(crate) fn close_now(&self) {
+        self.mirror.0.probes.fetch_add(1, Ordering::Relaxed);
+        self.machine.reset();
     }
 
     pub(crate) fn snapshot(&self) -> BreakerSnapshot {

@@ -10,8 +10,9 @@ use crate::error::{Error, Result};
 /// closed; otherwise tried under one deadline, retried (per [`RetryConfig`]) with full-jitter
 /// backoff only inside that deadline; and whatever came of it recorded by the breaker.
 ///
-/// One per L2 implementation (a cluster could keep one per shard). Recovery's own operations
-/// bypass it through [`run_unguarded`](Self::run_unguarded).
+/// One per L2 on one server; on a cluster one per shard, plus one for the operations that
+/// span the cluster. Recovery's own operations bypass it through
+/// [`run_unguarded`](Self::run_unguarded).
 #[derive(Debug)]
 pub(crate) struct Guard {
     breaker: CircuitBreaker,
@@ -24,6 +25,20 @@ impl Guard {
     pub(crate) fn new(breaker: &BreakerConfig, retry: RetryConfig, deadline: Duration) -> Self {
         Guard {
             breaker: CircuitBreaker::new(breaker),
+            retry,
+            deadline,
+        }
+    }
+
+    /// A guard whose breaker's metrics carry `shard` as their `shard` label.
+    pub(crate) fn for_shard(
+        breaker: &BreakerConfig,
+        retry: RetryConfig,
+        deadline: Duration,
+        shard: String,
+    ) -> Self {
+        Guard {
+            breaker: CircuitBreaker::labelled(breaker, shard),
             retry,
             deadline,
         }

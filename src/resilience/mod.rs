@@ -18,6 +18,6 @@ mod guard;
 mod retry;
 
 pub(crate) use breaker::CircuitBreaker;
-pub use breaker::{BreakerConfig, BreakerPolicy, BreakerSnapshot, BreakerState};
+pub use breaker::{BreakerConfig, BreakerPolicy, BreakerSnapshot, BreakerState, ShardBreaker};
 pub(crate) use guard::Guard;
 pub use retry::RetryConfig;

@@ -75,17 +75,15 @@ impl Fault {
     pub fn expect(self) -> Expect {
         Expect {
             // Resets are absorbed by per-operation retries as often as not.
-            // A manual failover is over in tens of milliseconds. A hung primary times out
-            // the reads of its third of the slots while the other primaries answer the rest:
-            // their successes keep the one breaker of the cluster from seeing five failures
-            // in a row, so L2 stays on for the healthy shards (that is the point).
+            // A manual failover is over in tens of milliseconds. A hung primary opens its own
+            // shard's breaker (its keys then fail fast to the source) while the other shards
+            // keep serving; the shard closes when its promoted replica answers.
             breaker_opens: !matches!(
                 self,
                 Fault::ConnectionResets
                     | Fault::PostgresStopped
                     | Fault::SubscriberKilled
                     | Fault::ClusterFailover
-                    | Fault::ClusterPrimaryHung
             ),
             source_down: matches!(self, Fault::PostgresStopped | Fault::BothDown),
         }

@@ -4,7 +4,7 @@
 //! breaker, conflating writer and counters; instances share only Redis and the source of
 //! record. The feed handler writes the market data and the order flow; an engine reads.
 
-use mdcache::{BreakerSnapshot, Cache, FallbackSnapshot, StatsSnapshot};
+use mdcache::{BreakerSnapshot, Cache, FallbackSnapshot, ShardBreaker, StatsSnapshot};
 
 use super::args::RoleArg;
 
@@ -81,6 +81,7 @@ impl Instance {
             writes,
             stats: self.cache.stats(),
             breaker: self.cache.breaker(),
+            shard_breakers: self.cache.shard_breakers(),
             fallbacks: self.cache.fallback_stats(),
         }
     }
@@ -101,6 +102,8 @@ pub(crate) struct InstanceEnd {
     pub(crate) stats: StatsSnapshot,
     /// `Cache::breaker()` (`None` without Redis).
     pub(crate) breaker: Option<BreakerSnapshot>,
+    /// `Cache::shard_breakers()` (empty on one server).
+    pub(crate) shard_breakers: Vec<ShardBreaker>,
     /// `Cache::fallback_stats()`.
     pub(crate) fallbacks: FallbackSnapshot,
 }

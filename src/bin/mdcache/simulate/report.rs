@@ -403,6 +403,27 @@ pub(crate) struct Breaker {
     /// Failures not counted toward opening: their operation started before the last counted
     /// failure (one stall seen by several operations at once).
     pub(crate) overlapping_failures: u64,
+    /// On a cluster, each shard's breaker (by lowest hash slot); the figures above add them
+    /// up. Absent on one server.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) shards: Vec<ShardFigures>,
+}
+
+/// One cluster shard's breaker (the instances' together).
+#[derive(Debug, Serialize)]
+pub(crate) struct ShardFigures {
+    /// The lowest hash slot it serves.
+    pub(crate) first_slot: u16,
+    /// Its primary at the end of the run (`host:port`).
+    pub(crate) primary: Option<String>,
+    /// The least healthy state among the instances.
+    pub(crate) state: &'static str,
+    /// Times it opened.
+    pub(crate) opened: u64,
+    /// Times it closed again.
+    pub(crate) closed: u64,
+    /// Operations refused while open.
+    pub(crate) rejected: u64,
 }
 
 /// Cache-aside's fallback figures.
@@ -594,6 +615,7 @@ fn breaker(b: Option<&BreakerSnapshot>) -> Breaker {
             closed: b.closed,
             rejected: b.rejected,
             overlapping_failures: b.overlapping_failures,
+            shards: Vec::new(),
         },
         None => Breaker {
             state: "n/a",
@@ -601,18 +623,59 @@ fn breaker(b: Option<&BreakerSnapshot>) -> Breaker {
             closed: 0,
             rejected: 0,
             overlapping_failures: 0,
+            shards: Vec::new(),
         },
+    }
+}
+
+/// The shards' breakers of `instances` together, by lowest slot: counts summed, the least
+/// healthy state.
+fn shard_figures<'a>(instances: impl Iterator<Item = &'a InstanceEnd>) -> Vec<ShardFigures> {
+    let mut out: Vec<ShardFigures> = Vec::new();
+    let mut worst: Vec<BreakerState> = Vec::new();
+    for s in instances.flat_map(|i| &i.shard_breakers) {
+        let b = &s.breaker;
+        match out.iter().position(|f| f.first_slot == s.first_slot) {
+            Some(at) => {
+                let f = &mut out[at];
+                f.opened += b.opened;
+                f.closed += b.closed;
+                f.rejected += b.rejected;
+                if state_rank(b.state) > state_rank(worst[at]) {
+                    worst[at] = b.state;
+                    f.state = b.state.as_str();
+                }
+            }
+            None => {
+                worst.push(b.state);
+                out.push(ShardFigures {
+                    first_slot: s.first_slot,
+                    primary: s.primary.clone(),
+                    state: b.state.as_str(),
+                    opened: b.opened,
+                    closed: b.closed,
+                    rejected: b.rejected,
+                });
+            }
+        }
+    }
+    out.sort_by_key(|f| f.first_slot);
+    out
+}
+
+/// Open, then half-open, then closed.
+fn state_rank(s: BreakerState) -> u8 {
+    match s {
+        BreakerState::Closed => 0,
+        BreakerState::HalfOpen => 1,
+        _ => 2,
     }
 }
 
 /// The instances' breakers together: the least healthy state (open, then half-open, then
 /// closed; `n/a` without Redis) and the summed counts.
 fn breakers(instances: &[InstanceEnd]) -> Breaker {
-    let rank = |s: BreakerState| match s {
-        BreakerState::Closed => 0,
-        BreakerState::HalfOpen => 1,
-        _ => 2,
-    };
+    let rank = state_rank;
     let all: Vec<&BreakerSnapshot> = instances
         .iter()
         .filter_map(|i| i.breaker.as_ref())
@@ -622,6 +685,7 @@ fn breakers(instances: &[InstanceEnd]) -> Breaker {
     out.closed = all.iter().map(|b| b.closed).sum();
     out.rejected = all.iter().map(|b| b.rejected).sum();
     out.overlapping_failures = all.iter().map(|b| b.overlapping_failures).sum();
+    out.shards = shard_figures(instances.iter());
     out
 }
 
@@ -674,7 +738,10 @@ fn instance_report(i: &InstanceEnd) -> InstanceReport {
         l2_hits: t.l2_hits,
         source_loads: t.source_loads,
         hit_rate: ratio(hits, hits + t.source_loads),
-        breaker: breaker(i.breaker.as_ref()),
+        breaker: Breaker {
+            shards: shard_figures(std::iter::once(i)),
+            ..breaker(i.breaker.as_ref())
+        },
         fallbacks: i.fallbacks.total,
         backplane: i.stats.backplane.as_ref().map(BackplaneReport::from),
         writer: i.stats.writer.as_ref().map(WriterReport::from),
@@ -1047,6 +1114,7 @@ mod tests {
             writes: 2,
             stats,
             breaker: None,
+            shard_breakers: Vec::new(),
             fallbacks: FallbackSnapshot::default(),
         };
         let (r, all) = Report::build(setup, Duration::from_secs(2), false, &m, &[single], None);
@@ -1108,6 +1176,7 @@ mod tests {
                 writes: 0,
                 stats,
                 breaker: None,
+                shard_breakers: Vec::new(),
                 fallbacks: FallbackSnapshot::default(),
             }
         };
