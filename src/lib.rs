@@ -12,6 +12,7 @@
 //!
 //! | module | job |
 //! |---|---|
+//! | [`admin`] | operating a cache: namespace-bound patterns, paged `SCAN`, bulk clear, key counts, health |
 //! | [`cache`](Cache) | the facade: typed `get`/`read`/`set`/`delete`/`ttl`, batches, books — delegations to the engine |
 //! | `builder` | [`CacheBuilder`]: every setting as a by-value setter, `build()` validates and starts the engine |
 //! | `outcome` | what reads and writes return and take: [`Tier`], [`Read`], [`WriteOutcome`], [`KeyTtl`], [`SetOptions`] |
@@ -110,6 +111,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod admin;
 mod backplane;
 mod book;
 mod builder;

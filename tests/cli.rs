@@ -1034,6 +1034,15 @@ fn the_key_commands_take_a_cluster() {
         .args(["get", "book:bid", "B1"]));
     let book = via_env.ok_json();
     assert!(book["value"].to_string().contains("10.5"), "{book}");
+    // The operator's commands scan every primary.
+    let all = on(&["keys", "*", "--json"]).ok_json();
+    assert_eq!(all["keys"].as_array().map(Vec::len), Some(2), "{all}");
+    let health = on(&["health", "--json"]).ok_json();
+    assert_eq!(
+        health["shards"].as_array().map(Vec::len),
+        Some(3),
+        "{health}"
+    );
 
     run(mdcache()
         .args(["--redis", "redis://127.0.0.1:1/", "--redis-cluster", &nodes])
@@ -1046,4 +1055,80 @@ fn the_key_commands_take_a_cluster() {
         .env("CACHE_REDIS_CLUSTER", &nodes)
         .args(["get", "pos", "P1"]))
     .assert_error(2, "CACHE_REDIS_CLUSTER");
+}
+
+/// The operator's commands (issue 14): `keys`, `clear` (refused without `--yes`, a dry run
+/// removes nothing), `stats` and `health`, text and `--json`, and their exit statuses.
+#[test]
+fn keys_clear_stats_and_health() {
+    let mut server = RedisServer::start();
+    for id in ["A", "B", "C"] {
+        let () = redis_cmd(
+            &server,
+            redis::cmd("SET")
+                .arg(format!("mdc:price:{{{id}}}"))
+                .arg("x"),
+        );
+    }
+    let () = redis_cmd(&server, redis::cmd("SET").arg("mdc:pos:{A}").arg("x"));
+    let () = redis_cmd(
+        &server,
+        redis::cmd("SET").arg("elsewhere:price:{A}").arg("x"),
+    );
+    let dbsize = |s: &RedisServer| s.dbsize();
+
+    let page = cli(&server, &["keys", "price:*", "--json"]).ok_json();
+    let mut keys: Vec<&str> = page["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["mdc:price:{A}", "mdc:price:{B}", "mdc:price:{C}"]);
+    assert_eq!(page["next"], Value::Null);
+    // Text: one key per line, then a summary line.
+    let text = cli(&server, &["keys", "*"]);
+    text.assert_code(0);
+    assert_eq!(text.stdout.lines().count(), 5, "{text:?}");
+    cli(&server, &["keys", "price *"]).assert_error(2, "key pattern");
+    cli(&server, &["keys", "*", "--cursor", "nope"]).assert_error(2, "cursor");
+
+    let stats = cli(&server, &["stats", "--json"]).ok_json();
+    assert_eq!(stats["keys"]["price"], 3);
+    assert_eq!(stats["keys"]["pos"], 1);
+    assert_eq!(stats["complete"], true);
+
+    // Deleting needs --yes; nothing is scanned or removed without it.
+    cli(&server, &["clear", "--kind", "price"]).assert_error(2, "--yes");
+    cli(&server, &["clear", "--yes"]).assert_code(2);
+    let dry = cli(
+        &server,
+        &["clear", "--kind", "price", "--dry-run", "--json"],
+    )
+    .ok_json();
+    assert_eq!(
+        (dry["matched"].as_u64(), dry["removed"].as_u64()),
+        (Some(3), Some(0))
+    );
+    assert_eq!(dbsize(&server), 5);
+    let done = cli(
+        &server,
+        &["clear", "--pattern", "price:*", "--yes", "--json"],
+    )
+    .ok_json();
+    assert_eq!(done["removed"], 3);
+    assert_eq!(
+        dbsize(&server),
+        2,
+        "the position and the other namespace's key stay"
+    );
+
+    let health = cli(&server, &["health", "--json"]).ok_json();
+    assert_eq!(health["redis_ok"], true);
+    assert!(health["ping_us"].as_u64().is_some());
+    server.kill();
+    let down = cli(&server, &["health", "--timeout-ms", "300"]);
+    down.assert_code(3);
+    assert!(down.stdout.contains("NOT ok"), "{down:?}");
 }

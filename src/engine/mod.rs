@@ -425,6 +425,26 @@ impl Engine {
         self.l2.as_ref().map(|l2| l2.breaker_snapshot())
     }
 
+    /// The L2, when there is one (the admin operations reach it directly).
+    pub(crate) fn l2(&self) -> Option<&Arc<L2Tier>> {
+        self.l2.as_ref()
+    }
+
+    /// Forgets `keys` (full names, as `SCAN` found them, deleted from Redis by the caller)
+    /// in this instance — a queued write dropped, the L1 entry removed — and publishes their
+    /// deletion on the backplane so the other instances evict them too.
+    pub(crate) fn forget_keys(&self, keys: &[String]) {
+        for key in keys {
+            if let Some(w) = &self.writer {
+                w.writer.forget(key);
+            }
+            if let Some(l1) = &self.l1 {
+                l1.remove(key);
+            }
+            self.publish_deleted(&Arc::from(key.as_str()));
+        }
+    }
+
     /// See [`Cache::shard_breakers`](crate::Cache::shard_breakers).
     pub(crate) fn shard_breakers(&self) -> Vec<crate::resilience::ShardBreaker> {
         self.l2

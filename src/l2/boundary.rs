@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::commands::SCAN_COUNT;
 use crate::error::{Error, Result};
 use crate::resilience::{CircuitBreaker, ShardBreaker};
 use crate::schema::{BookSide, BookSideKind};
@@ -110,7 +111,39 @@ pub(crate) trait L2: Send + Sync + std::fmt::Debug {
 
     /// Deletes every key matching `pattern` (`SCAN` + `UNLINK`, never `KEYS`; on every
     /// primary of a cluster), bypassing the breaker, each step under the probe deadline.
-    async fn recovery_unlink_matching(&self, pattern: &str) -> Result<()>;
+    async fn recovery_unlink_matching(&self, pattern: &str) -> Result<()> {
+        let mut at = ScanPos::default();
+        loop {
+            let (keys, next) = self.scan_step(at, pattern, SCAN_COUNT).await?;
+            if !keys.is_empty() {
+                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                self.recovery_unlink(&keys).await?;
+            }
+            match next {
+                Some(n) => at = n,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// One `SCAN … MATCH pattern COUNT count` step from `at` for an operator (admin),
+    /// bypassing the breaker, under the probe deadline: the keys found and where the next
+    /// step starts (`None` when the scan is over). On a cluster the position walks the
+    /// primaries in turn.
+    async fn scan_step(
+        &self,
+        at: ScanPos,
+        pattern: &str,
+        count: u32,
+    ) -> Result<(Vec<String>, Option<ScanPos>)>;
+}
+
+/// Where a paged `SCAN` stands ([`L2::scan_step`]): the node (an index into a cluster's
+/// primaries, by lowest slot; 0 on one server) and that node's cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct ScanPos {
+    pub(crate) node: u16,
+    pub(crate) cursor: u64,
 }
 
 /// One write of a batch ([`L2::put_many`]).

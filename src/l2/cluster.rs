@@ -57,7 +57,7 @@ use redis::{ConnectionAddr, ConnectionInfo, RedisError, RedisResult, Value};
 use tokio::sync::watch;
 
 use super::book;
-use super::boundary::{Fetched, L2, Put, PutReply, TopReply};
+use super::boundary::{Fetched, L2, Put, PutReply, ScanPos, TopReply};
 use super::commands::{self, Scripts};
 use super::shards::{SLOTS, Shard, Shards, SlotMap};
 use super::values;
@@ -1201,47 +1201,82 @@ impl L2 for ClusterTier {
             .await
     }
 
-    /// `SCAN` of every primary in turn, each step under the probe deadline.
-    async fn recovery_unlink_matching(&self, pattern: &str) -> Result<()> {
-        let primaries = self
-            .run_for_recovery("recovery_nodes", ClusterTier::primaries)
-            .await?;
-        for (host, port) in primaries {
-            let mut cursor = 0u64;
-            loop {
-                let host = host.as_str();
-                let (next, keys) = self
-                    .run_for_recovery("recovery_scan", |mut c| async move {
-                        let reply = c
-                            .route_command(
-                                redis::cmd("SCAN")
-                                    .arg(cursor)
-                                    .arg("MATCH")
-                                    .arg(pattern)
-                                    .arg("COUNT")
-                                    .arg(commands::SCAN_COUNT)
-                                    .clone(),
-                                RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                                    host: host.to_owned(),
-                                    port,
-                                }),
-                            )
-                            .await?;
-                        redis::from_redis_value::<(u64, Vec<String>)>(reply)
-                            .map_err(RedisError::from)
-                    })
-                    .await?;
-                if !keys.is_empty() {
-                    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-                    self.recovery_unlink(&keys).await?;
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
+    /// The primaries in the order of their lowest slot (as the shard table last saw them);
+    /// `at.node` indexes them. A topology change between two steps may skip or repeat part
+    /// of a node's keys, as `SCAN` itself may.
+    async fn scan_step(
+        &self,
+        at: ScanPos,
+        pattern: &str,
+        count: u32,
+    ) -> Result<(Vec<String>, Option<ScanPos>)> {
+        if at == ScanPos::default() {
+            // A scan starts from the cluster's current primaries (bounded; on failure, the
+            // last answer).
+            let ask = async {
+                let mut c = self.batches.get().await?;
+                self.batches
+                    .refresh_map(&mut c)
+                    .await
+                    .map_err(|e| Error::from_redis(e, ""))
+            };
+            let within = self.guard.breaker().probe_timeout();
+            if let Ok(Err(e)) = tokio::time::timeout(within, ask).await {
+                tracing::debug!(error = %e, "CLUSTER SLOTS failed; scanning the last known primaries");
             }
         }
-        Ok(())
+        let mut primaries: Vec<(String, u16)> = Vec::new();
+        for shard in self.link.shards.all() {
+            if let Some(p) = shard.primary()
+                && !primaries.contains(&p)
+            {
+                primaries.push(p);
+            }
+        }
+        if primaries.is_empty() {
+            // Not asked yet: ask, once.
+            primaries = self
+                .run_for_recovery("admin_nodes", ClusterTier::primaries)
+                .await?;
+        }
+        let Some((host, port)) = primaries.get(usize::from(at.node)).cloned() else {
+            return Ok((Vec::new(), None));
+        };
+        let host = host.as_str();
+        let (next, keys) = self
+            .run_for_recovery("admin_scan", |mut c| async move {
+                let reply = c
+                    .route_command(
+                        redis::cmd("SCAN")
+                            .arg(at.cursor)
+                            .arg("MATCH")
+                            .arg(pattern)
+                            .arg("COUNT")
+                            .arg(count)
+                            .clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.to_owned(),
+                            port,
+                        }),
+                    )
+                    .await?;
+                redis::from_redis_value::<(u64, Vec<String>)>(reply).map_err(RedisError::from)
+            })
+            .await?;
+        let after = if next != 0 {
+            Some(ScanPos {
+                node: at.node,
+                cursor: next,
+            })
+        } else if usize::from(at.node) + 1 < primaries.len() {
+            Some(ScanPos {
+                node: at.node + 1,
+                cursor: 0,
+            })
+        } else {
+            None
+        };
+        Ok((keys, after))
     }
 }
 

@@ -357,18 +357,20 @@ pub(crate) async fn book_unlink_if_stamp<C: ConnectionLike>(
         .await
 }
 
-/// One `SCAN` step over `pattern`: the next cursor (0 at the end) and the keys found.
-pub(crate) async fn scan<C: ConnectionLike>(
+/// One `SCAN` step over `pattern` with `COUNT count` (how much of the keyspace one step looks
+/// at; a hint): the next cursor (0 at the end) and the keys found.
+pub(crate) async fn scan_counting<C: ConnectionLike>(
     c: &mut C,
     cursor: u64,
     pattern: &str,
+    count: u32,
 ) -> RedisResult<(u64, Vec<String>)> {
     redis::cmd("SCAN")
         .arg(cursor)
         .arg("MATCH")
         .arg(pattern)
         .arg("COUNT")
-        .arg(SCAN_COUNT)
+        .arg(count)
         .query_async(c)
         .await
 }

@@ -26,7 +26,7 @@ mod shards;
 mod tier;
 mod values;
 
-pub(crate) use boundary::{Fetched, Put, PutReply, ttl_ms};
+pub(crate) use boundary::{Fetched, Put, PutReply, ScanPos, ttl_ms};
 // The integration tests' harness (real redis-server processes and a local cluster on free
 // ports, killed on drop), shared rather than copied. A `#[path]` inside a `mod tests` would
 // resolve through a directory that does not exist, hence here.

@@ -14,7 +14,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{RedisError, RedisResult, Value};
 
 use super::book;
-use super::boundary::{Fetched, L2, Put, PutReply, TopReply};
+use super::boundary::{Fetched, L2, Put, PutReply, ScanPos, TopReply};
 use super::commands::{self, Scripts};
 use super::pool::{Conn, Generation, LastError, Manager};
 use super::values;
@@ -373,23 +373,27 @@ impl L2 for RedisTier {
         .await
     }
 
-    async fn recovery_unlink_matching(&self, pattern: &str) -> Result<()> {
-        let mut cursor = 0u64;
-        loop {
-            let (next, keys) = self
-                .run_for_recovery("recovery_scan", |mut c| async move {
-                    commands::scan(&mut c, cursor, pattern).await
-                })
-                .await?;
-            if !keys.is_empty() {
-                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-                self.recovery_unlink(&keys).await?;
-            }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
+    async fn scan_step(
+        &self,
+        at: ScanPos,
+        pattern: &str,
+        count: u32,
+    ) -> Result<(Vec<String>, Option<ScanPos>)> {
+        if at.node != 0 {
+            return Ok((Vec::new(), None));
         }
+        let (next, keys) = self
+            .run_for_recovery("admin_scan", |mut c| async move {
+                commands::scan_counting(&mut c, at.cursor, pattern, count).await
+            })
+            .await?;
+        Ok((
+            keys,
+            (next != 0).then_some(ScanPos {
+                node: 0,
+                cursor: next,
+            }),
+        ))
     }
 }
 

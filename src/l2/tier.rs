@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::boundary::{Fetched, L2, Put, PutReply, TopReply};
+use super::boundary::{Fetched, L2, Put, PutReply, ScanPos, TopReply};
 use super::cluster::{ClusterOptions, ClusterTier};
 use super::redis::{RedisOptions, RedisTier};
 use crate::error::Result;
@@ -237,6 +237,19 @@ impl L2Tier {
         match self {
             L2Tier::Redis(t) => t.recovery_unlink_matching(pattern).await,
             L2Tier::Cluster(t) => t.recovery_unlink_matching(pattern).await,
+        }
+    }
+
+    /// See [`L2::scan_step`].
+    pub(crate) async fn scan_step(
+        &self,
+        at: ScanPos,
+        pattern: &str,
+        count: u32,
+    ) -> Result<(Vec<String>, Option<ScanPos>)> {
+        match self {
+            L2Tier::Redis(t) => t.scan_step(at, pattern, count).await,
+            L2Tier::Cluster(t) => t.scan_step(at, pattern, count).await,
         }
     }
 }

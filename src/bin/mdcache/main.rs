@@ -1,4 +1,4 @@
-//! The `mdcache` command-line tool: the `simulate` workload (and `demo`, its short preset), key commands against Redis and optionally PostgreSQL (`put`, `get`, `del`, `ttl`), and `example` values.
+//! The `mdcache` command-line tool: the `simulate` workload (and `demo`, its short preset), key commands against Redis and optionally PostgreSQL (`put`, `get`, `del`, `ttl`), the operator's commands (`keys`, `clear`, `stats`, `health`), and `example` values.
 //!
 //! Built with the `cli` feature (`cargo build --features cli`), which brings in the tool's
 //! own dependencies (clap, indicatif, plotters, hdrhistogram, tracing-subscriber); the library
@@ -71,6 +71,11 @@ struct Cli {
           value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: Option<u64>,
 
+    /// Print one JSON object instead of text (keys, clear, stats, health; the key commands
+    /// always print JSON).
+    #[arg(long = "json", id = "json_output", global = true)]
+    json: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -79,6 +84,8 @@ struct Cli {
 enum Command {
     #[command(flatten)]
     Key(cmd::KeyCommand),
+    #[command(flatten)]
+    Admin(cmd::AdminCommand),
     /// Print a valid example value of KIND as JSON.
     Example(cmd::example::ExampleArgs),
     /// A short demo: the simulate workload for 2 s over 50 symbols with 4 readers and no
@@ -110,6 +117,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         redis_cluster,
         database,
         timeout_ms,
+        json,
         command,
     } = cli;
     let redis = redis_flags::RedisFlags {
@@ -124,6 +132,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
             return block_on(
                 tokio::runtime::Builder::new_current_thread(),
                 cmd::run(&ctx, command),
+            )?;
+        }
+        Command::Admin(command) => {
+            let ctx = cmd::Ctx::new(redis, database, timeout_ms)?;
+            return block_on(
+                tokio::runtime::Builder::new_current_thread(),
+                cmd::run_admin(&ctx, command, json),
             )?;
         }
         Command::Demo(demo) => demo.simulate_args()?,

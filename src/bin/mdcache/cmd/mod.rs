@@ -20,14 +20,19 @@
 //! | `database` | the PostgreSQL source, connected on first use, and its errors as failures |
 //! | `key` | a kind and an identifier from the command line, dispatched to the kind's schema |
 //! | `put`, `get`, `del`, `ttl`, `example` | one command each: its arguments, its work, its output |
+//! | `keys`, `clear`, `stats`, `health` | the operator's commands over [`mdcache::admin`], one file each; text by default, `--json` for one JSON object |
 
+mod clear;
 mod context;
 mod database;
 mod del;
 pub(crate) mod example;
 mod get;
+mod health;
 mod key;
+mod keys;
 mod put;
+mod stats;
 mod ttl;
 
 pub(crate) use context::Ctx;
@@ -66,5 +71,37 @@ pub(crate) async fn run(ctx: &Ctx, command: KeyCommand) -> Result<(), crate::out
         KeyCommand::Get(k) => get::run(ctx, k).await,
         KeyCommand::Del(k) => del::run(ctx, k).await,
         KeyCommand::Ttl(k) => ttl::run(ctx, k).await,
+    }
+}
+
+/// The operator's commands: Redis required; human-readable lines by default, one JSON object
+/// with `--json`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum AdminCommand {
+    /// List keys of the namespace matching PATTERN (`price:*` means `mdc:price:*`), by
+    /// cursor-paged SCAN on every primary; never KEYS.
+    Keys(keys::KeysArgs),
+    /// Delete every key of a kind (--kind) or a pattern (--pattern): SCAN + UNLINK in
+    /// batches, announced on the backplane so other instances evict; needs --yes unless
+    /// --dry-run.
+    Clear(clear::ClearArgs),
+    /// Count the namespace's keys per kind (bounded SCAN) and time a round trip to Redis.
+    Stats(stats::StatsArgs),
+    /// PING Redis (every primary of a cluster) and show the breaker, shards and dirty log;
+    /// exit 3 when Redis does not answer.
+    Health,
+}
+
+/// Runs one operator command.
+pub(crate) async fn run_admin(
+    ctx: &Ctx,
+    command: AdminCommand,
+    json: bool,
+) -> Result<(), crate::output::Failure> {
+    match command {
+        AdminCommand::Keys(args) => keys::run(ctx, args, json).await,
+        AdminCommand::Clear(args) => clear::run(ctx, args, json).await,
+        AdminCommand::Stats(args) => stats::run(ctx, args, json).await,
+        AdminCommand::Health => health::run(ctx, json).await,
     }
 }
