@@ -80,6 +80,10 @@ pub const METRICS: &[(&str, &str)] = &[
         "Circuit breaker state: 0 closed, 1 open, 2 half-open (gauge; label: shard = all for one server, or a cluster shard's lowest hash slot).",
     ),
     (
+        "mdcache_l2_read_seconds",
+        "Reads served from Redis: request to answer, in seconds (histogram; label: kind).",
+    ),
+    (
         "mdcache_fallbacks_total",
         "Reads that fell back past Redis to the source (label: reason = breaker_open|timeout|error).",
     ),
