@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use super::commands::SCAN_COUNT;
 use crate::error::{Error, Result};
 use crate::resilience::{CircuitBreaker, ShardBreaker};
 use crate::schema::{BookSide, BookSideKind};
@@ -145,6 +144,9 @@ pub(crate) struct ScanPos {
     pub(crate) node: u16,
     pub(crate) cursor: u64,
 }
+
+/// Keys per `SCAN` step of recovery (a hint to Redis, not a bound).
+pub(crate) const SCAN_COUNT: u32 = 1000;
 
 /// One write of a batch ([`L2::put_many`]).
 #[derive(Debug, Clone, Copy)]

@@ -16,9 +16,6 @@ use super::values::{self, ValueScripts};
 use crate::error::Error;
 use crate::schema::BookSide;
 
-/// Keys per `SCAN` step (a hint to Redis, not a bound).
-pub(crate) const SCAN_COUNT: u32 = 1000;
-
 /// The scripts of values and book sides, hashed once per L2.
 #[derive(Debug)]
 pub(crate) struct Scripts {
