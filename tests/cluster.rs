@@ -7,7 +7,28 @@ mod fixtures;
 
 use std::time::Duration;
 
+use support::RedisServer;
 use support::cluster::RedisCluster;
+
+/// For each key (all written), whether `primary` holds it: a primary counts only the keys of
+/// its own slots (`CLUSTER COUNTKEYSINSLOT`).
+async fn held_by<S: mdcache::KeySchema>(
+    primary: &RedisServer,
+    keys: &[mdcache::Key<S>],
+) -> Vec<bool> {
+    let mut c = primary.multiplexed().await;
+    let mut held = Vec::new();
+    for k in keys {
+        let here: i64 = redis::cmd("CLUSTER")
+            .arg("COUNTKEYSINSLOT")
+            .arg(k.slot())
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        held.push(here > 0);
+    }
+    held
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_cluster_converges_and_serves_every_slot() {
@@ -126,22 +147,7 @@ async fn a_hung_primary_fails_only_its_keys_of_a_flush() {
     }
     feed.flush().await.unwrap();
     let hung = cluster.primaries()[0];
-    // The slots the hung primary serves.
-    let mut c = hung.multiplexed().await;
-    let mine: Vec<bool> = {
-        let mut v = Vec::new();
-        for k in &keys {
-            let here: i64 = redis::cmd("CLUSTER")
-                .arg("COUNTKEYSINSLOT")
-                .arg(k.slot())
-                .query_async(&mut c)
-                .await
-                .unwrap();
-            // A primary counts only keys of its own slots.
-            v.push(here > 0);
-        }
-        v
-    };
+    let mine = held_by(hung, &keys).await;
     let on_hung = mine.iter().filter(|&&m| m).count();
     assert!(
         on_hung > 0 && on_hung < keys.len(),
@@ -250,17 +256,7 @@ async fn a_dead_shard_opens_its_own_breaker_and_the_other_shards_serve() {
         cache.set(k, fixtures::pos(1.0), 1).await.unwrap();
     }
     let (p, r) = cluster.primary_and_replica();
-    let mut c = cluster.nodes[p].multiplexed().await;
-    let mut dead = Vec::new();
-    for k in &keys {
-        let here: i64 = redis::cmd("CLUSTER")
-            .arg("COUNTKEYSINSLOT")
-            .arg(k.slot())
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        dead.push(here > 0);
-    }
+    let dead = held_by(&cluster.nodes[p], &keys).await;
     let on_dead = dead.iter().filter(|&&d| d).count();
     assert!(on_dead > 0 && on_dead < keys.len(), "{on_dead} of 30");
     // Every shard known before the fault (the cache asked the cluster when it connected).

@@ -561,32 +561,20 @@ impl ClusterTier {
         let Some((host, port)) = shard.primary() else {
             return self.ping_slot(shard.first_slot).await;
         };
-        let within = self.guard.breaker().probe_timeout();
-        let answer_within = self.guard.deadline();
         let Some(info) = self.node_info(&host, port) else {
             return self.ping_slot(shard.first_slot).await;
         };
         let client = redis::Client::open(info).map_err(|e| Error::from_redis(e, ""))?;
-        let mut conn =
-            match tokio::time::timeout(within, client.get_multiplexed_async_connection()).await {
-                Ok(conn) => conn.map_err(|e| Error::from_redis(e, ""))?,
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        op: "probe_connect",
-                        after: within,
-                    });
-                }
-            };
-        let cmd = redis::cmd("PING");
-        let ping = cmd.query_async::<String>(&mut conn);
-        match tokio::time::timeout(answer_within, ping).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(Error::from_redis(e, "")),
-            Err(_) => Err(Error::Timeout {
-                op: "probe",
-                after: answer_within,
-            }),
-        }
+        let connect = async {
+            client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| Error::from_redis(e, ""))
+        };
+        self.probe_with(connect, |mut conn| async move {
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        })
+        .await
     }
 
     /// How to reach the node at `host:port`: the first seed's settings (credentials, TLS and
@@ -613,8 +601,31 @@ impl ClusterTier {
     /// `PING` of the primary serving `slot` through the cluster connection (for a shard
     /// whose primary the cluster has not named).
     async fn ping_slot(&self, slot: u16) -> Result<()> {
+        self.probe_with(self.link.get(), |mut conn| async move {
+            conn.route_command(
+                redis::cmd("PING"),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+                    slot,
+                    SlotAddr::Master,
+                ))),
+            )
+            .await
+        })
+        .await
+    }
+
+    /// A probe: `connect` within the probe deadline, then `ask` on the connection within the
+    /// callers' operation deadline (a node too slow for callers is not healthy yet).
+    async fn probe_with<C, T, Fut>(
+        &self,
+        connect: impl Future<Output = Result<C>>,
+        ask: impl FnOnce(C) -> Fut,
+    ) -> Result<()>
+    where
+        Fut: Future<Output = RedisResult<T>>,
+    {
         let within = self.guard.breaker().probe_timeout();
-        let mut conn = match tokio::time::timeout(within, self.link.get()).await {
+        let conn = match tokio::time::timeout(within, connect).await {
             Ok(conn) => conn?,
             Err(_) => {
                 return Err(Error::Timeout {
@@ -624,14 +635,7 @@ impl ClusterTier {
             }
         };
         let answer_within = self.guard.deadline();
-        let ping = conn.route_command(
-            redis::cmd("PING"),
-            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
-                slot,
-                SlotAddr::Master,
-            ))),
-        );
-        match tokio::time::timeout(answer_within, ping).await {
+        match tokio::time::timeout(answer_within, ask(conn)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(Error::from_redis(e, "")),
             Err(_) => Err(Error::Timeout {
@@ -1156,30 +1160,11 @@ impl L2 for ClusterTier {
     /// answers.
     /// A failed probe drops the connection, so the next one learns the topology again.
     async fn probe_ping(&self) -> Result<()> {
-        let within = self.guard.breaker().probe_timeout();
-        let conn = match tokio::time::timeout(within, self.link.get()).await {
-            Ok(conn) => conn?,
-            Err(_) => {
-                return Err(Error::Timeout {
-                    op: "probe_connect",
-                    after: within,
-                });
-            }
-        };
-        let answer_within = self.guard.deadline();
-        let answer = match tokio::time::timeout(
-            answer_within,
-            ping_primaries(SlotConn::new(conn, "")),
-        )
-        .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::from_redis(e, "")),
-            Err(_) => Err(Error::Timeout {
-                op: "probe",
-                after: answer_within,
-            }),
-        };
+        let answer = self
+            .probe_with(self.link.get(), |conn| {
+                ping_primaries(SlotConn::new(conn, ""))
+            })
+            .await;
         if answer.is_err() {
             // The connection's view of the cluster may predate a failover (a hung primary
             // it still pings while its replica took over): the next probe asks the seeds
