@@ -197,6 +197,18 @@ pub fn describe() {
     }
 }
 
+/// Installs a Prometheus recorder as the global `metrics` recorder without serving it: the
+/// handle renders the exposition text (what the admin router's `GET /metrics` serves). Call
+/// it before building the cache, as [`install_prometheus`].
+#[cfg(feature = "prometheus")]
+pub fn install_prometheus_recorder() -> Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| Error::config("metrics recorder", e.to_string()))?;
+    describe();
+    Ok(handle)
+}
+
 /// Installs a Prometheus recorder as the global `metrics` recorder and serves it over HTTP at
 /// `addr` (`GET /metrics`, or any path). Call it inside a Tokio runtime and **before** building
 /// the cache: counters are registered when a kind is first used, against the recorder

@@ -156,17 +156,7 @@ async fn keys_are_counted_per_kind(target: Target) {
 async fn clear_of_100k_keys_lets_other_requests_through() {
     let server = RedisServer::start();
     let c = cache(&server, Backend::Redis);
-    let mut raw = server.multiplexed().await;
-    for chunk in 0..100u64 {
-        let mut pipe = redis::pipe();
-        for i in 0..1000u64 {
-            pipe.cmd("SET")
-                .arg(format!("mdc:price:{{Z{}}}", chunk * 1000 + i))
-                .arg("x")
-                .ignore();
-        }
-        let () = pipe.query_async(&mut raw).await.unwrap();
-    }
+    support::fill_keys(&server, 100_000, |i| format!("mdc:price:{{Z{i}}}")).await;
     let other = c.key::<Position>("OTHER").unwrap();
     c.set(&other, pos(1.0), 1).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));

@@ -1132,3 +1132,74 @@ fn keys_clear_stats_and_health() {
     down.assert_code(3);
     assert!(down.stdout.contains("NOT ok"), "{down:?}");
 }
+
+/// `mdcache serve`: refuses to start without a token (exit 2, naming the variable, never
+/// printing a token), serves the admin API with one, and exits 0 on Ctrl-C.
+#[test]
+fn serve_needs_a_token_and_serves_the_admin_api() {
+    let server = RedisServer::start();
+    let no_token = run(mdcache()
+        .env_remove("CACHE_ADMIN_TOKEN")
+        .env_remove("CACHE_ADMIN_TOKEN_FILE")
+        .args([
+            "--redis",
+            &server.url(),
+            "serve",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ]));
+    no_token.assert_error(2, "CACHE_ADMIN_TOKEN");
+    let short = run(mdcache().env("CACHE_ADMIN_TOKEN", "hunter2").args([
+        "--redis",
+        &server.url(),
+        "serve",
+        "--admin-addr",
+        "127.0.0.1:0",
+    ]));
+    short.assert_error(2, "at least 32 bytes");
+    assert!(!short.stderr.contains("hunter2"), "{short:?}");
+
+    let token = "serve-test-token-0123456789abcdef0123";
+    let mut child = mdcache()
+        .env("CACHE_ADMIN_TOKEN", token)
+        .args([
+            "--redis",
+            &server.url(),
+            "serve",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mdcache serve");
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    std::io::BufRead::read_line(&mut out, &mut line).expect("the listening line");
+    let addr = line
+        .trim()
+        .strip_prefix("mdcache admin API on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    let ask = |path: &str, auth: Option<&str>| -> String {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect to the admin API");
+        s.set_read_timeout(Some(QUICK)).unwrap();
+        let auth = auth.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut s, &mut answer).expect("an answer");
+        answer
+    };
+    assert!(ask("/api/cache/health", None).starts_with("HTTP/1.1 200"));
+    assert!(ask("/metrics", None).starts_with("HTTP/1.1 200"));
+    assert!(ask("/api/cache/stats", None).starts_with("HTTP/1.1 401"));
+    assert!(ask("/api/cache/stats", Some(token)).starts_with("HTTP/1.1 200"));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let status = child.wait().expect("serve exits");
+    assert!(status.success(), "{status}");
+}

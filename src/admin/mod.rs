@@ -27,7 +27,12 @@ use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::l2::ScanPos;
 use crate::resilience::{BreakerSnapshot, ShardBreaker};
-use crate::schema::Kind;
+
+#[cfg(feature = "admin-http")]
+pub mod http;
+use crate::key::KeySchema;
+use crate::outcome::KeyTtl;
+use crate::schema::{BookAsk, BookBid, Kind, Order, Position, Price, Risk, StrategyState};
 
 /// Keys one `SCAN` step looks at (`COUNT`), and one `UNLINK` batch of [`clear`] at most.
 pub const SCAN_STEP: u32 = 500;
@@ -297,6 +302,25 @@ pub async fn count_keys(cache: &Cache, max_keys: u64) -> Result<KeyCounts> {
                 return Ok(counts);
             }
         }
+    }
+}
+
+/// The remaining TTL of `kind`'s key `id` (the identifier is checked first), for callers that
+/// have the kind as data (a URL, a command line) rather than as a type.
+pub async fn ttl(cache: &Cache, kind: Kind, id: &str) -> Result<(String, KeyTtl)> {
+    async fn of<S: KeySchema>(cache: &Cache, id: &str) -> Result<(String, KeyTtl)> {
+        let key = cache.key::<S>(id)?;
+        let ttl = cache.ttl(&key).await?;
+        Ok((key.as_str().to_owned(), ttl))
+    }
+    match kind {
+        Kind::Price => of::<Price>(cache, id).await,
+        Kind::Pos => of::<Position>(cache, id).await,
+        Kind::BookBid => of::<BookBid>(cache, id).await,
+        Kind::BookAsk => of::<BookAsk>(cache, id).await,
+        Kind::Risk => of::<Risk>(cache, id).await,
+        Kind::Ord => of::<Order>(cache, id).await,
+        Kind::Strat => of::<StrategyState>(cache, id).await,
     }
 }
 

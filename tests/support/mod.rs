@@ -338,3 +338,18 @@ pub async fn wait_for(what: &str, cond: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Sets `n` string keys named by `name(i)` to `"x"` on `server`, 1,000 to a pipeline: bulk
+/// data for the scan and clear tests, written outside mdcache.
+pub async fn fill_keys(server: &RedisServer, n: u64, name: impl Fn(u64) -> String) {
+    let mut raw = server.multiplexed().await;
+    let mut i = 0;
+    while i < n {
+        let mut pipe = redis::pipe();
+        for j in i..(i + 1000).min(n) {
+            pipe.cmd("SET").arg(name(j)).arg("x").ignore();
+        }
+        let () = pipe.query_async(&mut raw).await.expect("bulk SET");
+        i += 1000;
+    }
+}

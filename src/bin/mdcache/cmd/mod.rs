@@ -21,6 +21,7 @@
 //! | `key` | a kind and an identifier from the command line, dispatched to the kind's schema |
 //! | `put`, `get`, `del`, `ttl`, `example` | one command each: its arguments, its work, its output |
 //! | `keys`, `clear`, `stats`, `health` | the operator's commands over [`mdcache::admin`], one file each; text by default, `--json` for one JSON object |
+//! | `serve` | the HTTP admin API standalone (`mdcache::admin::http`) |
 
 mod clear;
 mod context;
@@ -32,6 +33,7 @@ mod health;
 mod key;
 mod keys;
 mod put;
+mod serve;
 mod stats;
 mod ttl;
 
@@ -90,6 +92,10 @@ pub(crate) enum AdminCommand {
     /// PING Redis (every primary of a cluster) and show the breaker, shards and dirty log;
     /// exit 3 when Redis does not answer.
     Health,
+    /// Run the HTTP admin API (stats, health, keys, ttl, clear, metrics) until Ctrl-C. Needs
+    /// CACHE_ADMIN_TOKEN or CACHE_ADMIN_TOKEN_FILE (at least 32 bytes); every endpoint but
+    /// /api/cache/health and /metrics requires it as a bearer token.
+    Serve(serve::ServeArgs),
 }
 
 /// Runs one operator command.
@@ -103,5 +109,6 @@ pub(crate) async fn run_admin(
         AdminCommand::Clear(args) => clear::run(ctx, args, json).await,
         AdminCommand::Stats(args) => stats::run(ctx, args, json).await,
         AdminCommand::Health => health::run(ctx, json).await,
+        AdminCommand::Serve(args) => serve::run(ctx, args).await,
     }
 }
