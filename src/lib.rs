@@ -147,7 +147,10 @@ pub use error::{BackendError, Error, ErrorKind, Result};
 pub use fallback::{FallbackHandler, FallbackOptions, FallbackReason, FallbackSnapshot};
 pub use key::{BookSchema, Key, KeySchema, MAX_ID_LEN, Storage, ValueSchema, validate_id};
 pub use outcome::{KeyTtl, Read, SetOptions, Tier, WriteOutcome};
-pub use patterns::aside::{AsideOptions, CacheAside, CacheAsideBuilder, DEFAULT_SOURCE_TIMEOUT};
+pub use patterns::aside::{
+    AsideOptions, CacheAside, CacheAsideBuilder, DEFAULT_SOURCE_TIMEOUT, WARM_BATCH, WarmProgress,
+    WarmReport,
+};
 pub use patterns::write::{DEFAULT_WRITE_TIMEOUT, WriteAck, WriteThrough, WriteThroughBuilder};
 pub use patterns::{LoadError, WriteError};
 pub use resilience::{

@@ -1203,3 +1203,54 @@ fn serve_needs_a_token_and_serves_the_admin_api() {
     let status = child.wait().expect("serve exits");
     assert!(status.success(), "{status}");
 }
+
+/// `mdcache warm`: keys the database holds go into Redis (ids from the database, or from a
+/// file), a key missing from the database is counted, and warming needs a database.
+#[test]
+fn warm_preloads_from_the_database() {
+    let redis = RedisServer::start();
+    let db = pg::database_url();
+    for sym in ["WA", "WB", "WC"] {
+        db_cli(Some(&redis), &db, &["put", "price", sym, &example("price")]).ok_json();
+        cache_cli(&redis, &["del", "price", sym]).ok_json();
+    }
+    assert_eq!(redis.dbsize(), 0);
+    let all = db_cli(Some(&redis), &db, &["warm", "--kinds", "price", "--json"]).ok_json();
+    let price = &all["kinds"][0];
+    assert_eq!(
+        (price["kind"].as_str(), price["filled"].as_u64()),
+        (Some("price"), Some(3)),
+        "{all}"
+    );
+    assert_eq!(price["queries"], 1);
+    let got = cache_cli(&redis, &["get", "price", "WB"]).ok_json();
+    assert_eq!(got["tier"], "l2");
+
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("ids.txt");
+    std::fs::write(&list, "# two of ours and one nobody has\nWA\n\nWC\nNOPE\n").unwrap();
+    let listed = db_cli(
+        Some(&redis),
+        &db,
+        &[
+            "warm",
+            "--kinds",
+            "price",
+            "--symbols",
+            list.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .ok_json();
+    let price = &listed["kinds"][0];
+    assert_eq!(price["requested"], 3, "{listed}");
+    assert_eq!(price["missing"], 1, "{listed}");
+    // Already cached at the same version: nothing newer to write, nothing lowered.
+    assert_eq!(
+        price["filled"].as_u64().unwrap() + price["kept_newer"].as_u64().unwrap(),
+        2,
+        "{listed}"
+    );
+
+    cache_cli(&redis, &["warm"]).assert_error(2, "--database");
+}

@@ -311,6 +311,21 @@ fn embedded_run_prints_a_summary_and_writes_a_consistent_report_and_plot() {
     }
 }
 
+/// `--warm` preloads every symbol's price, book sides and position before the run (one
+/// source query per kind here: 20 symbols), and says so.
+#[test]
+fn warm_preloads_before_the_run() {
+    let mut args = SMALL.to_vec();
+    args.push("--warm");
+    let out = simulate_ok(&args);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("warmed 80 keys into 1 instance(s)")
+            && stdout.contains("(4 source queries)"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn embedded_run_with_a_fault_window_and_verify() {
     let dir = tempfile::tempdir().unwrap();

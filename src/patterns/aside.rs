@@ -14,7 +14,7 @@ use crate::engine::{Books, Layout, OnL2Failure, Values};
 use crate::error::Error;
 use crate::fallback::{FallbackReason, FallbackSnapshot};
 use crate::key::{BookSchema, Key, KeySchema, ValueSchema};
-use crate::outcome::{Read, SetOptions, Tier};
+use crate::outcome::{Read, SetOptions, Tier, WriteOutcome};
 use crate::schema::BookSide;
 use crate::source::{Load, Loaded, Source};
 
@@ -71,6 +71,51 @@ impl AsideOptions {
         }
         Ok(())
     }
+}
+
+/// Ids loaded per source query by [`CacheAside::warm`].
+pub const WARM_BATCH: usize = 1000;
+
+/// How far a warm has got: [`CacheAside::warm`]'s progress callback gets one after each batch.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WarmProgress {
+    /// Ids handled so far.
+    pub done: usize,
+    /// Ids asked for.
+    pub total: usize,
+    /// Source queries made so far.
+    pub queries: usize,
+}
+
+/// What a warm did.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WarmReport {
+    /// Ids asked for.
+    pub requested: usize,
+    /// Ids handled.
+    pub done: usize,
+    /// Source queries made (one per [`WARM_BATCH`] ids).
+    pub queries: usize,
+    /// Values written to Redis (and L1); for market data, handed to the writer, which warming
+    /// flushes every `CACHE_FLUSH_MAX_KEYS` values.
+    pub filled: usize,
+    /// Values not written because the cache held a newer version.
+    pub kept_newer: usize,
+    /// Values put in L1 only (Redis not writable now, or L1 already held newer).
+    pub l1_only: usize,
+    /// Ids the source does not have.
+    pub missing: usize,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// Where a value from the source went ([`AsideInner::fill`]).
+enum Filled {
+    Redis,
+    KeptNewer,
+    L1Only,
 }
 
 /// Cache-aside reads (DESIGN §4 rule 4): L1, then L2, then the source, filling the tiers on
@@ -302,6 +347,34 @@ impl<Src: Source> CacheAside<Src> {
     /// The read path of values and book sides alike: the cache (L1, then Redis), else one
     /// single-flight load of the whole value from the source, which every waiting caller cuts
     /// to what it asked for; the fallback path and the stale read when Redis fails.
+    /// Preloads `ids` of the value kind `S` from the source: one `load_many` (one query on
+    /// PostgreSQL) per [`WARM_BATCH`] ids, each value through the normal versioned fill
+    /// (Redis and L1; market data through the writer, flushed as it goes), so warming never
+    /// replaces a newer version and is not broadcast. `progress` is called after each batch.
+    /// Every id is checked first: a bad one loads nothing.
+    pub async fn warm<S: ValueSchema>(
+        &self,
+        ids: &[&str],
+        mut progress: impl FnMut(WarmProgress),
+    ) -> Result<WarmReport, LoadError<Src::Error>>
+    where
+        Src: Load<S>,
+    {
+        self.inner.warm_with::<S, Values>(ids, &mut progress).await
+    }
+
+    /// [`warm`](Self::warm) for a book side kind (whole sides).
+    pub async fn warm_books<S: BookSchema>(
+        &self,
+        ids: &[&str],
+        mut progress: impl FnMut(WarmProgress),
+    ) -> Result<WarmReport, LoadError<Src::Error>>
+    where
+        Src: Load<S>,
+    {
+        self.inner.warm_with::<S, Books>(ids, &mut progress).await
+    }
+
     async fn read_through<S: KeySchema, L: Layout<S>>(
         &self,
         key: &Key<S>,
@@ -592,15 +665,31 @@ impl<Src: Source> AsideInner<Src> {
             return Ok(None);
         };
         let value = Arc::new(L::normalise(loaded.value));
-        let fill_l2 = self.may_fill_l2(key, fill_l2, loaded.version);
+        self.fill::<S, L>(key, Arc::clone(&value), loaded.version, fill_l2)
+            .await;
+        Ok(Some(from_source(key, value, loaded.version)))
+    }
+
+    /// Puts a value fresh from the source in the tiers: Redis too when `fill_l2` and
+    /// [`may_fill_l2`](Self::may_fill_l2) allow, through the versioned fill (never over a
+    /// newer version; market data through the writer, not broadcast); otherwise, or if that
+    /// fails, L1 alone under the version rule.
+    async fn fill<S: KeySchema, L: Layout<S>>(
+        &self,
+        key: &Key<S>,
+        value: Arc<S::Value>,
+        version: u64,
+        fill_l2: bool,
+    ) -> Filled {
+        let engine = self.cache.engine();
         // `Fill`: a failed fill is not a new value to keep or to record dirty, and it never
         // removes a newer L1 entry; the source's value goes to L1 below, under the version rule.
-        let filled = if fill_l2 {
+        let filled = if self.may_fill_l2(key, fill_l2, version) {
             engine
                 .store::<S, L>(
                     key,
                     Arc::clone(&value),
-                    loaded.version,
+                    version,
                     SetOptions::default(),
                     OnL2Failure::Fill,
                 )
@@ -608,17 +697,108 @@ impl<Src: Source> AsideInner<Src> {
                 .inspect_err(|e| {
                     tracing::debug!(key = key.as_str(), error = %e, "cache fill went to L1 only");
                 })
-                .is_ok()
+                .ok()
         } else {
-            // The fallback path (Redis is failing; the reason was counted there), or Redis is
-            // not to be filled now.
-            false
+            // The fallback path (Redis is failing; the reason was counted there), Redis is
+            // not to be filled now, or L1 holds a newer version.
+            None
         };
-        if !filled {
-            // The value is fresh from the source, so L1 may hold it.
-            engine.fill_loaded::<S, L>(key, Arc::clone(&value), loaded.version);
+        match filled {
+            Some(WriteOutcome::Superseded) => Filled::KeptNewer,
+            Some(_) => Filled::Redis,
+            None => {
+                // The value is fresh from the source, so L1 may hold it.
+                engine.fill_loaded::<S, L>(key, value, version);
+                Filled::L1Only
+            }
         }
-        Ok(Some(from_source(key, value, loaded.version)))
+    }
+
+    /// [`load`](Self::load) of many keys: one `load_many` (one query on PostgreSQL), under
+    /// one load slot and the source deadline; each key counted as a source load.
+    async fn load_batch<S: KeySchema>(
+        &self,
+        keys: &[Key<S>],
+    ) -> Result<Vec<Option<Loaded<S::Value>>>, LoadError<Src::Error>>
+    where
+        Src: Load<S>,
+    {
+        let fallback = self.cache.engine().fallback();
+        let Some(_permit) = fallback.permit().await else {
+            return Err(LoadError::Overloaded(fallback.options().overload_wait));
+        };
+        for k in keys {
+            self.cache.engine().ks(k).source_loads.inc();
+        }
+        match tokio::time::timeout(self.opts.source_timeout, self.source.load_many(keys)).await {
+            Err(_) => Err(LoadError::SourceTimeout(self.opts.source_timeout)),
+            Ok(Err(e)) => Err(LoadError::Source(Arc::new(e))),
+            Ok(Ok(loaded)) if loaded.len() == keys.len() => Ok(loaded),
+            Ok(Ok(loaded)) => Err(LoadError::Cache(Error::Unsupported(
+                if loaded.len() < keys.len() {
+                    "the source's load_many returned fewer values than keys"
+                } else {
+                    "the source's load_many returned more values than keys"
+                },
+            ))),
+        }
+    }
+
+    /// See [`CacheAside::warm`].
+    async fn warm_with<S: KeySchema, L: Layout<S>>(
+        &self,
+        ids: &[&str],
+        progress: &mut dyn FnMut(WarmProgress),
+    ) -> Result<WarmReport, LoadError<Src::Error>>
+    where
+        Src: Load<S>,
+    {
+        let started = std::time::Instant::now();
+        // Every identifier checked before the source is asked anything.
+        let keys = ids
+            .iter()
+            .map(|id| self.cache.key::<S>(id))
+            .collect::<Result<Vec<_>, Error>>()?;
+        let mut report = WarmReport {
+            requested: keys.len(),
+            ..WarmReport::default()
+        };
+        // The market-data writer takes at most a batch's worth of fills at a time (a fill
+        // does not crowd out writes): warming flushes it as often.
+        let per_flush = self.cache.engine().config().writer.flush_max_keys.get();
+        let mut since_flush = 0;
+        for chunk in keys.chunks(WARM_BATCH) {
+            let loaded = self.load_batch(chunk).await?;
+            report.queries += 1;
+            for (key, found) in chunk.iter().zip(loaded) {
+                if since_flush >= per_flush {
+                    // A failed flush leaves its keys dirty, as for any write: not an error here.
+                    let _ = self.cache.flush().await;
+                    since_flush = 0;
+                }
+                let Some(l) = found else {
+                    report.missing += 1;
+                    continue;
+                };
+                let value = Arc::new(L::normalise(l.value));
+                since_flush += 1;
+                match self.fill::<S, L>(key, value, l.version, true).await {
+                    Filled::Redis => report.filled += 1,
+                    Filled::KeptNewer => report.kept_newer += 1,
+                    Filled::L1Only => report.l1_only += 1,
+                }
+            }
+            report.done += chunk.len();
+            let _ = self.cache.flush().await;
+            since_flush = 0;
+            progress(WarmProgress {
+                done: report.done,
+                total: report.requested,
+                queries: report.queries,
+            });
+        }
+        report.elapsed = started.elapsed();
+        Ok(report)
     }
 
     /// Whether a load's value may go to Redis: not on the fallback path, not while the

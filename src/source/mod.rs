@@ -204,6 +204,7 @@ impl<T> SourceWriter for T where
 pub struct Counted<Src> {
     inner: Arc<Src>,
     loads: Arc<AtomicU64>,
+    load_calls: Arc<AtomicU64>,
     writes: Arc<AtomicU64>,
 }
 
@@ -213,6 +214,7 @@ impl<Src> Counted<Src> {
         Counted {
             inner: Arc::new(inner),
             loads: Arc::default(),
+            load_calls: Arc::default(),
             writes: Arc::default(),
         }
     }
@@ -220,6 +222,11 @@ impl<Src> Counted<Src> {
     /// Keys loaded so far (a `load_many` of n keys counts n).
     pub fn loads(&self) -> u64 {
         self.loads.load(Ordering::Relaxed)
+    }
+
+    /// Calls of `load` and `load_many` so far: the queries the source was asked.
+    pub fn load_calls(&self) -> u64 {
+        self.load_calls.load(Ordering::Relaxed)
     }
 
     /// Writes so far.
@@ -240,11 +247,13 @@ impl<Src: Source> Source for Counted<Src> {
 impl<S: KeySchema, Src: Load<S>> Load<S> for Counted<Src> {
     async fn load(&self, key: &Key<S>) -> Result<Option<Loaded<S::Value>>, Self::Error> {
         self.loads.fetch_add(1, Ordering::Relaxed);
+        self.load_calls.fetch_add(1, Ordering::Relaxed);
         self.inner.load(key).await
     }
 
     async fn load_many(&self, keys: &[Key<S>]) -> LoadedMany<S::Value, Self::Error> {
         self.loads.fetch_add(keys.len() as u64, Ordering::Relaxed);
+        self.load_calls.fetch_add(1, Ordering::Relaxed);
         self.inner.load_many(keys).await
     }
 }

@@ -247,6 +247,18 @@ impl PostgresSource {
         self.create_tables(&[S::KIND]).await
     }
 
+    /// The identifiers of kind `S` the database holds, at most `limit`, in id order: what
+    /// `mdcache warm` preloads when it is given no list.
+    pub async fn ids<S: KeySchema>(&self, limit: u64) -> Result<Vec<String>, PostgresSourceError> {
+        let sql = format!("SELECT id FROM {} ORDER BY id LIMIT $1", table(S::KIND));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let conn = self.conn().await?;
+        let rows = conn.query_typed(&sql, &[(&limit, Type::INT8)]).await?;
+        rows.iter()
+            .map(|r| r.try_get::<_, String>(0).map_err(PostgresSourceError::from))
+            .collect()
+    }
+
     async fn create_tables(&self, kinds: &[&str]) -> Result<(), PostgresSourceError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;

@@ -35,6 +35,24 @@ impl Database {
             .with_source_timeout(self.op_timeout)
     }
 
+    /// The identifiers of `S` the database holds, at most `limit`, in id order.
+    pub(crate) async fn ids<S: KeySchema>(&self, limit: u64) -> Result<Vec<String>, Failure> {
+        let source = self
+            .source
+            .get()
+            .await
+            .map_err(|e| source_failure(&e, "the database refused the connection"))?;
+        tokio::time::timeout(self.op_timeout, source.ids::<S>(limit))
+            .await
+            .map_err(|_| {
+                Failure::unavailable(format!(
+                    "the database did not answer within {:?}",
+                    self.op_timeout
+                ))
+            })?
+            .map_err(|e| source_failure(&e, "the database could not list ids"))
+    }
+
     /// Cache-aside over `cache`: what the cache misses is loaded from the database.
     pub(crate) fn aside(&self, cache: Cache) -> Result<CacheAside<LazyPostgres>, Failure> {
         let aside = CacheAside::builder(cache, Arc::clone(&self.source))
@@ -95,6 +113,14 @@ impl Source for LazyPostgres {
 impl<S: KeySchema> Load<S> for LazyPostgres {
     async fn load(&self, key: &Key<S>) -> Result<Option<Loaded<S::Value>>, PostgresSourceError> {
         self.get().await?.load(key).await
+    }
+
+    /// One query (the default would load key by key).
+    async fn load_many(
+        &self,
+        keys: &[Key<S>],
+    ) -> Result<Vec<Option<Loaded<S::Value>>>, PostgresSourceError> {
+        self.get().await?.load_many(keys).await
     }
 }
 

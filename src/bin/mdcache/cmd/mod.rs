@@ -22,6 +22,7 @@
 //! | `put`, `get`, `del`, `ttl`, `example` | one command each: its arguments, its work, its output |
 //! | `keys`, `clear`, `stats`, `health` | the operator's commands over [`mdcache::admin`], one file each; text by default, `--json` for one JSON object |
 //! | `serve` | the HTTP admin API standalone (`mdcache::admin::http`) |
+//! | `warm` | preloading keys from the database (`CacheAside::warm`) |
 
 mod clear;
 mod context;
@@ -36,6 +37,7 @@ mod put;
 mod serve;
 mod stats;
 mod ttl;
+mod warm;
 
 pub(crate) use context::Ctx;
 
@@ -96,6 +98,9 @@ pub(crate) enum AdminCommand {
     /// CACHE_ADMIN_TOKEN or CACHE_ADMIN_TOKEN_FILE (at least 32 bytes); every endpoint but
     /// /api/cache/health and /metrics requires it as a bearer token.
     Serve(serve::ServeArgs),
+    /// Preload keys from the database (--database or DATABASE_URL) into the cache: one query
+    /// per 1,000 ids, through the versioned fill (a newer cached version is kept).
+    Warm(warm::WarmArgs),
 }
 
 /// Runs one operator command.
@@ -110,5 +115,6 @@ pub(crate) async fn run_admin(
         AdminCommand::Stats(args) => stats::run(ctx, args, json).await,
         AdminCommand::Health => health::run(ctx, json).await,
         AdminCommand::Serve(args) => serve::run(ctx, args).await,
+        AdminCommand::Warm(args) => warm::run(ctx, args, json).await,
     }
 }

@@ -74,6 +74,12 @@ pub(crate) struct SimulateArgs {
     #[arg(long)]
     pub(crate) verify: bool,
 
+    /// Before the run, warm every reading instance's cache from the source (prices, book
+    /// sides and positions of every symbol: `CacheAside::warm`, one query per 1,000 ids)
+    /// and print how long it took.
+    #[arg(long)]
+    pub(crate) warm: bool,
+
     /// Run N engine instances besides the feed handler, in this process: the feed and the
     /// order flow write through one cache, the readers are spread over N more caches (each its
     /// own L1, Redis connections, breaker, writer and counters, as separate processes would

@@ -434,6 +434,9 @@ async fn simulate<Src: SourceWriter>(
             CacheAside::builder(instances[i].cache.clone(), Arc::clone(&source)).build()?,
         ));
     }
+    if args.warm {
+        workload::warm(&asides, &keys).await?;
+    }
     let writer = WriteThrough::new(cache.clone(), Arc::clone(&source));
     let caches: Vec<Cache> = instances.iter().map(|i| i.cache.clone()).collect();
     let mut progress = Progress::new(args.duration, args.quiet);

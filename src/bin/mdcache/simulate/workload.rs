@@ -24,6 +24,8 @@ use mdcache::{
 };
 use tokio::time::MissedTickBehavior;
 
+use crate::output::{Failure, print_line};
+
 use super::freshness::{self, Mode};
 use super::live::LiveRecorder;
 use super::record::{Op, ReadFailure, ReadOutcome, TaskRecord, WriteOutcome};
@@ -656,6 +658,47 @@ pub(crate) async fn reader<Src: SourceReader>(
     }
     rec.fresh = fresh;
     rec
+}
+
+/// `--warm`: every reading instance's prices, book sides and positions of every symbol,
+/// loaded from the source before the run (`CacheAside::warm`), and how long it took.
+pub(crate) async fn warm<Src: mdcache::SourceReader>(
+    asides: &[(usize, CacheAside<Src>)],
+    keys: &Keys,
+) -> Result<(), Failure> {
+    let started = Instant::now();
+    let ids: Vec<&str> = keys.symbols.iter().map(|s| s.id.as_str()).collect();
+    let fail =
+        |e: mdcache::LoadError<Src::Error>| Failure::unavailable(format!("warming failed: {e}"));
+    let (mut filled, mut queries) = (0usize, 0usize);
+    for (_, aside) in asides {
+        for report in [
+            aside
+                .warm::<mdcache::Price>(&ids, |_| {})
+                .await
+                .map_err(fail)?,
+            aside
+                .warm::<mdcache::Position>(&ids, |_| {})
+                .await
+                .map_err(fail)?,
+            aside
+                .warm_books::<mdcache::BookBid>(&ids, |_| {})
+                .await
+                .map_err(fail)?,
+            aside
+                .warm_books::<mdcache::BookAsk>(&ids, |_| {})
+                .await
+                .map_err(fail)?,
+        ] {
+            filled += report.filled + report.l1_only + report.kept_newer;
+            queries += report.queries;
+        }
+    }
+    print_line(&format!(
+        "warmed {filled} keys into {} instance(s) in {} ms ({queries} source queries)",
+        asides.len(),
+        started.elapsed().as_millis()
+    ))
 }
 
 #[cfg(test)]
