@@ -29,7 +29,7 @@ async fn seed_prices(url: &str, n: u64) {
         .expect("seed prices");
 }
 
-fn cache(redis: &RedisServer, backend: Backend) -> Cache {
+fn cache_on(redis: &RedisServer, backend: Backend) -> Cache {
     Cache::builder()
         .redis_url(redis.url())
         .backend(backend)
@@ -45,7 +45,7 @@ async fn warming_10k_keys_takes_a_query_per_batch_and_never_lowers_a_version() {
     let url = pg::database_url();
     let source = std::sync::Arc::new(Counted::new(PostgresSource::connect(&url).await.unwrap()));
     seed_prices(&url, 10_000).await;
-    let cache = cache(&redis, Backend::Layered);
+    let cache = cache_on(&redis, Backend::Layered);
     // A newer version already cached for one key: warming must not lower it.
     let newer = cache.key::<Price>("W7").unwrap();
     cache.set(&newer, price(9), 9).await.unwrap();
@@ -82,7 +82,7 @@ async fn warming_10k_keys_takes_a_query_per_batch_and_never_lowers_a_version() {
     );
     // The newer version stays, in L1 and in Redis.
     assert_eq!(cache.get(&newer).await.unwrap().unwrap().seq, 9);
-    let fresh = cache(&redis, Backend::Redis);
+    let fresh = cache_on(&redis, Backend::Redis);
     assert_eq!(fresh.read(&newer).await.unwrap().unwrap().version, 9);
     // Every other key is in Redis at the source's version.
     let k = fresh.key::<Price>("W9999").unwrap();
