@@ -1043,6 +1043,8 @@ fn the_key_commands_take_a_cluster() {
         Some(3),
         "{health}"
     );
+    let stats = on(&["stats", "--json"]).ok_json();
+    assert_eq!(stats["memory"].as_array().map(Vec::len), Some(3), "{stats}");
 
     run(mdcache()
         .args(["--redis", "redis://127.0.0.1:1/", "--redis-cluster", &nodes])
@@ -1098,6 +1100,9 @@ fn keys_clear_stats_and_health() {
     assert_eq!(stats["keys"]["price"], 3);
     assert_eq!(stats["keys"]["pos"], 1);
     assert_eq!(stats["complete"], true);
+    let memory = stats["memory"].as_array().unwrap();
+    assert_eq!(memory.len(), 1, "{stats}");
+    assert!(memory[0]["used_bytes"].as_u64().unwrap() > 0, "{stats}");
 
     // Deleting needs --yes; nothing is scanned or removed without it.
     cli(&server, &["clear", "--kind", "price"]).assert_error(2, "--yes");
@@ -1198,6 +1203,27 @@ fn serve_needs_a_token_and_serves_the_admin_api() {
     assert!(ask("/metrics", None).starts_with("HTTP/1.1 200"));
     assert!(ask("/api/cache/stats", None).starts_with("HTTP/1.1 401"));
     assert!(ask("/api/cache/stats", Some(token)).starts_with("HTTP/1.1 200"));
+    // The CLI asks the running instance through --admin.
+    let base = format!("http://{addr}");
+    let remote = |args: &[&str], token: Option<&str>| {
+        let mut cmd = mdcache();
+        cmd.env_remove("CACHE_ADMIN_TOKEN")
+            .env_remove("CACHE_ADMIN_TOKEN_FILE");
+        if let Some(t) = token {
+            cmd.env("CACHE_ADMIN_TOKEN", t);
+        }
+        run(cmd.args(args))
+    };
+    let h = remote(&["health", "--admin", &base, "--json"], None).ok_json();
+    assert_eq!(h["redis_ok"], true, "{h}");
+    let st = remote(&["stats", "--admin", &base, "--json"], Some(token)).ok_json();
+    assert!(st["l1_entries"].is_u64(), "{st}");
+    remote(&["stats", "--admin", &base], None).assert_error(2, "CACHE_ADMIN_TOKEN");
+    remote(
+        &["stats", "--admin", &base],
+        Some("wrong-token-0123456789abcdef012345678"),
+    )
+    .assert_error(2, "refused the token");
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
     let status = child.wait().expect("serve exits");

@@ -324,6 +324,39 @@ pub async fn ttl(cache: &Cache, kind: Kind, id: &str) -> Result<(String, KeyTtl)
     }
 }
 
+/// One Redis node's memory (`INFO memory`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeMemory {
+    /// The node (`host:port`; `server` on one server).
+    pub node: String,
+    /// `used_memory`, bytes.
+    pub used_bytes: u64,
+    /// `maxmemory`, bytes (0: no limit).
+    pub max_bytes: u64,
+}
+
+/// Memory of every primary (of the server): `INFO memory`, bypassing the breaker.
+pub async fn redis_memory(cache: &Cache) -> Result<Vec<NodeMemory>> {
+    let l2 = redis_of(cache)?;
+    let field = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(l2
+        .info("memory")
+        .await?
+        .into_iter()
+        .map(|(node, text)| NodeMemory {
+            used_bytes: field(&text, "used_memory"),
+            max_bytes: field(&text, "maxmemory"),
+            node,
+        })
+        .collect())
+}
+
 /// Redis's round trip (`PING` under the op deadline, bypassing the breaker), the breaker and
 /// shards, the dirty log and the backplane lag. Never an error: what failed is in the report.
 pub async fn health(cache: &Cache) -> Health {

@@ -135,6 +135,10 @@ pub(crate) trait L2: Send + Sync + std::fmt::Debug {
         pattern: &str,
         count: u32,
     ) -> Result<(Vec<String>, Option<ScanPos>)>;
+
+    /// `INFO section` of every primary (on one server, of it), bypassing the breaker, each
+    /// under the probe deadline: each node (`host:port`, or `server`) and its reply.
+    async fn info(&self, section: &str) -> Result<Vec<(String, String)>>;
 }
 
 /// Where a paged `SCAN` stands ([`L2::scan_step`]): the node (an index into a cluster's

@@ -645,6 +645,25 @@ impl ClusterTier {
         }
     }
 
+    /// The primaries by lowest slot, as the shard table last saw them; the cluster is asked
+    /// when the table names none.
+    async fn known_primaries(&self) -> Result<Vec<(String, u16)>> {
+        let mut primaries: Vec<(String, u16)> = Vec::new();
+        for shard in self.link.shards.all() {
+            if let Some(p) = shard.primary()
+                && !primaries.contains(&p)
+            {
+                primaries.push(p);
+            }
+        }
+        if primaries.is_empty() {
+            primaries = self
+                .run_for_recovery("admin_nodes", ClusterTier::primaries)
+                .await?;
+        }
+        Ok(primaries)
+    }
+
     /// Runs `f` once under the probe deadline, bypassing the breaker.
     async fn run_for_recovery<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
     where
@@ -1186,6 +1205,29 @@ impl L2 for ClusterTier {
             .await
     }
 
+    async fn info(&self, section: &str) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for (host, port) in self.known_primaries().await? {
+            let host = host.as_str();
+            let text = self
+                .run_for_recovery("admin_info", |mut c| async move {
+                    let reply = c
+                        .route_command(
+                            redis::cmd("INFO").arg(section).clone(),
+                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                                host: host.to_owned(),
+                                port,
+                            }),
+                        )
+                        .await?;
+                    redis::from_redis_value::<String>(reply).map_err(RedisError::from)
+                })
+                .await?;
+            out.push((format!("{host}:{port}"), text));
+        }
+        Ok(out)
+    }
+
     /// The primaries in the order of their lowest slot (as the shard table last saw them);
     /// `at.node` indexes them. A topology change between two steps may skip or repeat part
     /// of a node's keys, as `SCAN` itself may.
@@ -1210,20 +1252,7 @@ impl L2 for ClusterTier {
                 tracing::debug!(error = %e, "CLUSTER SLOTS failed; scanning the last known primaries");
             }
         }
-        let mut primaries: Vec<(String, u16)> = Vec::new();
-        for shard in self.link.shards.all() {
-            if let Some(p) = shard.primary()
-                && !primaries.contains(&p)
-            {
-                primaries.push(p);
-            }
-        }
-        if primaries.is_empty() {
-            // Not asked yet: ask, once.
-            primaries = self
-                .run_for_recovery("admin_nodes", ClusterTier::primaries)
-                .await?;
-        }
+        let primaries = self.known_primaries().await?;
         let Some((host, port)) = primaries.get(usize::from(at.node)).cloned() else {
             return Ok((Vec::new(), None));
         };

@@ -373,6 +373,18 @@ impl L2 for RedisTier {
         .await
     }
 
+    async fn info(&self, section: &str) -> Result<Vec<(String, String)>> {
+        let text = self
+            .run_for_recovery("admin_info", |mut c| async move {
+                redis::cmd("INFO")
+                    .arg(section)
+                    .query_async::<String>(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(vec![("server".to_owned(), text)])
+    }
+
     async fn scan_step(
         &self,
         at: ScanPos,

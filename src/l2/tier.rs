@@ -252,4 +252,12 @@ impl L2Tier {
             L2Tier::Cluster(t) => t.scan_step(at, pattern, count).await,
         }
     }
+
+    /// See [`L2::info`].
+    pub(crate) async fn info(&self, section: &str) -> Result<Vec<(String, String)>> {
+        match self {
+            L2Tier::Redis(t) => t.info(section).await,
+            L2Tier::Cluster(t) => t.info(section).await,
+        }
+    }
 }

@@ -67,6 +67,12 @@ impl Ctx {
         })
     }
 
+    /// The deadline of one operation (`--timeout-ms`, `CACHE_OP_TIMEOUT_MS`, or the
+    /// interactive default).
+    pub(crate) fn op_timeout(&self) -> Duration {
+        self.config.op_timeout
+    }
+
     /// The database, if `--database` or `DATABASE_URL` names one.
     pub(crate) fn database(&self) -> Option<&Database> {
         self.database.as_ref()

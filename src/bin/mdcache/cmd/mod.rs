@@ -22,6 +22,7 @@
 //! | `put`, `get`, `del`, `ttl`, `example` | one command each: its arguments, its work, its output |
 //! | `keys`, `clear`, `stats`, `health` | the operator's commands over [`mdcache::admin`], one file each; text by default, `--json` for one JSON object |
 //! | `serve` | the HTTP admin API standalone (`mdcache::admin::http`) |
+//! | `remote` | `--admin URL`: a running instance's figures from its admin API |
 //! | `warm` | preloading keys from the database (`CacheAside::warm`) |
 
 mod clear;
@@ -34,6 +35,7 @@ mod health;
 mod key;
 mod keys;
 mod put;
+mod remote;
 mod serve;
 mod stats;
 mod ttl;
@@ -92,8 +94,8 @@ pub(crate) enum AdminCommand {
     /// Count the namespace's keys per kind (bounded SCAN) and time a round trip to Redis.
     Stats(stats::StatsArgs),
     /// PING Redis (every primary of a cluster) and show the breaker, shards and dirty log;
-    /// exit 3 when Redis does not answer.
-    Health,
+    /// exit 3 when Redis does not answer. With --admin URL, a running instance's own view.
+    Health(health::HealthArgs),
     /// Run the HTTP admin API (stats, health, keys, ttl, clear, metrics) until Ctrl-C. Needs
     /// CACHE_ADMIN_TOKEN or CACHE_ADMIN_TOKEN_FILE (at least 32 bytes); every endpoint but
     /// /api/cache/health and /metrics requires it as a bearer token.
@@ -113,7 +115,7 @@ pub(crate) async fn run_admin(
         AdminCommand::Keys(args) => keys::run(ctx, args, json).await,
         AdminCommand::Clear(args) => clear::run(ctx, args, json).await,
         AdminCommand::Stats(args) => stats::run(ctx, args, json).await,
-        AdminCommand::Health => health::run(ctx, json).await,
+        AdminCommand::Health(args) => health::run(ctx, args, json).await,
         AdminCommand::Serve(args) => serve::run(ctx, args).await,
         AdminCommand::Warm(args) => warm::run(ctx, args, json).await,
     }

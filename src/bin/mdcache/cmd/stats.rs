@@ -1,4 +1,4 @@
-//! `mdcache stats [--max-keys N]`: the namespace's keys per kind (by bounded `SCAN`, every primary of a cluster) and Redis's round trip.
+//! `mdcache stats [--max-keys N]`: the namespace's keys per kind (by bounded `SCAN`, every primary of a cluster), Redis's memory per node (`INFO memory`) and round trip.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +14,10 @@ pub(crate) struct StatsArgs {
     /// Stop counting after this many keys (the counts are then a lower bound).
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) max_keys: u64,
+    /// Ask a running instance instead: the base URL of its HTTP admin API; the token comes
+    /// from CACHE_ADMIN_TOKEN or CACHE_ADMIN_TOKEN_FILE. Prints its /api/cache/stats.
+    #[arg(long, value_name = "URL")]
+    pub(crate) admin: Option<String>,
 }
 
 /// `--json` output. Field order is the order printed.
@@ -25,13 +29,47 @@ struct StatsOutput<'a> {
     /// False when counting stopped at --max-keys.
     complete: bool,
     ping_us: Option<u64>,
+    /// Per node: `used_memory` and `maxmemory` (0: no limit), bytes.
+    memory: Vec<Memory>,
+}
+
+/// One node's memory.
+#[derive(Serialize)]
+struct Memory {
+    node: String,
+    used_bytes: u64,
+    max_bytes: u64,
 }
 
 /// `stats`: exit 3 when Redis cannot be scanned.
 pub(crate) async fn run(ctx: &Ctx, args: StatsArgs, json: bool) -> Result<(), Failure> {
+    if let Some(base) = &args.admin {
+        let (ok, body) =
+            super::remote::fetch(base, "/api/cache/stats", true, ctx.op_timeout()).await?;
+        if !ok {
+            return Err(Failure::unavailable(format!(
+                "{base}: {}",
+                body["error"].as_str().unwrap_or("stats unavailable")
+            )));
+        }
+        return if json {
+            print_json(&body)
+        } else {
+            print_line(&serde_json::to_string_pretty(&body).unwrap_or_default())
+        };
+    }
     let cache = ctx.cache(false)?;
     let counts = admin::count_keys(&cache, args.max_keys).await?;
     let health = admin::health(&cache).await;
+    let memory: Vec<Memory> = admin::redis_memory(&cache)
+        .await?
+        .into_iter()
+        .map(|m| Memory {
+            node: m.node,
+            used_bytes: m.used_bytes,
+            max_bytes: m.max_bytes,
+        })
+        .collect();
     let ping_us = health
         .ping
         .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
@@ -42,6 +80,7 @@ pub(crate) async fn run(ctx: &Ctx, args: StatsArgs, json: bool) -> Result<(), Fa
             other_keys: counts.other,
             complete: counts.complete,
             ping_us,
+            memory,
         });
     }
     for (kind, n) in &counts.by_kind {
@@ -52,6 +91,18 @@ pub(crate) async fn run(ctx: &Ctx, args: StatsArgs, json: bool) -> Result<(), Fa
         print_line(&format!(
             "# stopped after {} keys: counts are a lower bound",
             args.max_keys
+        ))?;
+    }
+    for m in &memory {
+        let max = if m.max_bytes == 0 {
+            "no limit".to_owned()
+        } else {
+            format!("of {} MiB", m.max_bytes / (1024 * 1024))
+        };
+        print_line(&format!(
+            "# memory {}: {:.1} MiB used, {max}",
+            m.node,
+            m.used_bytes as f64 / (1024.0 * 1024.0)
         ))?;
     }
     match ping_us {
