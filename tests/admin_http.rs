@@ -43,6 +43,18 @@ fn cache(server: &RedisServer) -> Cache {
         .unwrap()
 }
 
+/// `DELETE /api/cache/keys?pattern=PATTERN` (already URL-encoded) with the token: its answer.
+async fn delete(http: &reqwest::Client, base: &str, pattern: &str) -> Value {
+    http.delete(format!("{base}/api/cache/keys?pattern={pattern}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Calls of `SCAN` the server has answered (`INFO commandstats`).
 fn scans(server: &RedisServer) -> u64 {
     let mut c = server
@@ -212,15 +224,7 @@ async fn keys_ttl_and_clear_over_http() {
     );
     assert_eq!(server.dbsize(), 20, "nothing removed by refused calls");
     // DELETE removes.
-    let gone: Value = http
-        .delete(format!("{base}/api/cache/keys?pattern=price:%7BH1*"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let gone = delete(&http, &base, "price:%7BH1*").await;
     // H1 and H10..H19.
     assert_eq!(gone["removed"], 11, "{gone}");
     assert_eq!(server.dbsize(), 9);
@@ -251,15 +255,7 @@ async fn a_100k_key_clear_over_http_leaves_room_for_other_requests() {
         })
     };
     let started = Instant::now();
-    let gone: Value = http
-        .delete(format!("{base}/api/cache/keys?pattern=price:*"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let gone = delete(&http, &base, "price:*").await;
     let took = started.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (n, worst) = prober.await.unwrap();

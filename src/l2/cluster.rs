@@ -424,13 +424,9 @@ impl ClusterTier {
         F: Fn(SlotConn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        if key.is_empty() {
-            return self
-                .run_guarded(&self.link, &self.guard, op, key, deadline, f)
-                .await;
-        }
-        let shard = self.link.shards.of_key(key);
-        self.run_guarded(&self.link, &shard.guard, op, key, deadline, f)
+        let shard = (!key.is_empty()).then(|| self.link.shards.of_key(key));
+        let guard = shard.as_ref().map_or(&self.guard, |s| &s.guard);
+        self.run_guarded(&self.link, guard, op, key, deadline, f)
             .await
     }
 
