@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use fixtures::{OnTarget, book, pos, price};
 use mdcache::admin::{self, KeyPattern};
-use mdcache::{Backend, BookBid, Cache, Kind, Position, Price};
+use mdcache::{Backend, BookBid, Cache, ErrorKind, Kind, Position, Price};
 use support::target::{Reach, Target, on_both};
 use support::{RedisServer, TEST_OP_TIMEOUT, wait_for};
 
@@ -147,6 +147,24 @@ async fn keys_are_counted_per_kind(target: Target) {
     let bounded = admin::count_keys(&c, 1).await.unwrap();
     let total: u64 = bounded.by_kind.values().sum::<u64>() + bounded.book_stamps;
     assert!(total >= 1);
+}
+
+/// A `PING` series: as many samples as asked, percentiles in order; a count out of range is
+/// refused before any I/O; a cache without Redis says so.
+#[tokio::test]
+async fn ping_series_reports_percentiles() {
+    let server = RedisServer::start();
+    let c = cache(&server, Backend::Redis);
+    let s = admin::ping_series(&c, 50).await.unwrap();
+    assert_eq!(s.samples, 50);
+    assert!(s.min <= s.p50 && s.p50 <= s.p90 && s.p90 <= s.p99 && s.p99 <= s.max);
+    for bad in [0, admin::MAX_PINGS + 1] {
+        let e = admin::ping_series(&c, bad).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidValue, "{e}");
+    }
+    let memory_only = Cache::builder().build().unwrap();
+    let e = admin::ping_series(&memory_only, 1).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
 }
 
 /// `clear` of 100,000 keys: every one removed, in `SCAN` steps and `UNLINK` batches, while

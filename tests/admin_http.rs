@@ -189,6 +189,8 @@ async fn keys_ttl_and_clear_over_http() {
         .await
         .unwrap();
     assert_eq!(stats["keys"]["price"], 20, "{stats}");
+    assert_eq!(stats["ping"]["samples"], 20, "{stats}");
+    assert!(stats["ping"]["p99_us"].as_u64().is_some(), "{stats}");
 
     // A dry run removes nothing.
     let clear = |body: Value| {

@@ -1103,6 +1103,19 @@ fn keys_clear_stats_and_health() {
     let memory = stats["memory"].as_array().unwrap();
     assert_eq!(memory.len(), 1, "{stats}");
     assert!(memory[0]["used_bytes"].as_u64().unwrap() > 0, "{stats}");
+    // The round trip is a series of 100 PINGs by default, its percentiles in order.
+    let ping = &stats["ping"];
+    assert_eq!(ping["samples"], 100, "{stats}");
+    let series: Vec<u64> = ["min_us", "p50_us", "p90_us", "p99_us", "max_us"]
+        .iter()
+        .map(|f| ping[f].as_u64().unwrap())
+        .collect();
+    assert!(series.windows(2).all(|w| w[0] <= w[1]), "{stats}");
+    let few = cli(&server, &["stats", "--pings", "3"]);
+    few.assert_code(0);
+    assert!(few.stdout.contains("over 3 pings"), "{few:?}");
+    cli(&server, &["stats", "--pings", "0"]).assert_code(2);
+    cli(&server, &["stats", "--pings", "10001"]).assert_code(2);
 
     // Deleting needs --yes; nothing is scanned or removed without it.
     cli(&server, &["clear", "--kind", "price"]).assert_error(2, "--yes");

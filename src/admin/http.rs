@@ -62,6 +62,8 @@ pub const MAX_PAGE: usize = 10_000;
 
 /// Keys `GET /api/cache/stats` counts at most.
 const STATS_KEYS: u64 = 100_000;
+/// `PING`s behind `/api/cache/stats`'s round-trip percentiles.
+const STATS_PINGS: u32 = 20;
 
 /// The admin API's bearer token. Only its SHA-256 digest is kept; `Debug` shows nothing of
 /// it. A presented token is hashed and the two digests compared in constant time, so neither
@@ -256,6 +258,7 @@ async fn stats(State(state): State<AppState>) -> Response {
     let s = cache.stats();
     let t = &s.total;
     let counts = super::count_keys(cache, STATS_KEYS).await;
+    let ping = super::ping_series(cache, STATS_PINGS).await.ok();
     let breaker = cache.breaker();
     answer(counts.map(|c| {
         json!({
@@ -285,6 +288,7 @@ async fn stats(State(state): State<AppState>) -> Response {
             "book_stamps": c.book_stamps,
             "other_keys": c.other,
             "keys_complete": c.complete,
+            "ping": ping,
         })
     }))
 }

@@ -357,6 +357,87 @@ pub async fn redis_memory(cache: &Cache) -> Result<Vec<NodeMemory>> {
         .collect())
 }
 
+/// Most `PING`s one [`ping_series`] sends.
+pub const MAX_PINGS: u32 = 10_000;
+
+/// Round-trip percentiles of a [`ping_series`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PingSeries {
+    /// `PING`s answered.
+    pub samples: u32,
+    /// Fastest.
+    pub min: Duration,
+    /// Median.
+    pub p50: Duration,
+    /// 90th percentile.
+    pub p90: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Slowest.
+    pub max: Duration,
+}
+
+/// As JSON: `samples` and `min_us`, `p50_us`, `p90_us`, `p99_us`, `max_us` (microseconds),
+/// the shape of `mdcache stats --json` and `GET /api/cache/stats`.
+impl serde::Serialize for PingSeries {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let mut st = s.serialize_struct("PingSeries", 6)?;
+        st.serialize_field("samples", &self.samples)?;
+        st.serialize_field("min_us", &us(self.min))?;
+        st.serialize_field("p50_us", &us(self.p50))?;
+        st.serialize_field("p90_us", &us(self.p90))?;
+        st.serialize_field("p99_us", &us(self.p99))?;
+        st.serialize_field("max_us", &us(self.max))?;
+        st.end()
+    }
+}
+
+impl PingSeries {
+    /// Nearest-rank percentiles of `rtts` (sorted here); `None` when empty.
+    fn of(mut rtts: Vec<Duration>) -> Option<Self> {
+        rtts.sort_unstable();
+        let n = rtts.len();
+        let at = |q: usize| rtts[(n * q).div_ceil(100).clamp(1, n) - 1];
+        Some(Self {
+            samples: u32::try_from(n).unwrap_or(u32::MAX),
+            min: *rtts.first()?,
+            p50: at(50),
+            p90: at(90),
+            p99: at(99),
+            max: *rtts.last()?,
+        })
+    }
+}
+
+/// Redis's round trip as `count` `PING`s one after another (every primary of a cluster, each
+/// `PING` under the op deadline, bypassing the breaker), with percentiles. `count` must be
+/// 1..=[`MAX_PINGS`]; the first failed `PING` ends the series with its error.
+///
+/// ```no_run
+/// # async fn f(cache: &mdcache::Cache) -> mdcache::Result<()> {
+/// let rtt = mdcache::admin::ping_series(cache, 100).await?;
+/// println!("redis p50 {:?} p99 {:?}", rtt.p50, rtt.p99);
+/// # Ok(()) }
+/// ```
+pub async fn ping_series(cache: &Cache, count: u32) -> Result<PingSeries> {
+    if count == 0 || count > MAX_PINGS {
+        return Err(Error::InvalidValue {
+            reason: format!("ping count {count}: must be 1..={MAX_PINGS}"),
+        });
+    }
+    let l2 = redis_of(cache)?;
+    let mut rtts = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let started = Instant::now();
+        l2.probe_ping().await?;
+        rtts.push(started.elapsed());
+    }
+    PingSeries::of(rtts).ok_or(Error::Unsupported("no ping answered"))
+}
+
 /// Redis's round trip (`PING` under the op deadline, bypassing the breaker), the breaker and
 /// shards, the dirty log and the backplane lag. Never an error: what failed is in the report.
 pub async fn health(cache: &Cache) -> Health {
@@ -422,6 +503,25 @@ fn classify(rest: &str) -> Class {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ping_percentiles_are_nearest_rank() {
+        let ms = |v: u64| Duration::from_millis(v);
+        // 1..=100 ms shuffled: nearest rank gives the value itself.
+        let rtts: Vec<Duration> = (1..=100).rev().map(ms).collect();
+        let s = PingSeries::of(rtts).unwrap();
+        assert_eq!(s.samples, 100);
+        assert_eq!(
+            (s.min, s.p50, s.p90, s.p99, s.max),
+            (ms(1), ms(50), ms(90), ms(99), ms(100))
+        );
+        let one = PingSeries::of(vec![ms(7)]).unwrap();
+        assert_eq!(
+            (one.min, one.p50, one.p99, one.max),
+            (ms(7), ms(7), ms(7), ms(7))
+        );
+        assert!(PingSeries::of(Vec::new()).is_none());
+    }
 
     #[test]
     fn a_pattern_is_bound_to_the_namespace_and_checked() {

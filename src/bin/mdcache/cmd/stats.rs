@@ -1,4 +1,4 @@
-//! `mdcache stats [--max-keys N]`: the namespace's keys per kind (by bounded `SCAN`, every primary of a cluster), Redis's memory per node (`INFO memory`) and round trip.
+//! `mdcache stats [--max-keys N]`: the namespace's keys per kind (by bounded `SCAN`, every primary of a cluster), Redis's memory per node (`INFO memory`) and round-trip percentiles (a `PING` series).
 
 use std::collections::BTreeMap;
 
@@ -14,6 +14,9 @@ pub(crate) struct StatsArgs {
     /// Stop counting after this many keys (the counts are then a lower bound).
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) max_keys: u64,
+    /// Measure Redis's round trip with this many `PING`s in a row (percentiles printed).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(admin::MAX_PINGS)))]
+    pub(crate) pings: u32,
     /// Ask a running instance instead: the base URL of its HTTP admin API; the token comes
     /// from CACHE_ADMIN_TOKEN or CACHE_ADMIN_TOKEN_FILE. Prints its /api/cache/stats.
     #[arg(long, value_name = "URL")]
@@ -28,7 +31,8 @@ struct StatsOutput<'a> {
     other_keys: u64,
     /// False when counting stopped at --max-keys.
     complete: bool,
-    ping_us: Option<u64>,
+    /// `--pings` round trips: `samples`, `min_us` ... `max_us`.
+    ping: admin::PingSeries,
     /// Per node: `used_memory` and `maxmemory` (0: no limit), bytes.
     memory: Vec<Memory>,
 }
@@ -60,7 +64,6 @@ pub(crate) async fn run(ctx: &Ctx, args: StatsArgs, json: bool) -> Result<(), Fa
     }
     let cache = ctx.cache(false)?;
     let counts = admin::count_keys(&cache, args.max_keys).await?;
-    let health = admin::health(&cache).await;
     let memory: Vec<Memory> = admin::redis_memory(&cache)
         .await?
         .into_iter()
@@ -70,16 +73,15 @@ pub(crate) async fn run(ctx: &Ctx, args: StatsArgs, json: bool) -> Result<(), Fa
             max_bytes: m.max_bytes,
         })
         .collect();
-    let ping_us = health
-        .ping
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let ping = admin::ping_series(&cache, args.pings).await?;
+    let us = |d: std::time::Duration| d.as_micros();
     if json {
         return print_json(&StatsOutput {
             keys: &counts.by_kind,
             book_stamps: counts.book_stamps,
             other_keys: counts.other,
             complete: counts.complete,
-            ping_us,
+            ping,
             memory,
         });
     }
@@ -105,8 +107,13 @@ pub(crate) async fn run(ctx: &Ctx, args: StatsArgs, json: bool) -> Result<(), Fa
             m.used_bytes as f64 / (1024.0 * 1024.0)
         ))?;
     }
-    match ping_us {
-        Some(us) => print_line(&format!("# redis round trip {us} µs")),
-        None => Ok(()),
-    }
+    print_line(&format!(
+        "# redis round trip over {} pings: min {} µs, p50 {} µs, p90 {} µs, p99 {} µs, max {} µs",
+        ping.samples,
+        us(ping.min),
+        us(ping.p50),
+        us(ping.p90),
+        us(ping.p99),
+        us(ping.max)
+    ))
 }
