@@ -32,6 +32,7 @@ on_both!(
     books_are_sorted_sets_read_top_n_best_first,
     delete_unlinks_and_evicts_and_ttl_reports,
     scripts_are_reloaded_after_the_server_forgets_them,
+    l1_never_keeps_a_value_past_the_ttl_it_was_written_with,
 );
 
 /// These tests hold the synchronous write path (each `set` in Redis before it returns), so
@@ -305,6 +306,34 @@ async fn every_forbidden_identifier_is_refused_and_nothing_is_sent() {
         assert_eq!(err.kind(), ErrorKind::InvalidKey, "{bad:?}");
     }
     assert_eq!(server.dbsize(), before);
+}
+
+/// A read's `PTTL` may belong to the value a concurrent write replaced (the single-server read
+/// pipelines `PTTL` then `GET`, not atomically). Staged here: bytes whose envelope records a
+/// 300 ms TTL under a key Redis keeps for 60 s. L1 keeps the value at most its written TTL, and
+/// its age is counted from it; after it, the next read goes back to Redis.
+async fn l1_never_keeps_a_value_past_the_ttl_it_was_written_with(server: Target) {
+    let cache = cache(&server, Backend::Layered);
+    let key = cache.key::<Price>("CAPPED").unwrap();
+    let written = Duration::from_millis(300);
+    let bytes = codec::encode_with_ttl(4, Some(written), &price(4), 1024).unwrap();
+    let mut c = server.raw().await;
+    let _: () = c.set_ex(key.as_str(), bytes, 60).await.unwrap();
+
+    let r = cache.read(&key).await.unwrap().expect("in redis");
+    assert_eq!((r.tier, r.version), (Tier::L2, 4));
+    let left = r.ttl_remaining.expect("a TTL");
+    assert!(left > Duration::from_secs(50), "Redis's own: {left:?}");
+    let again = cache.read(&key).await.unwrap().expect("in L1");
+    assert_eq!(again.tier, Tier::L1);
+    let l1_left = again.ttl_remaining.expect("L1 deadline");
+    assert!(
+        l1_left <= written,
+        "L1 keeps it {l1_left:?}, written for {written:?}"
+    );
+    tokio::time::sleep(written + Duration::from_millis(200)).await;
+    let after = cache.read(&key).await.unwrap().expect("still in redis");
+    assert_eq!(after.tier, Tier::L2, "L1 served it past its written TTL");
 }
 
 async fn garbage_bytes_are_a_miss_and_a_decode_error_never_a_value(server: Target) {

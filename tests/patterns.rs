@@ -92,6 +92,78 @@ async fn a_thousand_concurrent_readers_of_a_cold_key_load_it_once(redis: Target)
     assert!(in_redis(&redis, key.as_str()).await, "L2 was not filled");
 }
 
+/// Calls of `command` the server has answered (`INFO commandstats`).
+async fn calls(server: &RedisServer, command: &str) -> u64 {
+    let mut c = server.multiplexed().await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Single-flight covers the whole miss: 1,000 readers that miss L1 together make one Redis
+/// read between them (not one each), and, when Redis misses too, one source load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_l1_misses_make_one_redis_read() {
+    let server = RedisServer::start();
+    let writer = layered(&server);
+    let src = Arc::new(Counted::new(MemorySource::default()));
+    // Slow enough that every reader arrives while the flight is still running.
+    src.inner().set_latency(Duration::from_millis(300));
+    for (id, in_redis) in [("WARM", true), ("COLD", false)] {
+        let key = writer.key::<mdcache::Position>(id).unwrap();
+        let p = mdcache::Position {
+            avg_price: 1.0,
+            qty: 2.0,
+            realized_pnl: 0.0,
+            seq: 1,
+        };
+        src.inner().write_through_test_seed(&key, &p).await;
+        if in_redis {
+            writer.set(&key, p.clone(), 1).await.unwrap();
+        }
+        // A fresh instance: its L1 is empty. Redis delayed by a proxy would make the window
+        // wider; instead the barrier releases every reader at once.
+        let cache = layered(&server);
+        let aside = CacheAside::builder(cache.clone(), Arc::clone(&src))
+            .build()
+            .unwrap();
+        // A read is `PTTL` + `GET`; the fill's versioned-write script calls `GET` too, so the
+        // reads are counted by their `PTTL`.
+        let (reads, loads) = (calls(&server, "pttl").await, src.loads());
+        let barrier = Arc::new(tokio::sync::Barrier::new(1000));
+        let tasks: Vec<_> = (0..1000)
+            .map(|_| {
+                let (aside, key, barrier) = (aside.clone(), key.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    aside.read(&key).await
+                })
+            })
+            .collect();
+        for t in tasks {
+            let r = t.await.unwrap().unwrap().expect("found");
+            assert_eq!(r.value.qty, 2.0);
+        }
+        let redis_reads = calls(&server, "pttl").await - reads;
+        let source_loads = src.loads() - loads;
+        if in_redis {
+            assert_eq!((redis_reads, source_loads), (1, 0), "{id}");
+        } else {
+            assert_eq!((redis_reads, source_loads), (1, 1), "{id}");
+        }
+        let s = cache.stats().total;
+        assert_eq!(s.l1_misses + s.l1_hits, 1000, "{id}: {s:?}");
+    }
+}
+
 /// Seeds a row directly through the writer side (no cache involved).
 trait Seed<S: mdcache::KeySchema> {
     async fn write_through_test_seed(&self, key: &mdcache::Key<S>, value: &S::Value) -> u64;

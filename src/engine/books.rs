@@ -40,6 +40,10 @@ impl<S: BookSchema> Layout<S> for Books {
         Books { depth: 0 }
     }
 
+    fn is_whole(self) -> bool {
+        self.depth == 0
+    }
+
     fn check(side: &BookSide, limit: usize) -> Result<()> {
         book::check(side, limit).map(|_| ())
     }

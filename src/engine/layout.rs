@@ -26,6 +26,11 @@ pub(crate) trait Layout<S: KeySchema>: Copy + Send + Sync + 'static {
     /// fills and re-checks whole values, and each caller then [`cut`](Self::cut)s its own.
     fn whole() -> Self;
 
+    /// True when this read asks for the whole value (what [`whole`](Self::whole) gives): such
+    /// reads can share one Redis read in a single-flight; a partial read (a book's top
+    /// levels) reads its own, smaller part.
+    fn is_whole(self) -> bool;
+
     /// Refuses, before any I/O, what a write of `value` would refuse (its size against
     /// `limit`, the kind's rules), so write-through can check before the database sees it.
     fn check(value: &S::Value, limit: usize) -> Result<()>;
@@ -155,9 +160,47 @@ impl Engine {
         key: &Key<S>,
         layout: L,
     ) -> Result<Option<Read<S::Value>>> {
+        self.count_l1_miss(key);
+        self.read_l2(key, layout).await
+    }
+
+    /// L1 alone, counted as a hit when found (a miss is for the caller to count, with
+    /// [`count_l1_miss`](Self::count_l1_miss)); `None` also without an L1.
+    #[inline]
+    pub(crate) fn read_l1<S: KeySchema, L: Layout<S>>(
+        &self,
+        key: &Key<S>,
+        layout: L,
+    ) -> Option<Read<S::Value>> {
+        self.l1_get(self.l1.as_ref()?, key, layout)
+    }
+
+    /// L1 alone, not counted (a single-flight's look before it reads Redis: its callers
+    /// already counted their miss).
+    #[inline]
+    pub(crate) fn peek_l1<S: KeySchema, L: Layout<S>>(
+        &self,
+        key: &Key<S>,
+        layout: L,
+    ) -> Option<Read<S::Value>> {
+        self.l1_peek(self.l1.as_ref()?, key, layout)
+    }
+
+    /// Counts a read that missed L1 (nothing without an L1).
+    #[inline]
+    pub(crate) fn count_l1_miss<S: KeySchema>(&self, key: &Key<S>) {
         if self.l1.is_some() {
             self.ks(key).l1_misses.inc();
         }
+    }
+
+    /// What lies below L1 for a read that missed it (the miss already counted): a write this
+    /// process still has queued, else Redis unless the dirty log distrusts the key.
+    pub(crate) async fn read_l2<S: KeySchema, L: Layout<S>>(
+        &self,
+        key: &Key<S>,
+        layout: L,
+    ) -> Result<Option<Read<S::Value>>> {
         let Some(l2) = &self.l2 else {
             return Ok(None);
         };

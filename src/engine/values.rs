@@ -22,6 +22,10 @@ impl<S: ValueSchema> Layout<S> for Values {
         Values
     }
 
+    fn is_whole(self) -> bool {
+        true
+    }
+
     fn check(value: &S::Value, limit: usize) -> Result<()> {
         codec::encode(0, value, limit).map(|_| ())
     }
@@ -180,7 +184,14 @@ impl Engine {
             }
         };
         let value = Arc::new(env.value);
-        let remaining = f.remaining.map_or(key.ttl(), below_redis_precision);
+        // Capped at the TTL the value was written with: a read whose `PTTL` ran before another
+        // client's write of a newer value then never keeps that value past its own TTL (see
+        // `values::fetched_pttl_first`); without an interleaving the cap changes nothing.
+        let written_ttl = env.ttl.unwrap_or(key.ttl());
+        let remaining = f
+            .remaining
+            .map_or(key.ttl(), below_redis_precision)
+            .min(written_ttl);
         let promoted = Promoted {
             entry: Arc::clone(&value),
             value,
@@ -188,7 +199,7 @@ impl Engine {
             t0,
             ttl_remaining: f.remaining,
             remaining,
-            age: env.ttl.unwrap_or(key.ttl()).saturating_sub(remaining),
+            age: written_ttl.saturating_sub(remaining),
             bytes: f.bytes.len(),
         };
         Ok(self.promote(key, Values, promoted))

@@ -1,14 +1,21 @@
 //! `RedisTier`: the L2 on one Redis server, a bb8 pool of multiplexed connections, every caller's operation through the resilience guard.
 //!
-//! Pool use: an operation checks a connection out, *clones* its multiplexed handle and returns
-//! the connection to the pool at once, then sends its command on the clone. Many concurrent
-//! operations therefore pipeline over a few sockets instead of each holding a connection for a
-//! round trip (DESIGN §9 measured the hold-per-op pattern at 2–4× less throughput with ms tails),
-//! and the default test-on-checkout `PING` (a second round trip per operation) is turned off.
-//! A connection whose socket died is flagged and bb8 replaces it when it comes back to the pool.
+//! Pool use: bb8 opens, keeps and replaces the connections; an operation does not check one out.
+//! Two *lanes* each hold a multiplexed handle taken from the pool: callers' operations share
+//! one, the market-data writer's batches and recovery's commands the other (so a read never
+//! waits behind a thousand-key flush on the same socket). Every caller's command pipelines on
+//! the one socket, which is what keeps Redis's cost per read low: spread over 16 connections the
+//! same reads cost Redis about twice the CPU (issue 15's measurements), and a bb8 checkout per
+//! operation cost more than the command's own client work. A lane goes back to the pool for a
+//! fresh handle when its connection is found dead (an I/O error flags it) or retired
+//! ([`reset_connections`](L2::reset_connections) after an outage); bb8 then drops the dead one
+//! and opens its replacement. The default test-on-checkout `PING` is turned off.
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 use bb8_redis::RedisConnectionManager;
 use redis::aio::MultiplexedConnection;
 use redis::{RedisError, RedisResult, Value};
@@ -56,9 +63,18 @@ impl std::fmt::Debug for RedisOptions {
     }
 }
 
+/// A multiplexed connection operations use without a checkout; refilled from the pool when
+/// empty or stale.
+#[derive(Default)]
+struct Lane(ArcSwapOption<Conn>);
+
 /// The L2 on one Redis (or Valkey) server.
 pub(crate) struct RedisTier {
     pool: bb8::Pool<Manager>,
+    /// Callers' operations.
+    callers: Lane,
+    /// The writer's batches, recovery and admin commands.
+    batches: Lane,
     /// Admission, deadline, retries and the breaker of every caller's operation.
     guard: Guard,
     connect_timeout: Duration,
@@ -109,6 +125,8 @@ impl RedisTier {
             .build_unchecked(manager);
         Ok(RedisTier {
             pool,
+            callers: Lane::default(),
+            batches: Lane::default(),
             guard: Guard::new(&opts.breaker, opts.retry, opts.op_timeout),
             connect_timeout: opts.connect_timeout,
             last_error,
@@ -116,6 +134,21 @@ impl RedisTier {
             pool_size: opts.pool_size,
             scripts: Scripts::new(),
         })
+    }
+
+    /// The lane's connection, or (when it has none, or a dead or retired one) a fresh one from
+    /// the pool, which the lane then keeps. Tasks that find it stale together may each check
+    /// one out; the last one stored stays, the others serve their own operation only.
+    #[inline]
+    async fn lane_conn(&self, lane: &Lane) -> Result<Arc<Conn>> {
+        if let Some(conn) = &*lane.0.load()
+            && !conn.is_stale(&self.generation)
+        {
+            return Ok(Arc::clone(conn));
+        }
+        let fresh = Arc::new(self.conn().await?);
+        lane.0.store(Some(Arc::clone(&fresh)));
+        Ok(fresh)
     }
 
     /// A multiplexed handle from the pool; the pooled connection goes straight back.
@@ -165,7 +198,7 @@ impl RedisTier {
         self.guard
             .run(
                 op,
-                || self.attempt(key, &f),
+                || self.attempt(&self.callers, key, &f),
                 // If connections are failing to open, say why rather than only "timed out".
                 || {
                     self.last_error
@@ -177,7 +210,8 @@ impl RedisTier {
             .await
     }
 
-    /// [`run`](Self::run) under `deadline` instead of the operation deadline.
+    /// [`run`](Self::run) under `deadline` instead of the operation deadline, on the batches'
+    /// lane (the writer's flushes).
     async fn run_within<T, F, Fut>(
         &self,
         op: &'static str,
@@ -193,7 +227,7 @@ impl RedisTier {
             .run_within(
                 op,
                 deadline,
-                || self.attempt(key, &f),
+                || self.attempt(&self.batches, key, &f),
                 || {
                     self.last_error
                         .get()
@@ -212,15 +246,15 @@ impl RedisTier {
         Fut: Future<Output = RedisResult<T>>,
     {
         let deadline = self.guard.breaker().probe_timeout();
-        Guard::run_unguarded(op, deadline, self.attempt("", &f)).await
+        Guard::run_unguarded(op, deadline, self.attempt(&self.batches, "", &f)).await
     }
 
-    async fn attempt<T, F, Fut>(&self, key: &str, f: &F) -> Result<T>
+    async fn attempt<T, F, Fut>(&self, lane: &Lane, key: &str, f: &F) -> Result<T>
     where
         F: Fn(MultiplexedConnection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let conn = self.conn().await?;
+        let conn = self.lane_conn(lane).await?;
         f(conn.mux.clone()).await.map_err(|e| {
             conn.note(&e);
             Error::from_redis(e, key)
@@ -231,20 +265,16 @@ impl RedisTier {
 impl L2 for RedisTier {
     commands::keyed_operations!();
 
-    /// `GET` and `PTTL` of one key in one round trip, atomically (`MULTI`/`EXEC`), so the TTL
-    /// belongs to the value read.
+    /// `PTTL` then `GET` of one key, pipelined in one round trip: two commands, not the four
+    /// of `MULTI GET PTTL EXEC`. Another client's write may run between the two; the order
+    /// makes that safe (see [`values::fetched_pttl_first`]).
     async fn get(&self, key: &str) -> Result<Option<Fetched>> {
-        let (bytes, pttl): (Option<Vec<u8>>, i64) = self
+        let (pttl, bytes): (i64, Option<Vec<u8>>) = self
             .run("get", key, |mut c| async move {
-                redis::pipe()
-                    .atomic()
-                    .get(key)
-                    .pttl(key)
-                    .query_async(&mut c)
-                    .await
+                redis::pipe().pttl(key).get(key).query_async(&mut c).await
             })
             .await?;
-        Ok(bytes.and_then(|bytes| values::fetched(bytes, pttl)))
+        Ok(bytes.map(|bytes| values::fetched_pttl_first(bytes, pttl)))
     }
 
     /// `GET`+`PTTL` of many keys in one round trip (`MULTI`, one `MGET`, a `PTTL` per key).
@@ -361,9 +391,13 @@ impl L2 for RedisTier {
         }
     }
 
-    /// Retires every pooled connection: each is discarded when next checked out.
+    /// Retires every pooled connection: each is discarded when next checked out, and the lanes
+    /// let go of theirs at once (else a lane would hold a retired socket open until its next
+    /// operation, which an open breaker may not allow for a while).
     fn reset_connections(&self) {
         self.generation.retire_all();
+        self.callers.0.store(None);
+        self.batches.0.store(None);
     }
 
     async fn recovery_unlink(&self, keys: &[&str]) -> Result<u64> {

@@ -187,6 +187,32 @@ pub(crate) fn fetched(bytes: Vec<u8>, pttl: i64) -> Option<Fetched> {
     }
 }
 
+/// A `GET` reply and the `PTTL` sent just *before* it in the same pipeline, not atomically.
+///
+/// Another client's command can run between the two. Reading the TTL first makes every such
+/// interleaving safe for DESIGN §4 rule 1, given that the reader anchors the L1 deadline at a
+/// time taken before sending (`t0`) and caps the remaining TTL at the TTL the value's envelope
+/// records (the engine does both):
+///
+/// - nothing in between: `remaining` is the value's own, measured by Redis after `t0`, so
+///   `t0 + remaining` is no later than its expiry in Redis (as with `MULTI`);
+/// - a newer value written in between, at `w` (after `t0`) with TTL `T`: the `GET` returns it,
+///   and its L1 deadline is at most `t0 + T < w + T`, within its TTL counted from its write,
+///   whatever `PTTL` said about the value it replaced;
+/// - the key deleted or expired in between: the `GET` finds nothing, a miss;
+/// - the key absent at `PTTL` (`-2`) and written before the `GET`: the value is served with
+///   no remaining TTL known (`None`), so the cap (its written TTL) sets its life.
+///
+/// The reverse order (`GET` then `PTTL`) would be unsafe: a newer value's longer remaining
+/// TTL could be applied to the older bytes. For format-1 envelopes (no written TTL, from
+/// builds before it was recorded) the kind's TTL is the cap.
+pub(crate) fn fetched_pttl_first(bytes: Vec<u8>, pttl: i64) -> Fetched {
+    Fetched {
+        bytes,
+        remaining: u64::try_from(pttl).ok().map(Duration::from_millis),
+    }
+}
+
 /// The reply of `MULTI`, `MGET keys`, a `PTTL` per key, `EXEC`: one read result per key.
 /// `first` names the batch in errors.
 pub(crate) fn parse_get_many(first: &str, values: Vec<Value>) -> Result<Vec<Option<Fetched>>> {

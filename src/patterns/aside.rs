@@ -387,61 +387,85 @@ impl<Src: Source> CacheAside<Src> {
         if inner.negative_hit(key) {
             return Ok(None);
         }
-        let fallback = match inner.cache.engine().read_with(key, layout).await {
-            Ok(Some(r)) => {
-                self.maybe_refresh(key, r.ttl_remaining, |i, k| {
-                    Box::pin(async move {
-                        i.load_with(&k, L::whole(), false, true, Budget::Refresh)
-                            .await
-                            .map(|_| ())
-                    })
-                });
-                return Ok(Some(r));
-            }
-            Ok(None) => None,
-            Err(e) if is_caller_error(&e) => return Err(e.into()),
-            Err(e) => Some(FallbackReason::of(&e)),
+        let engine = inner.cache.engine();
+        let refresh = |r: &Read<S::Value>| {
+            self.maybe_refresh(key, r.ttl_remaining, |i, k| {
+                Box::pin(async move {
+                    i.load_with(&k, L::whole(), false, true, Budget::Refresh)
+                        .await
+                        .map(|_| ())
+                })
+            });
         };
+        if let Some(r) = engine.read_l1(key, layout) {
+            refresh(&r);
+            return Ok(Some(r));
+        }
+        engine.count_l1_miss(key);
         let started = std::time::Instant::now();
-        // One flight per key loads the whole value; on the fallback path there is no
-        // re-check of Redis and no fill of it, only of L1.
-        let whole = inner
-            .floor_checked(
-                key,
-                || async {
-                    inner
-                        .cache
-                        .engine()
-                        .flights()
-                        .run(key.shared(), || {
-                            inner.load_with(
-                                key,
-                                L::whole(),
-                                fallback.is_none(),
-                                fallback.is_none(),
-                                Budget::Foreground,
-                            )
-                        })
-                        .await
-                        .unwrap_or_else(|| Err(internal()))
-                },
-                || async {
-                    inner
-                        .cache
-                        .engine()
-                        .recheck(key, L::whole())
-                        .await
-                        .ok()
-                        .flatten()
-                },
-            )
-            .await;
-        if let Some(reason) = fallback {
+        // Why this read fell back past Redis, if it did: set by whichever flight served it.
+        let fell_back = std::sync::Mutex::new(None::<FallbackReason>);
+        let whole = if layout.is_whole() {
+            // One flight per key covers the whole miss: one Redis read and, if Redis misses
+            // or fails, one source load, however many callers missed L1 together.
             inner
-                .cache
-                .engine()
-                .fallback()
-                .record(reason, started.elapsed());
+                .floor_checked(
+                    key,
+                    || async {
+                        let (result, reason) = engine
+                            .flights()
+                            .run(key.shared(), || inner.miss::<S, L>(key))
+                            .await
+                            .unwrap_or_else(|| (Err(internal()), None));
+                        *fell_back.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+                        result
+                    },
+                    || async { engine.recheck(key, L::whole()).await.ok().flatten() },
+                )
+                .await
+        } else {
+            // A partial read (a book's best levels) reads its own, smaller part of Redis; only
+            // the source load of the whole value is shared.
+            let fallback = match engine.read_l2(key, layout).await {
+                Ok(Some(r)) => {
+                    refresh(&r);
+                    return Ok(Some(r));
+                }
+                Ok(None) => None,
+                Err(e) if is_caller_error(&e) => return Err(e.into()),
+                Err(e) => Some(FallbackReason::of(&e)),
+            };
+            *fell_back.lock().unwrap_or_else(|p| p.into_inner()) = fallback;
+            // On the fallback path there is no re-check of Redis and no fill of it, only of L1.
+            inner
+                .floor_checked(
+                    key,
+                    || async {
+                        engine
+                            .flights()
+                            .run(key.shared(), || {
+                                inner.load_with(
+                                    key,
+                                    L::whole(),
+                                    fallback.is_none(),
+                                    fallback.is_none(),
+                                    Budget::Foreground,
+                                )
+                            })
+                            .await
+                            .unwrap_or_else(|| Err(internal()))
+                    },
+                    || async { engine.recheck(key, L::whole()).await.ok().flatten() },
+                )
+                .await
+        };
+        if let Some(reason) = *fell_back.lock().unwrap_or_else(|p| p.into_inner()) {
+            engine.fallback().record(reason, started.elapsed());
+        }
+        if let Ok(Some(r)) = &whole
+            && r.tier == Tier::L2
+        {
+            refresh(r);
         }
         match whole {
             Ok(whole) => Ok(whole.map(|r| Read {
@@ -642,6 +666,49 @@ impl<Src: Source> AsideInner<Src> {
             self.cache.engine().put_negative(key.shared(), ttl);
         }
         result
+    }
+
+    /// The flight of a whole read that missed L1: Redis, then (on a miss, or Redis failing)
+    /// the source. Returns the read and why it fell back past Redis, if it did; every caller
+    /// sharing the flight gets both.
+    async fn miss<S: KeySchema, L: Layout<S>>(
+        &self,
+        key: &Key<S>,
+    ) -> (
+        Result<Option<Read<S::Value>>, LoadError<Src::Error>>,
+        Option<FallbackReason>,
+    )
+    where
+        Src: Load<S>,
+    {
+        let engine = self.cache.engine();
+        // The flight before this one may have finished between its callers' L1 miss and
+        // this flight's start: what it put in L1 is served without reading Redis again.
+        if let Some(r) = engine.peek_l1(key, L::whole()) {
+            return (Ok(Some(r)), None);
+        }
+        let fallback = match engine.read_l2(key, L::whole()).await {
+            Ok(Some(r)) => return (Ok(Some(r)), None),
+            Ok(None) => None,
+            Err(e) if is_caller_error(&e) => return (Err(e.into()), None),
+            Err(e) => Some(FallbackReason::of(&e)),
+        };
+        // A flight that finished just before this one began may have filled L1 only (Redis
+        // failing): not loaded again. Redis itself was just read.
+        if let Some(r) = engine.peek_l1(key, L::whole()) {
+            return (Ok(Some(r)), fallback);
+        }
+        // On the fallback path Redis is not filled, only L1.
+        let loaded = self
+            .load_with(
+                key,
+                L::whole(),
+                false,
+                fallback.is_none(),
+                Budget::Foreground,
+            )
+            .await;
+        (loaded, fallback)
     }
 
     /// The flight body: re-check the cache (a flight that just finished may have filled
