@@ -103,8 +103,11 @@ impl RedisTier {
             .map_err(|e| Error::config("CACHE_REDIS_URL", e.to_string()))?;
         let last_error = LastError::default();
         let generation = Generation::default();
+        let client = redis::Client::open(opts.info.clone())
+            .map_err(|e| Error::config("CACHE_REDIS_URL", e.to_string()))?;
         let manager = Manager {
             inner,
+            client,
             connect_timeout: opts.connect_timeout,
             last_error: last_error.clone(),
             generation: generation.clone(),
