@@ -98,7 +98,9 @@ impl bb8::ManageConnection for Manager {
 
     async fn connect(&self) -> Result<Conn, RedisError> {
         let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-        let opening = self.client.get_multiplexed_async_connection_with_config(&config);
+        let opening = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config);
         let mux = match tokio::time::timeout(self.connect_timeout, opening).await {
             Ok(r) => r?,
             Err(_) => {
