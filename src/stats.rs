@@ -2,7 +2,10 @@
 //!
 //! Each kind gets one [`KindStats`], resolved when a key is built, so the hot path increments
 //! a counter it already holds (one relaxed atomic add plus the `metrics` handle, a no-op when no
-//! recorder is installed) and never looks anything up. Install a `metrics` recorder *before*
+//! recorder is installed) and never looks anything up. The L1 hit counter, the only one on the
+//! L1 hit path, is striped per thread instead ([`HitCount`]): the exported
+//! `mdcache_hits_total{tier="l1"}` is brought up to date every 64 hits of a thread and on every
+//! `Cache::stats()`. Install a `metrics` recorder *before*
 //! building the cache: handles are registered when a kind is first used.
 //!
 //! Metric names (label `kind` on all of them):
@@ -59,6 +62,82 @@ impl Count {
     }
 }
 
+/// Stripes of a [`HitCount`]: threads beyond this many share stripes (still correct, just
+/// contended again).
+const STRIPES: usize = 16;
+
+/// Hits a stripe counts between two publications to the `metrics` handle (a power of two).
+const PUBLISH_EVERY: u64 = 64;
+
+/// One stripe, alone on its cache line pair so that two threads' stripes never share one.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stripe(AtomicU64);
+
+/// The L1 hit counter: the one counter on the L1 hit path, where every reader thread bumps it.
+///
+/// A plain [`Count`] there is one cache line (two with the exporter's atomic) that every
+/// reading thread writes, so two threads hitting L1 slow each other down. Here each thread
+/// adds to its own stripe (threads are spread over [`STRIPES`] stripes in the order they first
+/// count), the snapshot sums the stripes, and the `metrics` handle is brought up to date every
+/// [`PUBLISH_EVERY`] hits of a stripe and on every [`Stats::snapshot`] (so on every
+/// `Cache::stats()` and every scrape of the admin API's `/metrics`). Between those an exporter
+/// can lag the true count by at most `PUBLISH_EVERY - 1` hits per stripe.
+#[derive(Debug)]
+pub(crate) struct HitCount {
+    stripes: Box<[Stripe; STRIPES]>,
+    /// How much of the stripes' sum the handle has been given.
+    published: AtomicU64,
+    handle: Counter,
+}
+
+impl HitCount {
+    pub(crate) fn new(handle: Counter) -> Self {
+        HitCount {
+            stripes: Box::default(),
+            published: AtomicU64::new(0),
+            handle,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn inc(&self) {
+        let stripe = &self.stripes[stripe_of_this_thread()];
+        let n = stripe.0.fetch_add(1, Ordering::Relaxed) + 1;
+        if n % PUBLISH_EVERY == 0 {
+            self.publish();
+        }
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Gives the handle what it has not been given yet; concurrent publishers never give the
+    /// same hits twice (`fetch_max` hands each increment to exactly one of them).
+    fn publish(&self) -> u64 {
+        let total = self.get();
+        let before = self.published.fetch_max(total, Ordering::Relaxed);
+        if total > before {
+            self.handle.increment(total - before);
+        }
+        total
+    }
+}
+
+/// This thread's stripe of every [`HitCount`], given out round-robin on the thread's first hit.
+#[inline]
+fn stripe_of_this_thread() -> usize {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static STRIPE: usize = (NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES as u64) as usize;
+    }
+    STRIPE.with(|s| *s)
+}
+
 /// The counters of one kind.
 #[derive(Debug)]
 pub(crate) struct KindStats {
@@ -66,7 +145,7 @@ pub(crate) struct KindStats {
     /// from those of a key built by another cache instance.
     pub(crate) owner: u64,
     pub(crate) kind: &'static str,
-    pub(crate) l1_hits: Count,
+    pub(crate) l1_hits: HitCount,
     pub(crate) l1_misses: Count,
     pub(crate) l2_hits: Count,
     pub(crate) l2_misses: Count,
@@ -99,7 +178,9 @@ impl KindStats {
         KindStats {
             owner,
             kind,
-            l1_hits: tier("mdcache_hits_total", "l1"),
+            l1_hits: HitCount::new(metrics::counter!(
+                "mdcache_hits_total", "kind" => kind, "tier" => "l1"
+            )),
             l1_misses: tier("mdcache_misses_total", "l1"),
             l2_hits: tier("mdcache_hits_total", "l2"),
             l2_misses: tier("mdcache_misses_total", "l2"),
@@ -139,7 +220,7 @@ impl KindStats {
     fn snapshot(&self) -> KindSnapshot {
         KindSnapshot {
             kind: self.kind,
-            l1_hits: self.l1_hits.get(),
+            l1_hits: self.l1_hits.publish(),
             l1_misses: self.l1_misses.get(),
             l2_hits: self.l2_hits.get(),
             l2_misses: self.l2_misses.get(),
@@ -529,6 +610,33 @@ impl LatencyHistogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn striped_hits_add_up_exactly_and_reach_the_exporter_once_each() {
+        let exported = Arc::new(AtomicU64::new(0));
+        let hits = HitCount::new(Counter::from_arc(Arc::clone(&exported)));
+        // One thread alone: the handle hears of whole batches only, until a publication.
+        std::thread::scope(|s| {
+            s.spawn(|| (0..100).for_each(|_| hits.inc()));
+        });
+        assert_eq!(hits.get(), 100);
+        assert_eq!(exported.load(Ordering::Relaxed), PUBLISH_EVERY);
+        // Eight threads (some sharing stripes) while another publishes over and over.
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| (0..10_000).for_each(|_| hits.inc()));
+            }
+            s.spawn(|| {
+                for _ in 0..1_000 {
+                    hits.publish();
+                }
+            });
+        });
+        assert_eq!(hits.publish(), 80_100);
+        assert_eq!(exported.load(Ordering::Relaxed), 80_100);
+        assert_eq!(hits.publish(), 80_100);
+        assert_eq!(exported.load(Ordering::Relaxed), 80_100, "published twice");
+    }
 
     #[test]
     fn latency_buckets_cover_every_value_within_their_precision() {

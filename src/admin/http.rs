@@ -238,14 +238,18 @@ async fn health(State(state): State<AppState>) -> Response {
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
     match &state.metrics {
-        Some(handle) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
-            )],
-            handle.render(),
-        )
-            .into_response(),
+        Some(handle) => {
+            // Brings the striped L1 hit counters' exported values up to date first.
+            state.cache.stats();
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                )],
+                handle.render(),
+            )
+                .into_response()
+        }
         None => failure(
             StatusCode::SERVICE_UNAVAILABLE,
             "no Prometheus recorder was given to the admin router",
