@@ -104,7 +104,7 @@ impl HitCount {
     pub(crate) fn inc(&self) {
         let stripe = &self.stripes[stripe_of_this_thread()];
         let n = stripe.0.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % PUBLISH_EVERY == 0 {
+        if n.is_multiple_of(PUBLISH_EVERY) {
             self.publish();
         }
     }
