@@ -1,7 +1,7 @@
 //! `CircuitBreaker` over failsafe: when L2 is used at all, the probe's admission and outcome, counts and a watch of the state.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use failsafe::backoff::{self, Constant};
@@ -291,6 +291,12 @@ pub(crate) struct CircuitBreaker {
     /// When the last counted failure was recorded, in ns since `epoch` (0: none yet).
     last_failure: AtomicU64,
     overlapping: AtomicU64,
+    /// Whether successes can be skipped while no failure is pending: true for the
+    /// consecutive-failures policy, where a success only resets the count; false for the
+    /// failure-rate policy, whose window must see every success.
+    successes_reset_only: bool,
+    /// A failure was counted that no success has reset yet (consecutive policy only).
+    unreset: AtomicBool,
     /// How long it stays open before the probe; read by the recovery supervisor.
     open_for: Duration,
     /// The probe's connection deadline and each recovery step's.
@@ -335,6 +341,8 @@ impl CircuitBreaker {
             epoch: Instant::now(),
             last_failure: AtomicU64::new(0),
             overlapping: AtomicU64::new(0),
+            successes_reset_only: matches!(config.policy, BreakerPolicy::ConsecutiveFailures(_)),
+            unreset: AtomicBool::new(false),
             open_for: config.open_for,
             probe_timeout: config.probe_timeout,
         }
@@ -374,8 +382,24 @@ impl CircuitBreaker {
     }
 
     /// Records an operation that reached Redis and got an answer.
+    ///
+    /// Under the consecutive-failures policy, with the breaker closed and no failure counted
+    /// since the last reset, a success changes nothing in failsafe's state machine, so it is
+    /// not taken there: that saves every healthy operation a lock that all of them share.
+    /// Operations running together have no single order; a success that skips while a
+    /// concurrent failure is being counted is ordered before that failure, and the next
+    /// success resets it.
     #[inline]
     pub(crate) fn success(&self) {
+        if self.successes_reset_only
+            && self.mirror.0.state.load(Ordering::Acquire) == CLOSED
+            && !self.unreset.load(Ordering::Acquire)
+        {
+            return;
+        }
+        // Cleared before failsafe hears of the success: a failure counted after this point
+        // sets the flag again after its own `on_error`, so no failure is left unreset.
+        self.unreset.store(false, Ordering::Release);
         self.machine.on_success();
     }
 
@@ -408,6 +432,8 @@ impl CircuitBreaker {
             }
         }
         self.machine.on_error();
+        // After `on_error`, so the next success resets this failure (see `success`).
+        self.unreset.store(true, Ordering::Release);
     }
 
     /// Waits until the breaker is not closed (returns at once if it is not).
