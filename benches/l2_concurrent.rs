@@ -1,5 +1,6 @@
 //! L2 hits from 64 concurrent tasks: `Cache::get` on the Redis backend (pools of 16, 4 and 1
-//! multiplexed connections) against raw `GET` on one shared multiplexed connection.
+//! multiplexed connections; callers share one of them either way) against raw `GET` on one
+//! shared multiplexed connection.
 //!
 //! DESIGN §9 target: 64-task L2 throughput at least 0.9× one shared multiplexed connection.
 //! One iteration is one read by each of 64 tasks (`Throughput::Elements(64)`): a sample of
@@ -9,12 +10,12 @@
 //! - `mdcache_pool16` / `mdcache_pool4` / `mdcache_pool1`: `Cache::get`, `Backend::Redis`
 //!   (no L1), 1 s deadline; 16 is the default `CACHE_POOL_SIZE`.
 //! - `raw_get_shared_mux`: `GET` on clones of one `MultiplexedConnection` — the floor.
-//! - `raw_multi_get_pttl_shared_mux`: `MULTI GET PTTL EXEC` on that connection, what
-//!   `Cache::get` sends — separates the protocol's cost from the pool's.
-//! - References for where the difference goes: `raw_evalsha_get_pttl_shared_mux` (the same
-//!   two reads, atomic, as one Lua script call), `raw_pipe_get_pttl_shared_mux` (the same two
-//!   reads as a plain, non-atomic pipeline) and `raw_get_16_mux` (raw `GET`, the 64 tasks
-//!   spread over 16 multiplexed connections, as over a pool of 16).
+//! - `raw_pipe_get_pttl_shared_mux`: `PTTL` + `GET` as a plain pipeline on that connection,
+//!   what `Cache::get` sends — separates the protocol's cost from ours.
+//! - References: `raw_multi_get_pttl_shared_mux` (`MULTI GET PTTL EXEC`, what `Cache::get`
+//!   sent before issue 15, and issue 15's 0.9× reference), `raw_evalsha_get_pttl_shared_mux`
+//!   (the same two reads, atomic, as one Lua script call) and `raw_get_16_mux` (raw `GET`, the
+//!   64 tasks spread over 16 multiplexed connections, as the old pool-per-operation did).
 //!
 //! After the criterion group, `l2_concurrent/latency` prints throughput and per-read
 //! p50/p99/p99.9 for each contender, contenders interleaved in rounds.

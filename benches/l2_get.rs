@@ -6,14 +6,15 @@
 //!
 //! - `mdcache_get`: `Cache::get`, `Backend::Redis` (no L1), default pool of 16, 1 s deadline
 //!   (so a slow moment on a busy machine is measured, not turned into an error). It sends
-//!   `MULTI GET PTTL EXEC` and decodes the value. `mdcache_get_pool1`: the same with a pool
-//!   of one connection.
+//!   `PTTL` + `GET` as one plain pipeline on the callers' shared connection and decodes the
+//!   value. `mdcache_get_pool1`: the same with a pool of one connection (since operations no
+//!   longer check a connection out, the pool size should not matter; this row checks it).
 //! - `raw_get`: `GET` on one shared `MultiplexedConnection` — the floor.
-//! - `raw_multi_get_pttl`: `MULTI GET PTTL EXEC` on that connection — what `mdcache_get` sends,
-//!   so `mdcache_get / raw_multi_get_pttl` is our own overhead and `raw_multi_get_pttl /
-//!   raw_get` the protocol's.
-//! - `raw_pipe_get_pttl` and `raw_evalsha_get_pttl`: the same two reads as a plain pipeline and
-//!   as one Lua script — references for the cost of the transaction wrapper.
+//! - `raw_pipe_get_pttl`: the two reads as a plain pipeline on that connection — what
+//!   `mdcache_get` sends, so `mdcache_get / raw_pipe_get_pttl` is our own overhead and
+//!   `raw_pipe_get_pttl / raw_get` the protocol's.
+//! - `raw_multi_get_pttl` and `raw_evalsha_get_pttl`: the same two reads as `MULTI GET PTTL
+//!   EXEC` (what `mdcache_get` sent before issue 15) and as one Lua script — references.
 //!
 //! The loops run inside a task spawned on a 2-worker runtime, like an engine task: the reply
 //! then wakes the task on the worker that read it, instead of crossing to criterion's

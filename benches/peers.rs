@@ -4,7 +4,7 @@
 //!
 //! - `mdcache`: `Cache` — layered (quick_cache L1 + Redis) for the L1 hit, the stampede (through
 //!   `CacheAside` over a `MemorySource` that takes 5 ms per load) and the writes;
-//!   `Backend::Redis` (no L1, default pool of 16, a 1 s deadline as in `l2_get`) for the L2
+//!   `Backend::Redis` (no L1, default configuration, a 1 s deadline as in `l2_get`) for the L2
 //!   reads; its defaults (5 ms deadline, breaker) for the hung server.
 //! - `multi-tier-cache`: as its README recommends, `CacheSystem::with_redis_url` (Moka L1,
 //!   Redis L2 on a `ConnectionManager`, JSON values), `get_typed` / `set_with_strategy` /

@@ -123,7 +123,9 @@ impl CacheBuilder {
         self
     }
 
-    /// Multiplexed connections in the pool.
+    /// Multiplexed connections the pool keeps open (see
+    /// [`CacheConfig::pool_size`](crate::CacheConfig::pool_size): two are in use, the rest are
+    /// connected spares).
     pub fn pool_size(mut self, n: NonZeroU32) -> Self {
         self.config.pool_size = n;
         self

@@ -87,7 +87,10 @@ pub struct CacheConfig {
     pub tls_ca_file: Option<std::path::PathBuf>,
     /// Key prefix (`CACHE_NAMESPACE`), `mdc` by default.
     pub namespace: String,
-    /// Multiplexed connections in the bb8 pool (`CACHE_POOL_SIZE`).
+    /// Multiplexed connections the bb8 pool keeps open (`CACHE_POOL_SIZE`). Operations do not
+    /// check one out each time: callers' operations share one of them, the writer's batches,
+    /// recovery and admin commands another; the rest are spares, already connected, that
+    /// replace a connection found broken without waiting for a connect.
     pub pool_size: NonZeroU32,
     /// Deadline of one L2 operation, including acquiring its connection (`CACHE_OP_TIMEOUT_MS`).
     pub op_timeout: Duration,
