@@ -329,8 +329,15 @@ pub(crate) fn parse_top(key: &str, reply: Value) -> Result<TopReply> {
             _ => Err(bad("book member is not a string")),
         })
         .collect::<Result<Vec<_>>>();
-    let levels = match levels {
-        Ok(levels) => levels,
+    // Members another program put in the set are held to the rules a write is: a NaN price or
+    // a negative quantity is not served.
+    let side = match levels.and_then(|levels| {
+        let side = BookSide { levels };
+        crate::book::validate(&side)
+            .map(|()| side)
+            .map_err(|e| bad(&format!("book members break the side's rules: {e}")))
+    }) {
+        Ok(side) => side,
         Err(error) => return Ok(TopReply::Undecodable { stamp: raw, error }),
     };
     // A side whose set is gone or changed under its stamp is not the side that was written.
@@ -345,7 +352,7 @@ pub(crate) fn parse_top(key: &str, reply: Value) -> Result<TopReply> {
         version: stamp.version,
         written_ttl: stamp.written_ttl_ms.map(Duration::from_millis),
         remaining,
-        side: BookSide { levels },
+        side,
         bytes,
     }))
 }
@@ -464,6 +471,28 @@ mod tests {
                     .collect(),
             ),
         ])
+    }
+
+    /// Found by `replies_fuzz::book_replies_of_any_shape`: members another program wrote were
+    /// served as they parsed, a negative quantity or a NaN price included.
+    #[test]
+    fn members_that_break_a_sides_rules_are_undecodable_not_served() {
+        let stamp = 7u64.to_be_bytes();
+        for members in [
+            &["0:-1"][..],
+            &["NaN:1"],
+            &["inf:1"],
+            &["1:nan"],
+            &["1:2", "1.0:3"],
+        ] {
+            let got = parse_top("k", reply(&stamp, members.len() as i64, members)).unwrap();
+            assert!(
+                matches!(got, TopReply::Undecodable { .. }),
+                "{members:?} gave {got:?}"
+            );
+        }
+        let good = parse_top("k", reply(&stamp, 2, &["1:2", "1.5:0"])).unwrap();
+        assert!(matches!(good, TopReply::Found(_)));
     }
 
     #[test]

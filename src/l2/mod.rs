@@ -22,6 +22,8 @@ mod commands;
 mod connect;
 mod pool;
 mod redis;
+#[cfg(test)]
+mod replies_fuzz;
 mod shards;
 mod tier;
 mod values;

@@ -233,6 +233,16 @@ fn server_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("redis-server"))
 }
 
+/// How many cases a fuzz harness runs: `MDCACHE_FUZZ_CASES` when set (`make fuzz` sets a long
+/// budget), else `short`, the budget `make test` affords.
+pub fn fuzz_cases(short: u32) -> u32 {
+    std::env::var("MDCACHE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(short)
+}
+
 /// A port the kernel just considered free. Racy by nature (see `START_ATTEMPTS`).
 pub fn free_port() -> u16 {
     loop {
