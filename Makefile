@@ -11,7 +11,7 @@ export RUST_BACKTRACE := 1
 # apt-get as root, through sudo otherwise (if sudo exists).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null 2>&1 || echo sudo)
 
-.PHONY: all deps build run test lint bench faults clean
+.PHONY: all deps build run test lint bench faults fuzz soak clean
 
 all: lint test
 
@@ -71,6 +71,21 @@ faults: deps
 	rm -rf target/faults && mkdir -p target/faults
 	MDCACHE_FAULTS_OUT=$(CURDIR)/target/faults $(CARGO) test --release --locked --features cli --test faults_simulate -- --include-ignored --test-threads=1 simulate_
 	MDCACHE_FAULTS_OUT=$(CURDIR)/target/faults $(CARGO) run --release --locked --example faults_report
+
+# The fuzz harnesses with a long budget (proptest; stable Rust): tests/fuzz.rs and the library's
+# reply-parser harnesses (src/l2/replies_fuzz.rs), FUZZ_CASES cases each. `make test` runs the
+# same harnesses with their short default budgets.
+FUZZ_CASES ?= 20000
+fuzz: deps
+	MDCACHE_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release --locked --features cli --test fuzz
+	MDCACHE_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release --locked --features cli --lib replies_fuzz
+
+# The soak: `simulate --engines 2` against Redis and PostgreSQL for SOAK_SECS (10 minutes by
+# default) with a Redis fault every 30 s (killed, hung, +20 ms, resets, in turn); fails on a
+# leak or a non-zero correctness figure, and writes docs/soak.md (tests/soak.rs).
+SOAK_SECS ?= 600
+soak: deps
+	MDCACHE_SOAK_SECS=$(SOAK_SECS) MDCACHE_SOAK_OUT=$(CURDIR)/docs/soak.md $(CARGO) test --release --locked --features cli --test soak -- --ignored --nocapture
 
 bench: deps
 	$(CARGO) bench --locked

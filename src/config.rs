@@ -359,9 +359,14 @@ impl CacheConfig {
                 "CACHE_BACKEND" => cfg.backend = Some(value.parse()?),
                 "CACHE_REDIS_URL" => cfg.redis_url = non_empty(name, value)?,
                 "CACHE_REDIS_CLUSTER" => cfg.redis_cluster = seed_list(name, value)?,
-                "CACHE_ADDRESS" => address = non_empty(name, value)?,
+                "CACHE_ADDRESS" => address = Some(host(name, value)?),
                 "CACHE_PORT" => port = Some(parse_num::<u16>(name, value, 1)?),
                 "CACHE_USERNAME" => cfg.redis_username = non_empty(name, value)?,
+                // Not trimmed (a password may hold spaces), but never empty: an empty one is
+                // a template that was not filled in.
+                "CACHE_PASSWORD" if value.is_empty() => {
+                    return Err(Error::config(name, "is set but empty"));
+                }
                 "CACHE_PASSWORD" => cfg.redis_password = Some(Password::new(value)),
                 "CACHE_TLS_CA_FILE" => cfg.tls_ca_file = non_empty(name, value)?.map(Into::into),
                 "CACHE_NAMESPACE" => cfg.namespace = value.to_owned(),
@@ -512,7 +517,15 @@ impl CacheConfig {
             ("CACHE_PROBE_TIMEOUT_MS", self.breaker.probe_timeout),
             ("CACHE_BREAKER_OPEN_MS", self.breaker.open_for),
             ("CACHE_RETRY_BACKOFF_US", self.retry.backoff),
-            ("CACHE_RETRY_BACKOFF_CAP_US", self.retry.cap()),
+            // Unset, the cap is 8× the backoff: a cap too large is then the backoff's fault.
+            (
+                if self.retry.backoff_cap.is_some() {
+                    "CACHE_RETRY_BACKOFF_CAP_US"
+                } else {
+                    "CACHE_RETRY_BACKOFF_US"
+                },
+                self.retry.cap(),
+            ),
         ] {
             at_most_max_ttl(name, d)?;
         }
@@ -640,6 +653,32 @@ fn seed_list(name: &str, value: &str) -> Result<Vec<String>> {
         ));
     }
     Ok(seeds)
+}
+
+/// A host name or an IP address, as `CACHE_ADDRESS` takes it (an IPv6 address in brackets):
+/// anything else would be spliced into a URL and fail there, blamed on `CACHE_REDIS_URL`.
+fn host(name: &str, value: &str) -> Result<String> {
+    let v = value.trim();
+    let name_chars = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    };
+    let ipv6 = v
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+    if name_chars(v) || ipv6 {
+        Ok(v.to_owned())
+    } else {
+        Err(Error::config(
+            name,
+            format!(
+                "{value:?} is not a host name or IP address (an IPv6 address goes in brackets; \
+                 a whole URL goes in CACHE_REDIS_URL)"
+            ),
+        ))
+    }
 }
 
 fn non_empty(name: &str, value: &str) -> Result<Option<String>> {
@@ -896,6 +935,51 @@ pub(crate) fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `tests/fuzz.rs`: a backoff under the limit whose default cap (8×) is over it
+    /// was refused as a bad `CACHE_RETRY_BACKOFF_CAP_US`, which the operator never set.
+    #[test]
+    fn a_backoff_whose_derived_cap_is_too_large_is_blamed_on_the_backoff() {
+        let vars = [("CACHE_RETRY_BACKOFF_US", "75600000001")];
+        let err = CacheConfig::from_vars(vars)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("CACHE_RETRY_BACKOFF_US:"), "{err}");
+        let vars = [
+            ("CACHE_RETRY_BACKOFF_US", "1000"),
+            ("CACHE_RETRY_BACKOFF_CAP_US", "604800000001"),
+        ];
+        let err = CacheConfig::from_vars(vars)
+            .and_then(|c| c.validate())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("CACHE_RETRY_BACKOFF_CAP_US"),
+            "{err}"
+        );
+    }
+
+    /// Found by `tests/fuzz.rs`: `CACHE_ADDRESS=redis://` was spliced into a URL and refused as
+    /// a bad `CACHE_REDIS_URL`, a variable the operator never set.
+    #[test]
+    fn a_bad_address_is_refused_naming_cache_address() {
+        for bad in [
+            "redis://",
+            "h:1",
+            "a b",
+            "user@h",
+            "h/0",
+            "[::1",
+            "[nothost]",
+        ] {
+            let err = CacheConfig::from_vars([("CACHE_ADDRESS", bad)]).unwrap_err();
+            assert!(err.to_string().contains("CACHE_ADDRESS"), "{bad}: {err}");
+        }
+        for good in ["cache.internal", "10.0.0.9", "[::1]", "redis-1_a"] {
+            let cfg = CacheConfig::from_vars([("CACHE_ADDRESS", good)]).unwrap();
+            assert!(cfg.validate().is_ok(), "{good}");
+        }
+    }
 
     #[test]
     fn defaults_match_the_design() {

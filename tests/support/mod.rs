@@ -189,6 +189,11 @@ impl RedisServer {
         );
     }
 
+    /// The running server's process id (`None` while killed).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Everything the server (and every restart of it) wrote to its log file,
     /// followed by anything it printed to stdout/stderr.
     pub fn log(&self) -> String {

@@ -444,6 +444,12 @@ async fn simulate<Src: SourceWriter>(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() & 0xFF_FFFF);
 
+    let alive_tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let alive_tasks_before = alive_tasks();
     let start = Instant::now();
     let stop_watch = CancellationToken::new();
     let watch = args.fault_window.map(|w| {
@@ -605,6 +611,10 @@ async fn simulate<Src: SourceWriter>(
         .zip(timeline)
         .map(|(w, t)| report::window_report(w, &measured.window, t));
     report.verify = verification;
+    report.runtime = report::RuntimeTasks {
+        alive_tasks_before,
+        alive_tasks_after: alive_tasks(),
+    };
     for line in report.summary(&all) {
         print_line(&line)?;
     }

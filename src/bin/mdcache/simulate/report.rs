@@ -142,6 +142,19 @@ pub(crate) struct Report {
     /// The `--verify` checks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) verify: Option<Verification>,
+    /// The tokio runtime's tasks around the run, for leak checks (a soak).
+    pub(crate) runtime: RuntimeTasks,
+}
+
+/// Tasks alive on the runtime (`RuntimeMetrics::num_alive_tasks`) when only the caches' own
+/// background tasks (writers, backplanes, recovery) should be running: equal when the run
+/// leaked none.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct RuntimeTasks {
+    /// After the caches were built and warmed, before the workload's tasks started.
+    pub(crate) alive_tasks_before: usize,
+    /// After the workload's tasks ended, the caches flushed and recovered, and the checks ran.
+    pub(crate) alive_tasks_after: usize,
 }
 
 /// Read errors by kind (the `LoadError` variant).
@@ -862,6 +875,7 @@ impl Report {
             }),
             fault_window: None,
             verify: None,
+            runtime: RuntimeTasks::default(),
         };
         (report, all)
     }
