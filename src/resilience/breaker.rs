@@ -499,6 +499,54 @@ mod tests {
         })
     }
 
+    /// The success fast path (no failsafe lock while closed with nothing to reset) must still
+    /// reset the count after a failure, and skip nothing that matters.
+    #[test]
+    fn a_success_resets_the_consecutive_count_and_healthy_successes_change_nothing() {
+        let b = breaker(Duration::from_secs(60));
+        let fail = || b.failure(Instant::now());
+        for _ in 0..1_000 {
+            b.success();
+        }
+        // Two failures, a success, two failures: never three in a row.
+        fail();
+        fail();
+        b.success();
+        fail();
+        fail();
+        assert_eq!(b.state(), BreakerState::Closed);
+        // The success after them reset the count, and skipped successes do not undo that.
+        b.success();
+        b.success();
+        fail();
+        fail();
+        assert_eq!(b.state(), BreakerState::Closed);
+        fail();
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    /// Under the failure-rate policy every success is recorded: the window needs them.
+    #[test]
+    fn the_failure_rate_policy_sees_every_success() {
+        let b = CircuitBreaker::new(&BreakerConfig {
+            policy: BreakerPolicy::FailureRate {
+                max_failure_rate: 0.5,
+                min_requests: 10,
+                window: Duration::from_secs(60),
+            },
+            ..BreakerConfig::default()
+        });
+        assert!(!b.successes_reset_only);
+        // 30 successes then 10 failures: a 25 % failure rate, under the 50 % threshold.
+        for _ in 0..30 {
+            b.success();
+        }
+        for _ in 0..10 {
+            b.failure(Instant::now());
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
     #[test]
     fn failures_of_operations_in_flight_together_count_once() {
         let b = breaker(Duration::from_secs(60));
