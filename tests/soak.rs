@@ -193,7 +193,8 @@ fn soak_two_engines_under_a_redis_fault_every_30_s() {
         .env("CACHE_BREAKER_FAILURES", "5")
         .env("CACHE_BREAKER_OPEN_MS", "300")
         .env("CACHE_PROBE_TIMEOUT_MS", "100")
-        .env("RUST_LOG", "mdcache=error")
+        // Warnings: breaker transitions, and any read that failed in the cache (with why).
+        .env("RUST_LOG", "mdcache=warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -353,6 +354,12 @@ fn soak_two_engines_under_a_redis_fault_every_30_s() {
     let orphans = !(redis_gone && port_free(redis_addr.port()) && port_free(pg_port));
 
     let soak = Soak {
+        cache_failures: stderr
+            .lines()
+            .filter(|l| l.contains("a read failed in the cache"))
+            .take(20)
+            .map(str::to_owned)
+            .collect(),
         duration,
         samples,
         last_sample,
@@ -376,6 +383,8 @@ fn soak_two_engines_under_a_redis_fault_every_30_s() {
 
 /// What the soak saw, and its verdicts.
 struct Soak<'a> {
+    /// simulate's warnings for reads that failed in the cache (the first 20), with the error.
+    cache_failures: Vec<String>,
     duration: Duration,
     samples: Vec<Sample>,
     last_sample: Option<Sample>,
@@ -572,6 +581,16 @@ impl Soak<'_> {
         let _ = writeln!(md, "| figure | count |\n|---|---:|");
         for (what, n) in self.correctness() {
             let _ = writeln!(md, "| {what} | {n} |");
+        }
+        if !self.cache_failures.is_empty() {
+            let _ = writeln!(
+                md,
+                "\nThe reads that failed in the cache, as simulate logged them:\n\n```text"
+            );
+            for l in &self.cache_failures {
+                let _ = writeln!(md, "{l}");
+            }
+            let _ = writeln!(md, "```");
         }
         let _ = writeln!(
             md,

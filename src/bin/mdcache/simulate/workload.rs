@@ -417,7 +417,9 @@ fn read_outcome<V, E: std::error::Error>(
             LoadError::SourceTimeout(_) => ReadFailure::SourceTimeout,
             LoadError::Overloaded(_) => ReadFailure::Overloaded,
             other => {
-                tracing::debug!(error = %other, "a read failed in the cache");
+                // Counted as a caller-visible error the source could not make up for: rare by
+                // design, so each one is worth its line (the soak and fault runs look for 0).
+                tracing::warn!(error = %other, "a read failed in the cache");
                 ReadFailure::Cache
             }
         }),
