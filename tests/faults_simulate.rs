@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use support::cli::mdcache;
 use support::faults::settings::{OP_TIMEOUT, SIM_DURATION, SIM_WINDOW};
-use support::faults::{Env, Fault, NO_HANG};
+use support::faults::{Env, Fault, NO_HANG, SimChild};
 
 /// Runs `mdcache simulate` under one fault (with `engines` engine instances beside the feed,
 /// or one instance for 0) and returns its report; see `sim_scenario`.
@@ -22,16 +22,13 @@ fn run_simulate(
     engines: u32,
     env: &mut Env,
 ) -> (serde_json::Value, std::process::ExitStatus, String) {
-    use std::io::BufRead;
-    use std::process::Stdio;
-
     let dir = tempfile::tempdir().expect("temp dir");
     let report_path = dir.path().join("report.json");
     let name = fault.name();
     let redis_args = env.redis_args();
     // `mdcache()` takes nothing from the host's environment: only the settings below.
-    let mut child = mdcache()
-        .args(["simulate", "--quiet", "--verify"])
+    let mut cmd = mdcache();
+    cmd.args(["simulate", "--quiet", "--verify"])
         .args(["--duration", SIM_DURATION])
         .arg("--fault-window")
         .arg(format!(
@@ -62,45 +59,10 @@ fn run_simulate(
         .env(
             "RUST_LOG",
             std::env::var("MDCACHE_FAULTS_LOG").unwrap_or_else(|_| "mdcache=warn".into()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mdcache simulate");
-    let stdout = child.stdout.take().expect("stdout");
-    let stderr = child.stderr.take().expect("stderr");
-    let err_thread =
-        std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let out_thread = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line.clone());
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-
+        );
+    let mut sim = SimChild::spawn(cmd);
     // The line that marks the start of the tasks (after seeding, which may take a while).
-    let started = loop {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) if line.starts_with("fault window:") => break Instant::now(),
-            Ok(_) => {}
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "{name}: simulate never opened its window\nstdout:\n{}\nstderr:\n{}",
-                    out_thread.join().unwrap_or_default(),
-                    err_thread.join().unwrap_or_default()
-                );
-            }
-        }
-    };
+    let started = sim.wait_for_line("fault window:", Duration::from_secs(60), name);
     std::thread::sleep((started + SIM_WINDOW.0).saturating_duration_since(Instant::now()));
     fault.inject(env);
     while Instant::now() < started + SIM_WINDOW.1 {
@@ -110,20 +72,7 @@ fn run_simulate(
     fault.heal(env);
 
     // simulate ends after its duration plus its bounded recovery wait and the checks.
-    let give_up = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for simulate") {
-            break status;
-        }
-        if Instant::now() > give_up {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{name}: simulate did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stdout = out_thread.join().unwrap_or_default();
-    let stderr = err_thread.join().unwrap_or_default();
+    let (status, stdout, stderr) = sim.finish(Duration::from_secs(120), name);
     let text = std::fs::read_to_string(&report_path).unwrap_or_else(|e| {
         panic!("{name}: no report ({e}); exit {status}\nstdout:\n{stdout}\nstderr:\n{stderr}")
     });

@@ -17,6 +17,9 @@
 
 mod support;
 
+#[path = "support/fixtures.rs"]
+mod fixtures;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -32,7 +35,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use support::RedisServer;
 use support::cli::mdcache;
-use support::fuzz_cases;
+use support::{fuzz_cases, shared_runtime};
 
 /// A memory-backed cache (no I/O), shared by the cases of a harness.
 fn memory() -> &'static Cache {
@@ -43,17 +46,6 @@ fn memory() -> &'static Cache {
             .ttl_kind("book", Duration::from_secs(3600))
             .build()
             .expect("memory cache")
-    })
-}
-
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime")
     })
 }
 
@@ -429,7 +421,7 @@ proptest! {
             "CACHE_BACKEND" | "CACHE_REDIS_URL" | "CACHE_REDIS_CLUSTER" | "CACHE_ADDRESS" | "CACHE_PORT"
         );
         if !connects {
-            let built = runtime().block_on(async {
+            let built = shared_runtime().block_on(async {
                 Cache::builder().config(cfg).backend(Backend::Memory).build()
             });
             if let Err(e) = built {
@@ -481,7 +473,7 @@ proptest! {
         }
         let cache = memory();
         let key = cache.key::<BookAsk>("FUZZ").expect("valid id");
-        runtime().block_on(async {
+        shared_runtime().block_on(async {
             let before = cache.get_book(&key, usize::MAX).await.expect("memory read");
             let version = next_version();
             let outcome = cache.set_book(&key, BookSide { levels: levels.clone() }, version).await;
@@ -521,7 +513,7 @@ fn a_million_levels_are_refused_whole() {
             qty: 1.0,
         })
         .collect();
-    runtime().block_on(async {
+    shared_runtime().block_on(async {
         let e = cache
             .set_book(
                 &key,
@@ -580,7 +572,7 @@ struct Layered {
 fn layered() -> &'static Layered {
     static L: OnceLock<Layered> = OnceLock::new();
     L.get_or_init(|| {
-        runtime().block_on(async {
+        shared_runtime().block_on(async {
             let server = RedisServer::start();
             let cache = Cache::builder()
                 .redis_url(server.url())
@@ -616,12 +608,12 @@ proptest! {
         let good = codec::encode_with_ttl(
             3,
             Some(Duration::from_secs(60)),
-            &support_price(),
+            &fixtures::price(3),
             DEFAULT_MAX_VALUE_BYTES,
         )
         .expect("encode");
         let mut raw = l.raw.clone();
-        runtime().block_on(async {
+        shared_runtime().block_on(async {
             let stored: Option<Vec<u8>> = match &thing {
                 Foreign::Bytes(b) => Some(b.clone()),
                 Foreign::Damaged(m) => Some(mutate(good.clone(), m)),
@@ -661,18 +653,6 @@ proptest! {
             }
             Ok(())
         })?;
-    }
-}
-
-fn support_price() -> Price {
-    Price {
-        bid: 1.0,
-        ask: 2.0,
-        bid_size: 3.0,
-        ask_size: 4.0,
-        last: 1.5,
-        seq: 3,
-        exchange_ts_ns: 3,
     }
 }
 

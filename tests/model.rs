@@ -22,6 +22,9 @@
 
 mod support;
 
+#[path = "support/fixtures.rs"]
+mod fixtures;
+
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -29,7 +32,7 @@ use mdcache::{
     BreakerState, Cache, CacheAside, Key, MemorySource, Position, Price, Read, Tier, WriteThrough,
 };
 use proptest::prelude::*;
-use support::RedisServer;
+use support::{RedisServer, shared_runtime};
 
 /// Instances, and keys per kind.
 const INSTANCES: usize = 2;
@@ -42,17 +45,6 @@ fn cases() -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(8)
-}
-
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime")
-    })
 }
 
 /// The server every sequence runs on; sequences fault it and leave it healed.
@@ -148,18 +140,6 @@ impl Model {
     }
 }
 
-fn price(seq: u64) -> Price {
-    Price {
-        bid: 1.0,
-        ask: 2.0,
-        bid_size: 1.0,
-        ask_size: 1.0,
-        last: 1.5,
-        seq,
-        exchange_ts_ns: seq,
-    }
-}
-
 /// Rule 1 as `simulate` counts it: past the TTL, or an L1 hit with no time left; `Stale`
 /// reads (the marked fail-safe) excepted.
 fn past_ttl<V>(read: &Read<V>) -> bool {
@@ -231,7 +211,7 @@ async fn step(
             model.next_price_version += 1;
             let v = model.next_price_version;
             let i = &insts[inst];
-            match i.cache.set(&i.price[key], price(v), v).await {
+            match i.cache.set(&i.price[key], fixtures::price(v), v).await {
                 // In L1 at once (applied, queued or local-only): this instance's floor.
                 Ok(_) => {
                     let floor = &mut model.floor[inst][1][key];
@@ -368,7 +348,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     let case = CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let server = server();
     let url = server.lock().unwrap_or_else(|p| p.into_inner()).url();
-    runtime().block_on(async {
+    shared_runtime().block_on(async {
         let source = Arc::new(MemorySource::default());
         let mut insts = Vec::new();
         for _ in 0..INSTANCES {

@@ -16,14 +16,12 @@
 mod support;
 
 use std::fmt::Write as _;
-use std::io::BufRead;
 use std::net::{SocketAddr, TcpStream};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::cli::mdcache;
 use support::faults::settings::OP_TIMEOUT;
-use support::faults::{Env, Fault};
+use support::faults::{Env, Fault, SimChild};
 use support::http::{free_addr, scrape};
 
 /// The faults, in turn.
@@ -171,8 +169,8 @@ fn soak_two_engines_under_a_redis_fault_every_30_s() {
     let dir = tempfile::tempdir().expect("temp dir");
     let report_path = dir.path().join("report.json");
 
-    let mut child = mdcache()
-        .args(["simulate", "--quiet", "--verify", "--engines", "2"])
+    let mut cmd = mdcache();
+    cmd.args(["simulate", "--quiet", "--verify", "--engines", "2"])
         .arg("--duration")
         .arg(format!("{}s", duration.as_secs()))
         // A window around the first fault gives the start of the tasks on stdout.
@@ -197,44 +195,10 @@ fn soak_two_engines_under_a_redis_fault_every_30_s() {
         .env("CACHE_BREAKER_OPEN_MS", "300")
         .env("CACHE_PROBE_TIMEOUT_MS", "100")
         // Warnings: breaker transitions, and any read that failed in the cache (with why).
-        .env("RUST_LOG", "mdcache=warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mdcache simulate");
-    let pid = child.id();
-    let stdout = child.stdout.take().expect("stdout");
-    let stderr = child.stderr.take().expect("stderr");
-    let err_thread =
-        std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let out_thread = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line.clone());
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let started = loop {
-        match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(line) if line.starts_with("fault window:") => break Instant::now(),
-            Ok(_) => {}
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "simulate never started its tasks\nstdout:\n{}\nstderr:\n{}",
-                    out_thread.join().unwrap_or_default(),
-                    err_thread.join().unwrap_or_default()
-                );
-            }
-        }
-    };
+        .env("RUST_LOG", "mdcache=warn");
+    let mut sim = SimChild::spawn(cmd);
+    let pid = sim.child.id();
+    let started = sim.wait_for_line("fault window:", Duration::from_secs(120), "soak");
 
     // The schedule: faults every EVERY while at least 15 s of the run remain after one.
     let mut schedule: Vec<(Duration, Fault)> = Vec::new();
@@ -299,20 +263,7 @@ fn soak_two_engines_under_a_redis_fault_every_30_s() {
     let last_sample = sample(pid, started.elapsed(), redis_addr, true);
     let final_marks = transitions(metrics);
 
-    let give_up = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for simulate") {
-            break status;
-        }
-        if Instant::now() > give_up {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("simulate did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stdout = out_thread.join().unwrap_or_default();
-    let stderr = err_thread.join().unwrap_or_default();
+    let (status, stdout, stderr) = sim.finish(Duration::from_secs(180), "soak");
     let text = std::fs::read_to_string(&report_path).unwrap_or_else(|e| {
         panic!("no report ({e}); exit {status}\nstdout:\n{stdout}\nstderr:\n{stderr}")
     });

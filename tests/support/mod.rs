@@ -238,6 +238,19 @@ fn server_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("redis-server"))
 }
 
+/// A 2-worker runtime shared by a test binary's property tests, built on first use (each
+/// case blocks on it; a runtime per case would cost more than most cases).
+pub fn shared_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
+}
+
 /// How many cases a fuzz harness runs: `MDCACHE_FUZZ_CASES` when set (`make fuzz` sets a long
 /// budget), else `short`, the budget `make test` affords.
 pub fn fuzz_cases(short: u32) -> u32 {

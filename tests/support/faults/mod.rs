@@ -220,3 +220,102 @@ impl Env {
             .map_or_else(|| self.redis.url(), |p| p.url_for_redis())
     }
 }
+
+/// A running `mdcache simulate` child: its stdout lines as they come, and both streams whole
+/// once it has exited. Both fault runs (`tests/faults_simulate.rs`) and the soak use it.
+pub struct SimChild {
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    out: Option<std::thread::JoinHandle<String>>,
+    err: Option<std::thread::JoinHandle<String>>,
+}
+
+impl SimChild {
+    /// Spawns `cmd` with piped stdout and stderr, read on two threads.
+    pub fn spawn(mut cmd: std::process::Command) -> SimChild {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mdcache simulate");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        let out = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line.clone());
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        SimChild {
+            child,
+            lines,
+            out: Some(out),
+            err: Some(err),
+        }
+    }
+
+    /// Waits for a stdout line starting with `prefix` (no line for `within`: panics, after
+    /// killing the child, with what it printed) and returns when it came.
+    pub fn wait_for_line(
+        &mut self,
+        prefix: &str,
+        within: Duration,
+        what: &str,
+    ) -> std::time::Instant {
+        loop {
+            match self.lines.recv_timeout(within) {
+                Ok(line) if line.starts_with(prefix) => return std::time::Instant::now(),
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    let (out, err) = self.streams();
+                    panic!(
+                        "{what}: simulate never printed {prefix:?}\nstdout:\n{out}\nstderr:\n{err}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits for the child to exit (for at most `within`: then kills it and panics), and
+    /// returns its status, stdout and stderr.
+    pub fn finish(
+        mut self,
+        within: Duration,
+        what: &str,
+    ) -> (std::process::ExitStatus, String, String) {
+        let give_up = std::time::Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for simulate") {
+                break status;
+            }
+            if std::time::Instant::now() > give_up {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("{what}: simulate did not finish");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let (out, err) = self.streams();
+        (status, out, err)
+    }
+
+    /// Both streams whole (empty once taken); the child must have exited.
+    fn streams(&mut self) -> (String, String) {
+        let whole = |h: Option<std::thread::JoinHandle<String>>| {
+            h.and_then(|h| h.join().ok()).unwrap_or_default()
+        };
+        (whole(self.out.take()), whole(self.err.take()))
+    }
+}
