@@ -52,6 +52,20 @@ impl Entry {
 #[derive(Debug)]
 pub(crate) struct Floor;
 
+/// What L1 holds at a key, as a diagnostic line shows it ([`L1::held`]).
+#[derive(Debug, Clone, Copy)]
+#[allow(dead_code)] // read through `Debug` only
+pub(crate) struct Held {
+    /// The entry's version.
+    pub(crate) version: u64,
+    /// Microseconds to its deadline (negative: past it).
+    pub(crate) left_us: i64,
+    /// Stored in the current epoch, or by this process.
+    pub(crate) trusted: bool,
+    /// A version floor (no value).
+    pub(crate) floor: bool,
+}
+
 /// Weighs entries by the weight computed once at insert time.
 #[derive(Clone, Copy, Debug)]
 struct EntryWeighter;
@@ -386,6 +400,21 @@ impl L1 {
     pub(crate) fn live_version(&self, key: &str) -> Option<u64> {
         let e = self.map.peek(key)?;
         (self.clock.now() < e.deadline).then_some(e.version)
+    }
+
+    /// What the entry at `key` is, live or not, for a diagnostic line (never for a decision).
+    pub(crate) fn held(&self, key: &str) -> Option<Held> {
+        let e = self.map.peek(key)?;
+        let now = self.clock.now();
+        let left = e.deadline.saturating_duration_since(now);
+        let past = now.saturating_duration_since(e.deadline);
+        Some(Held {
+            version: e.version,
+            left_us: i64::try_from(left.as_micros()).unwrap_or(i64::MAX)
+                - i64::try_from(past.as_micros()).unwrap_or(i64::MAX),
+            trusted: e.trusted(self.current_epoch()),
+            floor: e.value.is::<Floor>(),
+        })
     }
 
     /// The deadline of the entry at `key`, whatever its type.

@@ -480,3 +480,165 @@ async fn an_instance_without_l1_publishes_and_flush_waits_until_it_has(server: T
     assert!(w.stats().backplane.unwrap().published_items > before);
     gone(&a, &ka).await;
 }
+
+/// The soak's finding (issue 16): an engine that writes nothing holds a tick it received, its
+/// L1 is then distrusted (a gap), Redis hangs, and the source — which never sees the feed's
+/// ticks — holds an older side. The older side must not be served (the engine saw a newer
+/// one); the held one is, marked `Stale`, within the kind's stale bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distrusted_tick_is_served_stale_when_redis_fails_and_the_source_is_behind() {
+    use mdcache::{CacheAside, MemorySource, Store};
+    use std::sync::Arc;
+    let server = RedisServer::start();
+    let (feed, engine) = (instance(&server), instance(&server));
+    subscribed(&[&feed, &engine]).await;
+    let src = Arc::new(MemorySource::default());
+    let (kf, ke) = (
+        feed.key::<BookBid>("LAG").unwrap(),
+        engine.key::<BookBid>("LAG").unwrap(),
+    );
+    let seeded = src.write(&ke, &book([(1.0, 1.0)])).await.unwrap();
+    feed.set_book(&kf, book([(99.0, 1.0)]), seeded + 10)
+        .await
+        .unwrap();
+    let aside = CacheAside::builder(engine.clone(), Arc::clone(&src))
+        .build()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = aside.read_book(&ke, 10).await.unwrap().unwrap();
+        if r.version == seeded + 10 && r.tier == Tier::L1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tick never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    publish_raw(&server, 1, Vec::new()).await;
+    publish_raw(&server, 3, Vec::new()).await;
+    wait_for("the gap", || {
+        engine.stats().backplane.is_some_and(|s| s.epoch_bumps >= 1)
+    })
+    .await;
+    server.pause();
+    let r = aside.read_book(&ke, 10).await;
+    server.resume();
+    let r = r.expect("the held tick, not an error").expect("a value");
+    assert_eq!((r.tier, r.version), (Tier::Stale, seeded + 10));
+}
+
+/// A source of prices whose second load waits until the test lets it go, so the test can act
+/// while a read's second flight is in the source.
+struct GatedSource {
+    inner: mdcache::MemorySource,
+    loads: std::sync::atomic::AtomicU64,
+    second_started: tokio::sync::Notify,
+    go: tokio::sync::Semaphore,
+}
+
+impl mdcache::Source for GatedSource {
+    type Error = <mdcache::MemorySource as mdcache::Source>::Error;
+}
+
+impl mdcache::Load<Price> for GatedSource {
+    async fn load(
+        &self,
+        key: &mdcache::Key<Price>,
+    ) -> Result<Option<mdcache::Loaded<Price>>, Self::Error> {
+        if self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.second_started.notify_one();
+            let _ = self.go.acquire().await;
+        }
+        mdcache::Load::load(&self.inner, key).await
+    }
+}
+
+/// The soak's finding, the race behind its one failed read: the tick an engine held (and no
+/// longer trusted) was removed by an invalidation while the read's second flight was in a
+/// source behind it. The read serves the tick it held when that flight began, marked
+/// `Stale`. (Before, the fail-safe read looked for a stale copy only after the flight: it
+/// found none and failed with `BehindFloor`, or — as here, where the flight's older price
+/// filled the emptied slot — served that older price marked `Stale`, a read going back.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_tick_invalidated_during_the_load_is_still_served_stale() {
+    use mdcache::{CacheAside, LoadError, Store};
+    use std::sync::Arc;
+    let server = RedisServer::start();
+    let (feed, engine) = (instance(&server), instance(&server));
+    subscribed(&[&feed, &engine]).await;
+    let src = Arc::new(GatedSource {
+        inner: mdcache::MemorySource::default(),
+        loads: std::sync::atomic::AtomicU64::new(0),
+        second_started: tokio::sync::Notify::new(),
+        go: tokio::sync::Semaphore::new(0),
+    });
+    let (kf, ke) = (
+        feed.key::<Price>("RACE").unwrap(),
+        engine.key::<Price>("RACE").unwrap(),
+    );
+    let seeded = src.inner.write(&ke, &price(1)).await.unwrap();
+    let tick = seeded + 10;
+    feed.set(&kf, price(tick), tick).await.unwrap();
+    feed.flush().await.unwrap();
+    converges(&engine, &ke, tick).await;
+    // Redis loses the tick (the engine's read misses there), and the engine stops trusting
+    // its L1 (a gap in a publisher's sequence).
+    let mut c = server.multiplexed().await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(kf.as_str())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    publish_raw(&server, 1, Vec::new()).await;
+    publish_raw(&server, 3, Vec::new()).await;
+    wait_for("the gap", || {
+        engine.stats().backplane.is_some_and(|s| s.epoch_bumps >= 1)
+    })
+    .await;
+    let aside = CacheAside::builder(engine.clone(), Arc::clone(&src))
+        .build()
+        .unwrap();
+    let reader = {
+        let (aside, ke) = (aside.clone(), ke.clone());
+        tokio::spawn(async move { aside.read(&ke).await })
+    };
+    // The first flight loaded the older price and was refused; the second is in the source.
+    src.second_started.notified().await;
+    let received = engine.stats().backplane.unwrap().received;
+    // A newer tick that expired on its way (as after a hang) invalidates the held one.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let expired = RawItem::Value {
+        k: ke.as_str().to_owned(),
+        v: tick + 1,
+        e: mdcache::codec::encode_with_ttl(
+            tick + 1,
+            Some(Duration::from_secs(60)),
+            &price(tick + 1),
+            1 << 20,
+        )
+        .unwrap(),
+        x: now_ms.saturating_sub(1_000),
+    };
+    publish_raw(&server, 4, vec![expired]).await;
+    wait_for("the invalidation", || {
+        engine
+            .stats()
+            .backplane
+            .is_some_and(|s| s.received > received)
+    })
+    .await;
+    src.go.add_permits(1);
+    let r = reader.await.unwrap();
+    assert!(
+        !matches!(r, Err(LoadError::BehindFloor { .. })),
+        "the read failed though it held a newer tick: {r:?}"
+    );
+    let r = r.unwrap().expect("a value");
+    assert_eq!((r.tier, r.version), (Tier::Stale, tick), "{r:?}");
+    assert_eq!(src.loads.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

@@ -8,7 +8,7 @@ use super::{Books, Engine, Layout, Values};
 use crate::backplane::Receiver;
 use crate::backplane::wire::Item;
 use crate::book::BookSide;
-use crate::clock::deadline_after;
+use crate::clock::{Instant, deadline_after};
 use crate::codec;
 use crate::key::{BookSchema, KeySchema, ValueSchema};
 use crate::l1::InsertOutcome;
@@ -141,7 +141,13 @@ impl Engine {
     ) -> bool {
         // A newer version held, or the same one trusted, is kept: the insert decides under
         // the key's lock (`L1::insert_received`), with no look-up before it.
+        // The monotonic clock is read before the wall clock: time that passes between the two
+        // reads (a preempted thread) then shortens the value's life in L1 instead of
+        // stretching it past its expiry, as reading it after did (DESIGN §4 rule 1; the
+        // soak under CPU contention caught an engine serving a tick 370 µs past its TTL).
+        let now = self.clock.now();
         let remaining = Duration::from_millis(expire_at_ms.saturating_sub(unix_ms()));
+        let life = Life { now, remaining };
         let apply = if remaining.is_zero() {
             None
         } else {
@@ -149,7 +155,7 @@ impl Engine {
         };
         match apply {
             Some(apply) => {
-                apply(self, key, payload, version, remaining, written_ttl) == InsertOutcome::Stored
+                apply(self, key, payload, version, life, written_ttl) == InsertOutcome::Stored
             }
             None => self.invalidate(key, version),
         }
@@ -183,14 +189,22 @@ impl Receiver for Engine {
 }
 
 /// Stores a received value in L1 (see [`Engine::apply_backplane`]).
-type ApplyFn = fn(&Engine, &str, Payload, u64, Duration, Option<Duration>) -> InsertOutcome;
+type ApplyFn = fn(&Engine, &str, Payload, u64, Life, Option<Duration>) -> InsertOutcome;
+
+/// A received value's remaining life, and the instant it counts from (read before the wall
+/// clock that measured it).
+#[derive(Debug, Clone, Copy)]
+struct Life {
+    now: Instant,
+    remaining: Duration,
+}
 
 fn apply_value<S: ValueSchema>(
     engine: &Engine,
     key: &str,
     payload: Payload,
     version: u64,
-    remaining: Duration,
+    life: Life,
     _written_ttl: Option<Duration>,
 ) -> InsertOutcome {
     let Payload::Value(bytes) = payload else {
@@ -205,14 +219,7 @@ fn apply_value<S: ValueSchema>(
     if env.version != version {
         return InsertOutcome::NotStored;
     }
-    insert::<S, Values>(
-        engine,
-        key,
-        Arc::new(env.value),
-        version,
-        remaining,
-        env.ttl,
-    )
+    insert::<S, Values>(engine, key, Arc::new(env.value), version, life, env.ttl)
 }
 
 fn apply_book<S: BookSchema>(
@@ -220,7 +227,7 @@ fn apply_book<S: BookSchema>(
     key: &str,
     payload: Payload,
     version: u64,
-    remaining: Duration,
+    life: Life,
     written_ttl: Option<Duration>,
 ) -> InsertOutcome {
     let Payload::Book(side) = payload else {
@@ -234,7 +241,7 @@ fn apply_book<S: BookSchema>(
         return InsertOutcome::NotStored;
     }
     let side = <Books as Layout<S>>::normalise(Arc::unwrap_or_clone(side));
-    insert::<S, Books>(engine, key, Arc::new(side), version, remaining, written_ttl)
+    insert::<S, Books>(engine, key, Arc::new(side), version, life, written_ttl)
 }
 
 fn insert<S: KeySchema, L: Layout<S>>(
@@ -242,9 +249,10 @@ fn insert<S: KeySchema, L: Layout<S>>(
     key: &str,
     value: Arc<S::Value>,
     version: u64,
-    remaining: Duration,
+    life: Life,
     written_ttl: Option<Duration>,
 ) -> InsertOutcome {
+    let Life { now, remaining } = life;
     let Some(l1) = &engine.l1 else {
         return InsertOutcome::NotStored;
     };
@@ -256,7 +264,6 @@ fn insert<S: KeySchema, L: Layout<S>>(
                 .ttl_for(S::KIND, S::KEY_PREFIX, S::DEFAULT_TTL)
         })
         .max(remaining);
-    let now = engine.clock.now();
     let written = now.checked_sub(ttl - remaining).unwrap_or(now);
     let (entry, bytes) = L::entry(value);
     l1.insert_received(

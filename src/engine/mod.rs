@@ -344,6 +344,11 @@ impl Engine {
         self.l1.as_ref()?.live_version(key.as_str())
     }
 
+    /// What L1 holds at `key`, live or not, for a diagnostic line.
+    pub(crate) fn l1_held<S: KeySchema>(&self, key: &Key<S>) -> Option<crate::l1::Held> {
+        self.l1.as_ref()?.held(key.as_str())
+    }
+
     /// True when Redis is there and its breaker closed: a fill or refresh may write to it.
     pub(crate) fn l2_writable(&self) -> bool {
         self.l2

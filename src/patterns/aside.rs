@@ -421,6 +421,7 @@ impl<Src: Source> CacheAside<Src> {
                         result
                     },
                     || async { engine.recheck(key, L::whole()).await.ok().flatten() },
+                    || inner.held_stale(key, L::whole()),
                 )
                 .await
         } else {
@@ -456,6 +457,7 @@ impl<Src: Source> CacheAside<Src> {
                             .unwrap_or_else(|| Err(internal()))
                     },
                     || async { engine.recheck(key, L::whole()).await.ok().flatten() },
+                    || inner.held_stale(key, L::whole()),
                 )
                 .await
         };
@@ -569,15 +571,20 @@ enum Budget {
 impl<Src: Source> AsideInner<Src> {
     /// Runs `load` (a single-flight load) and never returns a result older than what L1
     /// held for the key when the attempt began — a version floor an acknowledged write left
-    /// (DESIGN §4 rule 9), or a newer value written before. A flight that read the source
-    /// before such a write committed (a flight this caller joined) is not served: L1's value is, if it has one at the floor or above, else
-    /// one more flight is tried, and then the read fails with
-    /// [`LoadError::BehindFloor`].
-    async fn floor_checked<S, V, L, LF, R, RF>(
+    /// (DESIGN §4 rule 9), or a newer value: this process's write, or one it cached (from
+    /// Redis or another instance through the backplane) and has stopped trusting. A flight
+    /// that read the source before such a write committed (a flight this caller joined), or a
+    /// source behind the feed, is not served: L1's value is, if it has one at the floor or
+    /// above, else one more flight is tried; then the value L1 held when that attempt began
+    /// is served marked `Stale`, if the kind has a stale bound and the value is within it
+    /// (`held`: taken when the attempt begins, since an invalidation may remove it while
+    /// the load runs), and otherwise the read fails with [`LoadError::BehindFloor`].
+    async fn floor_checked<S, V, L, LF, R, RF, H>(
         &self,
         key: &Key<S>,
         load: L,
         l1_value: R,
+        held: H,
     ) -> Result<Option<Read<V>>, LoadError<Src::Error>>
     where
         S: KeySchema,
@@ -585,6 +592,7 @@ impl<Src: Source> AsideInner<Src> {
         LF: std::future::Future<Output = Result<Option<Read<V>>, LoadError<Src::Error>>>,
         R: Fn() -> RF,
         RF: std::future::Future<Output = Option<Read<V>>>,
+        H: Fn() -> Option<Read<V>>,
     {
         let mut tries = 0;
         loop {
@@ -595,6 +603,8 @@ impl<Src: Source> AsideInner<Src> {
             // began would go backwards. (Comparing with the floor at the end instead made a
             // hot key under a stream of write-throughs fail reads that lost the race twice.)
             let floor_before = self.cache.engine().l1_version(key);
+            let held_at = std::time::Instant::now();
+            let held_before = floor_before.and_then(|_| held());
             let result = load().await;
             let loaded = match &result {
                 Ok(r) => r.as_ref().map(|r| r.version),
@@ -610,11 +620,19 @@ impl<Src: Source> AsideInner<Src> {
             }
             tries += 1;
             if tries == 2 {
+                if let Some(r) = held_before.filter(|r| r.version >= floor) {
+                    self.count_stale(key);
+                    return Ok(Some(Read {
+                        age: r.age + held_at.elapsed(),
+                        ..r
+                    }));
+                }
                 tracing::warn!(
                     key = key.as_str(),
                     floor,
                     ?loaded,
-                    "source behind an acknowledged write"
+                    held = ?self.cache.engine().l1_held(key),
+                    "source behind a version this process holds"
                 );
                 return Err(LoadError::BehindFloor { floor, loaded });
             }
@@ -885,13 +903,27 @@ impl<Src: Source> AsideInner<Src> {
     /// The fail-safe read (DESIGN §4 rule 7): a value past its TTL, within the kind's stale
     /// bound, when both Redis and the source failed; `None` for kinds that fail closed.
     fn stale<S: KeySchema, L: Layout<S>>(&self, key: &Key<S>, layout: L) -> Option<Read<S::Value>> {
-        let engine = self.cache.engine();
-        let fallback = engine.fallback();
-        let bound = fallback.stale_bound(S::KIND, S::KEY_PREFIX)?;
-        let r = engine.l1_stale(key, bound, layout)?;
-        fallback.stale_served();
-        engine.ks(key).stale_served.inc();
+        let r = self.held_stale(key, layout)?;
+        self.count_stale(key);
         Some(r)
+    }
+
+    /// What [`stale`](Self::stale) would serve now, not counted (the read may not need it).
+    fn held_stale<S: KeySchema, L: Layout<S>>(
+        &self,
+        key: &Key<S>,
+        layout: L,
+    ) -> Option<Read<S::Value>> {
+        let engine = self.cache.engine();
+        let bound = engine.fallback().stale_bound(S::KIND, S::KEY_PREFIX)?;
+        engine.l1_stale(key, bound, layout)
+    }
+
+    /// Counts one fail-safe read served.
+    fn count_stale<S: KeySchema>(&self, key: &Key<S>) {
+        let engine = self.cache.engine();
+        engine.fallback().stale_served();
+        engine.ks(key).stale_served.inc();
     }
 }
 

@@ -27,15 +27,17 @@ pub enum LoadError<E: std::error::Error + 'static> {
     /// cache does not stampede the database.
     #[error("source overloaded: no load slot within {0:?}")]
     Overloaded(Duration),
-    /// The source returned an older version (or no value) than one this process acknowledged
-    /// for the key (a write-through whose cache write failed left a version floor, DESIGN §4
-    /// rule 9), twice. The older value is not served; a replica lagging behind the primary is
-    /// the usual cause. Retrying later may succeed.
-    #[error(
-        "source is behind an acknowledged write: loaded {loaded:?}, acknowledged version {floor}"
-    )]
+    /// The source returned an older version (or no value) than one this process holds for
+    /// the key, twice, and no copy within the kind's stale bound was left to serve marked
+    /// `Stale`. What this process holds is a version floor an acknowledged write left (a
+    /// write-through whose cache write failed, DESIGN §4 rule 9), or a value it cached and no
+    /// longer trusts (its backplane subscription was lost, say). The older value is not
+    /// served: that would take the reader backwards. A replica lagging behind the primary, or
+    /// a source that never sees the feed's market data, is the usual cause. Retrying later
+    /// may succeed.
+    #[error("source is behind a version this process holds: loaded {loaded:?}, held {floor}")]
     BehindFloor {
-        /// The version this process acknowledged.
+        /// The version this process holds (acknowledged, or cached).
         floor: u64,
         /// The version the source returned (`None`: not found).
         loaded: Option<u64>,
@@ -78,7 +80,7 @@ impl<E: std::error::Error + 'static> LoadError<E> {
     }
 
     /// True when trying the same read again may succeed: a missed deadline, an overloaded
-    /// source, a source behind an acknowledged write, or a retryable cache error.
+    /// source, a source behind a version this process holds, or a retryable cache error.
     pub fn is_retryable(&self) -> bool {
         match self {
             LoadError::SourceTimeout(_)
