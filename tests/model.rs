@@ -34,7 +34,7 @@ mod support;
 mod fixtures;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mdcache::{
@@ -62,12 +62,6 @@ fn cases() -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(8)
-}
-
-/// The server every sequence runs on; sequences fault it and leave it healed.
-fn server() -> &'static Mutex<RedisServer> {
-    static SERVER: OnceLock<Mutex<RedisServer>> = OnceLock::new();
-    SERVER.get_or_init(|| Mutex::new(RedisServer::start()))
 }
 
 #[derive(Debug, Clone)]
@@ -561,8 +555,12 @@ async fn step(
 
 /// Heals everything, waits until both caches trust Redis again with empty dirty logs, and
 /// lets every TTL run out.
-async fn heal(model: &mut Model, insts: &[Arc<Instance>], source: &MemorySource) {
-    let server = server();
+async fn heal(
+    model: &mut Model,
+    insts: &[Arc<Instance>],
+    source: &MemorySource,
+    server: &Mutex<RedisServer>,
+) {
     let lock = || server.lock().unwrap_or_else(|p| p.into_inner());
     if model.redis_hung {
         lock().resume();
@@ -594,10 +592,9 @@ async fn heal(model: &mut Model, insts: &[Arc<Instance>], source: &MemorySource)
     tokio::time::sleep(TTL + Duration::from_millis(100)).await;
 }
 
-fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+fn run(server: &Mutex<RedisServer>, ops: &[Op]) -> Result<(), TestCaseError> {
     static CASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let case = CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let server = server();
     let url = server.lock().unwrap_or_else(|p| p.into_inner()).url();
     shared_runtime().block_on(async {
         let source = Arc::new(MemorySource::default());
@@ -647,7 +644,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 break;
             }
         }
-        heal(&mut model, &insts, &source).await;
+        heal(&mut model, &insts, &source, server).await;
         outcome?;
         // Every acknowledged write is what both instances now read.
         for (n, i) in insts.iter().enumerate() {
@@ -673,18 +670,21 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     })
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
+/// Runs the sequences on one redis-server owned by the test, so the server stops when the
+/// test ends, passed or failed (a server in a `static` outlived the test process). Failures
+/// are kept in `tests/model.proptest-regressions` and replayed first, as `proptest!` does.
+#[test]
+fn two_instances_never_go_backwards_never_serve_past_ttl_never_lose_a_write() {
+    let server = Mutex::new(RedisServer::start());
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: cases(),
         // Each case runs against real processes; shrinking re-runs it many times.
         max_shrink_iters: 200,
+        source_file: Some(file!()),
         ..ProptestConfig::default()
-    })]
-
-    #[test]
-    fn two_instances_never_go_backwards_never_serve_past_ttl_never_lose_a_write(
-        ops in proptest::collection::vec(op(), 1..40)
-    ) {
-        run(&ops)?;
+    });
+    let ops = proptest::collection::vec(op(), 1..40);
+    if let Err(e) = runner.run(&ops, |ops| run(&server, &ops)) {
+        panic!("{e}");
     }
 }
