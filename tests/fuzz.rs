@@ -573,7 +573,9 @@ fn layered() -> &'static Layered {
     static L: OnceLock<Layered> = OnceLock::new();
     L.get_or_init(|| {
         shared_runtime().block_on(async {
-            let server = RedisServer::start();
+            let mut server = RedisServer::start();
+            // In a static: never dropped, so stopped by a watchdog when the tests end.
+            server.stop_with_process();
             let cache = Cache::builder()
                 .redis_url(server.url())
                 .op_timeout(Duration::from_secs(2))

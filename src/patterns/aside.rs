@@ -603,8 +603,10 @@ impl<Src: Source> AsideInner<Src> {
             // began would go backwards. (Comparing with the floor at the end instead made a
             // hot key under a stream of write-throughs fail reads that lost the race twice.)
             let floor_before = self.cache.engine().l1_version(key);
-            let held_at = std::time::Instant::now();
-            let held_before = floor_before.and_then(|_| held());
+            // Only a read with something to fall back on pays for the look-up and the clock.
+            let held_before = floor_before
+                .and_then(|_| held())
+                .map(|r| (r, std::time::Instant::now()));
             let result = load().await;
             let loaded = match &result {
                 Ok(r) => r.as_ref().map(|r| r.version),
@@ -620,7 +622,7 @@ impl<Src: Source> AsideInner<Src> {
             }
             tries += 1;
             if tries == 2 {
-                if let Some(r) = held_before.filter(|r| r.version >= floor) {
+                if let Some((r, held_at)) = held_before.filter(|(r, _)| r.version >= floor) {
                     self.count_stale(key);
                     return Ok(Some(Read {
                         age: r.age + held_at.elapsed(),

@@ -65,6 +65,8 @@ pub struct RedisServer {
     dir: TempDir,
     /// Extra arguments it was started with, kept for a restart.
     extra: Vec<String>,
+    /// See [`RedisServer::stop_with_process`].
+    watchdog: Option<Child>,
 }
 
 impl RedisServer {
@@ -91,6 +93,7 @@ impl RedisServer {
                         port,
                         dir,
                         extra: extra.to_vec(),
+                        watchdog: None,
                     };
                 }
                 Err(failure) => last_failure = failure,
@@ -158,6 +161,12 @@ impl RedisServer {
     /// Kills the server (SIGKILL) and waits for it to exit; connections are
     /// then refused until [`RedisServer::restart`].
     pub fn kill(&mut self) {
+        // The watchdog must not outlive the process it watches and later kill whatever
+        // process gets its pid.
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
         if let Some(mut child) = self.child.take() {
             // SIGKILL works on a stopped process too; no SIGCONT needed here.
             let _ = child.kill();
@@ -168,6 +177,7 @@ impl RedisServer {
     /// Kills the server if it runs, then starts a new empty one on the same
     /// port and waits for PING. Panics (with the server log) if it cannot.
     pub fn restart(&mut self) {
+        let watched = self.watchdog.is_some();
         self.kill();
         let mut last_failure = String::new();
         // The port can briefly be unavailable; unlike `start` we must keep it,
@@ -176,6 +186,9 @@ impl RedisServer {
             match spawn_ready(&self.dir, self.port, &self.extra) {
                 Ok(child) => {
                     self.child = Some(child);
+                    if watched {
+                        self.stop_with_process();
+                    }
                     return;
                 }
                 Err(failure) => last_failure = failure,
@@ -206,6 +219,41 @@ impl RedisServer {
             .as_ref()
             .expect("redis-server is not running (killed?)");
         signal::kill(pid(child), sig).unwrap_or_else(|e| panic!("send {sig} to redis-server: {e}"));
+    }
+}
+
+impl RedisServer {
+    /// For a server kept in a `static`, which is never dropped: a watchdog shell process
+    /// waits for this test process to exit, then kills the server and removes its
+    /// directory. Without it the server outlives the test run. When the server is killed
+    /// the watchdog goes with it (a restart brings it back), so it never kills a pid the
+    /// kernel has handed to another process.
+    pub fn stop_with_process(&mut self) {
+        use std::os::unix::process::CommandExt;
+        /// `$1`: this process; `$2`: the server; `$3`: its directory.
+        const SCRIPT: &str = r#"
+while kill -0 "$1" 2>/dev/null; do sleep 1; done
+kill -CONT "$2" 2>/dev/null
+kill -KILL "$2" 2>/dev/null
+rm -rf "$3"
+"#;
+        let Some(child) = &self.child else { return };
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg("mdcache-redis-watchdog")
+            .arg(std::process::id().to_string())
+            .arg(child.id().to_string())
+            .arg(self.dir.path())
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group: a Ctrl-C meant for the tests does not kill it too.
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn the redis-server watchdog (sh): {e}"));
+        self.watchdog = Some(watchdog);
     }
 }
 
