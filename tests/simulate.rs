@@ -463,21 +463,39 @@ fn simulate_patient_ok(args: &[&str]) -> Output {
     out
 }
 
-/// The reads the conflating writer's lag accounts for. Redis's TTL of a market-data key starts
-/// when the writer flushes it, not when the feed wrote it (DESIGN §4 rule 8 against rule 1),
-/// so an engine can read a value up to the writer's lag after its TTL, counted from the feed's
-/// write. This is all the past-TTL reads may be: no more than that lag (+1 ms for the two
-/// clocks, and `slack_us` more across processes).
+/// In one process (`in_process` freshness) a read's age is measured on one clock, from the
+/// moment the feed's `set` returned to the moment the engine issued the read: both err on the
+/// young side, and the writer gives Redis what is left of a write's TTL counted from the write
+/// (not the flush), so no engine read may be older than its TTL.
 #[track_caller]
-fn past_ttl_within_writer_lag(freshness: &Value, _lag_max_us: u64, _slack_us: u64) {
-    // The writer gives Redis what is left of a write's TTL, counted from the write (not the
-    // flush), and L1 never outlives Redis: no engine read is older than its TTL.
+fn no_read_past_ttl(freshness: &Value) {
     assert_eq!(
         u(freshness, "reads_past_ttl"),
         0,
         "reads past their TTL: {freshness}"
     );
 }
+
+/// Across processes (`value_age` freshness) the age counts from the stamp the feed takes just
+/// *before* its `set` (the cache's TTL starts inside that call), and each process derives its
+/// wall-clock times from its own TSC calibration: a read may look past its TTL by up to the
+/// feed's longest price `set` (`set_max_us`) plus [`CROSS_PROCESS_CLOCKS_US`] without being
+/// so. Anything further is a read past its TTL. (Asserting 0 here failed once in a CI-style
+/// run on a loaded machine: one read 515 µs past, within this error.)
+#[track_caller]
+fn past_ttl_within_cross_process_error(freshness: &Value, set_max_us: u64) {
+    let past = u(freshness, "reads_past_ttl");
+    let most = u(freshness, "past_ttl_max_us");
+    assert!(
+        past == 0 || most <= set_max_us + CROSS_PROCESS_CLOCKS_US,
+        "reads past their TTL beyond the measurement's error ({set_max_us} µs + \
+         {CROSS_PROCESS_CLOCKS_US} µs): {freshness}"
+    );
+}
+
+/// How far two processes' wall-clock readings (each its start time plus its own TSC deltas)
+/// may disagree over a short run.
+const CROSS_PROCESS_CLOCKS_US: u64 = 1_000;
 
 #[test]
 fn engines_read_what_the_feed_wrote_through_redis() {
@@ -574,7 +592,7 @@ fn engines_read_what_the_feed_wrote(redis_args: &[&str]) {
     );
     assert!(u(fr, "measured") > 0, "{fr}");
     assert!(f(fr, "l2_hit_rate") > 0.0, "{fr}");
-    past_ttl_within_writer_lag(fr, u(w, "lag_max_us"), 0);
+    no_read_past_ttl(fr);
 
     // Coherence: the engines' L1 reads' lag behind the feed, ordered quantiles, within the
     // measured reads; violations counted against the documented bound (a figure, not an
@@ -681,11 +699,7 @@ fn separate_feed_and_engine_processes_share_redis() {
         "no price the feed stamped: {fresh}"
     );
     // Across processes the age counts from the stamp, taken just before the feed's `set`.
-    past_ttl_within_writer_lag(
-        fresh,
-        u(w, "lag_max_us"),
-        f(&fr["ops"]["write_price"], "max_us") as u64,
-    );
+    past_ttl_within_cross_process_error(fresh, f(&fr["ops"]["write_price"], "max_us") as u64);
 }
 
 /// Kills the child if the test fails half-way, so no 60 s run outlives it.
