@@ -168,6 +168,11 @@ async fn publish_bytes(server: &RedisServer, bytes: Vec<u8>) {
 
 /// A price update from publisher 42, living a minute.
 fn price_item(key: &mdcache::Key<Price>, v: u64) -> RawItem {
+    price_item_expiring(key, v, |now_ms| now_ms + 60_000)
+}
+
+/// A price update from publisher 42 whose expiry (Unix ms) is `expiry` of now.
+fn price_item_expiring(key: &mdcache::Key<Price>, v: u64, expiry: fn(u64) -> u64) -> RawItem {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -177,7 +182,7 @@ fn price_item(key: &mdcache::Key<Price>, v: u64) -> RawItem {
         v,
         e: mdcache::codec::encode_with_ttl(v, Some(Duration::from_secs(60)), &price(v), 1 << 20)
             .unwrap(),
-        x: now_ms + 60_000,
+        x: expiry(now_ms),
     }
 }
 
@@ -608,22 +613,7 @@ async fn a_held_tick_invalidated_during_the_load_is_still_served_stale() {
     src.second_started.notified().await;
     let received = engine.stats().backplane.unwrap().received;
     // A newer tick that expired on its way (as after a hang) invalidates the held one.
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let expired = RawItem::Value {
-        k: ke.as_str().to_owned(),
-        v: tick + 1,
-        e: mdcache::codec::encode_with_ttl(
-            tick + 1,
-            Some(Duration::from_secs(60)),
-            &price(tick + 1),
-            1 << 20,
-        )
-        .unwrap(),
-        x: now_ms.saturating_sub(1_000),
-    };
+    let expired = price_item_expiring(&ke, tick + 1, |now_ms| now_ms.saturating_sub(1_000));
     publish_raw(&server, 4, vec![expired]).await;
     wait_for("the invalidation", || {
         engine
